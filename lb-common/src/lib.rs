@@ -1,0 +1,215 @@
+//! The one definition of every BPF map layout that Understudy's kernel program (`lb-ebpf`) and its
+//! daemon (`lb-userspace`) share: keys, values, capacities, counter indices, the flow hash and the
+//! incremental checksum arithmetic. Everything is `#![no_std]`, `#[repr(C)]` with explicit padding,
+//! so both sides agree byte for byte; the `user` feature adds `aya::Pod` for the daemon.
+//!
+//! Conventions: addresses are four `u32` words holding the packet's bytes as loaded from memory
+//! (network byte order, IPv4 in word 0 and the rest zero), and ports are `u16`s in network byte
+//! order. Nothing is converted on the fast path; user space converts with [`addr_words`] and
+//! [`u16::to_be`].
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod checksum;
+pub mod counters;
+pub mod hash;
+
+pub use counters::Counter;
+
+use core::net::IpAddr;
+
+/// Services the data plane can hold (`SERVICES`, per-service stats and ring slots).
+pub const MAX_SERVICES: u32 = 128;
+/// Backend entries across all services (`BACKENDS` and per-backend stats).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Largest Maglev table, and the stride of one ring slot in `RINGS`.
+pub const MAX_RING_SIZE: u32 = 65537;
+/// Ring slots per service: user space fills the idle one, then flips `ServiceInfo::active_slot`.
+pub const RING_SLOTS: u32 = 2;
+/// Entries in the `RINGS` array.
+pub const RINGS_LEN: u32 = MAX_SERVICES * RING_SLOTS * MAX_RING_SIZE;
+/// Entries in the `FLOWS` LRU map (client 5-tuple to backend), and in `NAT_REPLIES`.
+pub const FLOWS_CAPACITY: u32 = 262_144;
+/// A ring entry that names no backend: the service had nothing to put there.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `ServiceInfo::flags`: hash only the client address, so one client sticks to one backend.
+pub const SERVICE_F_HASH_SRC_IP: u32 = 1;
+
+/// `BackendInfo::state`: the backend may take flows, new and established.
+pub const BACKEND_ALIVE: u8 = 1;
+
+/// Index of one ring entry in `RINGS`.
+#[inline(always)]
+pub const fn ring_index(service_id: u32, slot: u32, position: u32) -> u32 {
+    (service_id * RING_SLOTS + slot) * MAX_RING_SIZE + position
+}
+
+/// Converts an address to the word layout used in every key and value, with its family.
+pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
+        }
+    }
+}
+
+/// The inverse of [`addr_words`].
+pub fn words_addr(words: [u32; 4], family: u8) -> IpAddr {
+    let b = |i: usize| words[i].to_ne_bytes();
+    if family == FAMILY_V4 {
+        IpAddr::from(b(0))
+    } else {
+        let mut o = [0u8; 16];
+        for i in 0..4 {
+            o[i * 4..i * 4 + 4].copy_from_slice(&b(i));
+        }
+        IpAddr::from(o)
+    }
+}
+
+/// `SERVICES` key: a VIP as the client addresses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `SERVICES` value. User space replaces it whole, so a reader sees the old or the new value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Index into per-service stats and `RINGS`, below [`MAX_SERVICES`].
+    pub id: u32,
+    /// Maglev table size (a prime, at most [`MAX_RING_SIZE`]).
+    pub ring_size: u32,
+    /// Which of the [`RING_SLOTS`] ring slots new flows hash into.
+    pub active_slot: u32,
+    /// `SERVICE_F_*` bits.
+    pub flags: u32,
+}
+
+/// `BACKENDS` value, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    /// `BACKEND_*` bits.
+    pub state: u8,
+    /// Bumped whenever the id is given to a different backend, so old `FLOWS` entries miss.
+    pub generation: u32,
+}
+
+/// `FLOWS` key and `NAT_REPLIES` key: a 5-tuple as it appears in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// `FLOWS` value: the backend a client flow is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: u32,
+    /// The backend's generation when the flow was pinned.
+    pub generation: u32,
+}
+
+/// `NAT_REPLIES` value: how to make a backend's reply look as if the VIP sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatValue {
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub service: u32,
+    pub backend: u32,
+}
+
+/// Per-CPU traffic counters, one per service and one per backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for Traffic {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<ServiceInfo>(), 16);
+        assert_eq!(size_of::<BackendInfo>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 8);
+        assert_eq!(size_of::<NatValue>(), 28);
+        assert_eq!(size_of::<Traffic>(), 24);
+    }
+
+    #[test]
+    fn address_words_round_trip() {
+        for ip in ["10.1.2.3", "2001:db8::1:2", "::ffff:10.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let (w, f) = addr_words(ip);
+            assert_eq!(words_addr(w, f), ip);
+        }
+        let (w, f) = addr_words("10.1.2.3".parse().unwrap());
+        assert_eq!(f, FAMILY_V4);
+        assert_eq!(w[0].to_ne_bytes(), [10, 1, 2, 3]);
+        assert_eq!(&w[1..], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn ring_slots_do_not_overlap() {
+        assert_eq!(ring_index(0, 1, 0), MAX_RING_SIZE);
+        assert_eq!(ring_index(1, 0, 0), 2 * MAX_RING_SIZE);
+        assert_eq!(
+            ring_index(MAX_SERVICES - 1, RING_SLOTS - 1, MAX_RING_SIZE - 1),
+            RINGS_LEN - 1
+        );
+    }
+}

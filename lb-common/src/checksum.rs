@@ -68,7 +68,11 @@ mod tests {
     fn full(bytes: &[u8]) -> u16 {
         let mut sum = 0u64;
         for c in bytes.chunks(2) {
-            let w = if c.len() == 2 { [c[0], c[1]] } else { [c[0], 0] };
+            let w = if c.len() == 2 {
+                [c[0], c[1]]
+            } else {
+                [c[0], 0]
+            };
             sum += u16::from_ne_bytes(w) as u64;
         }
         !fold(sum)

@@ -1,1 +1,11 @@
-//! stub
+//! `understudy`, the daemon of Understudy, an eBPF-accelerated failover load balancer. It
+//! validates the TOML config ([`config`]), computes a Maglev table per service ([`maglev`],
+//! [`plan`]), loads the XDP program and writes its maps ([`dataplane`]), and runs until told to
+//! stop ([`daemon`]). The binary in `main.rs` is a thin command line over this library.
+
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod maglev;
+pub mod plan;
+pub mod privileges;

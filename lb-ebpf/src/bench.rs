@@ -1,0 +1,71 @@
+//! Bench-only programs, never attached. `test_run` with `repeat` re-runs one buffer, so a program
+//! that rewrites the packet would only see the original on its first run. `bench_wrapper` restores
+//! the original bytes on every run, optionally makes it a brand new flow, and tail-calls the
+//! program under test; the same wrapper tail-calling `bench_pass` is the baseline to subtract.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
+    helpers::bpf_xdp_store_bytes,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+
+/// Largest packet the wrapper restores.
+pub const BENCH_MAX: usize = 256;
+
+/// The packet to restore before each run.
+#[repr(C)]
+pub struct BenchPacket {
+    pub len: u32,
+    /// When non-zero: the offset of a 4-byte word (the client address) overwritten with a fresh
+    /// value on every run, so every run is a flow `FLOWS` has never seen.
+    pub vary_at: u32,
+    pub data: [u8; BENCH_MAX],
+}
+
+#[map]
+static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
+
+#[map]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn bench_wrapper(ctx: XdpContext) -> u32 {
+    let Some(pkt) = BENCH_PACKET.get_ptr_mut(0) else {
+        return XDP_ABORTED;
+    };
+    let pkt = unsafe { &mut *pkt };
+    let len = pkt.len as usize;
+    if len == 0 || len > BENCH_MAX {
+        return XDP_ABORTED;
+    }
+    let xdp = ctx.ctx;
+    if unsafe { bpf_xdp_store_bytes(xdp, 0, pkt.data.as_mut_ptr().cast(), len as u32) } != 0 {
+        return XDP_ABORTED;
+    }
+    let vary_at = pkt.vary_at;
+    if vary_at != 0 {
+        if let Some(seq) = BENCH_SEQ.get_ptr_mut(0) {
+            let mut next = unsafe { *seq }.wrapping_add(1);
+            unsafe { *seq = next };
+            let ok =
+                unsafe { bpf_xdp_store_bytes(xdp, vary_at, (&mut next as *mut u32).cast(), 4) };
+            if ok != 0 {
+                return XDP_ABORTED;
+            }
+        }
+    }
+    let _ = ctx.as_ptr();
+    unsafe { BENCH_TARGET.tail_call(&ctx, 0) };
+    XDP_ABORTED
+}
+
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}

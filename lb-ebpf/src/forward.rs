@@ -1,0 +1,94 @@
+//! Sends a translated packet on: a FIB lookup gives the egress interface and next-hop MACs, then
+//! XDP_TX (same interface) or XDP_REDIRECT. Whatever the FIB cannot settle (an unresolved
+//! neighbour, a local or missing route, an MTU problem) goes to the stack with XDP_PASS: the packet
+//! is already translated, so the kernel's own forwarding finishes the job and resolves neighbours.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        xdp_action::{XDP_PASS, XDP_TX},
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{Counter, FAMILY_V4, FlowKey};
+
+use crate::{
+    maps::count,
+    nat::decrement_ttl,
+    parse::{Parsed, load, store},
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Forwards the packet whose (already rewritten) 5-tuple is `key`.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
+    // A tagged frame must leave on the right VLAN device, which XDP cannot redirect to.
+    if p.vlan {
+        count(Counter::PassVlan);
+        return XDP_PASS;
+    }
+    let mut fib: FibParams = unsafe { zeroed() };
+    fib.l4_protocol = key.proto;
+    fib.sport = key.src_port;
+    fib.dport = key.dst_port;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    if key.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        let tot_len: u16 = match load(ctx, p.l3 + 2) {
+            Some(v) => v,
+            None => return pass(Counter::PassTruncated),
+        };
+        fib.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
+        fib.__bindgen_anon_3.ipv4_src = key.src[0];
+        fib.__bindgen_anon_4.ipv4_dst = key.dst[0];
+    } else {
+        fib.family = AF_INET6;
+        let payload: u16 = match load(ctx, p.l3 + 4) {
+            Some(v) => v,
+            None => return pass(Counter::PassTruncated),
+        };
+        fib.__bindgen_anon_1.tot_len = u16::from_be(payload) + 40;
+        fib.__bindgen_anon_3.ipv6_src = key.src;
+        fib.__bindgen_anon_4.ipv6_dst = key.dst;
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib as *mut FibParams,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return pass(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            Counter::PassNoNeighbour
+        } else {
+            Counter::PassFibOther
+        });
+    }
+    if decrement_ttl(ctx, p).is_none() {
+        return pass(Counter::PassTtl);
+    }
+    if store(ctx, 0, fib.dmac).is_none() || store(ctx, 6, fib.smac).is_none() {
+        return pass(Counter::PassTruncated);
+    }
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        count(Counter::Tx);
+        XDP_TX
+    } else {
+        count(Counter::Redirect);
+        unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+    }
+}
+
+#[inline(always)]
+pub fn pass(reason: Counter) -> u32 {
+    count(reason);
+    XDP_PASS
+}

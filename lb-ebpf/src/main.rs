@@ -1,0 +1,97 @@
+//! Understudy's kernel side: the XDP program `understudy_xdp`, attached to every interface that
+//! carries client or backend traffic. It steers packets addressed to a VIP to a backend (DNAT),
+//! translates the backends' replies back to the VIP, and leaves everything else to the stack
+//! untouched. User space owns the maps (see `lb-common`); this program only reads the service,
+//! backend and ring maps and writes flows and counters.
+#![no_std]
+#![no_main]
+
+mod bench;
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
+use aya_log_ebpf::warn;
+use lb_common::{Counter, FlowKey, ServiceKey};
+
+use crate::{
+    forward::{forward, pass},
+    maps::{BACKEND_STATS, NAT_REPLIES, SERVICE_STATS, SERVICES, account, count},
+    nat::{Side, rewrite},
+    parse::parse,
+    select::choose,
+};
+
+#[xdp]
+pub fn understudy_xdp(ctx: XdpContext) -> u32 {
+    let p = match parse(&ctx) {
+        Ok(p) => p,
+        Err(reason) => return pass(reason),
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let service_key = ServiceKey {
+        addr: p.key.dst,
+        port: p.key.dst_port,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
+    if let Some(svc) = unsafe { SERVICES.get(&service_key) } {
+        let choice = match choose(&p.key, svc) {
+            Ok(c) => c,
+            Err(reason) => {
+                if reason == Counter::DropBadBackend {
+                    warn!(&ctx, "service {}: ring names a missing backend", svc.id);
+                }
+                count(reason);
+                return XDP_DROP;
+            }
+        };
+        account(&SERVICE_STATS, svc.id, bytes, choice.new_flow);
+        account(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
+        let b = &choice.backend;
+        if rewrite(&ctx, &p, Side::Destination, &b.addr, b.port).is_none() {
+            return pass(Counter::PassTruncated);
+        }
+        let out = FlowKey {
+            dst: b.addr,
+            dst_port: b.port,
+            ..p.key
+        };
+        return forward(&ctx, &p, &out);
+    }
+
+    if let Some(nat) = unsafe { NAT_REPLIES.get(&p.key) } {
+        let nat = *nat;
+        account(&BACKEND_STATS, nat.backend, bytes, false);
+        if rewrite(&ctx, &p, Side::Source, &nat.vip, nat.vip_port).is_none() {
+            return pass(Counter::PassTruncated);
+        }
+        count(Counter::ReplyTranslated);
+        let out = FlowKey {
+            src: nat.vip,
+            src_port: nat.vip_port,
+            ..p.key
+        };
+        return forward(&ctx, &p, &out);
+    }
+
+    count(Counter::PassNotVip);
+    XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

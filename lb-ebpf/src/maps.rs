@@ -1,0 +1,64 @@
+//! Every map of the data plane. Their layouts come from `lb-common`, which user space shares.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    BackendInfo, Counter, FLOWS_CAPACITY, FlowKey, FlowValue, MAX_BACKENDS, MAX_SERVICES, NatValue,
+    RINGS_LEN, ServiceInfo, ServiceKey, Traffic,
+};
+
+/// VIP (address, port, protocol) to service.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id to address and state.
+#[map]
+pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev tables: `RING_SLOTS` slots of `MAX_RING_SIZE` backend ids per service. Memory-mappable,
+/// so user space fills an idle slot with plain stores instead of one syscall per entry.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(RINGS_LEN, BPF_F_MMAPABLE);
+
+/// Client 5-tuple to the backend its flow is pinned to.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+
+/// A backend reply's 5-tuple to the VIP it must appear to come from.
+#[map]
+pub static NAT_REPLIES: LruHashMap<FlowKey, NatValue> =
+    LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Global pass, forward and drop counters, indexed by [`Counter`].
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU: no other writer, no atomics needed.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn account(stats: &PerCpuArray<Traffic>, index: u32, bytes: u64, new_flow: bool) {
+    if let Some(t) = stats.get_ptr_mut(index) {
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += bytes;
+            if new_flow {
+                (*t).new_flows += 1;
+            }
+        }
+    }
+}

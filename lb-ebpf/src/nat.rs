@@ -1,0 +1,80 @@
+//! Address and port rewriting with incremental checksum updates (IPv4 header, TCP/UDP over the
+//! pseudo-header). IPv6 has no header checksum; its addresses enter the L4 checksum only.
+//!
+//! The updates assume a complete checksum, as every packet off a wire carries. A locally sent
+//! packet on a veth with TX checksum offload carries a partial one, which no XDP program can fix;
+//! the test topologies turn that offload off on the hosts' ends.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    FAMILY_V4, PROTO_TCP,
+    checksum::{replace_addr, replace_u16, replace_u32, udp_fixup},
+};
+
+use crate::parse::{Parsed, load, store};
+
+/// Which end of the 5-tuple a rewrite replaces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The source: a backend's reply made to look as if the VIP sent it.
+    Source,
+    /// The destination: a client's packet to a VIP sent on to a backend.
+    Destination,
+}
+
+/// Replaces one end's address and port (`port` in network byte order) and fixes the checksums.
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, p: &Parsed, side: Side, addr: &[u32; 4], port: u16) -> Option<()> {
+    let v4 = p.key.family == FAMILY_V4;
+    let (old_addr, old_port) = match side {
+        Side::Source => (p.key.src, p.key.src_port),
+        Side::Destination => (p.key.dst, p.key.dst_port),
+    };
+    let words = if v4 { 1 } else { 4 };
+
+    let check_at = p.l4 + if p.key.proto == PROTO_TCP { 16 } else { 6 };
+    let old_check: u16 = load(ctx, check_at)?;
+    let mut check = replace_addr(old_check, &old_addr, addr, words);
+    check = replace_u16(check, old_port, port);
+    if p.key.proto != PROTO_TCP {
+        check = udp_fixup(old_check, check);
+    }
+    store(ctx, check_at, check)?;
+    store(ctx, p.l4 + if side == Side::Source { 0 } else { 2 }, port)?;
+
+    if v4 {
+        store(
+            ctx,
+            p.l3 + if side == Side::Source { 12 } else { 16 },
+            addr[0],
+        )?;
+        let ip_check: u16 = load(ctx, p.l3 + 10)?;
+        store(ctx, p.l3 + 10, replace_u32(ip_check, old_addr[0], addr[0]))?;
+    } else {
+        store(ctx, p.l3 + if side == Side::Source { 8 } else { 24 }, *addr)?;
+    }
+    Some(())
+}
+
+/// Decrements the IPv4 TTL or IPv6 hop limit, as any router must. `None` if it would expire.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &XdpContext, p: &Parsed) -> Option<()> {
+    if p.key.family == FAMILY_V4 {
+        // TTL and protocol share one 16-bit word of the header checksum.
+        let word: u16 = load(ctx, p.l3 + 8)?;
+        let bytes = word.to_ne_bytes();
+        if bytes[0] <= 1 {
+            return None;
+        }
+        let new = u16::from_ne_bytes([bytes[0] - 1, bytes[1]]);
+        store(ctx, p.l3 + 8, new)?;
+        let ip_check: u16 = load(ctx, p.l3 + 10)?;
+        store(ctx, p.l3 + 10, replace_u16(ip_check, word, new))
+    } else {
+        let hop: u8 = load(ctx, p.l3 + 7)?;
+        if hop <= 1 {
+            return None;
+        }
+        store(ctx, p.l3 + 7, hop - 1)
+    }
+}

@@ -1,0 +1,148 @@
+//! Header parsing: Ethernet, one VLAN tag, IPv4 (options allowed), IPv6 (hop-by-hop, routing and
+//! destination options headers skipped), TCP and UDP. Anything else is reported as a reason to
+//! pass the packet untouched.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+/// Extension headers skipped before giving up; real traffic rarely carries more than two.
+const IPV6_MAX_EXT: usize = 4;
+
+/// Where the headers of a parsed packet are, and its 5-tuple.
+pub struct Parsed {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the TCP or UDP header.
+    pub l4: usize,
+    pub vlan: bool,
+    pub key: FlowKey,
+}
+
+/// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Reads a `T` at `offset`, unaligned: IP headers sit at 2-byte boundaries behind Ethernet.
+#[inline(always)]
+pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+/// Writes a `T` at `offset`, unaligned.
+#[inline(always)]
+pub fn store<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
+}
+
+#[inline(always)]
+fn words16(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// Parses the packet up to its ports, or says why it must pass untouched.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
+    let eth: EthHdr = load(ctx, 0).ok_or(Counter::PassTruncated)?;
+    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut l3 = EthHdr::LEN;
+    let mut vlan = false;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let tag: VlanHdr = load(ctx, l3).ok_or(Counter::PassTruncated)?;
+        ether_type = u16::from_be(tag.ether_type);
+        l3 += VlanHdr::LEN;
+        vlan = true;
+    }
+    let mut key = FlowKey {
+        src: [0; 4],
+        dst: [0; 4],
+        src_port: 0,
+        dst_port: 0,
+        proto: 0,
+        family: 0,
+        _pad: 0,
+    };
+    let l4 = match ether_type {
+        ETH_P_IP => {
+            let ip: Ipv4Hdr = load(ctx, l3).ok_or(Counter::PassTruncated)?;
+            let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+            if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+                return Err(Counter::PassUnsupported);
+            }
+            // MF set or a non-zero offset: only the first fragment has ports, so the stack
+            // reassembles and none of them is touched here.
+            if (ip.frags[0] & 0x3f) != 0 || ip.frags[1] != 0 {
+                return Err(Counter::PassFragment);
+            }
+            key.family = FAMILY_V4;
+            key.proto = ip.proto;
+            key.src[0] = u32::from_ne_bytes(ip.src_addr);
+            key.dst[0] = u32::from_ne_bytes(ip.dst_addr);
+            l3 + ihl
+        }
+        ETH_P_IPV6 => {
+            let ip: Ipv6Hdr = load(ctx, l3).ok_or(Counter::PassTruncated)?;
+            if ip.vcf[0] >> 4 != 6 {
+                return Err(Counter::PassUnsupported);
+            }
+            key.family = FAMILY_V6;
+            key.src = words16(ip.src_addr);
+            key.dst = words16(ip.dst_addr);
+            let mut next = ip.next_hdr;
+            let mut off = l3 + Ipv6Hdr::LEN;
+            for _ in 0..IPV6_MAX_EXT {
+                match next {
+                    IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                        let ext: [u8; 2] = load(ctx, off).ok_or(Counter::PassTruncated)?;
+                        next = ext[0];
+                        off += (ext[1] as usize + 1) * 8;
+                    }
+                    _ => break,
+                }
+            }
+            if next == IPV6_FRAGMENT {
+                return Err(Counter::PassFragment);
+            }
+            key.proto = next;
+            off
+        }
+        _ => return Err(Counter::PassNotIp),
+    };
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(Counter::PassUnsupported);
+    }
+    // TCP needs its full fixed header (the checksum is at 16), UDP its 8 bytes.
+    let l4_len = if key.proto == PROTO_TCP { 20 } else { 8 };
+    let ports: [u16; 2] = load(ctx, l4).ok_or(Counter::PassTruncated)?;
+    if l4_len == 20 {
+        ptr_at::<[u8; 20]>(ctx, l4).ok_or(Counter::PassTruncated)?;
+    } else {
+        ptr_at::<[u8; 8]>(ctx, l4).ok_or(Counter::PassTruncated)?;
+    }
+    key.src_port = ports[0];
+    key.dst_port = ports[1];
+    Ok(Parsed { l3, l4, vlan, key })
+}

@@ -1,0 +1,397 @@
+//! Configuration: TOML in, a validated [`Config`] out. A caller never holds an unvalidated config.
+//! Every error names the file, line, column and field, and says how to fix it.
+
+mod error;
+mod raw;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use lb_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SERVICES};
+use toml::Spanned;
+
+pub use error::ConfigError;
+pub use raw::{ForwardingMode, HashMode, Protocol, XdpMode};
+
+use error::Locator;
+use raw::{RawBackend, RawConfig, RawService};
+
+/// Maglev table size when a service does not set `table_size`.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Backend weight when a backend does not set `weight`.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub interfaces: Vec<Interface>,
+    pub xdp_mode: XdpMode,
+    pub services: Vec<Service>,
+}
+
+/// An interface the XDP program is attached to, with where it was named (for later errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub line: usize,
+    pub column: usize,
+    pub index_in_list: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub mode: ForwardingMode,
+    pub hash: HashMode,
+    /// Maglev table size, a prime.
+    pub table_size: u32,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            problem: format!("cannot read the file: {e}"),
+            fix: "check the path and that the file is readable".into(),
+        })?;
+        Config::parse(file, &source)
+    }
+
+    /// Validates config text; `file` is only used in error messages.
+    pub fn parse(file: &Path, source: &str) -> Result<Config, ConfigError> {
+        let at = Locator { file, source };
+        let raw = deserialize(&at)?;
+        validate(&at, raw)
+    }
+
+    /// The error for an interface this host does not have.
+    pub fn interface_error(&self, iface: &Interface, problem: &str, fix: &str) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: iface.line,
+            column: iface.column,
+            field: format!("dataplane.interfaces[{}]", iface.index_in_list),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+fn deserialize(at: &Locator<'_>) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(at.source).map_err(|e| {
+        at.error(
+            e.span(),
+            "",
+            e.message().trim().to_string(),
+            "fix the TOML syntax at this position",
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let field = if field == "." { String::new() } else { field };
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_string();
+        let fix = if message.contains("unknown field") {
+            "remove the field or correct its spelling; the message lists the fields allowed here"
+        } else if message.contains("unknown variant") {
+            "use one of the values the message lists"
+        } else if message.contains("missing field") {
+            "add the missing field (see the configuration reference in README.md)"
+        } else if message.contains("invalid type") {
+            "give the value the type the message asks for"
+        } else {
+            "correct the value (see the configuration reference in README.md)"
+        };
+        at.error(inner.span(), field, message, fix)
+    })
+}
+
+fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let dataplane = raw.dataplane.into_inner();
+    let list_span = dataplane.interfaces.span();
+    let list = dataplane.interfaces.into_inner();
+    if list.is_empty() {
+        return Err(at.error(
+            Some(list_span),
+            "dataplane.interfaces",
+            "no interface is listed, so the balancer would see no packet",
+            "list the interfaces that carry client and backend traffic, e.g. interfaces = [\"eth0\"]",
+        ));
+    }
+    let mut interfaces: Vec<Interface> = Vec::new();
+    for (i, name) in list.iter().enumerate() {
+        let field = format!("dataplane.interfaces[{i}]");
+        let n = name.get_ref();
+        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ']) {
+            return Err(at.error(
+                Some(name.span()),
+                field,
+                format!("\"{n}\" is not a valid interface name"),
+                "use a name as `ip link` shows it: 1 to 15 characters, no '/' or spaces",
+            ));
+        }
+        if let Some(first) = interfaces.iter().find(|x| &x.name == n) {
+            return Err(at.error(
+                Some(name.span()),
+                field,
+                format!("\"{n}\" is listed twice (first at line {})", first.line),
+                "list each interface once",
+            ));
+        }
+        let (line, column) = at.position(name.span().start);
+        interfaces.push(Interface {
+            name: n.clone(),
+            line,
+            column,
+            index_in_list: i,
+        });
+    }
+
+    if raw.services.len() > MAX_SERVICES as usize {
+        return Err(at.error(
+            Some(raw.services[MAX_SERVICES as usize].span()),
+            format!("service[{MAX_SERVICES}]"),
+            format!("more than {MAX_SERVICES} services"),
+            format!("keep at most {MAX_SERVICES} services per balancer"),
+        ));
+    }
+    let mut services: Vec<Service> = Vec::new();
+    let mut vips: HashMap<(SocketAddr, Protocol), (String, usize)> = HashMap::new();
+    let mut total_backends = 0usize;
+    for (i, svc) in raw.services.into_iter().enumerate() {
+        let service = validate_service(at, i, svc.into_inner(), &services, &mut vips)?;
+        total_backends += service.backends.len();
+        if total_backends > MAX_BACKENDS as usize {
+            return Err(at.error(
+                None,
+                format!("service[{i}].backend"),
+                format!("more than {MAX_BACKENDS} backends in all services"),
+                format!("keep the total number of backends at or below {MAX_BACKENDS}"),
+            ));
+        }
+        services.push(service);
+    }
+    Ok(Config {
+        file: at.file.to_path_buf(),
+        interfaces,
+        xdp_mode: dataplane.xdp_mode,
+        services,
+    })
+}
+
+fn validate_service(
+    at: &Locator<'_>,
+    i: usize,
+    svc: RawService,
+    earlier: &[Service],
+    vips: &mut HashMap<(SocketAddr, Protocol), (String, usize)>,
+) -> Result<Service, ConfigError> {
+    let f = |name: &str| format!("service[{i}].{name}");
+    let name = svc.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(at.error(
+            Some(svc.name.span()),
+            f("name"),
+            format!("\"{name}\" is not a valid service name"),
+            "use letters, digits, '-', '_' and '.' only, such as \"web\"",
+        ));
+    }
+    if earlier.iter().any(|s| s.name == name) {
+        return Err(at.error(
+            Some(svc.name.span()),
+            f("name"),
+            format!("another service is already named \"{name}\""),
+            "give every service its own name",
+        ));
+    }
+
+    let vip = socket_addr(
+        at,
+        &svc.vip,
+        f("vip"),
+        "\"10.0.0.10:80\" or \"[2001:db8::10]:80\"",
+    )?;
+    if vip.ip().is_unspecified() || vip.ip().is_multicast() {
+        return Err(at.error(
+            Some(svc.vip.span()),
+            f("vip"),
+            format!("{} cannot be a VIP", vip.ip()),
+            "use the unicast address clients connect to",
+        ));
+    }
+    let (line, _) = at.position(svc.vip.span().start);
+    if let Some((other, other_line)) = vips.get(&(vip, svc.protocol)) {
+        return Err(at.error(
+            Some(svc.vip.span()),
+            f("vip"),
+            format!(
+                "{vip}/{} is already the VIP of service \"{other}\" (line {other_line})",
+                protocol_name(svc.protocol)
+            ),
+            "give each service its own address, port or protocol",
+        ));
+    }
+    vips.insert((vip, svc.protocol), (name.clone(), line));
+
+    if svc.backends.is_empty() {
+        return Err(at.error(
+            Some(svc.name.span()),
+            f("backend"),
+            format!("service \"{name}\" has no backend"),
+            "add at least one [[service.backend]] with address = \"IP:port\"",
+        ));
+    }
+    let mut backends: Vec<Backend> = Vec::new();
+    for (j, b) in svc.backends.iter().enumerate() {
+        backends.push(validate_backend(at, i, j, b.get_ref(), vip, &backends)?);
+    }
+
+    let table_size = match &svc.table_size {
+        None => DEFAULT_TABLE_SIZE,
+        Some(t) => {
+            let m = *t.get_ref();
+            let n = backends.len() as u32;
+            if m > MAX_RING_SIZE || m < n.max(2) || !is_prime(m) {
+                let suggestion = next_prime(m.max(n * 100).clamp(2, MAX_RING_SIZE));
+                let problem = if m > MAX_RING_SIZE {
+                    format!("{m} is larger than the largest table, {MAX_RING_SIZE}")
+                } else if m < n.max(2) {
+                    format!("{m} is smaller than the number of backends ({n})")
+                } else {
+                    format!("{m} is not a prime")
+                };
+                return Err(at.error(
+                    Some(t.span()),
+                    f("table_size"),
+                    problem,
+                    format!(
+                        "use a prime of at least 100 x the backends, such as {} (or leave it out for {DEFAULT_TABLE_SIZE})",
+                        suggestion.min(MAX_RING_SIZE)
+                    ),
+                ));
+            }
+            m
+        }
+    };
+    Ok(Service {
+        name,
+        vip,
+        protocol: svc.protocol,
+        mode: svc.mode,
+        hash: svc.hash,
+        table_size,
+        backends,
+    })
+}
+
+fn validate_backend(
+    at: &Locator<'_>,
+    i: usize,
+    j: usize,
+    b: &RawBackend,
+    vip: SocketAddr,
+    earlier: &[Backend],
+) -> Result<Backend, ConfigError> {
+    let f = |name: &str| format!("service[{i}].backend[{j}].{name}");
+    let address = socket_addr(at, &b.address, f("address"), "\"10.0.11.2:8080\"")?;
+    if address.is_ipv4() != vip.is_ipv4() {
+        return Err(at.error(
+            Some(b.address.span()),
+            f("address"),
+            format!("backend {address} and VIP {vip} are of different IP families"),
+            "NAT mode does not translate between IPv4 and IPv6: use a backend of the VIP's family",
+        ));
+    }
+    if earlier.iter().any(|e| e.address == address) {
+        return Err(at.error(
+            Some(b.address.span()),
+            f("address"),
+            format!("backend {address} is listed twice in this service"),
+            "list each backend once; use `weight` to give it a larger share",
+        ));
+    }
+    let weight = match &b.weight {
+        None => DEFAULT_WEIGHT,
+        Some(w) if (1..=MAX_WEIGHT).contains(w.get_ref()) => *w.get_ref(),
+        Some(w) => {
+            return Err(at.error(
+                Some(w.span()),
+                f("weight"),
+                format!("weight {} is out of range", w.get_ref()),
+                format!("use a weight from 1 to {MAX_WEIGHT}"),
+            ));
+        }
+    };
+    Ok(Backend { address, weight })
+}
+
+fn socket_addr(
+    at: &Locator<'_>,
+    value: &Spanned<String>,
+    field: String,
+    example: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let text = value.get_ref();
+    match text.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        Ok(_) => Err(at.error(
+            Some(value.span()),
+            field,
+            "port 0 is not a port a client can use",
+            format!("give a real port, such as {example}"),
+        )),
+        Err(_) => Err(at.error(
+            Some(value.span()),
+            field,
+            format!("\"{text}\" is not an address with a port"),
+            format!("write an IP address and a port, such as {example}"),
+        )),
+    }
+}
+
+pub fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+fn next_prime(mut n: u32) -> u32 {
+    while !is_prime(n) {
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! Turns a validated config into the exact contents of the data-plane maps: service entries,
+//! backend entries and one Maglev ring per service. Pure, so it is tested without a kernel and two
+//! nodes with the same config compute the same plan.
+
+use std::net::SocketAddr;
+
+use lb_common::{
+    BACKEND_ALIVE, BackendInfo, PROTO_TCP, PROTO_UDP, SERVICE_F_HASH_SRC_IP, ServiceKey, addr_words,
+};
+
+use crate::{
+    config::{Config, HashMode, Protocol, Service},
+    maglev,
+};
+
+/// Everything the map writer installs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub services: Vec<PlannedService>,
+    /// Indexed by backend id.
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedService {
+    pub name: String,
+    pub id: u32,
+    pub key: ServiceKey,
+    pub flags: u32,
+    /// Backend ids, one per Maglev entry.
+    pub ring: Vec<u32>,
+    /// The ids of this service's backends, in config order.
+    pub backend_ids: Vec<u32>,
+}
+
+pub fn service_key(vip: SocketAddr, protocol: Protocol) -> ServiceKey {
+    let (addr, family) = addr_words(vip.ip());
+    ServiceKey {
+        addr,
+        port: vip.port().to_be(),
+        proto: match protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        family,
+    }
+}
+
+fn backend_info(address: SocketAddr) -> BackendInfo {
+    let (addr, family) = addr_words(address.ip());
+    BackendInfo {
+        addr,
+        port: address.port().to_be(),
+        family,
+        state: BACKEND_ALIVE,
+        generation: 1,
+    }
+}
+
+fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
+    let identities: Vec<String> = svc.backends.iter().map(|b| b.address.to_string()).collect();
+    let entries: Vec<maglev::Entry<'_>> = svc
+        .backends
+        .iter()
+        .zip(&identities)
+        .map(|(b, identity)| maglev::Entry {
+            identity,
+            weight: b.weight,
+        })
+        .collect();
+    let ring = maglev::build(&entries, svc.table_size)
+        .into_iter()
+        .map(|i| first_backend + i)
+        .collect();
+    PlannedService {
+        name: svc.name.clone(),
+        id,
+        key: service_key(svc.vip, svc.protocol),
+        flags: match svc.hash {
+            HashMode::FiveTuple => 0,
+            HashMode::SourceIp => SERVICE_F_HASH_SRC_IP,
+        },
+        ring,
+        backend_ids: (first_backend..first_backend + svc.backends.len() as u32).collect(),
+    }
+}
+
+/// Service ids follow config order; backend ids are handed out service by service.
+pub fn plan(config: &Config) -> Plan {
+    let mut backends = Vec::new();
+    let mut services = Vec::new();
+    for (id, svc) in config.services.iter().enumerate() {
+        services.push(plan_service(id as u32, svc, backends.len() as u32));
+        backends.extend(svc.backends.iter().map(|b| backend_info(b.address)));
+    }
+    Plan { services, backends }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const TEXT: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+[[service]]
+name = "a"
+vip = "10.0.0.10:80"
+table_size = 307
+[[service.backend]]
+address = "10.0.11.2:8080"
+[[service.backend]]
+address = "10.0.12.2:8080"
+[[service]]
+name = "b"
+vip = "[2001:db8::10]:53"
+protocol = "udp"
+hash = "source_ip"
+table_size = 101
+[[service.backend]]
+address = "[2001:db8::11]:5353"
+"#;
+
+    #[test]
+    fn ids_keys_and_rings() {
+        let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();
+        let p = plan(&config);
+        assert_eq!(p.backends.len(), 3);
+        assert_eq!(p.services[0].backend_ids, vec![0, 1]);
+        assert_eq!(p.services[1].backend_ids, vec![2]);
+        assert_eq!(p.services[0].ring.len(), 307);
+        assert!(p.services[0].ring.iter().all(|&b| b < 2));
+        assert!(p.services[1].ring.iter().all(|&b| b == 2));
+        assert_eq!(p.services[0].key.port, 80u16.to_be());
+        assert_eq!(p.services[0].key.proto, PROTO_TCP);
+        assert_eq!(p.services[1].key.proto, PROTO_UDP);
+        assert_eq!(p.services[1].key.family, lb_common::FAMILY_V6);
+        assert_eq!(p.services[1].flags, SERVICE_F_HASH_SRC_IP);
+        assert_eq!(p.backends[2].port, 5353u16.to_be());
+        assert_eq!(p.backends[2].state, BACKEND_ALIVE);
+        assert_eq!(p, plan(&config), "planning is deterministic");
+    }
+}

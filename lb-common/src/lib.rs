@@ -28,8 +28,15 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_RING_SIZE: u32 = 65537;
 /// Ring slots per service: user space fills the idle one, then flips `ServiceInfo::active_slot`.
 pub const RING_SLOTS: u32 = 2;
-/// Entries in the `RINGS` array.
+/// Ring entries across all services and slots.
 pub const RINGS_LEN: u32 = MAX_SERVICES * RING_SLOTS * MAX_RING_SIZE;
+/// Ring entries per `RINGS` map element. The kernel pads every array element to 8 bytes, so a
+/// `u32` element would leave holes in the memory-mapped view; 16 entries (64 bytes) leave none.
+pub const RING_CHUNK: u32 = 16;
+/// One `RINGS` map element.
+pub type RingChunk = [u32; RING_CHUNK as usize];
+/// Elements in the `RINGS` array.
+pub const RINGS_CHUNKS: u32 = RINGS_LEN.div_ceil(RING_CHUNK);
 /// Entries in the `FLOWS` LRU map (client 5-tuple to backend), and in `NAT_REPLIES`.
 pub const FLOWS_CAPACITY: u32 = 262_144;
 /// A ring entry that names no backend: the service had nothing to put there.
@@ -46,7 +53,7 @@ pub const SERVICE_F_HASH_SRC_IP: u32 = 1;
 /// `BackendInfo::state`: the backend may take flows, new and established.
 pub const BACKEND_ALIVE: u8 = 1;
 
-/// Index of one ring entry in `RINGS`.
+/// Flat index of one ring entry: element `index / RING_CHUNK`, lane `index % RING_CHUNK`.
 #[inline(always)]
 pub const fn ring_index(service_id: u32, slot: u32, position: u32) -> u32 {
     (service_id * RING_SLOTS + slot) * MAX_RING_SIZE + position

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, Counter, FLOWS_CAPACITY, FlowKey, FlowValue, MAX_BACKENDS, MAX_SERVICES, NatValue,
-    RINGS_LEN, ServiceInfo, ServiceKey, Traffic,
+    RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
 };
 
 /// VIP (address, port, protocol) to service.
@@ -21,7 +21,7 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 
 /// Maglev tables: `RING_SLOTS` slots of `MAX_RING_SIZE` backend ids per service. Memory-mappable,
 /// so user space fills an idle slot with plain stores instead of one syscall per entry.
 #[map]
-pub static RINGS: Array<u32> = Array::with_max_entries(RINGS_LEN, BPF_F_MMAPABLE);
+pub static RINGS: Array<RingChunk> = Array::with_max_entries(RINGS_CHUNKS, BPF_F_MMAPABLE);
 
 /// Client 5-tuple to the backend its flow is pinned to.
 #[map]

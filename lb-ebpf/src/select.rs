@@ -3,7 +3,7 @@
 
 use lb_common::{
     BACKEND_ALIVE, BackendInfo, Counter, FlowKey, FlowValue, MAX_RING_SIZE, MAX_SERVICES,
-    NO_BACKEND, NatValue, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    NO_BACKEND, NatValue, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
     hash::{flow_hash, source_hash},
     ring_index,
 };
@@ -47,9 +47,9 @@ pub fn choose(key: &FlowKey, svc: &ServiceInfo) -> Result<Choice, Counter> {
         flow_hash(key)
     };
     let slot = svc.active_slot % RING_SLOTS;
-    let id = *RINGS
-        .get(ring_index(svc.id, slot, hash % svc.ring_size))
-        .ok_or(Counter::DropBadBackend)?;
+    let at = ring_index(svc.id, slot, hash % svc.ring_size);
+    let chunk = RINGS.get(at / RING_CHUNK).ok_or(Counter::DropBadBackend)?;
+    let id = chunk[(at % RING_CHUNK) as usize];
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }

@@ -1,1 +1,55 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. `setup` installs what building and testing need
+//! (idempotently) and runs by itself before `build`, `run`, `test` and `bench`.
+
+mod bench;
+mod build;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install nightly's rust-src, bpf-linker, the Debian packages the tests use, and mount bpffs.
+    Setup,
+    /// Build the daemon with its embedded XDP program.
+    Build(build::Options),
+    /// Run the demo: client, balancer and 3 HTTP backends in network namespaces.
+    Run(demo::Options),
+    /// Run formatting and lint checks and every test, privileged ones included (needs root).
+    Test(test::Options),
+    /// Measure the XDP program per packet class against a trivial program, in the kernel.
+    Bench(bench::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build(o) => {
+            setup::run()?;
+            build::run(&o).map(|_| ())
+        }
+        Command::Run(o) => {
+            setup::run()?;
+            demo::run(&o)
+        }
+        Command::Test(o) => {
+            setup::run()?;
+            test::run(&o)
+        }
+        Command::Bench(o) => {
+            setup::run()?;
+            bench::run(&o)
+        }
+    }
+}

@@ -11,8 +11,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use lb_common::{
-    BackendInfo, MAX_RING_SIZE, NO_BACKEND, RING_SLOTS, RINGS_LEN, ServiceInfo, ServiceKey,
-    Traffic, ring_index,
+    BackendInfo, MAX_RING_SIZE, NO_BACKEND, RING_SLOTS, RINGS_CHUNKS, RingChunk, ServiceInfo,
+    ServiceKey, Traffic, ring_index,
 };
 use memmap2::{MmapMut, MmapOptions};
 
@@ -78,6 +78,7 @@ impl Dataplane {
             .map_err(DataplaneError::Load)?;
         // The logger owns the log ring buffer; it must outlive the programs' use of it.
         let logger = EbpfLogger::init(&mut ebpf).ok();
+        // RINGS stays reachable through its memory mapping only.
         let rings_map = match take(&mut ebpf, "RINGS")? {
             Map::Array(data) => data,
             _ => return Err(DataplaneError::MissingMap("RINGS")),
@@ -191,7 +192,7 @@ fn map_rings(map: &MapData) -> Result<MmapMut, DataplaneError> {
     // it, and a torn read of an idle slot is impossible because a slot is only read once active.
     unsafe {
         MmapOptions::new()
-            .len(RINGS_LEN as usize * 4)
+            .len(RINGS_CHUNKS as usize * size_of::<RingChunk>())
             .map_mut(fd)
             .map_err(DataplaneError::Mmap)
     }

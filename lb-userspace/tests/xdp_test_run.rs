@@ -1,0 +1,591 @@
+//! The XDP program in the kernel, through `BPF_PROG_TEST_RUN` on crafted packets. Each case checks
+//! the action and the exact output bytes against a packet built independently by etherparse (so
+//! every checksum is a full recomputation). The runs happen inside a namespace with two veth
+//! interfaces and permanent neighbour entries, so `bpf_fib_lookup` answers deterministically.
+
+use std::net::IpAddr;
+
+use etherparse::{
+    IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv4Options, Ipv6Extensions, Ipv6Header,
+    PacketBuilder, SlicedPacket, TransportSlice, VlanId,
+};
+use lb_common::Counter;
+use understudy::{
+    config::Config,
+    dataplane::{Dataplane, XDP_PROGRAM},
+    plan::plan,
+};
+use understudy_testbed::{Netns, require_root};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+const XC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const XB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x11, 0x01];
+const CLIENT4: &str = "10.0.1.2";
+const CLIENT6: &str = "fd00:1::2";
+const VIP4: &str = "10.0.0.10";
+const VIP6: &str = "fd00::10";
+
+const CONFIG: &str = r#"
+[dataplane]
+interfaces = ["xc", "xb"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.10:80"
+table_size = 307
+[[service.backend]]
+address = "10.0.11.2:8080"
+[[service.backend]]
+address = "10.0.11.3:8080"
+[[service.backend]]
+address = "10.0.11.4:8080"
+
+[[service]]
+name = "dns"
+vip = "10.0.0.10:53"
+protocol = "udp"
+[[service.backend]]
+address = "10.0.11.2:5353"
+
+[[service]]
+name = "web6"
+vip = "[fd00::10]:80"
+table_size = 211
+[[service.backend]]
+address = "[fd00:11::2]:8080"
+[[service.backend]]
+address = "[fd00:11::3]:8080"
+"#;
+
+/// The MAC the namespace's neighbour table gives a backend address.
+fn backend_mac(ip: IpAddr) -> [u8; 6] {
+    let last = match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0x11, last]
+}
+
+struct Bed {
+    ns: Netns,
+    dp: Dataplane,
+    xc: u32,
+    xb: u32,
+}
+
+fn bed() -> Bed {
+    require_root("the XDP test_run tests");
+    let ns = Netns::new("xdp");
+    for (dev, mac) in [("xc", "02:00:00:00:01:01"), ("xb", "02:00:00:00:11:01")] {
+        let peer = format!("{dev}-peer");
+        ns.ip(&["link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer]);
+        ns.ip(&["link", "set", dev, "up"]);
+        ns.ip(&["link", "set", &peer, "up"]);
+    }
+    ns.ip(&["addr", "add", "10.0.1.1/24", "dev", "xc"]);
+    ns.ip(&["addr", "add", "10.0.11.1/24", "dev", "xb"]);
+    ns.ip(&["-6", "addr", "add", "fd00:1::1/64", "dev", "xc", "nodad"]);
+    ns.ip(&["-6", "addr", "add", "fd00:11::1/64", "dev", "xb", "nodad"]);
+    let neigh = |ip: &str, mac: [u8; 6], dev: &str| {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        ns.ip(&["neigh", "add", ip, "lladdr", &mac, "dev", dev, "nud", "permanent"]);
+    };
+    neigh(CLIENT4, CLIENT_MAC, "xc");
+    neigh(CLIENT6, CLIENT_MAC, "xc");
+    for ip in ["10.0.11.2", "10.0.11.3", "10.0.11.4", "fd00:11::2", "fd00:11::3"] {
+        neigh(ip, backend_mac(ip.parse().unwrap()), "xb");
+    }
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let index = |dev: &str| -> u32 {
+        ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (xc, xb) = (index("xc"), index("xb"));
+    let config = Config::parse("test.toml".as_ref(), CONFIG).unwrap();
+    let mut dp = Dataplane::load().expect("load the XDP object");
+    dp.install(&plan(&config)).expect("install the plan");
+    Bed { ns, dp, xc, xb }
+}
+
+impl Bed {
+    /// Runs the program once on `pkt` as if it arrived on `ifindex`; returns the action and the
+    /// packet as the program left it.
+    fn run(&mut self, pkt: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let mut ctx = Vec::new();
+        for v in [0u32, pkt.len() as u32, 0, ifindex, 0, 0] {
+            ctx.extend_from_slice(&v.to_ne_bytes());
+        }
+        let prog = self.dp.program(XDP_PROGRAM).unwrap();
+        let mut out = vec![0u8; pkt.len() + 256];
+        let result = self.ns.enter(|| {
+            prog.test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+        });
+        let result = result.expect("test_run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        self.dp.counters().unwrap().get(c)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum L4 {
+    Tcp { syn: bool },
+    Udp,
+}
+
+/// A packet described by its fields, built by etherparse with every checksum computed in full.
+#[derive(Clone, Debug)]
+struct Pkt {
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    vlan: Option<u16>,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    ip_options: bool,
+    l4: L4,
+    payload: Vec<u8>,
+}
+
+impl Pkt {
+    fn to_vip(src: &str, dst: &str, sport: u16, dport: u16, l4: L4) -> Pkt {
+        Pkt {
+            eth_src: CLIENT_MAC,
+            eth_dst: XC_MAC,
+            vlan: None,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport,
+            dport,
+            ttl: 64,
+            ip_options: false,
+            l4,
+            payload: b"understudy".to_vec(),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let proto = match self.l4 {
+            L4::Tcp { .. } => IpNumber::TCP,
+            L4::Udp => IpNumber::UDP,
+        };
+        let ip = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut h = Ipv4Header::new(0, self.ttl, proto, s.octets(), d.octets()).unwrap();
+                if self.ip_options {
+                    // Four NOPs and an end-of-options list: IHL 7.
+                    h.options = Ipv4Options::try_from(&[1u8, 1, 1, 1, 0, 0, 0, 0][..]).unwrap();
+                }
+                IpHeaders::Ipv4(h, Ipv4Extensions::default())
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
+                Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Default::default(),
+                    payload_length: 0,
+                    next_header: proto,
+                    hop_limit: self.ttl,
+                    source: s.octets(),
+                    destination: d.octets(),
+                },
+                Ipv6Extensions::default(),
+            ),
+            _ => panic!("mixed families"),
+        };
+        let step = match self.vlan {
+            Some(v) => PacketBuilder::ethernet2(self.eth_src, self.eth_dst)
+                .single_vlan(VlanId::try_new(v).unwrap())
+                .ip(ip),
+            None => PacketBuilder::ethernet2(self.eth_src, self.eth_dst).ip(ip),
+        };
+        let mut out = Vec::new();
+        match self.l4 {
+            L4::Tcp { syn: true } => step
+                .tcp(self.sport, self.dport, 1000, 64240)
+                .syn()
+                .write(&mut out, &self.payload),
+            L4::Tcp { syn: false } => step
+                .tcp(self.sport, self.dport, 1001, 64240)
+                .ack(1)
+                .write(&mut out, &self.payload),
+            L4::Udp => step
+                .udp(self.sport, self.dport)
+                .write(&mut out, &self.payload),
+        }
+        .unwrap();
+        out
+    }
+
+    /// What the program should send to the backend: DNAT, TTL - 1, next-hop MACs.
+    fn forwarded_to(&self, backend: IpAddr, port: u16) -> Pkt {
+        Pkt {
+            eth_src: XB_MAC,
+            eth_dst: backend_mac(backend),
+            dst: backend,
+            dport: port,
+            ttl: self.ttl - 1,
+            ..self.clone()
+        }
+    }
+}
+
+/// The destination address and port of an output packet, read with etherparse.
+fn destination(out: &[u8]) -> (IpAddr, u16) {
+    let p = SlicedPacket::from_ethernet(out).expect("output parses");
+    let ip = match p.net.expect("has an IP header") {
+        etherparse::NetSlice::Ipv4(v4) => IpAddr::from(v4.header().destination()),
+        etherparse::NetSlice::Ipv6(v6) => IpAddr::from(v6.header().destination()),
+        _ => panic!("not IP"),
+    };
+    let port = match p.transport.expect("has ports") {
+        TransportSlice::Tcp(t) => t.destination_port(),
+        TransportSlice::Udp(u) => u.destination_port(),
+        _ => panic!("not TCP/UDP"),
+    };
+    (ip, port)
+}
+
+fn assert_bytes(case: &str, got: &[u8], want: &[u8]) {
+    assert_eq!(
+        got,
+        want,
+        "{case}: output differs at byte {:?}",
+        got.iter().zip(want).position(|(a, b)| a != b)
+    );
+}
+
+#[test]
+fn syn_to_a_vip_is_rewritten_to_a_backend() {
+    let mut bed = bed();
+    let syn = Pkt::to_vip(CLIENT4, VIP4, 40000, 80, L4::Tcp { syn: true });
+    let (action, out) = bed.run(&syn.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let (backend, port) = destination(&out);
+    assert!(
+        ["10.0.11.2", "10.0.11.3", "10.0.11.4"].contains(&backend.to_string().as_str()),
+        "{backend}"
+    );
+    assert_eq!(port, 8080);
+    assert_bytes("syn", &out, &syn.forwarded_to(backend, 8080).bytes());
+    assert_eq!(bed.counter(Counter::Redirect), 1);
+    let svc = bed.dp.service_traffic(0).unwrap();
+    assert_eq!((svc.packets, svc.new_flows), (1, 1));
+}
+
+#[test]
+fn ipv4_options_are_skipped_and_kept() {
+    let mut bed = bed();
+    let mut syn = Pkt::to_vip(CLIENT4, VIP4, 40001, 80, L4::Tcp { syn: true });
+    syn.ip_options = true;
+    let (action, out) = bed.run(&syn.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let (backend, _) = destination(&out);
+    assert_bytes("options", &out, &syn.forwarded_to(backend, 8080).bytes());
+}
+
+#[test]
+fn the_same_flow_keeps_its_backend_and_flows_spread() {
+    let mut bed = bed();
+    let syn = Pkt::to_vip(CLIENT4, VIP4, 40002, 80, L4::Tcp { syn: true });
+    let (_, first) = bed.run(&syn.bytes(), bed.xc);
+    let (backend, _) = destination(&first);
+    let ack = Pkt {
+        l4: L4::Tcp { syn: false },
+        ..syn.clone()
+    };
+    for _ in 0..20 {
+        let (action, out) = bed.run(&ack.bytes(), bed.xc);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_bytes("same flow", &out, &ack.forwarded_to(backend, 8080).bytes());
+    }
+    let svc = bed.dp.service_traffic(0).unwrap();
+    assert_eq!((svc.packets, svc.new_flows), (21, 1), "one flow, 21 packets");
+
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 41000..41060 {
+        let p = Pkt::to_vip(CLIENT4, VIP4, sport, 80, L4::Tcp { syn: true });
+        seen.insert(destination(&bed.run(&p.bytes(), bed.xc).1).0);
+    }
+    assert_eq!(seen.len(), 3, "60 flows reached only {seen:?}");
+}
+
+#[test]
+fn a_reply_from_the_backend_is_rewritten_to_the_vip() {
+    let mut bed = bed();
+    let syn = Pkt::to_vip(CLIENT4, VIP4, 40003, 80, L4::Tcp { syn: true });
+    let (_, out) = bed.run(&syn.bytes(), bed.xc);
+    let (backend, _) = destination(&out);
+
+    let reply = Pkt {
+        eth_src: backend_mac(backend),
+        eth_dst: XB_MAC,
+        vlan: None,
+        src: backend,
+        dst: CLIENT4.parse().unwrap(),
+        sport: 8080,
+        dport: 40003,
+        ttl: 64,
+        ip_options: false,
+        l4: L4::Tcp { syn: false },
+        payload: b"hello back".to_vec(),
+    };
+    let (action, out) = bed.run(&reply.bytes(), bed.xb);
+    assert_eq!(action, XDP_REDIRECT);
+    let want = Pkt {
+        eth_src: XC_MAC,
+        eth_dst: CLIENT_MAC,
+        src: VIP4.parse().unwrap(),
+        sport: 80,
+        ttl: 63,
+        ..reply.clone()
+    };
+    assert_bytes("reply", &out, &want.bytes());
+    assert_eq!(bed.counter(Counter::ReplyTranslated), 1);
+
+    // The same backend packet to a client port with no flow is not ours: untouched.
+    let stray = Pkt {
+        dport: 40999,
+        ..reply
+    };
+    let (action, out) = bed.run(&stray.bytes(), bed.xb);
+    assert_eq!(action, XDP_PASS);
+    assert_bytes("stray reply", &out, &stray.bytes());
+}
+
+#[test]
+fn an_ipv6_vip_both_ways() {
+    let mut bed = bed();
+    let syn = Pkt::to_vip(CLIENT6, VIP6, 40004, 80, L4::Tcp { syn: true });
+    let (action, out) = bed.run(&syn.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let (backend, port) = destination(&out);
+    assert!(backend.to_string().starts_with("fd00:11::"), "{backend}");
+    assert_bytes("v6 syn", &out, &syn.forwarded_to(backend, port).bytes());
+
+    let reply = Pkt {
+        eth_src: backend_mac(backend),
+        eth_dst: XB_MAC,
+        src: backend,
+        dst: CLIENT6.parse().unwrap(),
+        sport: 8080,
+        dport: 40004,
+        l4: L4::Tcp { syn: false },
+        ..syn.clone()
+    };
+    let (action, out) = bed.run(&reply.bytes(), bed.xb);
+    assert_eq!(action, XDP_REDIRECT);
+    let want = Pkt {
+        eth_src: XC_MAC,
+        eth_dst: CLIENT_MAC,
+        src: VIP6.parse().unwrap(),
+        sport: 80,
+        ttl: 63,
+        ..reply.clone()
+    };
+    assert_bytes("v6 reply", &out, &want.bytes());
+}
+
+#[test]
+fn a_udp_vip() {
+    let mut bed = bed();
+    let q = Pkt::to_vip(CLIENT4, VIP4, 5000, 53, L4::Udp);
+    let (action, out) = bed.run(&q.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let backend: IpAddr = "10.0.11.2".parse().unwrap();
+    assert_bytes("udp", &out, &q.forwarded_to(backend, 5353).bytes());
+
+    // A UDP datagram without a checksum (zero) keeps having none.
+    let mut bytes = Pkt::to_vip(CLIENT4, VIP4, 5001, 53, L4::Udp).bytes();
+    bytes[14 + 20 + 6] = 0;
+    bytes[14 + 20 + 7] = 0;
+    let (action, out) = bed.run(&bytes, bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+    assert_eq!(destination(&out), (backend, 5353));
+}
+
+#[test]
+fn a_packet_to_a_non_vip_passes_byte_for_byte() {
+    let mut bed = bed();
+    let cases = [
+        Pkt::to_vip(CLIENT4, "10.0.0.99", 40005, 80, L4::Tcp { syn: true }),
+        Pkt::to_vip(CLIENT4, VIP4, 40005, 81, L4::Tcp { syn: true }),
+        Pkt::to_vip(CLIENT4, VIP4, 40005, 80, L4::Udp),
+        Pkt::to_vip(CLIENT6, "fd00::99", 40005, 80, L4::Tcp { syn: true }),
+    ];
+    for (i, p) in cases.iter().enumerate() {
+        let (action, out) = bed.run(&p.bytes(), bed.xc);
+        assert_eq!(action, XDP_PASS, "case {i}");
+        assert_bytes(&format!("non-VIP {i}"), &out, &p.bytes());
+    }
+    assert_eq!(bed.counter(Counter::PassNotVip), cases.len() as u64);
+
+    // ARP is not IP at all.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    let (action, out) = bed.run(&arp, bed.xc);
+    assert_eq!((action, out), (XDP_PASS, arp));
+    assert_eq!(bed.counter(Counter::PassNotIp), 1);
+}
+
+#[test]
+fn truncated_headers_at_every_layer_pass_unchanged() {
+    let mut bed = bed();
+    let tcp4 = Pkt::to_vip(CLIENT4, VIP4, 40006, 80, L4::Tcp { syn: true });
+    let udp4 = Pkt::to_vip(CLIENT4, VIP4, 40006, 53, L4::Udp);
+    let tcp6 = Pkt::to_vip(CLIENT6, VIP6, 40006, 80, L4::Tcp { syn: true });
+    let vlan = Pkt {
+        vlan: Some(7),
+        ..tcp4.clone()
+    };
+    let mut options = tcp4.clone();
+    options.ip_options = true;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ethernet only", tcp4.bytes()[..14].to_vec()),
+        ("half a VLAN tag", vlan.bytes()[..16].to_vec()),
+        ("VLAN tag, no IP", vlan.bytes()[..18].to_vec()),
+        ("half an IPv4 header", tcp4.bytes()[..14 + 10].to_vec()),
+        ("IPv4 options cut", options.bytes()[..14 + 24].to_vec()),
+        ("IPv4, no TCP", tcp4.bytes()[..14 + 20].to_vec()),
+        ("IPv4, ports only", tcp4.bytes()[..14 + 20 + 4].to_vec()),
+        ("IPv4, TCP without checksum", tcp4.bytes()[..14 + 20 + 16].to_vec()),
+        ("IPv4, half a UDP header", udp4.bytes()[..14 + 20 + 6].to_vec()),
+        ("half an IPv6 header", tcp6.bytes()[..14 + 30].to_vec()),
+        ("IPv6, no TCP", tcp6.bytes()[..14 + 40].to_vec()),
+        ("IPv6, TCP cut", tcp6.bytes()[..14 + 40 + 12].to_vec()),
+    ];
+    for (name, bytes) in &cases {
+        let (action, out) = bed.run(bytes, bed.xc);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_bytes(name, &out, bytes);
+    }
+    assert_eq!(bed.counter(Counter::PassTruncated), cases.len() as u64);
+    assert_eq!(bed.counter(Counter::Redirect), 0);
+}
+
+#[test]
+fn fragments_pass_unchanged() {
+    let mut bed = bed();
+    let base = Pkt::to_vip(CLIENT4, VIP4, 40007, 80, L4::Tcp { syn: true }).bytes();
+    let mut more_fragments = base.clone();
+    more_fragments[14 + 6] |= 0x20;
+    let mut later_fragment = base.clone();
+    later_fragment[14 + 7] = 0x10;
+    // IPv6: a fragment header (44) in front of TCP.
+    let v6 = Pkt::to_vip(CLIENT6, VIP6, 40007, 80, L4::Tcp { syn: true }).bytes();
+    let mut frag6 = v6[..14 + 40].to_vec();
+    frag6[14 + 6] = 44;
+    let payload_len = u16::from_be_bytes([v6[18], v6[19]]) + 8;
+    frag6[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    frag6.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 42]);
+    frag6.extend_from_slice(&v6[14 + 40..]);
+    for (name, bytes) in [
+        ("IPv4 more-fragments", &more_fragments),
+        ("IPv4 offset", &later_fragment),
+        ("IPv6 fragment header", &frag6),
+    ] {
+        let (action, out) = bed.run(bytes, bed.xc);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_bytes(name, &out, bytes);
+    }
+    assert_eq!(bed.counter(Counter::PassFragment), 3);
+}
+
+#[test]
+fn a_vlan_tagged_packet_is_translated_and_left_to_the_stack() {
+    let mut bed = bed();
+    let syn = Pkt {
+        vlan: Some(100),
+        ..Pkt::to_vip(CLIENT4, VIP4, 40008, 80, L4::Tcp { syn: true })
+    };
+    let (action, out) = bed.run(&syn.bytes(), bed.xc);
+    // The stack forwards it on the VLAN device (and decrements the TTL itself).
+    assert_eq!(action, XDP_PASS);
+    let (backend, _) = destination(&out);
+    let want = Pkt {
+        dst: backend,
+        dport: 8080,
+        ..syn.clone()
+    };
+    assert_bytes("vlan", &out, &want.bytes());
+    assert_eq!(bed.counter(Counter::PassVlan), 1);
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped() {
+    let mut bed = bed();
+    let syn = Pkt::to_vip(CLIENT6, VIP6, 40009, 80, L4::Tcp { syn: true });
+    let plain = syn.bytes();
+    // Insert an 8-byte destination-options header (60) carrying PadN.
+    let mut with_ext = plain[..14 + 40].to_vec();
+    with_ext[14 + 6] = 60;
+    let payload_len = u16::from_be_bytes([plain[18], plain[19]]) + 8;
+    with_ext[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    with_ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+    with_ext.extend_from_slice(&plain[14 + 40..]);
+    let (action, out) = bed.run(&with_ext, bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let (backend, port) = destination(&out);
+    assert_eq!(port, 8080);
+    // Same rewrite as without the extension header (but for the payload length and next-header
+    // fields, which differ by construction), and the extension header untouched.
+    let want = syn.forwarded_to(backend, 8080).bytes();
+    assert_eq!(&out[14 + 4..14 + 7], &with_ext[14 + 4..14 + 7]);
+    assert_eq!(&out[..14 + 4], &want[..14 + 4]);
+    assert_eq!(&out[14 + 7..14 + 40], &want[14 + 7..14 + 40]);
+    assert_eq!(&out[14 + 40..14 + 48], &[6, 0, 1, 4, 0, 0, 0, 0]);
+    assert_eq!(&out[14 + 48..], &want[14 + 40..]);
+}
+
+#[test]
+fn a_service_with_an_empty_ring_drops_and_counts() {
+    let mut bed = bed();
+    let config = Config::parse("test.toml".as_ref(), CONFIG).unwrap();
+    let mut p = plan(&config);
+    p.services[0].ring.clear();
+    bed.dp.install_service(&p.services[0]).unwrap();
+    let syn = Pkt::to_vip(CLIENT4, VIP4, 40010, 80, L4::Tcp { syn: true });
+    let (action, out) = bed.run(&syn.bytes(), bed.xc);
+    assert_eq!(action, XDP_DROP);
+    assert_bytes("dropped", &out, &syn.bytes());
+    assert_eq!(bed.counter(Counter::DropNoBackend), 1);
+}
+
+#[test]
+fn an_expiring_ttl_is_left_to_the_stack() {
+    let mut bed = bed();
+    let syn = Pkt {
+        ttl: 1,
+        ..Pkt::to_vip(CLIENT4, VIP4, 40011, 80, L4::Tcp { syn: true })
+    };
+    let (action, out) = bed.run(&syn.bytes(), bed.xc);
+    assert_eq!(action, XDP_PASS);
+    let (backend, _) = destination(&out);
+    let want = Pkt {
+        dst: backend,
+        dport: 8080,
+        ..syn.clone()
+    };
+    assert_bytes("ttl 1", &out, &want.bytes());
+    assert_eq!(bed.counter(Counter::PassTtl), 1);
+}

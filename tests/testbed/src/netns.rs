@@ -1,0 +1,138 @@
+//! A named network namespace with a guard that deletes it.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and returns its output, whatever its status.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (is it installed? `cargo xtask setup`)")
+        })
+}
+
+/// Runs a command and panics with its stderr unless it succeeds.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    if !out.status.success() {
+        panic!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted (with every interface in it) on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `us-<role>-<pid>-<n>`, unique within this machine's live processes.
+    pub fn new(role: &str) -> Netns {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("us-{role}-{}-{n}", std::process::id());
+        run_ok("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> <args>`, panicking on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run_ok("ip", &all)
+    }
+
+    /// Runs a command inside the namespace, panicking on failure.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run_ok("ip", &all)
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Starts a long-running process inside the namespace.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Child {
+        self.command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} in {}: {e}", self.name))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a thread that has joined this namespace. Sockets created there stay in the
+    /// namespace wherever they are used later; threads spawned by `f` inherit it.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes its veth ends, and with them their peers elsewhere.
+        let out = run("ip", &["netns", "del", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: could not delete netns {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+}
+
+impl Netns {
+    /// Deletes namespaces this crate made for processes that no longer exist (a run killed with
+    /// SIGKILL cannot clean up after itself).
+    pub fn remove_stale() {
+        let list = run("ip", &["netns", "list"]);
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let mut parts = name.rsplitn(3, '-');
+            let (_n, pid) = (parts.next(), parts.next());
+            let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if name.starts_with("us-") && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("removing stale namespace {name}");
+                run("ip", &["netns", "del", name]);
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The standard test and demo network: a client, a balancer and N backends, each in its own
+//! namespace, joined to the balancer by veth pairs. Interface names in the balancer are fixed
+//! (`lb-client`, `lb-be1`...) because they live in the balancer's own namespace.
+//!
+//! ```text
+//!  client 10.0.1.2 ─ eth0 ══ lb-client 10.0.1.1 ┐
+//!                                 balancer        ├ lb-beI 10.0.1I.1 ══ eth0 10.0.1I.2  backend I
+//!  VIP 10.0.0.10 / fd00::10 is routed to the balancer and held by no interface.
+//! ```
+//! IPv6 mirrors it: fd00:1::/64 for the client, fd00:1I::/64 for backend I.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::Netns;
+
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+
+/// Backend `i`'s (1-based) IPv4 address.
+pub fn backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 10 + i as u8, 2)
+}
+
+/// Backend `i`'s (1-based) IPv6 address.
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10 + i as u16, 0, 0, 0, 0, 0, 2)
+}
+
+pub struct Topology {
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+}
+
+/// A host's end of a link: no TX checksum offload, so its packets carry complete checksums that
+/// XDP can update incrementally (a partial one cannot be); GRO on, so frames that XDP redirects
+/// into the veth are accepted.
+fn host_link(ns: &Netns, dev: &str) {
+    ns.exec(&["ethtool", "-K", dev, "tx", "off", "gro", "on"]);
+}
+
+impl Topology {
+    /// Builds the network with `n` backends (at most 9). Routes, addresses and forwarding are set;
+    /// nothing listens yet.
+    pub fn build(n: usize) -> Topology {
+        assert!((1..=9).contains(&n));
+        let client = Netns::new("client");
+        let lb = Netns::new("lb");
+        let backends: Vec<Netns> = (1..=n).map(|i| Netns::new(&format!("be{i}"))).collect();
+
+        lb.ip(&[
+            "link",
+            "add",
+            "lb-client",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            client.name(),
+        ]);
+        lb.ip(&["addr", "add", "10.0.1.1/24", "dev", "lb-client"]);
+        lb.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:1::1/64",
+            "dev",
+            "lb-client",
+            "nodad",
+        ]);
+        lb.ip(&["link", "set", "lb-client", "up"]);
+        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "eth0"]);
+        client.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{CLIENT_V6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"]);
+        host_link(&client, "eth0");
+
+        for (idx, be) in backends.iter().enumerate() {
+            let i = idx + 1;
+            let lb_dev = format!("lb-be{i}");
+            lb.ip(&[
+                "link",
+                "add",
+                &lb_dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                be.name(),
+            ]);
+            lb.ip(&[
+                "addr",
+                "add",
+                &format!("10.0.{}.1/24", 10 + i),
+                "dev",
+                &lb_dev,
+            ]);
+            lb.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("fd00:{:x}::1/64", 0x10 + i),
+                "dev",
+                &lb_dev,
+                "nodad",
+            ]);
+            lb.ip(&["link", "set", &lb_dev, "up"]);
+            be.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", backend_v4(i)),
+                "dev",
+                "eth0",
+            ]);
+            be.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", backend_v6(i)),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            be.ip(&["link", "set", "eth0", "up"]);
+            be.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.0.{}.1", 10 + i),
+            ]);
+            be.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:{:x}::1", 0x10 + i),
+            ]);
+            host_link(be, "eth0");
+        }
+
+        // The balancer routes: translated packets that XDP hands to the stack are forwarded.
+        lb.sysctl("net.ipv4.ip_forward", "1");
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        lb.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        lb.sysctl("net.ipv4.conf.default.rp_filter", "0");
+        Topology {
+            client,
+            lb,
+            backends,
+        }
+    }
+
+    /// The balancer-side interfaces, as a config lists them.
+    pub fn lb_interfaces(&self) -> Vec<String> {
+        let mut v = vec!["lb-client".to_string()];
+        v.extend((1..=self.backends.len()).map(|i| format!("lb-be{i}")));
+        v
+    }
+
+    pub fn vip(&self, v6: bool) -> IpAddr {
+        if v6 { VIP_V6.into() } else { VIP_V4.into() }
+    }
+
+    pub fn backend_addr(&self, i: usize, v6: bool) -> IpAddr {
+        if v6 {
+            backend_v6(i).into()
+        } else {
+            backend_v4(i).into()
+        }
+    }
+}

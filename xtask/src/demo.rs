@@ -1,0 +1,216 @@
+//! `cargo xtask run`: the demo. It builds a client, the balancer and three backends in network
+//! namespaces, serves a page naming each backend (Python's http.server), starts `understudy` in
+//! the balancer namespace with `config/demo.toml`, and shows the client's requests to the VIP
+//! answered by different backends. It runs until Ctrl-C (or once, with `--once`), and removes
+//! everything it made on every exit path: guards kill the processes and delete the namespaces.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use understudy_testbed::{Netns, Topology, VIP_V4, VIP_V6, backend_v4};
+
+use crate::util::root;
+
+#[derive(Args)]
+pub struct Options {
+    /// Show the traffic once and exit instead of waiting for Ctrl-C (used by `xtask test`).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Kills a child process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SIGTERM first so the daemon detaches XDP cleanly; the namespace goes anyway.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    if !crate::util::is_root() {
+        bail!("the demo creates network namespaces and attaches XDP, so it needs root");
+    }
+    // Block SIGINT/SIGTERM in every thread, so Ctrl-C arrives at `sigwait` below and the guards
+    // get to clean up, instead of killing this process outright.
+    let signals = block_signals();
+    Netns::remove_stale();
+    let binary = crate::build::run(&crate::build::Options::default())?;
+    let config = root().join("config/demo.toml");
+
+    println!("demo: building namespaces: client, balancer, 3 backends");
+    let topo = Topology::build(3);
+    let site = tempdir()?;
+    let mut guards = Vec::new();
+    for (i, be) in topo.backends.iter().enumerate() {
+        let dir = site.join(format!("be{}", i + 1));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("index.html"),
+            format!("Hello from backend-{} ({})\n", i + 1, backend_v4(i + 1)),
+        )?;
+        let child = unblocked(be.command("python3"))
+            .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting python3 -m http.server")?;
+        guards.push(Guard(child));
+    }
+
+    println!(
+        "demo: starting {} run --config {}",
+        binary.display(),
+        config.display()
+    );
+    let mut daemon = unblocked(topo.lb.command(binary.to_str().context("binary path")?))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting understudy")?;
+    let ready = relay_output(&mut daemon);
+    guards.push(Guard(daemon));
+    ready
+        .recv_timeout(Duration::from_secs(30))
+        .context("understudy did not report it was running within 30 s (its log is above)")?;
+    wait_for_http(&topo)?;
+
+    for (label, url) in [
+        ("IPv4", format!("http://{VIP_V4}/")),
+        ("IPv6", format!("http://[{VIP_V6}]/")),
+    ] {
+        println!("\ndemo: 6 requests from the client to {url} ({label}):");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let answer = curl(&topo.client, &url)?;
+            println!("  {}", answer.trim());
+            seen.insert(answer);
+        }
+        if seen.len() < 2 {
+            bail!("every {label} request reached the same backend; the balancer is not spreading");
+        }
+    }
+
+    println!(
+        "\ndemo: running. Try it yourself in another terminal:\n  \
+         ip netns exec {} curl http://{VIP_V4}/\n  \
+         ip netns exec {} curl 'http://[{VIP_V6}]/'",
+        topo.client.name(),
+        topo.client.name()
+    );
+    if o.once {
+        println!("demo: --once given, cleaning up");
+    } else {
+        println!("demo: press Ctrl-C to stop and remove everything");
+        wait_for(&signals);
+        println!("\ndemo: stopping and cleaning up");
+    }
+    drop(guards);
+    drop(topo);
+    std::fs::remove_dir_all(&site).ok();
+    Ok(())
+}
+
+fn curl(client: &Netns, url: &str) -> anyhow::Result<String> {
+    let out = client
+        .command("curl")
+        .args(["-sS", "--max-time", "3", url])
+        .output()
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The backends' HTTP servers take a moment to bind; wait until the VIP answers.
+fn wait_for_http(topo: &Topology) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if curl(&topo.client, &format!("http://{VIP_V4}/")).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the VIP did not answer HTTP within 10 s")
+}
+
+/// Prints the daemon's output with a prefix; the receiver fires once it says it is running.
+fn relay_output(child: &mut Child) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped stdout");
+    let err = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("  understudy | {line}");
+            if line.contains("understudy is running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            println!("  understudy | {line}");
+        }
+    });
+    rx
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("understudy-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn block_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Children must not inherit the blocked signals: the daemon stops cleanly on SIGTERM.
+fn unblocked(mut cmd: std::process::Command) -> std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn wait_for(set: &libc::sigset_t) {
+    let mut sig = 0;
+    unsafe { libc::sigwait(set, &mut sig) };
+}

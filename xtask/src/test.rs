@@ -1,0 +1,50 @@
+//! `cargo xtask test`: what CI runs. Formatting, clippy with warnings as errors on the user-space
+//! crates, every test (unit, kernel `test_run`, end-to-end in namespaces), then the demo once.
+//! Privileged tests need root and never skip: without root this stops with a clear message.
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::util::{cmd, is_root};
+
+#[derive(Args)]
+pub struct Options {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Skip the demo smoke run at the end.
+    #[arg(long)]
+    no_demo: bool,
+    /// Extra arguments for `cargo test` (a test name filter, `--nocapture`...).
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the tests load XDP programs and build network namespaces, so they need root \
+             (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run `cargo xtask test` as root"
+        );
+    }
+    understudy_testbed::Netns::remove_stale();
+    if !o.no_lint {
+        cmd("cargo", &["fmt", "--all", "--check"])?;
+        cmd(
+            "cargo",
+            &["clippy", "--all-targets", "--", "-D", "warnings"],
+        )?;
+    }
+    let mut args = vec!["test", "--no-fail-fast"];
+    let extra: Vec<&str> = o.cargo_args.iter().map(String::as_str).collect();
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra);
+    }
+    cmd("cargo", &args)?;
+    if !o.no_demo {
+        crate::demo::run(&crate::demo::Options { once: true })?;
+    }
+    println!("xtask test: all passed");
+    Ok(())
+}

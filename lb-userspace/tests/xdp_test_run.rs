@@ -82,7 +82,9 @@ fn bed() -> Bed {
     let ns = Netns::new("xdp");
     for (dev, mac) in [("xc", "02:00:00:00:01:01"), ("xb", "02:00:00:00:11:01")] {
         let peer = format!("{dev}-peer");
-        ns.ip(&["link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer]);
+        ns.ip(&[
+            "link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer,
+        ]);
         ns.ip(&["link", "set", dev, "up"]);
         ns.ip(&["link", "set", &peer, "up"]);
     }
@@ -92,11 +94,27 @@ fn bed() -> Bed {
     ns.ip(&["-6", "addr", "add", "fd00:11::1/64", "dev", "xb", "nodad"]);
     let neigh = |ip: &str, mac: [u8; 6], dev: &str| {
         let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        ns.ip(&["neigh", "add", ip, "lladdr", &mac, "dev", dev, "nud", "permanent"]);
+        ns.ip(&[
+            "neigh",
+            "add",
+            ip,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
     };
     neigh(CLIENT4, CLIENT_MAC, "xc");
     neigh(CLIENT6, CLIENT_MAC, "xc");
-    for ip in ["10.0.11.2", "10.0.11.3", "10.0.11.4", "fd00:11::2", "fd00:11::3"] {
+    for ip in [
+        "10.0.11.2",
+        "10.0.11.3",
+        "10.0.11.4",
+        "fd00:11::2",
+        "fd00:11::3",
+    ] {
         neigh(ip, backend_mac(ip.parse().unwrap()), "xb");
     }
     ns.sysctl("net.ipv4.ip_forward", "1");
@@ -317,7 +335,11 @@ fn the_same_flow_keeps_its_backend_and_flows_spread() {
         assert_bytes("same flow", &out, &ack.forwarded_to(backend, 8080).bytes());
     }
     let svc = bed.dp.service_traffic(0).unwrap();
-    assert_eq!((svc.packets, svc.new_flows), (21, 1), "one flow, 21 packets");
+    assert_eq!(
+        (svc.packets, svc.new_flows),
+        (21, 1),
+        "one flow, 21 packets"
+    );
 
     let mut seen = std::collections::BTreeSet::new();
     for sport in 41000..41060 {
@@ -468,8 +490,14 @@ fn truncated_headers_at_every_layer_pass_unchanged() {
         ("IPv4 options cut", options.bytes()[..14 + 24].to_vec()),
         ("IPv4, no TCP", tcp4.bytes()[..14 + 20].to_vec()),
         ("IPv4, ports only", tcp4.bytes()[..14 + 20 + 4].to_vec()),
-        ("IPv4, TCP without checksum", tcp4.bytes()[..14 + 20 + 16].to_vec()),
-        ("IPv4, half a UDP header", udp4.bytes()[..14 + 20 + 6].to_vec()),
+        (
+            "IPv4, TCP without checksum",
+            tcp4.bytes()[..14 + 20 + 16].to_vec(),
+        ),
+        (
+            "IPv4, half a UDP header",
+            udp4.bytes()[..14 + 20 + 6].to_vec(),
+        ),
         ("half an IPv6 header", tcp6.bytes()[..14 + 30].to_vec()),
         ("IPv6, no TCP", tcp6.bytes()[..14 + 40].to_vec()),
         ("IPv6, TCP cut", tcp6.bytes()[..14 + 40 + 12].to_vec()),

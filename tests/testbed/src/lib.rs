@@ -5,15 +5,17 @@
 //! Every namespace gets a name unique to this process and call, so tests run in parallel, and is
 //! deleted when its guard drops, even when a test panics.
 
+mod daemon;
 mod echo;
 mod netns;
 mod sniff;
 mod topology;
 
+pub use daemon::Daemon;
 pub use echo::{EchoServer, echo_roundtrip};
 pub use netns::{Netns, run, run_ok};
 pub use sniff::Sniffer;
-pub use topology::{Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};
+pub use topology::{CLIENT_V4, CLIENT_V6, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};
 
 /// Panics with a clear message unless the process can create namespaces and load BPF.
 pub fn require_root(what: &str) {

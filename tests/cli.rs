@@ -1,0 +1,128 @@
+//! The `understudy` command line as an operator meets it: `check`, and the errors `run` gives
+//! before it touches the kernel (bad config, unknown interface, missing privileges).
+
+use std::{path::PathBuf, process::Command};
+
+use understudy_testbed::{Netns, require_root};
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
+
+fn demo_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml")
+}
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("understudy-cli-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run understudy");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_demo_config() {
+    let (code, stdout, _) = output(Command::new(BIN).arg("check").arg(demo_config()));
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("valid (2 services, 6 backends, 4 interfaces)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_file_line_field_and_fix() {
+    let text = std::fs::read_to_string(demo_config())
+        .unwrap()
+        .replace("vip = \"[fd00::10]:80\"", "vip = \"10.0.0.10:80\"");
+    let path = write("dup", &text);
+    let (code, _, stderr) = output(Command::new(BIN).arg("check").arg(&path));
+    assert_eq!(code, 2, "{stderr}");
+    let line = text
+        .lines()
+        .position(|l| l.contains("vip = \"10.0.0.10:80\""))
+        .unwrap();
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("vip = \"10.0.0.10:80\""))
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(
+        stderr.contains(&format!(
+            "{}:{}:7: service[1].vip: 10.0.0.10:80/tcp is already the VIP of service \"web\" (line {})",
+            path.display(),
+            second + 1,
+            line + 1
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fix: give each service its own address"),
+        "{stderr}"
+    );
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn run_refuses_an_unknown_interface_before_attaching_anything() {
+    require_root("the unknown-interface test");
+    let ns = Netns::new("cli");
+    let text = std::fs::read_to_string(demo_config()).unwrap();
+    let path = write("iface", &text);
+    let (code, _, stderr) = output(
+        ns.command(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("NO_COLOR", "1"),
+    );
+    assert_ne!(code, 0);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("interfaces ="))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!(
+            "{}:{line}:15: dataplane.interfaces[0]: there is no interface \"lb-client\" on this host",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fix: use one of the interfaces `ip link` shows: lo"),
+        "{stderr}"
+    );
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn run_without_privileges_names_the_missing_capabilities() {
+    require_root("the privilege test (it drops to nobody)");
+    let path = write("caps", &std::fs::read_to_string(demo_config()).unwrap());
+    let (code, _, stderr) = output(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(BIN)
+            .args(["run", "--config"])
+            .arg(&path),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("lacks CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("setcap cap_bpf,cap_perfmon,cap_net_admin+ep"),
+        "{stderr}"
+    );
+    std::fs::remove_file(path).ok();
+}

@@ -147,7 +147,7 @@ mod tests {
                         rng.next() as u32,
                         rng.next() as u32,
                     ];
-                    let words = if rng.next() % 2 == 0 { 1 } else { 4 };
+                    let words = if rng.next().is_multiple_of(2) { 1 } else { 4 };
                     for (i, w) in new.iter().enumerate().take(words) {
                         b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
                     }

@@ -169,8 +169,24 @@ pub struct Traffic {
     pub new_flows: u64,
 }
 
+/// Largest packet the bench wrapper restores before each run.
+pub const BENCH_MAX: usize = 256;
+
+/// `BENCH_PACKET` value, used only by `cargo xtask bench`: the packet the bench-only wrapper
+/// program writes back before every `test_run` repetition.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BenchPacket {
+    pub len: u32,
+    /// When non-zero, the offset of a 4-byte word (the client address) overwritten with a fresh
+    /// value on every run, so every run is a flow `FLOWS` has never seen.
+    pub vary_at: u32,
+    pub data: [u8; BENCH_MAX],
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for BenchPacket {}
     use super::*;
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceInfo {}

@@ -4,26 +4,13 @@
 //! program under test; the same wrapper tail-calling `bench_pass` is the baseline to subtract.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
     helpers::bpf_xdp_store_bytes,
     macros::{map, xdp},
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-
-/// Largest packet the wrapper restores.
-pub const BENCH_MAX: usize = 256;
-
-/// The packet to restore before each run.
-#[repr(C)]
-pub struct BenchPacket {
-    pub len: u32,
-    /// When non-zero: the offset of a 4-byte word (the client address) overwritten with a fresh
-    /// value on every run, so every run is a flow `FLOWS` has never seen.
-    pub vary_at: u32,
-    pub data: [u8; BENCH_MAX],
-}
+use lb_common::{BENCH_MAX, BenchPacket};
 
 #[map]
 static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
@@ -60,7 +47,6 @@ pub fn bench_wrapper(ctx: XdpContext) -> u32 {
             }
         }
     }
-    let _ = ctx.as_ptr();
     unsafe { BENCH_TARGET.tail_call(&ctx, 0) };
     XDP_ABORTED
 }

@@ -1,7 +1,7 @@
 //! Every map of the data plane. Their layouts come from `lb-common`, which user space shares.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -23,14 +23,17 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 
 #[map]
 pub static RINGS: Array<RingChunk> = Array::with_max_entries(RINGS_CHUNKS, BPF_F_MMAPABLE);
 
-/// Client 5-tuple to the backend its flow is pinned to.
+/// Client 5-tuple to the backend its flow is pinned to. Per-CPU LRU lists, as Katran uses: an
+/// insert that must evict takes no lock shared with the other CPUs (each CPU evicts from its own
+/// share of the capacity).
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);
 
 /// A backend reply's 5-tuple to the VIP it must appear to come from.
 #[map]
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatValue> =
-    LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+    LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

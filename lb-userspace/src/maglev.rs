@@ -25,6 +25,22 @@ fn hash(identity: &str, key: u64) -> u64 {
     h.finish()
 }
 
+/// Maglev needs a prime table size, so that every backend's permutation visits every entry.
+pub fn is_prime(n: u32) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+/// The smallest prime at or above `n`.
+pub fn next_prime(mut n: u32) -> u32 {
+    while !is_prime(n) {
+        n += 1;
+    }
+    n
+}
+
 /// Builds a table of `size` entries (a prime) holding indices into `backends`.
 /// Returns an empty table when `backends` is empty.
 pub fn build(backends: &[Entry<'_>], size: u32) -> Vec<u32> {
@@ -86,13 +102,6 @@ mod tests {
                 weight: 1,
             })
             .collect()
-    }
-
-    fn next_prime(mut n: u32) -> u32 {
-        while (2..).take_while(|d| d * d <= n).any(|d| n % d == 0) {
-            n += 1;
-        }
-        n
     }
 
     fn shares(table: &[u32], n: usize) -> Vec<usize> {

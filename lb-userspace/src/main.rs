@@ -31,9 +31,14 @@ enum Command {
     },
 }
 
+/// Default log filter. aya warns at every load that the kernel refused the object's BTF (Rust
+/// type names such as `MaybeUninit<u8>` that aya-log's map carries are not valid BTF names); the
+/// programs and maps load without it, so that one message is kept to `aya=error`.
+const DEFAULT_LOG_FILTER: &str = "info,aya=error";
+
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().init();

@@ -15,15 +15,14 @@ use understudy::{
     dataplane::{Dataplane, XDP_PROGRAM},
     plan::plan,
 };
-use understudy_testbed::{Netns, require_root};
+use understudy_testbed::{
+    CLIENT_MAC, FibNamespace, Netns, XB_MAC, XC_MAC, backend_mac, require_root,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-const XC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-const XB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x11, 0x01];
 const CLIENT4: &str = "10.0.1.2";
 const CLIENT6: &str = "fd00:1::2";
 const VIP4: &str = "10.0.0.10";
@@ -61,15 +60,6 @@ address = "[fd00:11::2]:8080"
 address = "[fd00:11::3]:8080"
 "#;
 
-/// The MAC the namespace's neighbour table gives a backend address.
-fn backend_mac(ip: IpAddr) -> [u8; 6] {
-    let last = match ip {
-        IpAddr::V4(v4) => v4.octets()[3],
-        IpAddr::V6(v6) => v6.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0x11, last]
-}
-
 struct Bed {
     ns: Netns,
     dp: Dataplane,
@@ -79,53 +69,7 @@ struct Bed {
 
 fn bed() -> Bed {
     require_root("the XDP test_run tests");
-    let ns = Netns::new("xdp");
-    for (dev, mac) in [("xc", "02:00:00:00:01:01"), ("xb", "02:00:00:00:11:01")] {
-        let peer = format!("{dev}-peer");
-        ns.ip(&[
-            "link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer,
-        ]);
-        ns.ip(&["link", "set", dev, "up"]);
-        ns.ip(&["link", "set", &peer, "up"]);
-    }
-    ns.ip(&["addr", "add", "10.0.1.1/24", "dev", "xc"]);
-    ns.ip(&["addr", "add", "10.0.11.1/24", "dev", "xb"]);
-    ns.ip(&["-6", "addr", "add", "fd00:1::1/64", "dev", "xc", "nodad"]);
-    ns.ip(&["-6", "addr", "add", "fd00:11::1/64", "dev", "xb", "nodad"]);
-    let neigh = |ip: &str, mac: [u8; 6], dev: &str| {
-        let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        ns.ip(&[
-            "neigh",
-            "add",
-            ip,
-            "lladdr",
-            &mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    };
-    neigh(CLIENT4, CLIENT_MAC, "xc");
-    neigh(CLIENT6, CLIENT_MAC, "xc");
-    for ip in [
-        "10.0.11.2",
-        "10.0.11.3",
-        "10.0.11.4",
-        "fd00:11::2",
-        "fd00:11::3",
-    ] {
-        neigh(ip, backend_mac(ip.parse().unwrap()), "xb");
-    }
-    ns.sysctl("net.ipv4.ip_forward", "1");
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
-    let index = |dev: &str| -> u32 {
-        ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (xc, xb) = (index("xc"), index("xb"));
+    let FibNamespace { ns, xc, xb } = FibNamespace::build();
     let config = Config::parse("test.toml".as_ref(), CONFIG).unwrap();
     let mut dp = Dataplane::load().expect("load the XDP object");
     dp.install(&plan(&config)).expect("install the plan");
@@ -137,10 +81,7 @@ impl Bed {
     /// packet as the program left it.
     fn run(&mut self, pkt: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
         use aya::programs::{TestRun as _, TestRunOptions};
-        let mut ctx = Vec::new();
-        for v in [0u32, pkt.len() as u32, 0, ifindex, 0, 0] {
-            ctx.extend_from_slice(&v.to_ne_bytes());
-        }
+        let ctx = FibNamespace::xdp_ctx(pkt.len(), ifindex);
         let prog = self.dp.program(XDP_PROGRAM).unwrap();
         let mut out = vec![0u8; pkt.len() + 256];
         let result = self.ns.enter(|| {

@@ -11,6 +11,8 @@ use std::{
 };
 
 use lb_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SERVICES};
+
+use crate::maglev::{is_prime, next_prime};
 use toml::Spanned;
 
 pub use error::ConfigError;
@@ -380,17 +382,6 @@ pub fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     }
-}
-
-fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
-}
-
-fn next_prime(mut n: u32) -> u32 {
-    while !is_prime(n) {
-        n += 1;
-    }
-    n
 }
 
 #[cfg(test)]

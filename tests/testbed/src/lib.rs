@@ -7,12 +7,14 @@
 
 mod daemon;
 mod echo;
+mod fib;
 mod netns;
 mod sniff;
 mod topology;
 
 pub use daemon::Daemon;
 pub use echo::{EchoServer, echo_roundtrip};
+pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
 pub use netns::{Netns, run, run_ok};
 pub use sniff::Sniffer;
 pub use topology::{CLIENT_V4, CLIENT_V6, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use understudy_testbed::{Netns, Topology, VIP_V4, VIP_V6, backend_v4};
+use understudy_testbed::{Netns, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};
 
 use crate::util::root;
 
@@ -62,7 +62,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("index.html"),
-            format!("Hello from backend-{} ({})\n", i + 1, backend_v4(i + 1)),
+            format!(
+                "Hello from backend-{} ({}, {})\n",
+                i + 1,
+                backend_v4(i + 1),
+                backend_v6(i + 1)
+            ),
         )?;
         let child = unblocked(be.command("python3"))
             .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])

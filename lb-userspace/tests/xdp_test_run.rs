@@ -193,15 +193,22 @@ impl Pkt {
         out
     }
 
-    /// What the program should send to the backend: DNAT, TTL - 1, next-hop MACs.
+    /// The packet with only its destination translated: what the program hands to the stack.
+    fn translated_to(&self, backend: IpAddr, port: u16) -> Pkt {
+        Pkt {
+            dst: backend,
+            dport: port,
+            ..self.clone()
+        }
+    }
+
+    /// What the program should send to the backend itself: DNAT, TTL - 1, next-hop MACs.
     fn forwarded_to(&self, backend: IpAddr, port: u16) -> Pkt {
         Pkt {
             eth_src: XB_MAC,
             eth_dst: backend_mac(backend),
-            dst: backend,
-            dport: port,
             ttl: self.ttl - 1,
-            ..self.clone()
+            ..self.translated_to(backend, port)
         }
     }
 }
@@ -491,12 +498,7 @@ fn a_vlan_tagged_packet_is_translated_and_left_to_the_stack() {
     // The stack forwards it on the VLAN device (and decrements the TTL itself).
     assert_eq!(action, XDP_PASS);
     let (backend, _) = destination(&out);
-    let want = Pkt {
-        dst: backend,
-        dport: 8080,
-        ..syn.clone()
-    };
-    assert_bytes("vlan", &out, &want.bytes());
+    assert_bytes("vlan", &out, &syn.translated_to(backend, 8080).bytes());
     assert_eq!(bed.counter(Counter::PassVlan), 1);
 }
 
@@ -550,11 +552,6 @@ fn an_expiring_ttl_is_left_to_the_stack() {
     let (action, out) = bed.run(&syn.bytes(), bed.xc);
     assert_eq!(action, XDP_PASS);
     let (backend, _) = destination(&out);
-    let want = Pkt {
-        dst: backend,
-        dport: 8080,
-        ..syn.clone()
-    };
-    assert_bytes("ttl 1", &out, &want.bytes());
+    assert_bytes("ttl 1", &out, &syn.translated_to(backend, 8080).bytes());
     assert_eq!(bed.counter(Counter::PassTtl), 1);
 }

@@ -41,6 +41,48 @@ fn host_link(ns: &Netns, dev: &str) {
     ns.exec(&["ethtool", "-K", dev, "tx", "off", "gro", "on"]);
 }
 
+/// Joins `lb` (interface `lb_dev`, gateway addresses `gw`) to `host` (interface `eth0`, addresses
+/// `addrs`, default routes through `gw`), both /24 and /64, both ends up.
+fn link(lb: &Netns, lb_dev: &str, gw: (&str, &str), host: &Netns, addrs: (Ipv4Addr, Ipv6Addr)) {
+    lb.ip(&[
+        "link",
+        "add",
+        lb_dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        host.name(),
+    ]);
+    lb.ip(&["addr", "add", &format!("{}/24", gw.0), "dev", lb_dev]);
+    lb.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", gw.1),
+        "dev",
+        lb_dev,
+        "nodad",
+    ]);
+    lb.ip(&["link", "set", lb_dev, "up"]);
+    host.ip(&["addr", "add", &format!("{}/24", addrs.0), "dev", "eth0"]);
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", addrs.1),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    host.ip(&["link", "set", "eth0", "up"]);
+    host.ip(&["route", "add", "default", "via", gw.0]);
+    host.ip(&["-6", "route", "add", "default", "via", gw.1]);
+    host_link(host, "eth0");
+}
+
 impl Topology {
     /// Builds the network with `n` backends (at most 9). Routes, addresses and forwarding are set;
     /// nothing listens yet.
@@ -50,109 +92,25 @@ impl Topology {
         let lb = Netns::new("lb");
         let backends: Vec<Netns> = (1..=n).map(|i| Netns::new(&format!("be{i}"))).collect();
 
-        lb.ip(&[
-            "link",
-            "add",
+        link(
+            &lb,
             "lb-client",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            client.name(),
-        ]);
-        lb.ip(&["addr", "add", "10.0.1.1/24", "dev", "lb-client"]);
-        lb.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "fd00:1::1/64",
-            "dev",
-            "lb-client",
-            "nodad",
-        ]);
-        lb.ip(&["link", "set", "lb-client", "up"]);
-        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "eth0"]);
-        client.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{CLIENT_V6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        client.ip(&["link", "set", "eth0", "up"]);
-        client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
-        client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"]);
-        host_link(&client, "eth0");
-
+            ("10.0.1.1", "fd00:1::1"),
+            &client,
+            (CLIENT_V4, CLIENT_V6),
+        );
         for (idx, be) in backends.iter().enumerate() {
             let i = idx + 1;
-            let lb_dev = format!("lb-be{i}");
-            lb.ip(&[
-                "link",
-                "add",
-                &lb_dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                be.name(),
-            ]);
-            lb.ip(&[
-                "addr",
-                "add",
-                &format!("10.0.{}.1/24", 10 + i),
-                "dev",
-                &lb_dev,
-            ]);
-            lb.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("fd00:{:x}::1/64", 0x10 + i),
-                "dev",
-                &lb_dev,
-                "nodad",
-            ]);
-            lb.ip(&["link", "set", &lb_dev, "up"]);
-            be.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", backend_v4(i)),
-                "dev",
-                "eth0",
-            ]);
-            be.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/64", backend_v6(i)),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            be.ip(&["link", "set", "eth0", "up"]);
-            be.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.0.{}.1", 10 + i),
-            ]);
-            be.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:{:x}::1", 0x10 + i),
-            ]);
-            host_link(be, "eth0");
+            link(
+                &lb,
+                &format!("lb-be{i}"),
+                (
+                    &format!("10.0.{}.1", 10 + i),
+                    &format!("fd00:{:x}::1", 0x10 + i),
+                ),
+                be,
+                (backend_v4(i), backend_v6(i)),
+            );
         }
 
         // The balancer routes: translated packets that XDP hands to the stack are forwarded.

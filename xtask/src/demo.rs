@@ -55,10 +55,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     println!("demo: building namespaces: client, balancer, 3 backends");
     let topo = Topology::build(3);
-    let site = tempdir()?;
+    let site = TempDir::new()?;
     let mut guards = Vec::new();
     for (i, be) in topo.backends.iter().enumerate() {
-        let dir = site.join(format!("be{}", i + 1));
+        let dir = site.0.join(format!("be{}", i + 1));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("index.html"),
@@ -130,7 +130,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     drop(guards);
     drop(topo);
-    std::fs::remove_dir_all(&site).ok();
+    drop(site);
     Ok(())
 }
 
@@ -181,10 +181,21 @@ fn relay_output(child: &mut Child) -> mpsc::Receiver<()> {
     rx
 }
 
-fn tempdir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("understudy-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// The backends' web roots, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("understudy-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn block_signals() -> libc::sigset_t {

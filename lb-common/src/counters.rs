@@ -35,11 +35,22 @@ pub enum Counter {
     DropBadBackend,
     /// Not a drop: the flow could not be remembered in `FLOWS` or `NAT_REPLIES`.
     ErrFlowInsert,
+    /// A flow whose backend is no longer alive, moved to a live one on this packet.
+    Reselected,
+    /// `on_all_down = "reject"`: answered a TCP packet with a RST from XDP.
+    RejectRst,
+    /// `on_all_down = "reject"` for a packet that cannot get a RST (UDP, a RST, IPv6 extension
+    /// headers): dropped.
+    DropReject,
+    /// A passive-detection event was sent to user space.
+    EventSent,
+    /// A passive-detection event was lost: the `EVENTS` ring buffer was full.
+    ErrEventLost,
 }
 
 impl Counter {
     /// Number of counters, the size of `COUNTERS`.
-    pub const COUNT: u32 = Counter::ErrFlowInsert as u32 + 1;
+    pub const COUNT: u32 = Counter::ErrEventLost as u32 + 1;
 
     /// Every counter in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -58,6 +69,11 @@ impl Counter {
         Counter::DropNoBackend,
         Counter::DropBadBackend,
         Counter::ErrFlowInsert,
+        Counter::Reselected,
+        Counter::RejectRst,
+        Counter::DropReject,
+        Counter::EventSent,
+        Counter::ErrEventLost,
     ];
 
     /// Stable snake_case name, used in logs and metrics.
@@ -78,6 +94,11 @@ impl Counter {
             Counter::DropNoBackend => "drop_no_backend",
             Counter::DropBadBackend => "drop_bad_backend",
             Counter::ErrFlowInsert => "err_flow_insert",
+            Counter::Reselected => "reselected",
+            Counter::RejectRst => "reject_rst",
+            Counter::DropReject => "drop_reject",
+            Counter::EventSent => "event_sent",
+            Counter::ErrEventLost => "err_event_lost",
         }
     }
 }

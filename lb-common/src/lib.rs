@@ -39,19 +39,32 @@ pub type RingChunk = [u32; RING_CHUNK as usize];
 pub const RINGS_CHUNKS: u32 = RINGS_LEN.div_ceil(RING_CHUNK);
 /// Entries in the `FLOWS` LRU map (client 5-tuple to backend), and in `NAT_REPLIES`.
 pub const FLOWS_CAPACITY: u32 = 262_144;
-/// A ring entry that names no backend: the service had nothing to put there.
+/// A ring entry that names no backend: new flows are dropped (and counted). Used for a service
+/// with nothing to offer and for `on_all_down = "drop"`.
 pub const NO_BACKEND: u32 = u32::MAX;
+/// A ring entry that rejects new flows: a TCP RST (or, for UDP, a counted drop) straight from
+/// XDP. Used for `on_all_down = "reject"`.
+pub const REJECT: u32 = u32::MAX - 1;
+/// Capacity of the `EVENTS` ring buffer, in bytes (a power of two, a multiple of the page).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// `ServiceInfo::flags`: hash only the client address, so one client sticks to one backend.
 pub const SERVICE_F_HASH_SRC_IP: u32 = 1;
 
-/// `BackendInfo::state`: the backend may take flows, new and established.
+/// `BackendInfo::state`: the backend's established flows keep it. Without this bit a flow pinned
+/// to the backend is re-selected on its next packet. (New flows follow the ring alone, which
+/// leaves out draining and unhealthy backends.)
 pub const BACKEND_ALIVE: u8 = 1;
+
+/// `NatValue::state`: the backend answered this flow's SYN.
+pub const NAT_SYNACK_SEEN: u32 = 1;
 
 /// Flat index of one ring entry: element `index / RING_CHUNK`, lane `index % RING_CHUNK`.
 #[inline(always)]
@@ -108,6 +121,10 @@ pub struct ServiceInfo {
     pub active_slot: u32,
     /// `SERVICE_F_*` bits.
     pub flags: u32,
+    /// A SYN retransmitted this long after its flow began, with no SYN-ACK seen, reports the
+    /// backend (passive detection). 0 turns it off.
+    pub syn_timeout_ms: u32,
+    pub _pad: u32,
 }
 
 /// `BACKENDS` value, indexed by backend id.
@@ -146,6 +163,8 @@ pub struct FlowValue {
     pub backend: u32,
     /// The backend's generation when the flow was pinned.
     pub generation: u32,
+    /// `bpf_ktime_get_ns` when the flow was pinned (or last reported for a SYN timeout).
+    pub since_ns: u64,
 }
 
 /// `NAT_REPLIES` value: how to make a backend's reply look as if the VIP sent it.
@@ -158,6 +177,52 @@ pub struct NatValue {
     pub _pad: u16,
     pub service: u32,
     pub backend: u32,
+    /// `NAT_*` bits, set by the reply path.
+    pub state: u32,
+}
+
+/// What the kernel saw a backend do wrong, sent to user space on the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendEvent {
+    pub backend: u32,
+    /// The backend's generation, so a report about a since-reused id is ignored.
+    pub generation: u32,
+    /// An [`EventKind`] discriminant.
+    pub kind: u32,
+    pub _pad: u32,
+    pub time_ns: u64,
+}
+
+/// Kinds of [`BackendEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The backend answered a SYN with a RST: nothing listens.
+    RstToSyn = 1,
+    /// An ICMP destination-unreachable about a flow to the backend.
+    IcmpUnreachable = 2,
+    /// A client retransmitted its SYN after the service's `syn_timeout` with no SYN-ACK seen.
+    SynTimeout = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<EventKind> {
+        match v {
+            1 => Some(EventKind::RstToSyn),
+            2 => Some(EventKind::IcmpUnreachable),
+            3 => Some(EventKind::SynTimeout),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::RstToSyn => "rst_to_syn",
+            EventKind::IcmpUnreachable => "icmp_unreachable",
+            EventKind::SynTimeout => "syn_timeout",
+        }
+    }
 }
 
 /// Per-CPU traffic counters, one per service and one per backend.
@@ -195,6 +260,7 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for NatValue {}
     unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for BackendEvent {}
 }
 
 #[cfg(test)]
@@ -205,11 +271,12 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 20);
-        assert_eq!(size_of::<ServiceInfo>(), 16);
+        assert_eq!(size_of::<ServiceInfo>(), 24);
         assert_eq!(size_of::<BackendInfo>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowValue>(), 8);
-        assert_eq!(size_of::<NatValue>(), 28);
+        assert_eq!(size_of::<FlowValue>(), 16);
+        assert_eq!(size_of::<NatValue>(), 32);
+        assert_eq!(size_of::<BackendEvent>(), 24);
         assert_eq!(size_of::<Traffic>(), 24);
     }
 

@@ -11,6 +11,8 @@ mod forward;
 mod maps;
 mod nat;
 mod parse;
+mod passive;
+mod reject;
 mod select;
 
 use aya_ebpf::{
@@ -19,14 +21,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use lb_common::{Counter, FlowKey, ServiceKey};
+use lb_common::{Counter, FlowKey, PROTO_ICMP, PROTO_ICMPV6, ServiceKey};
 
 use crate::{
     forward::{forward, pass},
     maps::{BACKEND_STATS, NAT_REPLIES, SERVICE_STATS, SERVICES, account, count},
     nat::{Side, rewrite},
     parse::parse,
-    select::choose,
+    passive::{icmp, observe_reply},
+    reject::reject,
+    select::{Miss, choose},
 };
 
 #[xdp]
@@ -35,6 +39,9 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         Ok(p) => p,
         Err(reason) => return pass(reason),
     };
+    if p.key.proto == PROTO_ICMP || p.key.proto == PROTO_ICMPV6 {
+        return icmp(&ctx, &p);
+    }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let service_key = ServiceKey {
         addr: p.key.dst,
@@ -43,9 +50,10 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         family: p.key.family,
     };
     if let Some(svc) = unsafe { SERVICES.get(&service_key) } {
-        let choice = match choose(&p.key, svc) {
+        let choice = match choose(&p, svc) {
             Ok(c) => c,
-            Err(reason) => {
+            Err(Miss::Reject) => return reject(&ctx, &p),
+            Err(Miss::Drop(reason)) => {
                 if reason == Counter::DropBadBackend {
                     warn!(&ctx, "service {}: ring names a missing backend", svc.id);
                 }
@@ -67,8 +75,9 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         return forward(&ctx, &p, &out);
     }
 
-    if let Some(nat) = unsafe { NAT_REPLIES.get(&p.key) } {
-        let nat = *nat;
+    if let Some(nat_ptr) = NAT_REPLIES.get_ptr_mut(&p.key) {
+        observe_reply(&p, nat_ptr);
+        let nat = unsafe { *nat_ptr };
         account(&BACKEND_STATS, nat.backend, bytes, false);
         if rewrite(&ctx, &p, Side::Source, &nat.vip, nat.vip_port).is_none() {
             return pass(Counter::PassTruncated);

@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    BackendInfo, Counter, FLOWS_CAPACITY, FlowKey, FlowValue, MAX_BACKENDS, MAX_SERVICES, NatValue,
-    RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
+    BackendInfo, Counter, EVENTS_BYTES, FLOWS_CAPACITY, FlowKey, FlowValue, MAX_BACKENDS,
+    MAX_SERVICES, NatValue, RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
 };
 
 /// VIP (address, port, protocol) to service.
@@ -34,6 +34,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);
+
+/// Passive-detection reports to user space (`lb_common::BackendEvent`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

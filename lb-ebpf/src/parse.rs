@@ -5,7 +5,9 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
 
 const ETH_P_IP: u16 = 0x0800;
@@ -27,8 +29,15 @@ pub struct Parsed {
     /// Offset of the TCP or UDP header.
     pub l4: usize,
     pub vlan: bool,
+    /// TCP flags (byte 13 of the header); 0 for UDP and ICMP.
+    pub tcp_flags: u8,
     pub key: FlowKey,
 }
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it.
 #[inline(always)]
@@ -131,18 +140,31 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
         }
         _ => return Err(Counter::PassNotIp),
     };
-    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
-        return Err(Counter::PassUnsupported);
+    // TCP needs its full fixed header (the checksum is at 16), UDP and ICMP their 8 bytes.
+    let mut tcp_flags = 0;
+    match key.proto {
+        PROTO_TCP => {
+            let hdr: [u8; 20] = load(ctx, l4).ok_or(Counter::PassTruncated)?;
+            key.src_port = u16::from_ne_bytes([hdr[0], hdr[1]]);
+            key.dst_port = u16::from_ne_bytes([hdr[2], hdr[3]]);
+            tcp_flags = hdr[13];
+        }
+        PROTO_UDP => {
+            let hdr: [u8; 8] = load(ctx, l4).ok_or(Counter::PassTruncated)?;
+            key.src_port = u16::from_ne_bytes([hdr[0], hdr[1]]);
+            key.dst_port = u16::from_ne_bytes([hdr[2], hdr[3]]);
+        }
+        // Only looked at for passive detection; ports stay 0, so no service or flow matches.
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            ptr_at::<[u8; 8]>(ctx, l4).ok_or(Counter::PassTruncated)?;
+        }
+        _ => return Err(Counter::PassUnsupported),
     }
-    // TCP needs its full fixed header (the checksum is at 16), UDP its 8 bytes.
-    let l4_len = if key.proto == PROTO_TCP { 20 } else { 8 };
-    let ports: [u16; 2] = load(ctx, l4).ok_or(Counter::PassTruncated)?;
-    if l4_len == 20 {
-        ptr_at::<[u8; 20]>(ctx, l4).ok_or(Counter::PassTruncated)?;
-    } else {
-        ptr_at::<[u8; 8]>(ctx, l4).ok_or(Counter::PassTruncated)?;
-    }
-    key.src_port = ports[0];
-    key.dst_port = ports[1];
-    Ok(Parsed { l3, l4, vlan, key })
+    Ok(Parsed {
+        l3,
+        l4,
+        vlan,
+        tcp_flags,
+        key,
+    })
 }

@@ -1,14 +1,21 @@
 //! Backend selection: an established flow keeps its backend while that backend is alive and is
-//! still the same backend (generation); a new flow hashes into the service's active Maglev slot.
+//! still the same backend (generation); otherwise, and for a new flow, the flow hashes into the
+//! service's active Maglev slot. A dead backend's flows thus move on their very next packet, with
+//! no map walk: failover for established flows is one state flip in `BACKENDS`.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BACKEND_ALIVE, BackendInfo, Counter, FlowKey, FlowValue, MAX_RING_SIZE, MAX_SERVICES,
-    NO_BACKEND, NatValue, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    NO_BACKEND, NatValue, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
     hash::{flow_hash, source_hash},
     ring_index,
 };
 
-use crate::maps::{BACKENDS, FLOWS, NAT_REPLIES, RINGS, count};
+use crate::{
+    maps::{BACKENDS, FLOWS, NAT_REPLIES, RINGS, count},
+    parse::{Parsed, TCP_ACK, TCP_SYN},
+    passive::syn_retransmitted,
+};
 
 /// The backend chosen for a packet.
 pub struct Choice {
@@ -18,28 +25,42 @@ pub struct Choice {
     pub new_flow: bool,
 }
 
+/// Why no backend was chosen.
+pub enum Miss {
+    /// Drop the packet, counted under this reason.
+    Drop(Counter),
+    /// Answer it with a reject (`on_all_down = "reject"`).
+    Reject,
+}
+
 #[inline(always)]
 fn usable(id: u32, generation: u32) -> Option<BackendInfo> {
     let b = BACKENDS.get(id)?;
     (b.state & BACKEND_ALIVE != 0 && b.generation == generation).then_some(*b)
 }
 
-/// Picks the backend for `key`, a packet to the service `svc`, and remembers new flows in both
+/// Picks the backend for packet `p` to the service `svc`, and remembers new flows in both
 /// directions.
 #[inline(always)]
-pub fn choose(key: &FlowKey, svc: &ServiceInfo) -> Result<Choice, Counter> {
+pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
+    let key = &p.key;
+    let mut moved = false;
     if let Some(flow) = unsafe { FLOWS.get(key) } {
         if let Some(backend) = usable(flow.backend, flow.generation) {
+            if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                syn_retransmitted(key, &backend, flow.backend, svc.syn_timeout_ms);
+            }
             return Ok(Choice {
                 id: flow.backend,
                 backend,
                 new_flow: false,
             });
         }
+        moved = true;
     }
 
     if svc.ring_size == 0 || svc.ring_size > MAX_RING_SIZE || svc.id >= MAX_SERVICES {
-        return Err(Counter::DropNoBackend);
+        return Err(Miss::Drop(Counter::DropNoBackend));
     }
     let hash = if svc.flags & SERVICE_F_HASH_SRC_IP != 0 {
         source_hash(key)
@@ -48,19 +69,30 @@ pub fn choose(key: &FlowKey, svc: &ServiceInfo) -> Result<Choice, Counter> {
     };
     let slot = svc.active_slot % RING_SLOTS;
     let at = ring_index(svc.id, slot, hash % svc.ring_size);
-    let chunk = RINGS.get(at / RING_CHUNK).ok_or(Counter::DropBadBackend)?;
+    let chunk = RINGS
+        .get(at / RING_CHUNK)
+        .ok_or(Miss::Drop(Counter::DropBadBackend))?;
     let id = chunk[(at % RING_CHUNK) as usize];
     if id == NO_BACKEND {
-        return Err(Counter::DropNoBackend);
+        return Err(Miss::Drop(Counter::DropNoBackend));
     }
-    let backend = *BACKENDS.get(id).ok_or(Counter::DropBadBackend)?;
+    if id == REJECT {
+        return Err(Miss::Reject);
+    }
+    let backend = *BACKENDS
+        .get(id)
+        .ok_or(Miss::Drop(Counter::DropBadBackend))?;
     if backend.family != key.family {
-        return Err(Counter::DropBadBackend);
+        return Err(Miss::Drop(Counter::DropBadBackend));
+    }
+    if moved {
+        count(Counter::Reselected);
     }
 
     let pinned = FlowValue {
         backend: id,
         generation: backend.generation,
+        since_ns: unsafe { bpf_ktime_get_ns() },
     };
     let reply = FlowKey {
         src: backend.addr,
@@ -77,6 +109,7 @@ pub fn choose(key: &FlowKey, svc: &ServiceInfo) -> Result<Choice, Counter> {
         _pad: 0,
         service: svc.id,
         backend: id,
+        state: 0,
     };
     // A failed insert does not stop this packet: the next one is hashed to the same backend
     // anyway while the ring is unchanged.

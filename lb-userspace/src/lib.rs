@@ -6,6 +6,7 @@
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod fallback;
 pub mod maglev;
 pub mod plan;
 pub mod privileges;

@@ -19,6 +19,11 @@ pub struct Entry<'a> {
     pub weight: u32,
 }
 
+/// A backend identity's fixed 64-bit hash, shared with fallback's rendezvous ranking.
+pub fn identity_hash(identity: &str) -> u64 {
+    hash(identity, 0x7265_6e64_657a_766f)
+}
+
 fn hash(identity: &str, key: u64) -> u64 {
     let mut h = SipHasher13::new_with_keys(0x756e_6465_7273_7475, key);
     h.write(identity.as_bytes());

@@ -9,28 +9,56 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, HashMode, Protocol, Service},
+    config::{CheckKind, Config, HashMode, MinHealthy, OnAllDown, Protocol, Service},
+    fallback::{Member, active_set, derive},
     maglev,
 };
 
 /// Everything the map writer installs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub services: Vec<PlannedService>,
     /// Indexed by backend id.
     pub backends: Vec<BackendInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlannedService {
     pub name: String,
     pub id: u32,
     pub key: ServiceKey,
     pub flags: u32,
-    /// Backend ids, one per Maglev entry.
+    pub syn_timeout_ms: u32,
+    /// The table to install: backend ids (or `NO_BACKEND`/`REJECT`), one per Maglev entry.
+    /// [`plan`] fills it for "every backend healthy"; see [`PlannedService::table_for`].
     pub ring: Vec<u32>,
     /// The ids of this service's backends, in config order.
     pub backend_ids: Vec<u32>,
+    /// The same backends as fallback sees them.
+    pub members: Vec<Member>,
+    /// Maglev table of the primary tier, as member indices.
+    pub base: Vec<u32>,
+    pub min_healthy: MinHealthy,
+    pub on_all_down: OnAllDown,
+    /// Each backend's health before its first check: up, unless it must pass one first.
+    pub initially_healthy: bool,
+}
+
+impl PlannedService {
+    /// The table for a health view (`healthy[i]` for member `i`), as backend ids.
+    pub fn table_for(&self, healthy: &[bool]) -> Vec<u32> {
+        let active = active_set(&self.members, healthy, self.min_healthy, self.on_all_down);
+        derive(&self.base, &self.members, &active)
+            .into_iter()
+            .map(|i| self.backend_ids.get(i as usize).copied().unwrap_or(i))
+            .collect()
+    }
+
+    /// Whether established flows may stay on member `i`: it is healthy, or the service failed
+    /// open and uses every backend.
+    pub fn alive(&self, healthy: &[bool], i: usize) -> bool {
+        healthy[i] || (self.on_all_down == OnAllDown::FailOpen && !healthy.iter().any(|&h| h))
+    }
 }
 
 pub fn service_key(vip: SocketAddr, protocol: Protocol) -> ServiceKey {
@@ -59,20 +87,34 @@ fn backend_info(address: SocketAddr) -> BackendInfo {
 
 fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
     let identities: Vec<String> = svc.backends.iter().map(|b| b.address.to_string()).collect();
-    let entries: Vec<maglev::Entry<'_>> = svc
+    let members: Vec<Member> = svc
         .backends
         .iter()
         .zip(&identities)
-        .map(|(b, identity)| maglev::Entry {
-            identity,
+        .map(|(b, identity)| Member {
+            identity_hash: maglev::identity_hash(identity),
             weight: b.weight,
+            tier: b.tier,
+            drain: b.drain,
         })
         .collect();
-    let ring = maglev::build(&entries, svc.table_size)
-        .into_iter()
-        .map(|i| first_backend + i)
+    // The base table covers the primary (lowest) tier only; other tiers get entries by fallback.
+    let primary = svc.backends.iter().map(|b| b.tier).min().unwrap_or(0);
+    let in_primary: Vec<usize> = (0..svc.backends.len())
+        .filter(|&i| svc.backends[i].tier == primary)
         .collect();
-    PlannedService {
+    let entries: Vec<maglev::Entry<'_>> = in_primary
+        .iter()
+        .map(|&i| maglev::Entry {
+            identity: &identities[i],
+            weight: svc.backends[i].weight,
+        })
+        .collect();
+    let base: Vec<u32> = maglev::build(&entries, svc.table_size)
+        .into_iter()
+        .map(|e| in_primary[e as usize] as u32)
+        .collect();
+    let mut planned = PlannedService {
         name: svc.name.clone(),
         id,
         key: service_key(svc.vip, svc.protocol),
@@ -80,9 +122,17 @@ fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
             HashMode::FiveTuple => 0,
             HashMode::SourceIp => SERVICE_F_HASH_SRC_IP,
         },
-        ring,
+        syn_timeout_ms: svc.passive.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
+        ring: Vec::new(),
         backend_ids: (first_backend..first_backend + svc.backends.len() as u32).collect(),
-    }
+        members,
+        base,
+        min_healthy: svc.min_healthy,
+        on_all_down: svc.on_all_down,
+        initially_healthy: svc.health.kind == CheckKind::None || !svc.wait_for_first_check,
+    };
+    planned.ring = planned.table_for(&vec![true; svc.backends.len()]);
+    planned
 }
 
 /// Service ids follow config order; backend ids are handed out service by service.
@@ -132,6 +182,10 @@ address = "[2001:db8::11]:5353"
         assert_eq!(p.services[1].backend_ids, vec![2]);
         assert_eq!(p.services[0].ring.len(), 307);
         assert!(p.services[0].ring.iter().all(|&b| b < 2));
+        assert!(
+            p.services[0].initially_healthy,
+            "no check: up from the start"
+        );
         assert!(p.services[1].ring.iter().all(|&b| b == 2));
         assert_eq!(p.services[0].key.port, 80u16.to_be());
         assert_eq!(p.services[0].key.proto, PROTO_TCP);

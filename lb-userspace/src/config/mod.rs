@@ -2,6 +2,7 @@
 //! Every error names the file, line, column and field, and says how to fix it.
 
 mod error;
+mod health;
 mod raw;
 
 use std::{
@@ -16,7 +17,8 @@ use crate::maglev::{is_prime, next_prime};
 use toml::Spanned;
 
 pub use error::ConfigError;
-pub use raw::{ForwardingMode, HashMode, Protocol, XdpMode};
+pub use health::{HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, kind_name};
+pub use raw::{CheckKind, ForwardingMode, HashMode, OnAllDown, Protocol, XdpMode};
 
 use error::Locator;
 use raw::{RawBackend, RawConfig, RawService};
@@ -28,8 +30,11 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// Highest backend tier (0 is primary).
+pub const MAX_TIER: u32 = 15;
+
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub file: PathBuf,
     pub interfaces: Vec<Interface>,
@@ -46,7 +51,7 @@ pub struct Interface {
     pub index_in_list: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: String,
     pub vip: SocketAddr,
@@ -55,13 +60,45 @@ pub struct Service {
     pub hash: HashMode,
     /// Maglev table size, a prime.
     pub table_size: u32,
+    /// How many healthy backends a tier needs to carry the service alone.
+    pub min_healthy: MinHealthy,
+    pub on_all_down: OnAllDown,
+    /// A backend takes no traffic until its first check passes. Default true.
+    pub wait_for_first_check: bool,
+    pub health: HealthCheck,
+    pub passive: Passive,
     pub backends: Vec<Backend>,
+}
+
+/// The healthy share a tier must keep to carry the service without the next tier.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinHealthy {
+    /// At least this many healthy backends. The default is 1.
+    Count(u32),
+    /// At least this fraction of the tier's backends (0 < x <= 1).
+    Ratio(f64),
+}
+
+impl MinHealthy {
+    /// Whether `healthy` of `total` backends meet it. An empty tier never does.
+    pub fn met(self, healthy: usize, total: usize) -> bool {
+        total > 0
+            && healthy > 0
+            && match self {
+                MinHealthy::Count(n) => healthy >= n as usize,
+                MinHealthy::Ratio(r) => healthy as f64 >= r * total as f64,
+            }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub address: SocketAddr,
     pub weight: u32,
+    /// Priority tier: 0 is primary; higher tiers take traffic when lower ones fall short.
+    pub tier: u32,
+    /// No new flows; established ones finish.
+    pub drain: bool,
 }
 
 impl Config {
@@ -301,6 +338,33 @@ fn validate_service(
             m
         }
     };
+    let min_healthy = match &svc.min_healthy {
+        None => MinHealthy::Count(1),
+        Some(v) => match v.get_ref() {
+            toml::Value::Integer(n) if (1..=MAX_BACKENDS as i64).contains(n) => {
+                MinHealthy::Count(*n as u32)
+            }
+            toml::Value::Float(r) if *r > 0.0 && *r <= 1.0 => MinHealthy::Ratio(*r),
+            other => {
+                return Err(at.error(
+                    Some(v.span()),
+                    f("min_healthy"),
+                    format!("{other} is neither a backend count nor a fraction"),
+                    "give a count of backends such as 2, or a fraction of the tier such as 0.5",
+                ));
+            }
+        },
+    };
+    let health = health::validate_health(at, &f("health"), svc.health.as_ref())?;
+    let passive = health::validate_passive(at, &f("passive"), svc.passive.as_ref())?;
+    if svc.protocol == Protocol::Udp && matches!(health.kind, CheckKind::Http | CheckKind::Https) {
+        return Err(at.error(
+            svc.health.as_ref().map(Spanned::span),
+            f("health.kind"),
+            format!("an {} check on a UDP service", kind_name(health.kind)),
+            "use kind = \"udp\" (or \"tcp\" against a TCP port given with `port`)",
+        ));
+    }
     Ok(Service {
         name,
         vip,
@@ -308,6 +372,11 @@ fn validate_service(
         mode: svc.mode,
         hash: svc.hash,
         table_size,
+        min_healthy,
+        on_all_down: svc.on_all_down,
+        wait_for_first_check: svc.wait_for_first_check.unwrap_or(true),
+        health,
+        passive,
         backends,
     })
 }
@@ -350,7 +419,24 @@ fn validate_backend(
             ));
         }
     };
-    Ok(Backend { address, weight })
+    let tier = match &b.tier {
+        None => 0,
+        Some(t) if *t.get_ref() <= MAX_TIER => *t.get_ref(),
+        Some(t) => {
+            return Err(at.error(
+                Some(t.span()),
+                f("tier"),
+                format!("tier {} is out of range", t.get_ref()),
+                format!("use a tier from 0 (primary) to {MAX_TIER}"),
+            ));
+        }
+    };
+    Ok(Backend {
+        address,
+        weight,
+        tier,
+        drain: b.drain,
+    })
 }
 
 fn socket_addr(

@@ -45,8 +45,81 @@ pub struct RawService {
     #[serde(default)]
     pub hash: HashMode,
     pub table_size: Option<Spanned<u32>>,
+    /// An integer (backends) or a fraction of the tier (0 < x <= 1).
+    pub min_healthy: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub on_all_down: OnAllDown,
+    pub wait_for_first_check: Option<bool>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub passive: Option<Spanned<RawPassive>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<RawBackend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: CheckKind,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub jitter: Option<Spanned<f64>>,
+    pub rise: Option<Spanned<u32>>,
+    pub fall: Option<Spanned<u32>>,
+    pub port: Option<Spanned<u16>>,
+    // http and https
+    pub method: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<Vec<Spanned<String>>>>,
+    pub expect_body: Option<Spanned<String>>,
+    // https
+    pub ca_file: Option<Spanned<String>>,
+    pub sni: Option<Spanned<String>>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+    // udp
+    pub send: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+    pub expect_prefix: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub events_to_eject: Option<Spanned<u32>>,
+    pub window: Option<Spanned<String>>,
+    pub base_ejection: Option<Spanned<String>>,
+    pub max_ejection: Option<Spanned<String>>,
+    pub syn_timeout: Option<Spanned<String>>,
+}
+
+/// The active health check's protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// No active check: backends are up unless passive detection ejects them. The default.
+    #[default]
+    None,
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP/1.1 request; the status (and optionally the body) decide.
+    Http,
+    /// The same over TLS.
+    Https,
+    /// A datagram sent; the reply must match.
+    Udp,
+}
+
+/// What a service does when no backend is available.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAllDown {
+    /// Drop new flows (counted). The default: nothing is sent to a backend known to be down.
+    #[default]
+    Drop,
+    /// Answer new TCP flows with a RST from XDP, so clients fail fast.
+    Reject,
+    /// Use every backend, healthy or not: better a chance than certain failure.
+    FailOpen,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +127,9 @@ pub struct RawService {
 pub struct RawBackend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<u32>>,
+    pub tier: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub drain: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]

@@ -173,6 +173,8 @@ impl Dataplane {
             ring_size,
             active_slot: slot,
             flags: svc.flags,
+            syn_timeout_ms: svc.syn_timeout_ms,
+            _pad: 0,
         };
         self.services
             .insert(svc.key, info, 0)

@@ -1,0 +1,147 @@
+//! Passive detection: what backends send back tells on them before the next active probe does.
+//! A RST answering a SYN, an ICMP destination-unreachable about a flow to a backend, and a SYN
+//! retransmitted past the service's `syn_timeout` without a SYN-ACK each become a
+//! `BackendEvent` on the `EVENTS` ring buffer. User space decides what they mean.
+
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use lb_common::{
+    BackendEvent, Counter, EventKind, FAMILY_V4, FlowKey, NAT_SYNACK_SEEN, NatValue, PROTO_TCP,
+    PROTO_UDP,
+};
+
+use crate::{
+    maps::{BACKENDS, EVENTS, NAT_REPLIES, count},
+    parse::{Parsed, TCP_ACK, TCP_RST, TCP_SYN, load},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+
+/// Sends one event about `backend`.
+#[inline(always)]
+pub fn report(backend: u32, kind: EventKind) {
+    let Some(b) = BACKENDS.get(backend) else {
+        return;
+    };
+    let event = BackendEvent {
+        backend,
+        generation: b.generation,
+        kind: kind as u32,
+        _pad: 0,
+        time_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    match EVENTS.output::<BackendEvent>(&event, 0) {
+        Ok(()) => count(Counter::EventSent),
+        Err(_) => count(Counter::ErrEventLost),
+    }
+}
+
+/// Watches a backend's reply on a translated flow: a SYN-ACK marks the flow answered, a RST
+/// before any SYN-ACK means nothing listens.
+#[inline(always)]
+pub fn observe_reply(p: &Parsed, nat: *mut NatValue) {
+    if p.key.proto != PROTO_TCP {
+        return;
+    }
+    let state = unsafe { (*nat).state };
+    if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        if state & NAT_SYNACK_SEEN == 0 {
+            unsafe { (*nat).state = state | NAT_SYNACK_SEEN };
+        }
+    } else if p.tcp_flags & TCP_RST != 0 && state & NAT_SYNACK_SEEN == 0 {
+        report(unsafe { (*nat).backend }, EventKind::RstToSyn);
+    }
+}
+
+/// Called for a client SYN on a flow already pinned to a backend, that is, a retransmission.
+/// Reports the backend when the flow is older than `timeout_ms` and no SYN-ACK was seen, then
+/// restarts the clock so one stuck flow reports at most once per timeout.
+#[inline(always)]
+pub fn syn_retransmitted(
+    key: &FlowKey,
+    backend: &lb_common::BackendInfo,
+    id: u32,
+    timeout_ms: u32,
+) {
+    if timeout_ms == 0 {
+        return;
+    }
+    let Some(flow) = crate::maps::FLOWS.get_ptr_mut(key) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(unsafe { (*flow).since_ns }) < timeout_ms as u64 * 1_000_000 {
+        return;
+    }
+    let reply = FlowKey {
+        src: backend.addr,
+        dst: key.src,
+        src_port: backend.port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        family: key.family,
+        _pad: 0,
+    };
+    let answered =
+        unsafe { NAT_REPLIES.get(&reply) }.is_some_and(|n| n.state & NAT_SYNACK_SEEN != 0);
+    if !answered {
+        unsafe { (*flow).since_ns = now };
+        report(id, EventKind::SynTimeout);
+    }
+}
+
+/// An ICMP error about a translated flow reports that flow's backend. The message itself goes to
+/// the stack untouched.
+#[inline(always)]
+pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
+    count(Counter::PassUnsupported);
+    let Some(kind) = load::<u8>(ctx, p.l4) else {
+        return XDP_PASS;
+    };
+    let inner = p.l4 + 8;
+    // The quoted packet went client -> backend; its reply key is backend -> client.
+    let mut key = FlowKey {
+        src: [0; 4],
+        dst: [0; 4],
+        src_port: 0,
+        dst_port: 0,
+        proto: 0,
+        family: p.key.family,
+        _pad: 0,
+    };
+    let ports_at = if p.key.family == FAMILY_V4 {
+        if kind != ICMP_DEST_UNREACH {
+            return XDP_PASS;
+        }
+        let Some(ip) = load::<[u8; 20]>(ctx, inner) else {
+            return XDP_PASS;
+        };
+        key.proto = ip[9];
+        key.dst[0] = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        key.src[0] = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        inner + ((ip[0] & 0x0f) as usize) * 4
+    } else {
+        if kind != ICMPV6_DEST_UNREACH {
+            return XDP_PASS;
+        }
+        let Some(ip) = load::<[u32; 10]>(ctx, inner) else {
+            return XDP_PASS;
+        };
+        key.proto = (ip[1].to_ne_bytes())[2];
+        key.dst = [ip[2], ip[3], ip[4], ip[5]];
+        key.src = [ip[6], ip[7], ip[8], ip[9]];
+        inner + 40
+    };
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return XDP_PASS;
+    }
+    let Some(ports) = load::<[u16; 2]>(ctx, ports_at) else {
+        return XDP_PASS;
+    };
+    key.dst_port = ports[0];
+    key.src_port = ports[1];
+    if let Some(nat) = unsafe { NAT_REPLIES.get(&key) } {
+        report(nat.backend, EventKind::IcmpUnreachable);
+    }
+    XDP_PASS
+}

@@ -1,0 +1,475 @@
+//! Validation of `[service.health]` and `[service.passive]`: the active check and passive
+//! detection of one service, applied to each of its backends by its own task.
+
+use std::{path::PathBuf, time::Duration};
+
+use toml::Spanned;
+
+use super::{
+    ConfigError,
+    error::Locator,
+    raw::{CheckKind, RawHealth, RawPassive},
+};
+
+/// Defaults follow HAProxy's `inter 2s`, `rise 2`, `fall 3`, with Envoy-style 10% jitter so that
+/// many balancers do not probe a backend in lockstep.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_JITTER: f64 = 0.1;
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+
+/// The active health check of a service's backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Each wait is `interval` times a random factor in `1 ± jitter`.
+    pub jitter: f64,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// Probe this port instead of the backend's.
+    pub port: Option<u16>,
+    pub http: Option<HttpCheck>,
+    pub tls: Option<TlsCheck>,
+    pub udp: Option<UdpCheck>,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::None,
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            jitter: DEFAULT_JITTER,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            port: None,
+            http: None,
+            tls: None,
+            udp: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub method: String,
+    pub path: String,
+    /// Host header; the backend's address when unset.
+    pub host: Option<String>,
+    /// Inclusive status ranges that pass. Default 200-399.
+    pub expect_status: Vec<(u16, u16)>,
+    /// A substring the body must contain.
+    pub expect_body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCheck {
+    /// PEM roots to trust instead of the bundled Web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Server name to send and verify; the Host, else the backend's IP, when unset.
+    pub sni: Option<String>,
+    /// Accept any certificate. For lab use.
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpCheck {
+    pub send: Vec<u8>,
+    pub expect: Vec<u8>,
+    /// The reply must start with `expect` rather than equal it.
+    pub prefix: bool,
+}
+
+/// Passive detection: kernel-observed failures that eject a backend before its next probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    /// Events within `window` that eject the backend; 0 turns passive ejection off.
+    pub events_to_eject: u32,
+    pub window: Duration,
+    /// First ejection; each further one doubles it, up to `max_ejection`.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// A SYN retransmitted this long after its flow began with no SYN-ACK is an event; 0 = off.
+    pub syn_timeout: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            events_to_eject: 3,
+            window: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+            syn_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+fn duration(
+    at: &Locator<'_>,
+    value: &Option<Spanned<String>>,
+    field: String,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    humantime::parse_duration(v.get_ref()).map_err(|e| {
+        at.error(
+            Some(v.span()),
+            field,
+            format!("\"{}\" is not a duration ({e})", v.get_ref()),
+            "write a number with a unit, such as \"100ms\", \"2s\" or \"1m\"",
+        )
+    })
+}
+
+fn count(
+    at: &Locator<'_>,
+    value: &Option<Spanned<u32>>,
+    field: String,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (1..=100).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(at.error(
+            Some(v.span()),
+            field,
+            format!("{} is out of range", v.get_ref()),
+            "use a count from 1 to 100",
+        )),
+    }
+}
+
+/// Errors for fields given to a check kind that does not use them.
+fn only_for<T>(
+    at: &Locator<'_>,
+    value: &Option<Spanned<T>>,
+    field: &str,
+    prefix: &str,
+    kinds: &[CheckKind],
+    kind: CheckKind,
+    names: &str,
+) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if !kinds.contains(&kind) => Err(at.error(
+            Some(v.span()),
+            format!("{prefix}.{field}"),
+            format!("`{field}` applies to {names} checks only"),
+            format!("remove it, or set kind = \"{}\"", kind_name(kinds[0])),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn kind_name(k: CheckKind) -> &'static str {
+    match k {
+        CheckKind::None => "none",
+        CheckKind::Tcp => "tcp",
+        CheckKind::Http => "http",
+        CheckKind::Https => "https",
+        CheckKind::Udp => "udp",
+    }
+}
+
+fn status_range(
+    at: &Locator<'_>,
+    v: &Spanned<String>,
+    field: String,
+) -> Result<(u16, u16), ConfigError> {
+    let text = v.get_ref().trim();
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+        (Ok(lo), Ok(hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => Ok((lo, hi)),
+        _ => Err(at.error(
+            Some(v.span()),
+            field,
+            format!("\"{text}\" is not a status or a range of statuses"),
+            "write a status such as \"200\" or a range such as \"200-399\", within 100-599",
+        )),
+    }
+}
+
+pub(super) fn validate_health(
+    at: &Locator<'_>,
+    prefix: &str,
+    raw: Option<&Spanned<RawHealth>>,
+) -> Result<HealthCheck, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(HealthCheck::default());
+    };
+    let h = raw.get_ref();
+    let f = |name: &str| format!("{prefix}.{name}");
+    let kind = h.kind;
+    let http_kinds = [CheckKind::Http, CheckKind::Https];
+    only_for(
+        at,
+        &h.method,
+        "method",
+        prefix,
+        &http_kinds,
+        kind,
+        "http and https",
+    )?;
+    only_for(
+        at,
+        &h.path,
+        "path",
+        prefix,
+        &http_kinds,
+        kind,
+        "http and https",
+    )?;
+    only_for(
+        at,
+        &h.host,
+        "host",
+        prefix,
+        &http_kinds,
+        kind,
+        "http and https",
+    )?;
+    only_for(
+        at,
+        &h.expect_status,
+        "expect_status",
+        prefix,
+        &http_kinds,
+        kind,
+        "http and https",
+    )?;
+    only_for(
+        at,
+        &h.expect_body,
+        "expect_body",
+        prefix,
+        &http_kinds,
+        kind,
+        "http and https",
+    )?;
+    let https = [CheckKind::Https];
+    only_for(at, &h.ca_file, "ca_file", prefix, &https, kind, "https")?;
+    only_for(at, &h.sni, "sni", prefix, &https, kind, "https")?;
+    only_for(
+        at,
+        &h.insecure_skip_verify,
+        "insecure_skip_verify",
+        prefix,
+        &https,
+        kind,
+        "https",
+    )?;
+    let udp = [CheckKind::Udp];
+    only_for(at, &h.send, "send", prefix, &udp, kind, "udp")?;
+    only_for(at, &h.expect, "expect", prefix, &udp, kind, "udp")?;
+    only_for(
+        at,
+        &h.expect_prefix,
+        "expect_prefix",
+        prefix,
+        &udp,
+        kind,
+        "udp",
+    )?;
+
+    let interval = duration(at, &h.interval, f("interval"), DEFAULT_INTERVAL)?;
+    let timeout = duration(at, &h.timeout, f("timeout"), DEFAULT_TIMEOUT.min(interval))?;
+    if interval < Duration::from_millis(10) {
+        return Err(at.error(
+            h.interval.as_ref().map(Spanned::span),
+            f("interval"),
+            format!("{interval:?} is too short"),
+            "use an interval of at least 10ms",
+        ));
+    }
+    if timeout.is_zero() || timeout > interval {
+        return Err(at.error(
+            h.timeout.as_ref().map(Spanned::span),
+            f("timeout"),
+            format!(
+                "timeout {timeout:?} must be above zero and at most the interval ({interval:?})"
+            ),
+            "shorten the timeout or lengthen the interval",
+        ));
+    }
+    let jitter = match &h.jitter {
+        None => DEFAULT_JITTER,
+        Some(j) if (0.0..=0.5).contains(j.get_ref()) => *j.get_ref(),
+        Some(j) => {
+            return Err(at.error(
+                Some(j.span()),
+                f("jitter"),
+                format!("{} is out of range", j.get_ref()),
+                "use a fraction from 0.0 to 0.5 (0.1 spreads probes by ±10%)",
+            ));
+        }
+    };
+
+    let http = if http_kinds.contains(&kind) {
+        let method = h
+            .method
+            .as_ref()
+            .map_or("GET".to_string(), |m| m.get_ref().clone());
+        if hyper::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+            return Err(at.error(
+                h.method.as_ref().map(Spanned::span),
+                f("method"),
+                format!("\"{method}\" is not an HTTP method"),
+                "use GET, HEAD or another method token",
+            ));
+        }
+        let path = h
+            .path
+            .as_ref()
+            .map_or("/".to_string(), |p| p.get_ref().clone());
+        if !path.starts_with('/') {
+            return Err(at.error(
+                h.path.as_ref().map(Spanned::span),
+                f("path"),
+                format!("\"{path}\" does not start with '/'"),
+                "write an absolute path such as \"/healthz\"",
+            ));
+        }
+        let expect_status = match &h.expect_status {
+            None => vec![(200, 399)],
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| status_range(at, v, format!("{prefix}.expect_status[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        Some(HttpCheck {
+            method,
+            path,
+            host: h.host.as_ref().map(|v| v.get_ref().clone()),
+            expect_status,
+            expect_body: h.expect_body.as_ref().map(|v| v.get_ref().clone()),
+        })
+    } else {
+        None
+    };
+
+    let tls = if kind == CheckKind::Https {
+        let ca_file = match &h.ca_file {
+            None => None,
+            Some(path) => {
+                let p = PathBuf::from(path.get_ref());
+                let certs = std::fs::read(&p).map_err(|e| {
+                    at.error(
+                        Some(path.span()),
+                        f("ca_file"),
+                        format!("cannot read {}: {e}", p.display()),
+                        "give the path of a readable PEM file of CA certificates",
+                    )
+                })?;
+                if !String::from_utf8_lossy(&certs).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(at.error(
+                        Some(path.span()),
+                        f("ca_file"),
+                        format!("{} holds no PEM certificate", p.display()),
+                        "give a PEM file with at least one -----BEGIN CERTIFICATE----- block",
+                    ));
+                }
+                Some(p)
+            }
+        };
+        Some(TlsCheck {
+            ca_file,
+            sni: h.sni.as_ref().map(|v| v.get_ref().clone()),
+            insecure_skip_verify: h
+                .insecure_skip_verify
+                .as_ref()
+                .is_some_and(|v| *v.get_ref()),
+        })
+    } else {
+        None
+    };
+
+    let udp = if kind == CheckKind::Udp {
+        let (Some(send), Some(expect)) = (&h.send, &h.expect) else {
+            return Err(at.error(
+                Some(raw.span()),
+                prefix.to_string(),
+                "a udp check needs `send` and `expect`",
+                "add send = \"...\" (the request) and expect = \"...\" (the reply, or its start with expect_prefix = true)",
+            ));
+        };
+        if send.get_ref().is_empty() {
+            return Err(at.error(
+                Some(send.span()),
+                f("send"),
+                "the request is empty",
+                "give the bytes to send, such as \"ping\"",
+            ));
+        }
+        Some(UdpCheck {
+            send: send.get_ref().as_bytes().to_vec(),
+            expect: expect.get_ref().as_bytes().to_vec(),
+            prefix: h.expect_prefix.as_ref().is_some_and(|v| *v.get_ref()),
+        })
+    } else {
+        None
+    };
+
+    Ok(HealthCheck {
+        kind,
+        interval,
+        timeout,
+        jitter,
+        rise: count(at, &h.rise, f("rise"), DEFAULT_RISE)?,
+        fall: count(at, &h.fall, f("fall"), DEFAULT_FALL)?,
+        port: h.port.as_ref().map(|p| *p.get_ref()),
+        http,
+        tls,
+        udp,
+    })
+}
+
+pub(super) fn validate_passive(
+    at: &Locator<'_>,
+    prefix: &str,
+    raw: Option<&Spanned<RawPassive>>,
+) -> Result<Passive, ConfigError> {
+    let d = Passive::default();
+    let Some(raw) = raw else {
+        return Ok(d);
+    };
+    let p = raw.get_ref();
+    let f = |name: &str| format!("{prefix}.{name}");
+    let base_ejection = duration(at, &p.base_ejection, f("base_ejection"), d.base_ejection)?;
+    let max_ejection = duration(at, &p.max_ejection, f("max_ejection"), d.max_ejection)?;
+    if max_ejection < base_ejection {
+        return Err(at.error(
+            p.max_ejection.as_ref().map(Spanned::span),
+            f("max_ejection"),
+            format!("{max_ejection:?} is shorter than base_ejection ({base_ejection:?})"),
+            "make max_ejection at least base_ejection",
+        ));
+    }
+    let syn_timeout = duration(at, &p.syn_timeout, f("syn_timeout"), d.syn_timeout)?;
+    if syn_timeout > Duration::from_secs(60) {
+        return Err(at.error(
+            p.syn_timeout.as_ref().map(Spanned::span),
+            f("syn_timeout"),
+            format!("{syn_timeout:?} is longer than a minute"),
+            "use a timeout up to \"60s\", or \"0s\" to turn SYN-timeout detection off",
+        ));
+    }
+    Ok(Passive {
+        events_to_eject: p
+            .events_to_eject
+            .as_ref()
+            .map_or(d.events_to_eject, |v| *v.get_ref()),
+        window: duration(at, &p.window, f("window"), d.window)?,
+        base_ejection,
+        max_ejection,
+        syn_timeout,
+    })
+}

@@ -1,0 +1,309 @@
+//! Fallback ordering: which backends take new flows given their health, and the table that sends
+//! flows to them.
+//!
+//! **Tiers.** Backends sit in priority tiers (0 is primary). Walking the tiers upwards, each
+//! tier's healthy, non-draining backends join the active set, and the walk stops at the first tier
+//! that meets `min_healthy` on its own. If no tier does, every healthy backend is active. If none is
+//! healthy, `on_all_down` decides: drop, reject, or fail open (all non-draining backends).
+//!
+//! **Tables.** The base table is the Maglev table of the primary (lowest) tier with every backend
+//! present. The active table keeps each base entry whose backend is active, and gives every other
+//! entry to the active backend that ranks first for that entry under weighted rendezvous hashing
+//! on (entry, backend identity). So a failure moves exactly the failed backend's entries, its
+//! recovery moves exactly them back, flows on healthy backends keep their backend even without
+//! `FLOWS` state (which keeps ECMP'd balancers consistent), and the same config and health view
+//! give the same table on every node.
+
+use lb_common::{NO_BACKEND, REJECT};
+
+use crate::config::{MinHealthy, OnAllDown};
+
+/// One backend of a service, as fallback sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Hash of the backend's identity ("IP:port"), fixed across nodes.
+    pub identity_hash: u64,
+    pub weight: u32,
+    pub tier: u32,
+    pub drain: bool,
+}
+
+/// Who takes new flows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Active {
+    /// These members (by index), at least one.
+    Members(Vec<bool>),
+    /// Nobody: drop new flows.
+    Drop,
+    /// Nobody: reject new flows.
+    Reject,
+}
+
+/// The active set for the given health (`healthy[i]` for member `i`).
+pub fn active_set(
+    members: &[Member],
+    healthy: &[bool],
+    min_healthy: MinHealthy,
+    on_all_down: OnAllDown,
+) -> Active {
+    let mut tiers: Vec<u32> = members.iter().map(|m| m.tier).collect();
+    tiers.sort_unstable();
+    tiers.dedup();
+    let eligible = |i: usize| healthy[i] && !members[i].drain;
+    let mut set = vec![false; members.len()];
+    for tier in tiers {
+        let in_tier: Vec<usize> = (0..members.len())
+            .filter(|&i| members[i].tier == tier)
+            .collect();
+        let up = in_tier.iter().filter(|&&i| eligible(i)).count();
+        for &i in &in_tier {
+            set[i] = eligible(i);
+        }
+        if min_healthy.met(up, in_tier.len()) {
+            return Active::Members(set);
+        }
+    }
+    if set.iter().any(|&a| a) {
+        return Active::Members(set);
+    }
+    match on_all_down {
+        OnAllDown::Drop => Active::Drop,
+        OnAllDown::Reject => Active::Reject,
+        OnAllDown::FailOpen => {
+            let all: Vec<bool> = members.iter().map(|m| !m.drain).collect();
+            if all.iter().any(|&a| a) {
+                Active::Members(all)
+            } else {
+                Active::Drop
+            }
+        }
+    }
+}
+
+/// SplitMix64's finalizer: a fast, fixed 64-bit mix.
+const fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Rendezvous rank of member `m` for table entry `slot`. With equal weights the raw hash ranks;
+/// with weights, `-w / ln(u)` (u uniform in (0, 1]) makes each member's chance of ranking first
+/// proportional to its weight.
+fn rank(m: &Member, slot: u64, weighted: bool) -> f64 {
+    let h = mix(m.identity_hash ^ slot.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    if !weighted {
+        return h as f64;
+    }
+    let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    -(m.weight as f64) / u.ln()
+}
+
+/// The active table: `base` holds member indices; the result holds member indices, or
+/// [`NO_BACKEND`]/[`REJECT`] in every entry when nobody is active.
+pub fn derive(base: &[u32], members: &[Member], active: &Active) -> Vec<u32> {
+    let set = match active {
+        Active::Drop => return vec![NO_BACKEND; base.len()],
+        Active::Reject => return vec![REJECT; base.len()],
+        Active::Members(set) => set,
+    };
+    let candidates: Vec<usize> = (0..members.len()).filter(|&i| set[i]).collect();
+    let weighted = candidates
+        .windows(2)
+        .any(|w| members[w[0]].weight != members[w[1]].weight);
+    base.iter()
+        .enumerate()
+        .map(|(slot, &b)| {
+            if set[b as usize] {
+                return b;
+            }
+            let mut best = candidates[0];
+            let mut best_rank = f64::MIN;
+            for &c in &candidates {
+                let r = rank(&members[c], slot as u64, weighted);
+                if r > best_rank {
+                    best_rank = r;
+                    best = c;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(tiers: &[u32]) -> Vec<Member> {
+        tiers
+            .iter()
+            .enumerate()
+            .map(|(i, &tier)| Member {
+                identity_hash: mix(i as u64 + 1),
+                weight: 1,
+                tier,
+                drain: false,
+            })
+            .collect()
+    }
+
+    /// 3 tiers of 2 backends: every one of the 64 health combinations, with min_healthy 1 and 2.
+    #[test]
+    fn tier_selection_for_every_health_combination() {
+        let m = members(&[0, 0, 1, 1, 2, 2]);
+        for min in [
+            MinHealthy::Count(1),
+            MinHealthy::Count(2),
+            MinHealthy::Ratio(1.0),
+        ] {
+            for bits in 0u32..64 {
+                let healthy: Vec<bool> = (0..6).map(|i| bits & (1 << i) != 0).collect();
+                let up_in = |t: usize| healthy[2 * t] as usize + healthy[2 * t + 1] as usize;
+                let got = active_set(&m, &healthy, min, OnAllDown::Drop);
+                if bits == 0 {
+                    assert_eq!(got, Active::Drop);
+                    continue;
+                }
+                let Active::Members(set) = got else {
+                    panic!("{bits:06b}: nobody active although some are healthy")
+                };
+                // The first tier that meets the threshold, or all tiers when none does.
+                let last = (0..3).find(|&t| min.met(up_in(t), 2)).unwrap_or(2);
+                for i in 0..6 {
+                    let want = healthy[i] && i / 2 <= last;
+                    assert_eq!(set[i], want, "{min:?} health {bits:06b}: member {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn all_down_policies_and_draining() {
+        let m = members(&[0, 0, 1]);
+        let none = [false; 3];
+        assert_eq!(
+            active_set(&m, &none, MinHealthy::Count(1), OnAllDown::Drop),
+            Active::Drop
+        );
+        assert_eq!(
+            active_set(&m, &none, MinHealthy::Count(1), OnAllDown::Reject),
+            Active::Reject
+        );
+        assert_eq!(
+            active_set(&m, &none, MinHealthy::Count(1), OnAllDown::FailOpen),
+            Active::Members(vec![true; 3])
+        );
+        let mut d = m.clone();
+        d[0].drain = true;
+        // A draining primary takes no new flows; the healthy one carries the tier.
+        assert_eq!(
+            active_set(&d, &[true; 3], MinHealthy::Count(1), OnAllDown::Drop),
+            Active::Members(vec![false, true, false])
+        );
+        // Draining counts against the tier's share: with 2 required, the backup joins.
+        assert_eq!(
+            active_set(&d, &[true; 3], MinHealthy::Count(2), OnAllDown::Drop),
+            Active::Members(vec![false, true, true])
+        );
+    }
+
+    fn table(n: usize) -> (Vec<Member>, Vec<u32>) {
+        let names: Vec<String> = (0..n).map(|i| format!("10.0.{i}.2:80")).collect();
+        let entries: Vec<crate::maglev::Entry<'_>> = names
+            .iter()
+            .map(|n| crate::maglev::Entry {
+                identity: n,
+                weight: 1,
+            })
+            .collect();
+        (members(&vec![0; n]), crate::maglev::build(&entries, 65537))
+    }
+
+    #[test]
+    fn a_failure_moves_exactly_its_entries_and_recovery_restores_the_table() {
+        let (m, base) = table(10);
+        let all = Active::Members(vec![true; 10]);
+        let full = derive(&base, &m, &all);
+        assert_eq!(full, base, "all healthy: the base table itself");
+        let mut set = vec![true; 10];
+        set[3] = false;
+        let failed = derive(&base, &m, &Active::Members(set.clone()));
+        for (s, (&before, &after)) in full.iter().zip(&failed).enumerate() {
+            if before == 3 {
+                assert_ne!(after, 3, "entry {s} still on the failed backend");
+            } else {
+                assert_eq!(
+                    after, before,
+                    "entry {s} moved although its backend is fine"
+                );
+            }
+        }
+        // A second failure moves the second backend's entries, including those it had taken.
+        set[7] = false;
+        let twice = derive(&base, &m, &Active::Members(set.clone()));
+        for (s, (&before, &after)) in failed.iter().zip(&twice).enumerate() {
+            if before == 7 {
+                assert!(after != 7 && after != 3, "entry {s}");
+            } else {
+                assert_eq!(after, before, "entry {s} moved");
+            }
+        }
+        set[7] = true;
+        set[3] = true;
+        assert_eq!(
+            derive(&base, &m, &Active::Members(set)),
+            full,
+            "recovery restores byte for byte"
+        );
+        // The failed backend's share spreads over the others.
+        let mut spread = [0usize; 10];
+        for (&b, &a) in full.iter().zip(&failed) {
+            if b == 3 {
+                spread[a as usize] += 1;
+            }
+        }
+        let moved: usize = spread.iter().sum();
+        for (i, &c) in spread.iter().enumerate() {
+            if i != 3 {
+                let share = c as f64 / moved as f64;
+                assert!((0.07..0.16).contains(&share), "backend {i} took {share:.3}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_inputs_same_table() {
+        let (m, base) = table(10);
+        let mut set = vec![true; 10];
+        set[2] = false;
+        set[5] = false;
+        let a = derive(&base, &m, &Active::Members(set.clone()));
+        let b = derive(&base, &m, &Active::Members(set));
+        assert_eq!(a, b);
+        assert_eq!(
+            derive(&base, &m, &Active::Drop),
+            vec![NO_BACKEND; base.len()]
+        );
+        assert_eq!(derive(&base, &m, &Active::Reject), vec![REJECT; base.len()]);
+    }
+
+    #[test]
+    fn weights_steer_reassigned_entries() {
+        let (mut m, base) = table(3);
+        m[1].weight = 3;
+        let set = vec![false, true, true];
+        let t = derive(&base, &m, &Active::Members(set));
+        let (mut to1, mut to2) = (0, 0);
+        for (&b, &a) in base.iter().zip(&t) {
+            if b == 0 {
+                if a == 1 { to1 += 1 } else { to2 += 1 }
+            }
+        }
+        let share = to1 as f64 / (to1 + to2) as f64;
+        assert!(
+            (0.70..0.80).contains(&share),
+            "weight 3 vs 1 took {share:.3}"
+        );
+    }
+}

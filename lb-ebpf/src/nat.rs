@@ -71,10 +71,12 @@ pub fn decrement_ttl(ctx: &XdpContext, p: &Parsed) -> Option<()> {
         let ip_check: u16 = load(ctx, p.l3 + 10)?;
         store(ctx, p.l3 + 10, replace_u16(ip_check, word, new))
     } else {
-        let hop: u8 = load(ctx, p.l3 + 7)?;
+        // Next header and hop limit together: one-byte packet accesses compile to a bounds check
+        // the verifier cannot follow.
+        let [next, hop]: [u8; 2] = load(ctx, p.l3 + 6)?;
         if hop <= 1 {
             return None;
         }
-        store(ctx, p.l3 + 7, hop - 1)
+        store(ctx, p.l3 + 6, [next, hop - 1])
     }
 }

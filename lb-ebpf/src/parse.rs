@@ -39,7 +39,9 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it.
+/// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it. Keep `T` at two
+/// bytes or more: for one byte LLVM rewrites the check as `ptr >= end`, which the verifier does
+/// not accept as a bound.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();

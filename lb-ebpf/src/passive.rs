@@ -95,7 +95,9 @@ pub fn syn_retransmitted(
 #[inline(always)]
 pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
     count(Counter::PassUnsupported);
-    let Some(kind) = load::<u8>(ctx, p.l4) else {
+    // Type and code together: a one-byte packet load compiles to a bounds check the verifier
+    // cannot follow.
+    let Some([kind, _code]) = load::<[u8; 2]>(ctx, p.l4) else {
         return XDP_PASS;
     };
     let inner = p.l4 + 8;

@@ -98,13 +98,13 @@ fn build_rst(ctx: &XdpContext, p: &Parsed, v4: bool) -> Option<()> {
         let ihl = p.l4 - p.l3;
         store(ctx, p.l3 + 2, ((ihl + TCP_LEN) as u16).to_be())?;
         store(ctx, p.l3 + 4, [0u8, 0, 0, 0])?; // id, flags, fragment offset
-        store(ctx, p.l3 + 8, 64u8)?;
+        store(ctx, p.l3 + 8, [64u8, PROTO_TCP])?; // TTL and protocol
         store(ctx, p.l3 + 10, 0u16)?;
         store(ctx, p.l3 + 12, src[0])?;
         store(ctx, p.l3 + 16, dst[0])?;
     } else {
         store(ctx, p.l3 + 4, (TCP_LEN as u16).to_be())?;
-        store(ctx, p.l3 + 7, 64u8)?;
+        store(ctx, p.l3 + 6, [PROTO_TCP, 64u8])?; // next header and hop limit
         store(ctx, p.l3 + 8, src)?;
         store(ctx, p.l3 + 24, dst)?;
     }

@@ -6,7 +6,10 @@
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod failover;
 pub mod fallback;
+pub mod health;
 pub mod maglev;
 pub mod plan;
+pub mod passive;
 pub mod privileges;

@@ -6,7 +6,7 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp},
 };
 use aya_log::EbpfLogger;
@@ -99,6 +99,21 @@ impl Dataplane {
         Ok(dp)
     }
 
+    /// The passive-detection ring buffer, for the daemon's event reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DataplaneError> {
+        typed(&mut self.ebpf, "EVENTS")
+    }
+
+    /// Writes one backend entry.
+    pub fn set_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), DataplaneError> {
+        self.backends
+            .set(id, info, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: "BACKENDS",
+                source,
+            })
+    }
+
     /// The logger for the programs' `aya-log` output, for the daemon to drive.
     pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
         self.logger.take()
@@ -131,12 +146,7 @@ impl Dataplane {
     /// never sees a service whose ring names a backend not yet written.
     pub fn install(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
         for (id, b) in plan.backends.iter().enumerate() {
-            self.backends
-                .set(id as u32, b, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: "BACKENDS",
-                    source,
-                })?;
+            self.set_backend(id as u32, b)?;
         }
         for svc in &plan.services {
             self.install_service(svc)?;
@@ -144,12 +154,17 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Fills the service's idle ring slot, then makes it active.
+    /// Fills the service's idle ring slot with its planned ring, then makes it active.
     pub fn install_service(&mut self, svc: &PlannedService) -> Result<(), DataplaneError> {
-        if svc.ring.len() > MAX_RING_SIZE as usize {
+        self.install_table(svc, &svc.ring)
+    }
+
+    /// Fills the service's idle ring slot with `ring`, then makes it active.
+    pub fn install_table(&mut self, svc: &PlannedService, ring: &[u32]) -> Result<(), DataplaneError> {
+        if ring.len() > MAX_RING_SIZE as usize {
             return Err(DataplaneError::RingTooLarge {
                 service: svc.name.clone(),
-                len: svc.ring.len(),
+                len: ring.len(),
             });
         }
         let slot = match self.installed.get(&svc.key) {
@@ -157,16 +172,16 @@ impl Dataplane {
             None => 0,
         };
         let start = ring_index(svc.id, slot, 0) as usize * 4;
-        let region = &mut self.rings[start..start + svc.ring.len() * 4];
-        for (chunk, id) in region.chunks_exact_mut(4).zip(&svc.ring) {
+        let region = &mut self.rings[start..start + ring.len() * 4];
+        for (chunk, id) in region.chunks_exact_mut(4).zip(ring) {
             chunk.copy_from_slice(&id.to_ne_bytes());
         }
-        let ring_size = if svc.ring.is_empty() {
+        let ring_size = if ring.is_empty() {
             // An empty ring still needs one readable entry: it says "no backend".
             self.rings[start..start + 4].copy_from_slice(&NO_BACKEND.to_ne_bytes());
             1
         } else {
-            svc.ring.len() as u32
+            ring.len() as u32
         };
         let info = ServiceInfo {
             id: svc.id,

@@ -6,7 +6,7 @@ mod maps;
 mod stats;
 
 pub use attach::{Attachment, attach};
-pub use maps::Dataplane;
+pub use maps::{Dataplane, DataplaneError};
 pub use stats::{CounterSnapshot, TrafficSnapshot};
 
 /// The compiled eBPF object, built by build.rs from `lb-ebpf`.

@@ -1,0 +1,222 @@
+//! The single map writer. Health changes arrive on one channel; the writer takes every change
+//! that is already waiting as one batch, derives each touched service's table (see
+//! [`fallback`](crate::fallback)), writes it to the idle ring slot and flips the slot, and
+//! updates the backends' `ALIVE` bits, then records how long each decision took to become
+//! visible to the kernel.
+//!
+//! Order matters for established flows: a backend coming back is marked alive before the table
+//! sends flows to it; a backend going away leaves the table first and loses `ALIVE` after, at
+//! which point its pinned flows re-select on their next packet.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use lb_common::BACKEND_ALIVE;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    health::Update,
+    plan::Plan,
+};
+
+/// Decision-to-visible latencies in nanoseconds.
+pub type Latency = Arc<Mutex<Histogram<u64>>>;
+
+pub fn new_latency() -> Latency {
+    Arc::new(Mutex::new(
+        Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
+    ))
+}
+
+pub struct Writer {
+    dp: Dataplane,
+    plan: Plan,
+    /// Per service, per member.
+    healthy: Vec<Vec<bool>>,
+    alive: Vec<Vec<bool>>,
+    /// Global backend id to (service index, member index).
+    owner: Vec<(usize, usize)>,
+    latency: Latency,
+}
+
+impl Writer {
+    /// A writer for `plan`, with each backend in its initial health.
+    pub fn new(dp: Dataplane, plan: Plan) -> Writer {
+        let healthy: Vec<Vec<bool>> = plan
+            .services
+            .iter()
+            .map(|s| vec![s.initially_healthy; s.members.len()])
+            .collect();
+        let mut owner = vec![(0, 0); plan.backends.len()];
+        for (si, s) in plan.services.iter().enumerate() {
+            for (mi, &id) in s.backend_ids.iter().enumerate() {
+                owner[id as usize] = (si, mi);
+            }
+        }
+        let alive = healthy.clone();
+        Writer {
+            dp,
+            plan,
+            healthy,
+            alive,
+            owner,
+            latency: new_latency(),
+        }
+    }
+
+    pub fn latency(&self) -> Latency {
+        self.latency.clone()
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dp
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+
+    /// Writes every backend and every service's table for the current health view.
+    pub fn install(&mut self) -> Result<(), DataplaneError> {
+        for si in 0..self.plan.services.len() {
+            let svc = &self.plan.services[si];
+            for mi in 0..svc.members.len() {
+                let alive = svc.alive(&self.healthy[si], mi);
+                self.alive[si][mi] = alive;
+                let id = svc.backend_ids[mi];
+                let info = self.backend_info(id, alive);
+                self.dp.set_backend(id, &info)?;
+            }
+            let table = svc.table_for(&self.healthy[si]);
+            self.dp.install_table(svc, &table)?;
+        }
+        Ok(())
+    }
+
+    fn backend_info(&self, id: u32, alive: bool) -> lb_common::BackendInfo {
+        let mut info = self.plan.backends[id as usize];
+        info.state = if alive { BACKEND_ALIVE } else { 0 };
+        info
+    }
+
+    fn set_alive(&mut self, si: usize, mi: usize, alive: bool) -> Result<(), DataplaneError> {
+        if self.alive[si][mi] != alive {
+            self.alive[si][mi] = alive;
+            let id = self.plan.services[si].backend_ids[mi];
+            let info = self.backend_info(id, alive);
+            self.dp.set_backend(id, &info)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one batch; returns how long the writes took.
+    pub fn apply(&mut self, batch: &[Update]) -> Result<Duration, DataplaneError> {
+        let started = Instant::now();
+        let mut touched = BTreeSet::new();
+        for u in batch {
+            let Some(&(si, mi)) = self.owner.get(u.backend as usize) else {
+                continue;
+            };
+            if self.healthy[si][mi] != u.up {
+                self.healthy[si][mi] = u.up;
+                touched.insert(si);
+            }
+        }
+        for &si in &touched {
+            let n = self.plan.services[si].members.len();
+            let wanted: Vec<bool> = (0..n)
+                .map(|mi| self.plan.services[si].alive(&self.healthy[si], mi))
+                .collect();
+            for (mi, &alive) in wanted.iter().enumerate() {
+                if alive {
+                    self.set_alive(si, mi, true)?;
+                }
+            }
+            let svc = &self.plan.services[si];
+            let table = svc.table_for(&self.healthy[si]);
+            self.dp.install_table(svc, &table)?;
+            for (mi, &alive) in wanted.iter().enumerate() {
+                if !alive {
+                    self.set_alive(si, mi, false)?;
+                }
+            }
+        }
+        let took = started.elapsed();
+        if let Ok(mut h) = self.latency.lock() {
+            for u in batch {
+                h.saturating_record(u.decided.elapsed().as_nanos() as u64);
+            }
+        }
+        if !touched.is_empty() {
+            let visible = batch
+                .iter()
+                .map(|u| u.decided.elapsed())
+                .max()
+                .unwrap_or_default();
+            info!(
+                changes = batch.len(),
+                services = touched.len(),
+                write_us = took.as_micros() as u64,
+                decision_to_visible_us = visible.as_micros() as u64,
+                "data plane updated"
+            );
+        }
+        Ok(took)
+    }
+
+    /// Applies batches until `stop` fires, then returns the writer (dropping it detaches XDP).
+    pub async fn run(
+        mut self,
+        mut updates: mpsc::Receiver<Update>,
+        mut stop: oneshot::Receiver<()>,
+        stats_every: Duration,
+    ) -> Writer {
+        let mut tick = tokio::time::interval(stats_every);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(first) = updates.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(u) = updates.try_recv() {
+                        batch.push(u);
+                    }
+                    if let Err(e) = self.apply(&batch) {
+                        error!(error = %e, "writing the data plane failed");
+                    }
+                }
+                _ = tick.tick() => self.log_stats(),
+            }
+        }
+        self.log_stats();
+        self
+    }
+
+    fn log_stats(&self) {
+        if let Ok(c) = self.dp.counters() {
+            let nonzero: Vec<String> = c
+                .0
+                .iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(k, v)| format!("{}={v}", k.name()))
+                .collect();
+            debug!(counters = %nonzero.join(" "), "data plane");
+        }
+        if let Ok(h) = self.latency.lock()
+            && !h.is_empty()
+        {
+            info!(
+                count = h.len(),
+                p50_us = h.value_at_quantile(0.5) / 1000,
+                p99_us = h.value_at_quantile(0.99) / 1000,
+                max_us = h.max() / 1000,
+                "decision-to-visible latency"
+            );
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The task that owns one backend's health: it probes on its own jittered interval, runs the
+//! rise/fall machine, takes passive-detection events from the kernel, ejects the backend with
+//! exponential backoff when they pile up, and sends every state change to the map writer.
+
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Duration};
+
+use lb_common::EventKind;
+use tokio::{
+    sync::mpsc,
+    time::{Instant, sleep_until},
+};
+use tracing::{info, warn};
+
+use super::{Update, probe::Prober, probe::jittered, state::HealthState};
+use crate::config::{CheckKind, HealthCheck, Passive};
+
+/// Everything one backend's task needs.
+pub struct BackendTask {
+    pub id: u32,
+    pub service: String,
+    pub address: SocketAddr,
+    pub prober: Arc<Prober>,
+    pub check: HealthCheck,
+    pub passive: Passive,
+    pub initially_up: bool,
+}
+
+impl BackendTask {
+    pub async fn run(self, updates: mpsc::Sender<Update>, mut events: mpsc::Receiver<EventKind>) {
+        let active = self.prober.kind() != CheckKind::None;
+        let mut state = HealthState::new(self.initially_up, self.check.rise, self.check.fall);
+        let mut next_probe = Instant::now();
+        let mut ejected_until: Option<Instant> = None;
+        let mut ejections = 0u32;
+        let mut up_since = Instant::now();
+        let mut recent: VecDeque<Instant> = VecDeque::new();
+        let far = Duration::from_secs(86_400);
+        loop {
+            let wake = if active {
+                next_probe
+            } else {
+                ejected_until.unwrap_or_else(|| Instant::now() + far)
+            };
+            tokio::select! {
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    let serving = ejected_until.is_none_or(|u| now >= u);
+                    let (ok, reason) = if !active {
+                        (true, "ejection over".to_string())
+                    } else {
+                        match self.prober.probe(self.address).await {
+                            Ok(()) if serving => (true, "check passed".to_string()),
+                            Ok(()) => (false, "ejected (backoff)".to_string()),
+                            Err(why) => (false, why),
+                        }
+                    };
+                    if serving {
+                        ejected_until = None;
+                    }
+                    let changed = if active {
+                        state.observe(ok)
+                    } else if !state.up {
+                        state.up = true;
+                        Some(true)
+                    } else {
+                        None
+                    };
+                    if let Some(up) = changed {
+                        if up {
+                            up_since = now;
+                        }
+                        self.report(&updates, up, reason).await;
+                    }
+                    next_probe = Instant::now() + jittered(self.check.interval, self.check.jitter);
+                }
+                Some(kind) = events.recv() => {
+                    let now = Instant::now();
+                    if self.passive.events_to_eject == 0 {
+                        continue;
+                    }
+                    recent.push_back(now);
+                    while recent.front().is_some_and(|t| now.duration_since(*t) > self.passive.window) {
+                        recent.pop_front();
+                    }
+                    if recent.len() < self.passive.events_to_eject as usize || !state.up {
+                        continue;
+                    }
+                    // A backend that stayed up longer than the longest ejection starts over.
+                    if now.duration_since(up_since) > self.passive.max_ejection {
+                        ejections = 0;
+                    }
+                    ejections += 1;
+                    let backoff = self
+                        .passive
+                        .base_ejection
+                        .saturating_mul(1 << (ejections - 1).min(20))
+                        .min(self.passive.max_ejection);
+                    ejected_until = Some(now + backoff);
+                    recent.clear();
+                    state.force_down();
+                    let reason = format!(
+                        "passive: {} x{} (ejection {ejections}, {backoff:?})",
+                        kind.name(),
+                        self.passive.events_to_eject
+                    );
+                    self.report(&updates, false, reason).await;
+                    // Probe at once: the ejection ends only after the backoff and passing checks.
+                    next_probe = now;
+                }
+            }
+        }
+    }
+
+    async fn report(&self, updates: &mpsc::Sender<Update>, up: bool, reason: String) {
+        if up {
+            info!(service = %self.service, backend = %self.address, old = "down", new = "up", %reason, "backend up");
+        } else {
+            warn!(service = %self.service, backend = %self.address, old = "up", new = "down", %reason, "backend down");
+        }
+        let _ = updates
+            .send(Update {
+                backend: self.id,
+                up,
+                reason,
+                decided: std::time::Instant::now(),
+            })
+            .await;
+    }
+}

@@ -1,0 +1,56 @@
+//! Reads the kernel's passive-detection events (`EVENTS` ring buffer) and hands each one to the
+//! task of the backend it is about. Events about a backend id whose generation has since changed
+//! are dropped.
+
+use std::os::fd::AsRawFd as _;
+
+use aya::maps::{MapData, RingBuf};
+use lb_common::{BackendEvent, EventKind};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tracing::{debug, warn};
+
+/// Forwards events until the ring buffer fails. `tasks[id]` is backend `id`'s event channel, and
+/// `generations[id]` its current generation.
+pub async fn forward_events(
+    ring: RingBuf<MapData>,
+    tasks: Vec<Option<mpsc::Sender<EventKind>>>,
+    generations: Vec<u32>,
+) {
+    let fd = ring.as_raw_fd();
+    // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which drops it.
+    let mut ring = match unsafe { AsyncFd::register(ring) } {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(fd, error = %e, "cannot poll the passive-detection ring buffer");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "passive-detection reader stopped");
+                return;
+            }
+        };
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() < size_of::<BackendEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a BackendEvent (shared layout), perhaps unaligned.
+            let event = unsafe { (item.as_ptr() as *const BackendEvent).read_unaligned() };
+            let Some(kind) = EventKind::from_u32(event.kind) else {
+                continue;
+            };
+            let id = event.backend as usize;
+            if generations.get(id) != Some(&event.generation) {
+                continue;
+            }
+            if let Some(Some(tx)) = tasks.get(id) {
+                debug!(backend = id, kind = kind.name(), "passive event");
+                let _ = tx.try_send(kind);
+            }
+        }
+        guard.clear_ready();
+    }
+}

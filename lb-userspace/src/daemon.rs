@@ -42,7 +42,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(logger) = dp.take_logger() {
         spawn_logger(logger)?;
     }
-    let events = dp.take_events().context("opening the passive-detection ring buffer")?;
+    let events = dp
+        .take_events()
+        .context("opening the passive-detection ring buffer")?;
     let mut writer = Writer::new(dp, plan.clone());
     writer.install().context("writing the data-plane maps")?;
     let attachments = attach(writer.dataplane_mut(), &config)?;
@@ -101,8 +103,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> anyhow::Result<()> {
     let fd = logger.as_raw_fd();
     // SAFETY: the logger owns its ring-buffer fd and moves into the AsyncFd, which drops it.
-    let mut async_fd = unsafe { AsyncFd::register(logger) }
-        .with_context(|| format!("polling log fd {fd}"))?;
+    let mut async_fd =
+        unsafe { AsyncFd::register(logger) }.with_context(|| format!("polling log fd {fd}"))?;
     tokio::spawn(async move {
         loop {
             match async_fd.readable_mut().await {

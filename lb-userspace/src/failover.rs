@@ -199,12 +199,11 @@ impl Writer {
 
     fn log_stats(&self) {
         if let Ok(c) = self.dp.counters() {
-            let nonzero: Vec<String> = c
-                .0
-                .iter()
-                .filter(|(_, v)| *v > 0)
-                .map(|(k, v)| format!("{}={v}", k.name()))
-                .collect();
+            let nonzero: Vec<String> =
+                c.0.iter()
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(k, v)| format!("{}={v}", k.name()))
+                    .collect();
             debug!(counters = %nonzero.join(" "), "data plane");
         }
         if let Ok(h) = self.latency.lock()

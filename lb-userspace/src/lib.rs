@@ -10,6 +10,6 @@ pub mod failover;
 pub mod fallback;
 pub mod health;
 pub mod maglev;
-pub mod plan;
 pub mod passive;
+pub mod plan;
 pub mod privileges;

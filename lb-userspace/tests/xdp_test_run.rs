@@ -3,30 +3,13 @@
 //! every checksum is a full recomputation). The runs happen inside a namespace with two veth
 //! interfaces and permanent neighbour entries, so `bpf_fib_lookup` answers deterministically.
 
+mod support;
+
 use std::net::IpAddr;
 
-use etherparse::{
-    IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv4Options, Ipv6Extensions, Ipv6Header,
-    PacketBuilder, SlicedPacket, TransportSlice, VlanId,
-};
 use lb_common::Counter;
-use understudy::{
-    config::Config,
-    dataplane::{Dataplane, XDP_PROGRAM},
-    plan::plan,
-};
-use understudy_testbed::{
-    CLIENT_MAC, FibNamespace, Netns, XB_MAC, XC_MAC, backend_mac, require_root,
-};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-
-const CLIENT4: &str = "10.0.1.2";
-const CLIENT6: &str = "fd00:1::2";
-const VIP4: &str = "10.0.0.10";
-const VIP6: &str = "fd00::10";
+use support::*;
+use understudy::{config::Config, plan::plan};
 
 const CONFIG: &str = r#"
 [dataplane]
@@ -60,182 +43,8 @@ address = "[fd00:11::2]:8080"
 address = "[fd00:11::3]:8080"
 "#;
 
-struct Bed {
-    ns: Netns,
-    dp: Dataplane,
-    xc: u32,
-    xb: u32,
-}
-
 fn bed() -> Bed {
-    require_root("the XDP test_run tests");
-    let FibNamespace { ns, xc, xb } = FibNamespace::build();
-    let config = Config::parse("test.toml".as_ref(), CONFIG).unwrap();
-    let mut dp = Dataplane::load().expect("load the XDP object");
-    dp.install(&plan(&config)).expect("install the plan");
-    Bed { ns, dp, xc, xb }
-}
-
-impl Bed {
-    /// Runs the program once on `pkt` as if it arrived on `ifindex`; returns the action and the
-    /// packet as the program left it.
-    fn run(&mut self, pkt: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        use aya::programs::{TestRun as _, TestRunOptions};
-        let ctx = FibNamespace::xdp_ctx(pkt.len(), ifindex);
-        let prog = self.dp.program(XDP_PROGRAM).unwrap();
-        let mut out = vec![0u8; pkt.len() + 256];
-        let result = self.ns.enter(|| {
-            prog.test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-        });
-        let result = result.expect("test_run");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn counter(&self, c: Counter) -> u64 {
-        self.dp.counters().unwrap().get(c)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum L4 {
-    Tcp { syn: bool },
-    Udp,
-}
-
-/// A packet described by its fields, built by etherparse with every checksum computed in full.
-#[derive(Clone, Debug)]
-struct Pkt {
-    eth_src: [u8; 6],
-    eth_dst: [u8; 6],
-    vlan: Option<u16>,
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    ttl: u8,
-    ip_options: bool,
-    l4: L4,
-    payload: Vec<u8>,
-}
-
-impl Pkt {
-    fn to_vip(src: &str, dst: &str, sport: u16, dport: u16, l4: L4) -> Pkt {
-        Pkt {
-            eth_src: CLIENT_MAC,
-            eth_dst: XC_MAC,
-            vlan: None,
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            sport,
-            dport,
-            ttl: 64,
-            ip_options: false,
-            l4,
-            payload: b"understudy".to_vec(),
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let proto = match self.l4 {
-            L4::Tcp { .. } => IpNumber::TCP,
-            L4::Udp => IpNumber::UDP,
-        };
-        let ip = match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut h = Ipv4Header::new(0, self.ttl, proto, s.octets(), d.octets()).unwrap();
-                if self.ip_options {
-                    // Four NOPs and an end-of-options list: IHL 7.
-                    h.options = Ipv4Options::try_from(&[1u8, 1, 1, 1, 0, 0, 0, 0][..]).unwrap();
-                }
-                IpHeaders::Ipv4(h, Ipv4Extensions::default())
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
-                Ipv6Header {
-                    traffic_class: 0,
-                    flow_label: Default::default(),
-                    payload_length: 0,
-                    next_header: proto,
-                    hop_limit: self.ttl,
-                    source: s.octets(),
-                    destination: d.octets(),
-                },
-                Ipv6Extensions::default(),
-            ),
-            _ => panic!("mixed families"),
-        };
-        let step = match self.vlan {
-            Some(v) => PacketBuilder::ethernet2(self.eth_src, self.eth_dst)
-                .single_vlan(VlanId::try_new(v).unwrap())
-                .ip(ip),
-            None => PacketBuilder::ethernet2(self.eth_src, self.eth_dst).ip(ip),
-        };
-        let mut out = Vec::new();
-        match self.l4 {
-            L4::Tcp { syn: true } => step
-                .tcp(self.sport, self.dport, 1000, 64240)
-                .syn()
-                .write(&mut out, &self.payload),
-            L4::Tcp { syn: false } => step
-                .tcp(self.sport, self.dport, 1001, 64240)
-                .ack(1)
-                .write(&mut out, &self.payload),
-            L4::Udp => step
-                .udp(self.sport, self.dport)
-                .write(&mut out, &self.payload),
-        }
-        .unwrap();
-        out
-    }
-
-    /// The packet with only its destination translated: what the program hands to the stack.
-    fn translated_to(&self, backend: IpAddr, port: u16) -> Pkt {
-        Pkt {
-            dst: backend,
-            dport: port,
-            ..self.clone()
-        }
-    }
-
-    /// What the program should send to the backend itself: DNAT, TTL - 1, next-hop MACs.
-    fn forwarded_to(&self, backend: IpAddr, port: u16) -> Pkt {
-        Pkt {
-            eth_src: XB_MAC,
-            eth_dst: backend_mac(backend),
-            ttl: self.ttl - 1,
-            ..self.translated_to(backend, port)
-        }
-    }
-}
-
-/// The destination address and port of an output packet, read with etherparse.
-fn destination(out: &[u8]) -> (IpAddr, u16) {
-    let p = SlicedPacket::from_ethernet(out).expect("output parses");
-    let ip = match p.net.expect("has an IP header") {
-        etherparse::NetSlice::Ipv4(v4) => IpAddr::from(v4.header().destination()),
-        etherparse::NetSlice::Ipv6(v6) => IpAddr::from(v6.header().destination()),
-        _ => panic!("not IP"),
-    };
-    let port = match p.transport.expect("has ports") {
-        TransportSlice::Tcp(t) => t.destination_port(),
-        TransportSlice::Udp(u) => u.destination_port(),
-        _ => panic!("not TCP/UDP"),
-    };
-    (ip, port)
-}
-
-fn assert_bytes(case: &str, got: &[u8], want: &[u8]) {
-    assert_eq!(
-        got,
-        want,
-        "{case}: output differs at byte {:?}",
-        got.iter().zip(want).position(|(a, b)| a != b)
-    );
+    support::bed(CONFIG)
 }
 
 #[test]
@@ -252,7 +61,7 @@ fn syn_to_a_vip_is_rewritten_to_a_backend() {
     assert_eq!(port, 8080);
     assert_bytes("syn", &out, &syn.forwarded_to(backend, 8080).bytes());
     assert_eq!(bed.counter(Counter::Redirect), 1);
-    let svc = bed.dp.service_traffic(0).unwrap();
+    let svc = bed.dp().service_traffic(0).unwrap();
     assert_eq!((svc.packets, svc.new_flows), (1, 1));
 }
 
@@ -282,7 +91,7 @@ fn the_same_flow_keeps_its_backend_and_flows_spread() {
         assert_eq!(action, XDP_REDIRECT);
         assert_bytes("same flow", &out, &ack.forwarded_to(backend, 8080).bytes());
     }
-    let svc = bed.dp.service_traffic(0).unwrap();
+    let svc = bed.dp().service_traffic(0).unwrap();
     assert_eq!(
         (svc.packets, svc.new_flows),
         (21, 1),
@@ -534,7 +343,7 @@ fn a_service_with_an_empty_ring_drops_and_counts() {
     let config = Config::parse("test.toml".as_ref(), CONFIG).unwrap();
     let mut p = plan(&config);
     p.services[0].ring.clear();
-    bed.dp.install_service(&p.services[0]).unwrap();
+    bed.dp().install_service(&p.services[0]).unwrap();
     let syn = Pkt::to_vip(CLIENT4, VIP4, 40010, 80, L4::Tcp { syn: true });
     let (action, out) = bed.run(&syn.bytes(), bed.xc);
     assert_eq!(action, XDP_DROP);

@@ -160,7 +160,11 @@ impl Dataplane {
     }
 
     /// Fills the service's idle ring slot with `ring`, then makes it active.
-    pub fn install_table(&mut self, svc: &PlannedService, ring: &[u32]) -> Result<(), DataplaneError> {
+    pub fn install_table(
+        &mut self,
+        svc: &PlannedService,
+        ring: &[u32],
+    ) -> Result<(), DataplaneError> {
         if ring.len() > MAX_RING_SIZE as usize {
             return Err(DataplaneError::RingTooLarge {
                 service: svc.name.clone(),

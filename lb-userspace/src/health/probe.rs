@@ -58,11 +58,19 @@ impl Prober {
             CheckKind::None => Ok(()),
             CheckKind::Tcp => connect(target).await.map(drop),
             CheckKind::Http => {
-                let http = self.check.http.as_ref().ok_or("http check without settings")?;
+                let http = self
+                    .check
+                    .http
+                    .as_ref()
+                    .ok_or("http check without settings")?;
                 http_check(connect(target).await?, http, target).await
             }
             CheckKind::Https => {
-                let http = self.check.http.as_ref().ok_or("https check without settings")?;
+                let http = self
+                    .check
+                    .http
+                    .as_ref()
+                    .ok_or("https check without settings")?;
                 let (connector, sni) = self.tls.as_ref().ok_or("https check without TLS")?;
                 let name = server_name(sni.as_deref().or(http.host.as_deref()), target)?;
                 let tcp = connect(target).await?;
@@ -73,7 +81,11 @@ impl Prober {
                 http_check(tls, http, target).await
             }
             CheckKind::Udp => {
-                let udp = self.check.udp.as_ref().ok_or("udp check without settings")?;
+                let udp = self
+                    .check
+                    .udp
+                    .as_ref()
+                    .ok_or("udp check without settings")?;
                 udp_check(udp, target).await
             }
         }
@@ -238,9 +250,7 @@ impl ServerCertVerifier for AcceptAnything {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -1,0 +1,308 @@
+//! Failover in the kernel, through `BPF_PROG_TEST_RUN`: the map writer marks backends down and
+//! up exactly as the daemon does, and crafted packets show what the XDP program then does with
+//! established flows, new flows, `on_all_down`, and the passive-detection events it reports.
+
+mod support;
+
+use std::{net::IpAddr, time::Instant};
+
+use etherparse::{
+    Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
+};
+use lb_common::{BackendEvent, Counter, EventKind};
+use support::*;
+use understudy::health::Update;
+
+const CONFIG: &str = r#"
+[dataplane]
+interfaces = ["xc", "xb"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.10:80"
+table_size = 307
+passive = { syn_timeout = "20ms" }
+[[service.backend]]
+address = "10.0.11.2:8080"
+[[service.backend]]
+address = "10.0.11.3:8080"
+[[service.backend]]
+address = "10.0.11.4:8080"
+tier = 1
+
+[[service]]
+name = "reject"
+vip = "10.0.0.10:81"
+on_all_down = "reject"
+table_size = 101
+[[service.backend]]
+address = "10.0.11.2:8081"
+
+[[service]]
+name = "reject6"
+vip = "[fd00::10]:81"
+on_all_down = "reject"
+table_size = 101
+[[service.backend]]
+address = "[fd00:11::2]:8081"
+"#;
+
+/// Backend ids in plan order.
+const WEB: [&str; 3] = ["10.0.11.2", "10.0.11.3", "10.0.11.4"];
+const REJECT4: u32 = 3;
+const REJECT6: u32 = 4;
+
+fn id_of(backend: IpAddr) -> u32 {
+    WEB.iter().position(|w| *w == backend.to_string()).unwrap() as u32
+}
+
+fn set(bed: &mut Bed, backend: u32, up: bool) {
+    bed.writer
+        .apply(&[Update {
+            backend,
+            up,
+            reason: "test".into(),
+            decided: Instant::now(),
+        }])
+        .unwrap();
+}
+
+fn syn(sport: u16) -> Pkt {
+    Pkt::to_vip(CLIENT4, VIP4, sport, 80, L4::Tcp { syn: true })
+}
+
+#[test]
+fn a_flow_pinned_to_a_dead_backend_is_reselected_onto_a_live_one() {
+    let mut bed = bed(CONFIG);
+    let first = syn(42000);
+    let (_, out) = bed.run(&first.bytes(), bed.xc);
+    let (pinned, _) = destination(&out);
+    let pinned_id = id_of(pinned);
+    assert!(
+        pinned_id < 2,
+        "a new flow went to the backup while primaries are up"
+    );
+
+    set(&mut bed, pinned_id, false);
+    let ack = Pkt {
+        l4: L4::Tcp { syn: false },
+        ..first.clone()
+    };
+    let (action, out) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let (moved_to, _) = destination(&out);
+    assert_eq!(
+        id_of(moved_to),
+        1 - pinned_id,
+        "re-selected onto the other primary"
+    );
+    assert_bytes(
+        "re-selected",
+        &out,
+        &ack.forwarded_to(moved_to, 8080).bytes(),
+    );
+    assert_eq!(bed.counter(Counter::Reselected), 1);
+
+    // New flows avoid the dead backend entirely.
+    for sport in 43000..43100 {
+        let (_, out) = bed.run(&syn(sport).bytes(), bed.xc);
+        assert_ne!(
+            destination(&out).0,
+            pinned,
+            "a new flow reached the dead backend"
+        );
+    }
+
+    // Back up: the moved flow stays where it is now; new flows reach the backend again.
+    set(&mut bed, pinned_id, true);
+    let (_, out) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(destination(&out).0, moved_to, "the moved flow flapped back");
+    let reached = (44000..44100)
+        .map(|sport| destination(&bed.run(&syn(sport).bytes(), bed.xc).1).0)
+        .filter(|b| *b == pinned)
+        .count();
+    assert!(
+        reached > 20,
+        "only {reached} of 100 new flows reached the recovered backend"
+    );
+}
+
+#[test]
+fn the_backup_tier_takes_new_flows_when_the_primaries_are_down() {
+    let mut bed = bed(CONFIG);
+    set(&mut bed, 0, false);
+    set(&mut bed, 1, false);
+    for sport in 45000..45020 {
+        let (action, out) = bed.run(&syn(sport).bytes(), bed.xc);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(destination(&out).0.to_string(), WEB[2]);
+    }
+}
+
+#[test]
+fn on_all_down_drop_is_counted() {
+    let mut bed = bed(CONFIG);
+    for id in 0..3 {
+        set(&mut bed, id, false);
+    }
+    let p = syn(46000);
+    let (action, out) = bed.run(&p.bytes(), bed.xc);
+    assert_eq!(action, XDP_DROP);
+    assert_bytes("dropped", &out, &p.bytes());
+    assert_eq!(bed.counter(Counter::DropNoBackend), 1);
+}
+
+/// Checks a RST built by the program against an independent parse and recomputation.
+fn assert_valid_rst(out: &[u8], from: IpAddr, to: IpAddr, sport: u16, seq: u32, ack: Option<u32>) {
+    assert_eq!(&out[0..6], &CLIENT_MAC, "sent back to the client's MAC");
+    assert_eq!(&out[6..12], &XC_MAC);
+    let p = SlicedPacket::from_ethernet(out).expect("the RST parses");
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+        panic!("not TCP")
+    };
+    let payload = tcp.payload();
+    let tcp_header = tcp.to_header();
+    match p.net.unwrap() {
+        etherparse::NetSlice::Ipv4(ip) => {
+            let h = ip.header().to_header();
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            assert_eq!(IpAddr::from(h.source), from);
+            assert_eq!(IpAddr::from(h.destination), to);
+            assert_eq!(h.time_to_live, 64);
+            assert_eq!(out.len(), 14 + 20 + 20);
+            let want = tcp_header.calc_checksum_ipv4(&h, payload).unwrap();
+            assert_eq!(tcp.checksum(), want, "TCP checksum");
+        }
+        etherparse::NetSlice::Ipv6(ip) => {
+            let h = ip.header().to_header();
+            assert_eq!(IpAddr::from(h.source), from);
+            assert_eq!(IpAddr::from(h.destination), to);
+            assert_eq!(h.payload_length, 20);
+            assert_eq!(out.len(), 14 + 40 + 20);
+            let want = tcp_header.calc_checksum_ipv6(&h, payload).unwrap();
+            assert_eq!(tcp.checksum(), want, "TCP checksum");
+        }
+        _ => panic!("not IP"),
+    }
+    assert!(tcp.rst(), "RST flag");
+    assert!(!tcp.syn() && !tcp.fin());
+    assert_eq!(tcp.source_port(), sport);
+    assert_eq!(tcp.destination_port(), 40100);
+    assert_eq!(tcp.sequence_number(), seq);
+    assert_eq!(tcp.ack(), ack.is_some());
+    assert_eq!(tcp.acknowledgment_number(), ack.unwrap_or(0));
+    assert!(payload.is_empty());
+}
+
+#[test]
+fn on_all_down_reject_answers_with_a_valid_rst() {
+    let mut bed = bed(CONFIG);
+    set(&mut bed, REJECT4, false);
+    set(&mut bed, REJECT6, false);
+    // A SYN with 10 bytes of data: RST+ACK acknowledging SYN + data.
+    let s = Pkt::to_vip(CLIENT4, VIP4, 40100, 81, L4::Tcp { syn: true });
+    let (action, out) = bed.run(&s.bytes(), bed.xc);
+    assert_eq!(action, XDP_TX);
+    assert_valid_rst(&out, s.dst, s.src, 81, 0, Some(1000 + 10 + 1));
+    // An ACK: RST with its acknowledgement as our sequence, no ACK flag (RFC 793).
+    let a = Pkt::to_vip(CLIENT4, VIP4, 40100, 81, L4::Tcp { syn: false });
+    let (action, out) = bed.run(&a.bytes(), bed.xc);
+    assert_eq!(action, XDP_TX);
+    assert_valid_rst(&out, a.dst, a.src, 81, 1, None);
+    // IPv6.
+    let s6 = Pkt::to_vip(CLIENT6, VIP6, 40100, 81, L4::Tcp { syn: true });
+    let (action, out) = bed.run(&s6.bytes(), bed.xc);
+    assert_eq!(action, XDP_TX);
+    assert_valid_rst(&out, s6.dst, s6.src, 81, 0, Some(1011));
+    assert_eq!(bed.counter(Counter::RejectRst), 3);
+    // A RST is never answered.
+    let r = Pkt::to_vip(CLIENT4, VIP4, 40100, 81, L4::Rst);
+    assert_eq!(bed.run(&r.bytes(), bed.xc).0, XDP_DROP);
+    assert_eq!(bed.counter(Counter::DropReject), 1);
+}
+
+fn events(bed: &mut Bed) -> Vec<(u32, EventKind)> {
+    let mut ring = bed.dp().take_events().unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        let e = unsafe { (item.as_ptr() as *const BackendEvent).read_unaligned() };
+        out.push((e.backend, EventKind::from_u32(e.kind).unwrap()));
+    }
+    out
+}
+
+fn reply(from: IpAddr, sport: u16, l4: L4) -> Pkt {
+    Pkt {
+        eth_src: backend_mac(from),
+        eth_dst: XB_MAC,
+        vlan: None,
+        src: from,
+        dst: CLIENT4.parse().unwrap(),
+        sport: 8080,
+        dport: sport,
+        ttl: 64,
+        ip_options: false,
+        l4,
+        payload: Vec::new(),
+    }
+}
+
+#[test]
+fn passive_detection_reports_rst_icmp_and_syn_timeout() {
+    let mut bed = bed(CONFIG);
+    // A RST answering a SYN.
+    let (_, out) = bed.run(&syn(47000).bytes(), bed.xc);
+    let (b1, _) = destination(&out);
+    let (action, _) = bed.run(&reply(b1, 47000, L4::Rst).bytes(), bed.xb);
+    assert_eq!(action, XDP_REDIRECT, "the RST still reaches the client");
+    // A RST after a SYN-ACK is an ordinary close: no event.
+    let (_, out) = bed.run(&syn(47001).bytes(), bed.xc);
+    let (b2, _) = destination(&out);
+    bed.run(&reply(b2, 47001, L4::SynAck).bytes(), bed.xb);
+    bed.run(&reply(b2, 47001, L4::Rst).bytes(), bed.xb);
+
+    // An ICMP port unreachable quoting a translated packet.
+    let (_, out) = bed.run(&syn(47002).bytes(), bed.xc);
+    let (b3, _) = destination(&out);
+    let IpAddr::V4(b3v4) = b3 else { unreachable!() };
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(backend_mac(b3), XB_MAC)
+        .ipv4(b3v4.octets(), [10, 0, 1, 2], 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ))
+        .write(&mut icmp, &out[14..14 + 28])
+        .unwrap();
+    let (action, passed) = bed.run(&icmp, bed.xb);
+    assert_eq!(
+        (action, passed),
+        (XDP_PASS, icmp.clone()),
+        "ICMP goes on untouched"
+    );
+
+    // A SYN retransmitted after the service's 20 ms syn_timeout, never answered.
+    let (_, out) = bed.run(&syn(47003).bytes(), bed.xc);
+    let (b4, _) = destination(&out);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    bed.run(&syn(47003).bytes(), bed.xc);
+    // An answered one retransmitting is no event.
+    let (_, out) = bed.run(&syn(47004).bytes(), bed.xc);
+    let (b5, _) = destination(&out);
+    bed.run(&reply(b5, 47004, L4::SynAck).bytes(), bed.xb);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    bed.run(&syn(47004).bytes(), bed.xc);
+
+    assert_eq!(
+        events(&mut bed),
+        vec![
+            (id_of(b1), EventKind::RstToSyn),
+            (id_of(b3), EventKind::IcmpUnreachable),
+            (id_of(b4), EventKind::SynTimeout),
+        ]
+    );
+    assert_eq!(bed.counter(Counter::EventSent), 3);
+}

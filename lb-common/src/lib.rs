@@ -65,6 +65,10 @@ pub const BACKEND_ALIVE: u8 = 1;
 
 /// `NatValue::state`: the backend answered this flow's SYN.
 pub const NAT_SYNACK_SEEN: u32 = 1;
+/// `NatValue::state`: the flow was pinned by a client SYN. Only such flows say anything about a
+/// backend refusing connections: a flow re-selected mid-connection is answered with a RST by its
+/// new backend, which knows nothing of it, and that says nothing about that backend's health.
+pub const NAT_OPENED_BY_SYN: u32 = 2;
 
 /// Flat index of one ring entry: element `index / RING_CHUNK`, lane `index % RING_CHUNK`.
 #[inline(always)]

@@ -5,7 +5,8 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
-    BackendEvent, Counter, EventKind, FAMILY_V4, FlowKey, NAT_SYNACK_SEEN, NatValue, PROTO_TCP,
+    BackendEvent, Counter, EventKind, FAMILY_V4, FlowKey, NAT_OPENED_BY_SYN, NAT_SYNACK_SEEN, NatValue,
+    PROTO_TCP,
     PROTO_UDP,
 };
 
@@ -48,7 +49,9 @@ pub fn observe_reply(p: &Parsed, nat: *mut NatValue) {
         if state & NAT_SYNACK_SEEN == 0 {
             unsafe { (*nat).state = state | NAT_SYNACK_SEEN };
         }
-    } else if p.tcp_flags & TCP_RST != 0 && state & NAT_SYNACK_SEEN == 0 {
+    } else if p.tcp_flags & TCP_RST != 0
+        && state & (NAT_SYNACK_SEEN | NAT_OPENED_BY_SYN) == NAT_OPENED_BY_SYN
+    {
         report(unsafe { (*nat).backend }, EventKind::RstToSyn);
     }
 }

@@ -6,7 +6,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BACKEND_ALIVE, BackendInfo, Counter, FlowKey, FlowValue, MAX_RING_SIZE, MAX_SERVICES,
-    NO_BACKEND, NatValue, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    NAT_OPENED_BY_SYN, NO_BACKEND, NatValue, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
     hash::{flow_hash, source_hash},
     ring_index,
 };
@@ -103,13 +103,14 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         family: key.family,
         _pad: 0,
     };
+    let opened_by_syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let nat = NatValue {
         vip: key.dst,
         vip_port: key.dst_port,
         _pad: 0,
         service: svc.id,
         backend: id,
-        state: 0,
+        state: if opened_by_syn { NAT_OPENED_BY_SYN } else { 0 },
     };
     // A failed insert does not stop this packet: the next one is hashed to the same backend
     // anyway while the ring is unchanged.

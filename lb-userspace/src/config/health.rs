@@ -100,12 +100,14 @@ pub struct Passive {
 
 impl Default for Passive {
     fn default() -> Self {
+        // Five events, as Envoy's consecutive-5xx default. A SYN timeout of 2 s lets the
+        // first retransmission (at 1 s) through, so one lost SYN is not evidence.
         Passive {
-            events_to_eject: 3,
+            events_to_eject: 5,
             window: Duration::from_secs(10),
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
-            syn_timeout: Duration::from_secs(1),
+            syn_timeout: Duration::from_secs(2),
         }
     }
 }

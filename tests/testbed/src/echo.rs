@@ -1,6 +1,9 @@
-//! A TCP echo server that counts its connections and remembers its peers.
+//! A TCP echo server that counts its connections and remembers its peers. It can greet each
+//! connection with a line (the backend's name, so clients know where they landed) and be stopped
+//! like a killed process: the port closes and every connection is reset.
 
 use std::{
+    collections::HashMap,
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
@@ -19,11 +22,19 @@ pub struct EchoServer {
     pub connections: Arc<AtomicUsize>,
     pub peers: Arc<Mutex<Vec<IpAddr>>>,
     stop: Arc<AtomicBool>,
+    /// Clones of the open connections, to reset them on `kill`; each handler removes its own.
+    open: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    accept: Option<thread::JoinHandle<()>>,
 }
 
 impl EchoServer {
     /// Listens on `addr` inside `ns`.
     pub fn start(ns: &Netns, addr: SocketAddr) -> EchoServer {
+        EchoServer::start_greeting(ns, addr, None)
+    }
+
+    /// Listens on `addr` inside `ns`, and sends `greeting` first on every connection.
+    pub fn start_greeting(ns: &Netns, addr: SocketAddr, greeting: Option<String>) -> EchoServer {
         let listener = ns
             .enter(|| TcpListener::bind(addr))
             .expect("bind echo server");
@@ -31,14 +42,27 @@ impl EchoServer {
         let connections = Arc::new(AtomicUsize::new(0));
         let peers = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, p, s) = (connections.clone(), peers.clone(), stop.clone());
-        thread::spawn(move || {
+        let open = Arc::new(Mutex::new(HashMap::new()));
+        let (c, p, s, o) = (connections.clone(), peers.clone(), stop.clone(), open.clone());
+        let accept = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((stream, peer)) => {
+                    Ok((mut stream, peer)) => {
                         c.fetch_add(1, Ordering::Relaxed);
                         p.lock().unwrap().push(peer.ip());
-                        thread::spawn(move || echo(stream));
+                        let id = c.load(Ordering::Relaxed) as u64;
+                        if let Ok(clone) = stream.try_clone() {
+                            o.lock().unwrap().insert(id, clone);
+                        }
+                        let greeting = greeting.clone();
+                        let o = o.clone();
+                        thread::spawn(move || {
+                            if let Some(g) = greeting {
+                                let _ = stream.write_all(g.as_bytes());
+                            }
+                            echo(stream);
+                            o.lock().unwrap().remove(&id);
+                        });
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         thread::sleep(Duration::from_millis(2));
@@ -52,13 +76,45 @@ impl EchoServer {
             connections,
             peers,
             stop,
+            open,
+            accept: Some(accept),
+        }
+    }
+
+    /// Stops like a killed process: the port is closed when this returns, and every open
+    /// connection is reset.
+    pub fn kill(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for (_, s) in self.open.lock().unwrap().drain() {
+            // Linger 0: closing sends a RST, as the kernel does for a dead process's sockets.
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const _ as *const libc::c_void,
+                    size_of::<libc::linger>() as u32,
+                );
+            }
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
 impl Drop for EchoServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.halt();
     }
 }
 

@@ -103,6 +103,22 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Starts a background thread that has joined this namespace.
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace removes its veth ends, and with them their peers elsewhere.

@@ -5,9 +5,8 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
-    BackendEvent, Counter, EventKind, FAMILY_V4, FlowKey, NAT_OPENED_BY_SYN, NAT_SYNACK_SEEN, NatValue,
-    PROTO_TCP,
-    PROTO_UDP,
+    BackendEvent, Counter, EventKind, FAMILY_V4, FlowKey, NAT_OPENED_BY_SYN, NAT_SYNACK_SEEN,
+    NatValue, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{

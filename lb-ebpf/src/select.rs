@@ -6,7 +6,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BACKEND_ALIVE, BackendInfo, Counter, FlowKey, FlowValue, MAX_RING_SIZE, MAX_SERVICES,
-    NAT_OPENED_BY_SYN, NO_BACKEND, NatValue, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    NAT_OPENED_BY_SYN, NO_BACKEND, NatValue, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP,
+    ServiceInfo,
     hash::{flow_hash, source_hash},
     ring_index,
 };

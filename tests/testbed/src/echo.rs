@@ -43,7 +43,12 @@ impl EchoServer {
         let peers = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(HashMap::new()));
-        let (c, p, s, o) = (connections.clone(), peers.clone(), stop.clone(), open.clone());
+        let (c, p, s, o) = (
+            connections.clone(),
+            peers.clone(),
+            stop.clone(),
+            open.clone(),
+        );
         let accept = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {

@@ -4,19 +4,17 @@
 //! figures belong in `cargo xtask bench failover`.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Child, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use understudy_testbed::{Daemon, EchoServer, Netns, Topology, require_root};
+use understudy_testbed::{
+    Daemon, Netns, Topology, require_root,
+    traffic::{
+        Backend, Load, assert_streams_healthy, close, open_streams, rounds, short_connection,
+    },
+};
 
 const VIP: &str = "10.0.0.10:80";
 /// Health checks every 100 ms, down after 2 failures: a dead backend is out within about
@@ -25,259 +23,6 @@ const DETECTION: Duration = Duration::from_millis(1000);
 
 fn vip() -> SocketAddr {
     VIP.parse().unwrap()
-}
-
-/// A backend host: a TCP echo server that greets with its name, and an HTTP health endpoint
-/// (Python's http.server on 8081). Killing it stops both, as a crashed host would.
-struct Backend {
-    index: usize,
-    name: String,
-    echo: Option<EchoServer>,
-    health: Option<Child>,
-}
-
-impl Backend {
-    fn new(index: usize) -> Backend {
-        Backend {
-            index,
-            name: format!("be{index}"),
-            echo: None,
-            health: None,
-        }
-    }
-
-    fn start(&mut self, topo: &Topology, web_root: &PathBuf, echo: bool) {
-        let ns = &topo.backends[self.index - 1];
-        if echo {
-            let addr = SocketAddr::new(topo.backend_addr(self.index, false), 8080);
-            self.echo = Some(EchoServer::start_greeting(
-                ns,
-                addr,
-                Some(format!("{}\n", self.name)),
-            ));
-        }
-        self.health = Some(
-            ns.command("python3")
-                .args([
-                    "-m",
-                    "http.server",
-                    "8081",
-                    "--bind",
-                    "0.0.0.0",
-                    "--directory",
-                ])
-                .arg(web_root)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start python3 http.server"),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(e) = self.echo.take() {
-            e.kill();
-        }
-        if let Some(mut h) = self.health.take() {
-            let _ = h.kill();
-            let _ = h.wait();
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn read_name(s: &mut TcpStream) -> std::io::Result<String> {
-    let mut name = Vec::new();
-    let mut b = [0u8; 1];
-    while name.len() < 16 {
-        s.read_exact(&mut b)?;
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&name).into_owned());
-        }
-        name.push(b[0]);
-    }
-    Err(std::io::Error::other("no greeting"))
-}
-
-/// One short connection: greeting, 4 bytes echoed, close. Returns the backend's name.
-fn short_connection() -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&vip(), Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let name = read_name(&mut s).map_err(|e| e.to_string())?;
-    s.write_all(b"ping").map_err(|e| e.to_string())?;
-    let mut back = [0u8; 4];
-    s.read_exact(&mut back).map_err(|e| e.to_string())?;
-    if &back != b"ping" {
-        return Err("echo mismatch".into());
-    }
-    Ok(name)
-}
-
-/// Short connections from 4 client threads, back to back, each result timestamped.
-struct Load {
-    results: Arc<Mutex<Vec<(Instant, Result<String, String>)>>>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(client: &Netns) -> Load {
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..4)
-            .map(|_| {
-                let (r, s) = (results.clone(), stop.clone());
-                client.thread(move || {
-                    // Bounded: at most 50,000 connections per worker.
-                    for _ in 0..50_000 {
-                        if s.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let started = Instant::now();
-                        let res = short_connection();
-                        r.lock().unwrap().push((started, res));
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                })
-            })
-            .collect();
-        Load {
-            results,
-            stop,
-            workers,
-        }
-    }
-
-    /// Results of connections started at or after `since`.
-    fn since(&self, since: Instant) -> Vec<Result<String, String>> {
-        self.results
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _)| *t >= since)
-            .map(|(_, r)| r.clone())
-            .collect()
-    }
-
-    fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in self.workers {
-            w.join().unwrap();
-        }
-    }
-}
-
-/// A long-lived stream: 512-byte rounds every 20 ms, each checked byte for byte.
-struct Stream {
-    name: String,
-    rounds: Arc<AtomicU64>,
-    error: Arc<Mutex<Option<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-fn open_streams(client: &Netns, n: usize) -> Vec<Stream> {
-    (0..n)
-        .map(|i| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let rounds = Arc::new(AtomicU64::new(0));
-            let error = Arc::new(Mutex::new(None));
-            let stop = Arc::new(AtomicBool::new(false));
-            let (r, e, s) = (rounds.clone(), error.clone(), stop.clone());
-            client.thread(move || {
-                let mut conn = match TcpStream::connect_timeout(&vip(), Duration::from_secs(2)) {
-                    Ok(c) => c,
-                    Err(err) => {
-                        let _ = tx.send(Err(err.to_string()));
-                        return;
-                    }
-                };
-                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                match read_name(&mut conn) {
-                    Ok(name) => tx.send(Ok(name)).unwrap(),
-                    Err(err) => {
-                        let _ = tx.send(Err(err.to_string()));
-                        return;
-                    }
-                }
-                // Bounded: at most 10 minutes of rounds.
-                for round in 0..30_000u64 {
-                    if s.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let chunk: Vec<u8> = (0..512)
-                        .map(|j| (round as usize * 7 + j + i) as u8)
-                        .collect();
-                    let mut back = vec![0u8; 512];
-                    let res = conn
-                        .write_all(&chunk)
-                        .and_then(|_| conn.read_exact(&mut back));
-                    match res {
-                        Ok(()) if back == chunk => {
-                            r.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(()) => {
-                            *e.lock().unwrap() = Some(format!("round {round}: bytes differ"));
-                            return;
-                        }
-                        Err(err) => {
-                            *e.lock().unwrap() = Some(format!("round {round}: {err}"));
-                            return;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            });
-            let name = rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("stream opened")
-                .unwrap_or_else(|e| panic!("stream {i} could not open: {e}"));
-            Stream {
-                name,
-                rounds,
-                error,
-                stop,
-            }
-        })
-        .collect()
-}
-
-fn close(streams: &[Stream]) {
-    for s in streams {
-        s.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Every stream on one of `names` has had no error and made progress since `before`.
-fn assert_streams_healthy(streams: &[Stream], names: &[&str], before: &[u64], what: &str) {
-    for (i, s) in streams.iter().enumerate() {
-        if !names.contains(&s.name.as_str()) {
-            continue;
-        }
-        assert_eq!(
-            *s.error.lock().unwrap(),
-            None,
-            "{what}: stream {i} on {} broke",
-            s.name
-        );
-        assert!(
-            s.rounds.load(Ordering::Relaxed) > before[i] + 10,
-            "{what}: stream {i} on {} stalled",
-            s.name
-        );
-    }
-}
-
-fn rounds(streams: &[Stream]) -> Vec<u64> {
-    streams
-        .iter()
-        .map(|s| s.rounds.load(Ordering::Relaxed))
-        .collect()
 }
 
 fn write_config(topo: &Topology, interval: &str, passive: &str) -> PathBuf {
@@ -333,7 +78,7 @@ fn wait_for(client: &Netns, names: &[&str]) {
     let mut seen = std::collections::BTreeSet::new();
     while Instant::now() < deadline {
         let got: Vec<Result<String, String>> =
-            client.enter(|| (0..20).map(|_| short_connection()).collect());
+            client.enter(|| (0..20).map(|_| short_connection(vip())).collect());
         seen.extend(got.into_iter().flatten());
         if names.iter().all(|n| seen.contains(*n)) {
             return;
@@ -393,13 +138,13 @@ fn failover_to_the_backup_and_back_under_load() {
     let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
     wait_for(&topo.client, &["be1", "be2"]);
 
-    let streams = open_streams(&topo.client, 20);
+    let streams = open_streams(&topo.client, vip(), 20);
     let on: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
     assert!(
         on.iter().all(|n| *n == "be1" || *n == "be2"),
         "a stream opened on the backup: {on:?}"
     );
-    let load = Load::start(&topo.client);
+    let load = Load::start(&topo.client, vip(), Duration::from_millis(5));
     std::thread::sleep(Duration::from_millis(500));
     assert_all_ok_on(
         &load.since(Instant::now() - Duration::from_millis(400)),
@@ -425,7 +170,7 @@ fn failover_to_the_backup_and_back_under_load() {
         &["be3"],
         "be1 and be2 killed",
     );
-    let backup_streams = open_streams(&topo.client, 5);
+    let backup_streams = open_streams(&topo.client, vip(), 5);
     assert!(backup_streams.iter().all(|s| s.name == "be3"));
 
     // 3. The primaries return: new connections go back to them, and the streams opened on the
@@ -477,7 +222,7 @@ fn a_backend_refusing_connections_is_ejected_before_its_next_probe() {
         let mut v = Vec::new();
         let mut streak = 0;
         while streak < 100 && started.elapsed() < Duration::from_secs(4) {
-            let r = short_connection();
+            let r = short_connection(vip());
             streak = if r.is_ok() { streak + 1 } else { 0 };
             v.push((Instant::now(), r));
         }

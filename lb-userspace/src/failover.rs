@@ -4,6 +4,12 @@
 //! updates the backends' `ALIVE` bits, then records how long each decision took to become
 //! visible to the kernel.
 //!
+//! Updates are incremental: only the entries a change can touch (the base entries of members
+//! inactive before or after it) are re-derived, and only the
+//! entries that differ between the idle slot and the new table are written (the previous flip's
+//! changes and this one's), so a single failure costs a scan and a few thousand stores, not a
+//! whole table.
+//!
 //! Order matters for established flows: a backend coming back is marked alive before the table
 //! sends flows to it; a backend going away leaves the table first and loses `ALIVE` after, at
 //! which point its pinned flows re-select on their next packet.
@@ -21,8 +27,9 @@ use tracing::{debug, error, info};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
+    fallback::{Active, active_set, derive, derive_slot, tier_activity},
     health::Update,
-    plan::Plan,
+    plan::{Plan, PlannedService},
 };
 
 /// Decision-to-visible latencies in nanoseconds.
@@ -40,9 +47,59 @@ pub struct Writer {
     /// Per service, per member.
     healthy: Vec<Vec<bool>>,
     alive: Vec<Vec<bool>>,
+    /// Per service: what is installed.
+    views: Vec<View>,
     /// Global backend id to (service index, member index).
     owner: Vec<(usize, usize)>,
     latency: Latency,
+}
+
+/// One service's installed state.
+struct View {
+    active: Active,
+    /// The active table, as member indices (or the `NO_BACKEND`/`REJECT` markers).
+    table: Vec<u32>,
+    /// Entries the last flip changed; `None` when the idle slot's content is unknown.
+    last_delta: Option<Vec<usize>>,
+}
+
+/// Re-derives the entries a change from `view.active` to `next` can touch; returns the changed
+/// entries.
+fn update_table(svc: &PlannedService, view: &mut View, next: Active) -> Vec<usize> {
+    let delta = match (&view.active, &next) {
+        (Active::Members(old), Active::Members(new)) => {
+            // An entry can change only if its base owner is inactive before or after: its owner
+            // leaves, returns, or it is a reassigned entry whose ranking the change affects. So
+            // only the base entries of those members are visited.
+            let tier_active = tier_activity(&svc.prefs, &svc.members, new);
+            let mut delta = Vec::new();
+            for (m, slots) in svc.base_slots.iter().enumerate() {
+                if old[m] && new[m] {
+                    continue;
+                }
+                for &slot in slots {
+                    let slot = slot as usize;
+                    let value =
+                        derive_slot(slot, &svc.base, &svc.prefs, &svc.members, new, &tier_active);
+                    if value != view.table[slot] {
+                        view.table[slot] = value;
+                        delta.push(slot);
+                    }
+                }
+            }
+            delta
+        }
+        _ => {
+            let table = derive(&svc.base, &svc.prefs, &svc.members, &next);
+            let delta = (0..table.len())
+                .filter(|&i| table[i] != view.table[i])
+                .collect();
+            view.table = table;
+            delta
+        }
+    };
+    view.active = next;
+    delta
 }
 
 impl Writer {
@@ -60,11 +117,26 @@ impl Writer {
             }
         }
         let alive = healthy.clone();
+        let views = plan
+            .services
+            .iter()
+            .zip(&healthy)
+            .map(|(s, h)| {
+                let active = active_set(&s.members, h, s.min_healthy, s.on_all_down);
+                let table = derive(&s.base, &s.prefs, &s.members, &active);
+                View {
+                    active,
+                    table,
+                    last_delta: None,
+                }
+            })
+            .collect();
         Writer {
             dp,
             plan,
             healthy,
             alive,
+            views,
             owner,
             latency: new_latency(),
         }
@@ -93,8 +165,11 @@ impl Writer {
                 let info = self.backend_info(id, alive);
                 self.dp.set_backend(id, &info)?;
             }
-            let table = svc.table_for(&self.healthy[si]);
+            // Into both slots: then the idle slot is known, and every later change is a delta.
+            let table = svc.ids(self.views[si].table.clone());
             self.dp.install_table(svc, &table)?;
+            self.dp.install_table(svc, &table)?;
+            self.views[si].last_delta = Some(Vec::new());
         }
         Ok(())
     }
@@ -139,8 +214,24 @@ impl Writer {
                 }
             }
             let svc = &self.plan.services[si];
-            let table = svc.table_for(&self.healthy[si]);
-            self.dp.install_table(svc, &table)?;
+            let view = &mut self.views[si];
+            let next = active_set(
+                &svc.members,
+                &self.healthy[si],
+                svc.min_healthy,
+                svc.on_all_down,
+            );
+            let delta = update_table(svc, view, next);
+            let id = |m: u32| svc.backend_ids.get(m as usize).copied().unwrap_or(m);
+            match view.last_delta.take() {
+                None => self.dp.install_table(svc, &svc.ids(view.table.clone()))?,
+                Some(previous) => {
+                    let table = &view.table;
+                    let changed = previous.iter().chain(&delta).map(|&i| (i, id(table[i])));
+                    self.dp.install_delta(svc, table.len(), changed)?;
+                }
+            }
+            view.last_delta = Some(delta);
             for (mi, &alive) in wanted.iter().enumerate() {
                 if !alive {
                     self.set_alive(si, mi, false)?;

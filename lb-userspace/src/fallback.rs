@@ -99,34 +99,149 @@ fn rank(m: &Member, slot: u64, weighted: bool) -> f64 {
     -(m.weight as f64) / u.ln()
 }
 
+/// No member: a tier with nobody but the entry's base owner.
+const NONE: u16 = u16::MAX;
+
+/// For every table entry and every tier, the member of that tier (other than the entry's base
+/// owner) that ranks first for the entry. Computed once per config, it lets a reassigned entry be
+/// settled with a lookup instead of ranking every candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preferences {
+    tiers: Vec<(u32, Vec<u16>)>,
+    weighted: bool,
+}
+
+impl Preferences {
+    pub fn new(base: &[u32], members: &[Member]) -> Preferences {
+        let weighted = members.windows(2).any(|w| w[0].weight != w[1].weight);
+        let mut tiers: Vec<u32> = members.iter().map(|m| m.tier).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
+        let tiers = tiers
+            .into_iter()
+            .map(|t| {
+                let in_tier: Vec<usize> = (0..members.len())
+                    .filter(|&i| members[i].tier == t)
+                    .collect();
+                let best = base
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, &owner)| {
+                        top(
+                            in_tier.iter().copied().filter(|&c| c != owner as usize),
+                            members,
+                            slot,
+                            weighted,
+                        )
+                        .map_or(NONE, |c| c as u16)
+                    })
+                    .collect();
+                (t, best)
+            })
+            .collect();
+        Preferences { tiers, weighted }
+    }
+}
+
+/// The candidate ranking first for `slot`.
+fn top(
+    candidates: impl Iterator<Item = usize>,
+    members: &[Member],
+    slot: usize,
+    weighted: bool,
+) -> Option<usize> {
+    let mut best = None;
+    let mut best_rank = f64::MIN;
+    for c in candidates {
+        let r = rank(&members[c], slot as u64, weighted);
+        if r > best_rank {
+            best_rank = r;
+            best = Some(c);
+        }
+    }
+    best
+}
+
+/// One entry of the active table for the active set `set` (`tier_active[t]`: whether tier
+/// index `t` of `prefs` has an active member).
+pub fn derive_slot(
+    slot: usize,
+    base: &[u32],
+    prefs: &Preferences,
+    members: &[Member],
+    set: &[bool],
+    tier_active: &[bool],
+) -> u32 {
+    let owner = base[slot];
+    if set[owner as usize] {
+        return owner;
+    }
+    // The first-ranked active member is the best of each tier's first-ranked member, as long as
+    // that member is active wherever its tier has active members.
+    let single = tier_active.iter().filter(|&&a| a).count() == 1;
+    let mut best = None;
+    let mut best_rank = f64::MIN;
+    for ((_, firsts), &active) in prefs.tiers.iter().zip(tier_active) {
+        if !active {
+            continue;
+        }
+        let c = firsts[slot];
+        if c == NONE || !set[c as usize] {
+            let all = (0..members.len()).filter(|&i| set[i]);
+            return top(all, members, slot, prefs.weighted).map_or(NO_BACKEND, |c| c as u32);
+        }
+        if single {
+            return c as u32;
+        }
+        let r = rank(&members[c as usize], slot as u64, prefs.weighted);
+        if r > best_rank {
+            best_rank = r;
+            best = Some(c as u32);
+        }
+    }
+    best.unwrap_or(NO_BACKEND)
+}
+
+/// Which tiers of `prefs` have an active member.
+pub fn tier_activity(prefs: &Preferences, members: &[Member], set: &[bool]) -> Vec<bool> {
+    prefs
+        .tiers
+        .iter()
+        .map(|(t, _)| (0..members.len()).any(|i| set[i] && members[i].tier == *t))
+        .collect()
+}
+
 /// The active table: `base` holds member indices; the result holds member indices, or
 /// [`NO_BACKEND`]/[`REJECT`] in every entry when nobody is active.
-pub fn derive(base: &[u32], members: &[Member], active: &Active) -> Vec<u32> {
+pub fn derive(base: &[u32], prefs: &Preferences, members: &[Member], active: &Active) -> Vec<u32> {
     let set = match active {
         Active::Drop => return vec![NO_BACKEND; base.len()],
         Active::Reject => return vec![REJECT; base.len()],
         Active::Members(set) => set,
     };
-    let candidates: Vec<usize> = (0..members.len()).filter(|&i| set[i]).collect();
-    let weighted = candidates
-        .windows(2)
-        .any(|w| members[w[0]].weight != members[w[1]].weight);
+    let tier_active = tier_activity(prefs, members, set);
+    (0..base.len())
+        .map(|slot| derive_slot(slot, base, prefs, members, set, &tier_active))
+        .collect()
+}
+
+/// The reference derivation: every reassigned entry ranks every active member. [`derive`] must
+/// give the same table; the tests hold it to that.
+pub fn derive_reference(base: &[u32], members: &[Member], active: &Active) -> Vec<u32> {
+    let set = match active {
+        Active::Drop => return vec![NO_BACKEND; base.len()],
+        Active::Reject => return vec![REJECT; base.len()],
+        Active::Members(set) => set,
+    };
+    let weighted = members.windows(2).any(|w| w[0].weight != w[1].weight);
     base.iter()
         .enumerate()
         .map(|(slot, &b)| {
             if set[b as usize] {
                 return b;
             }
-            let mut best = candidates[0];
-            let mut best_rank = f64::MIN;
-            for &c in &candidates {
-                let r = rank(&members[c], slot as u64, weighted);
-                if r > best_rank {
-                    best_rank = r;
-                    best = c;
-                }
-            }
-            best as u32
+            let all = (0..members.len()).filter(|&i| set[i]);
+            top(all, members, slot, weighted).map_or(NO_BACKEND, |c| c as u32)
         })
         .collect()
 }
@@ -208,6 +323,39 @@ mod tests {
         );
     }
 
+    fn d(base: &[u32], m: &[Member], a: &Active) -> Vec<u32> {
+        let prefs = Preferences::new(base, m);
+        let fast = derive(base, &prefs, m, a);
+        assert_eq!(
+            fast,
+            derive_reference(base, m, a),
+            "fast and reference derivations differ"
+        );
+        fast
+    }
+
+    #[test]
+    fn fast_derivation_matches_the_reference_across_tiers_and_weights() {
+        let mut m = members(&[0, 0, 0, 1, 1, 2]);
+        m[4].weight = 3;
+        let names: Vec<String> = (0..3).map(|i| format!("10.0.{i}.2:80")).collect();
+        let entries: Vec<crate::maglev::Entry<'_>> = names
+            .iter()
+            .map(|n| crate::maglev::Entry {
+                identity: n,
+                weight: 1,
+            })
+            .collect();
+        let base = crate::maglev::build(&entries, 1009);
+        for bits in 0u32..64 {
+            let healthy: Vec<bool> = (0..6).map(|i| bits & (1 << i) != 0).collect();
+            for min in [MinHealthy::Count(1), MinHealthy::Count(3)] {
+                let a = active_set(&m, &healthy, min, OnAllDown::FailOpen);
+                d(&base, &m, &a);
+            }
+        }
+    }
+
     fn table(n: usize) -> (Vec<Member>, Vec<u32>) {
         let names: Vec<String> = (0..n).map(|i| format!("10.0.{i}.2:80")).collect();
         let entries: Vec<crate::maglev::Entry<'_>> = names
@@ -224,11 +372,11 @@ mod tests {
     fn a_failure_moves_exactly_its_entries_and_recovery_restores_the_table() {
         let (m, base) = table(10);
         let all = Active::Members(vec![true; 10]);
-        let full = derive(&base, &m, &all);
+        let full = d(&base, &m, &all);
         assert_eq!(full, base, "all healthy: the base table itself");
         let mut set = vec![true; 10];
         set[3] = false;
-        let failed = derive(&base, &m, &Active::Members(set.clone()));
+        let failed = d(&base, &m, &Active::Members(set.clone()));
         for (s, (&before, &after)) in full.iter().zip(&failed).enumerate() {
             if before == 3 {
                 assert_ne!(after, 3, "entry {s} still on the failed backend");
@@ -241,7 +389,7 @@ mod tests {
         }
         // A second failure moves the second backend's entries, including those it had taken.
         set[7] = false;
-        let twice = derive(&base, &m, &Active::Members(set.clone()));
+        let twice = d(&base, &m, &Active::Members(set.clone()));
         for (s, (&before, &after)) in failed.iter().zip(&twice).enumerate() {
             if before == 7 {
                 assert!(after != 7 && after != 3, "entry {s}");
@@ -252,7 +400,7 @@ mod tests {
         set[7] = true;
         set[3] = true;
         assert_eq!(
-            derive(&base, &m, &Active::Members(set)),
+            d(&base, &m, &Active::Members(set)),
             full,
             "recovery restores byte for byte"
         );
@@ -278,14 +426,11 @@ mod tests {
         let mut set = vec![true; 10];
         set[2] = false;
         set[5] = false;
-        let a = derive(&base, &m, &Active::Members(set.clone()));
-        let b = derive(&base, &m, &Active::Members(set));
+        let a = d(&base, &m, &Active::Members(set.clone()));
+        let b = d(&base, &m, &Active::Members(set));
         assert_eq!(a, b);
-        assert_eq!(
-            derive(&base, &m, &Active::Drop),
-            vec![NO_BACKEND; base.len()]
-        );
-        assert_eq!(derive(&base, &m, &Active::Reject), vec![REJECT; base.len()]);
+        assert_eq!(d(&base, &m, &Active::Drop), vec![NO_BACKEND; base.len()]);
+        assert_eq!(d(&base, &m, &Active::Reject), vec![REJECT; base.len()]);
     }
 
     #[test]
@@ -293,7 +438,7 @@ mod tests {
         let (mut m, base) = table(3);
         m[1].weight = 3;
         let set = vec![false, true, true];
-        let t = derive(&base, &m, &Active::Members(set));
+        let t = d(&base, &m, &Active::Members(set));
         let (mut to1, mut to2) = (0, 0);
         for (&b, &a) in base.iter().zip(&t) {
             if b == 0 {

@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::{
     config::{CheckKind, Config, HashMode, MinHealthy, OnAllDown, Protocol, Service},
-    fallback::{Member, active_set, derive},
+    fallback::{Member, Preferences, active_set, derive},
     maglev,
 };
 
@@ -38,6 +38,10 @@ pub struct PlannedService {
     pub members: Vec<Member>,
     /// Maglev table of the primary tier, as member indices.
     pub base: Vec<u32>,
+    /// Each entry's first-ranked member per tier, for fast reassignment.
+    pub prefs: Preferences,
+    /// Per member, the entries it owns in `base` (ascending).
+    pub base_slots: Vec<Vec<u32>>,
     pub min_healthy: MinHealthy,
     pub on_all_down: OnAllDown,
     /// Each backend's health before its first check: up, unless it must pass one first.
@@ -48,7 +52,12 @@ impl PlannedService {
     /// The table for a health view (`healthy[i]` for member `i`), as backend ids.
     pub fn table_for(&self, healthy: &[bool]) -> Vec<u32> {
         let active = active_set(&self.members, healthy, self.min_healthy, self.on_all_down);
-        derive(&self.base, &self.members, &active)
+        self.ids(derive(&self.base, &self.prefs, &self.members, &active))
+    }
+
+    /// Member indices to backend ids; the `NO_BACKEND`/`REJECT` markers pass through.
+    pub fn ids(&self, table: Vec<u32>) -> Vec<u32> {
+        table
             .into_iter()
             .map(|i| self.backend_ids.get(i as usize).copied().unwrap_or(i))
             .collect()
@@ -124,6 +133,14 @@ fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
         },
         syn_timeout_ms: svc.passive.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
         ring: Vec::new(),
+        prefs: Preferences::new(&base, &members),
+        base_slots: {
+            let mut slots = vec![Vec::new(); members.len()];
+            for (slot, &owner) in base.iter().enumerate() {
+                slots[owner as usize].push(slot as u32);
+            }
+            slots
+        },
         backend_ids: (first_backend..first_backend + svc.backends.len() as u32).collect(),
         members,
         base,

@@ -67,6 +67,70 @@ fn set(bed: &mut Bed, backend: u32, up: bool) {
         .unwrap();
 }
 
+#[test]
+fn the_incremental_writer_installs_exactly_the_derived_table() {
+    let text = r#"
+[dataplane]
+interfaces = ["lo"]
+[[service]]
+name = "tiers"
+vip = "10.0.0.10:80"
+table_size = 4099
+min_healthy = 2
+on_all_down = "reject"
+[[service.backend]]
+address = "10.0.11.2:80"
+[[service.backend]]
+address = "10.0.11.3:80"
+[[service.backend]]
+address = "10.0.11.4:80"
+weight = 2
+[[service.backend]]
+address = "10.0.12.2:80"
+tier = 1
+[[service.backend]]
+address = "10.0.12.3:80"
+tier = 1
+[[service.backend]]
+address = "10.0.13.2:80"
+tier = 2
+"#;
+    require_root();
+    let config = understudy::config::Config::parse("t.toml".as_ref(), text).unwrap();
+    let p = understudy::plan::plan(&config);
+    let dp = understudy::dataplane::Dataplane::load().unwrap();
+    let mut writer = understudy::failover::Writer::new(dp, p.clone());
+    writer.install().unwrap();
+    let svc = &p.services[0];
+    let mut healthy = vec![true; 6];
+    let mut rng = fastrand::Rng::with_seed(11);
+    for step in 0..300 {
+        // One to three changes per batch, as the writer receives them.
+        let batch: Vec<Update> = (0..rng.usize(1..=3))
+            .map(|_| {
+                let b = rng.usize(..6);
+                healthy[b] = rng.bool();
+                Update {
+                    backend: b as u32,
+                    up: healthy[b],
+                    reason: "test".into(),
+                    decided: Instant::now(),
+                }
+            })
+            .collect();
+        writer.apply(&batch).unwrap();
+        assert_eq!(
+            writer.dataplane().active_ring(svc),
+            svc.table_for(&healthy),
+            "step {step}: health {healthy:?}"
+        );
+    }
+}
+
+fn require_root() {
+    understudy_testbed::require_root("the writer test");
+}
+
 fn syn(sport: u16) -> Pkt {
     Pkt::to_vip(CLIENT4, VIP4, sport, 80, L4::Tcp { syn: true })
 }

@@ -165,10 +165,54 @@ impl Dataplane {
         svc: &PlannedService,
         ring: &[u32],
     ) -> Result<(), DataplaneError> {
-        if ring.len() > MAX_RING_SIZE as usize {
+        self.flip(svc, ring.len(), |idle| {
+            for (chunk, id) in idle.chunks_exact_mut(4).zip(ring) {
+                chunk.copy_from_slice(&id.to_ne_bytes());
+            }
+        })
+    }
+
+    /// Writes only the `changed` (entry, backend id) pairs into the idle slot of a `len`-entry
+    /// ring, then makes it active. The caller guarantees the idle slot already holds the new table
+    /// everywhere else: it holds the table before the previous flip, so `changed` must cover that
+    /// flip's changes and this one's.
+    pub fn install_delta(
+        &mut self,
+        svc: &PlannedService,
+        len: usize,
+        changed: impl Iterator<Item = (usize, u32)>,
+    ) -> Result<(), DataplaneError> {
+        self.flip(svc, len, |idle| {
+            for (i, id) in changed {
+                idle[i * 4..i * 4 + 4].copy_from_slice(&id.to_ne_bytes());
+            }
+        })
+    }
+
+    /// The table the kernel uses now for `svc` (its active ring slot), read back from `RINGS`.
+    pub fn active_ring(&self, svc: &PlannedService) -> Vec<u32> {
+        let Some(info) = self.installed.get(&svc.key) else {
+            return Vec::new();
+        };
+        let start = ring_index(svc.id, info.active_slot, 0) as usize * 4;
+        self.rings[start..start + info.ring_size as usize * 4]
+            .chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    /// Runs `write` on the service's idle ring slot (as bytes), then replaces the service entry
+    /// with that slot active: one map update the kernel sees whole.
+    fn flip(
+        &mut self,
+        svc: &PlannedService,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<(), DataplaneError> {
+        if len > MAX_RING_SIZE as usize {
             return Err(DataplaneError::RingTooLarge {
                 service: svc.name.clone(),
-                len: ring.len(),
+                len,
             });
         }
         let slot = match self.installed.get(&svc.key) {
@@ -176,16 +220,13 @@ impl Dataplane {
             None => 0,
         };
         let start = ring_index(svc.id, slot, 0) as usize * 4;
-        let region = &mut self.rings[start..start + ring.len() * 4];
-        for (chunk, id) in region.chunks_exact_mut(4).zip(ring) {
-            chunk.copy_from_slice(&id.to_ne_bytes());
-        }
-        let ring_size = if ring.is_empty() {
+        let ring_size = if len == 0 {
             // An empty ring still needs one readable entry: it says "no backend".
             self.rings[start..start + 4].copy_from_slice(&NO_BACKEND.to_ne_bytes());
             1
         } else {
-            ring.len() as u32
+            write(&mut self.rings[start..start + len * 4]);
+            len as u32
         };
         let info = ServiceInfo {
             id: svc.id,

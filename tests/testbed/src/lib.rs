@@ -11,6 +11,7 @@ mod fib;
 mod netns;
 mod sniff;
 mod topology;
+pub mod traffic;
 
 pub use daemon::Daemon;
 pub use echo::{EchoServer, echo_roundtrip};

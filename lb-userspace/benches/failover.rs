@@ -1,0 +1,252 @@
+//! Failover figures (`cargo xtask bench failover`, as root):
+//!
+//! 1. **Decision to visible**: from a health decision to the kernel's maps holding the new table
+//!    and backend states, through the real map writer, with 100 services x 10 backends and the
+//!    default 65,537-entry tables: one backend failing, and a whole tier failing.
+//! 2. **Disruption**: the share of table entries one failure moves, against the ideal 1/N.
+//! 3. **Death to shift**: a backend killed under load (HTTP checks every 50 ms, fall 2, no jitter,
+//!    passive detection off) to the start of the last connection that failed on it.
+//! 4. **Passive detection**: the same with probes every 5 s, so only the kernel's RST-to-SYN
+//!    reports can act (3 events eject). The client runs 4 connections back to back.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use understudy::{
+    config::Config, dataplane::Dataplane, failover::Writer, health::Update, plan::plan,
+};
+use understudy_testbed::{
+    Daemon, Topology, require_root,
+    traffic::{Backend, Load, short_connection},
+};
+
+const SERVICES: usize = 100;
+const BACKENDS: usize = 10;
+const ROUNDS: usize = 200;
+
+fn fleet_config(primaries: usize) -> String {
+    let mut text = String::from("[dataplane]\ninterfaces = [\"lo\"]\n");
+    for s in 0..SERVICES {
+        text.push_str(&format!(
+            "\n[[service]]\nname = \"s{s}\"\nvip = \"10.1.{}.{}:80\"\n",
+            s / 250,
+            s % 250 + 1
+        ));
+        for b in 0..BACKENDS {
+            let tier = if b < primaries { 0 } else { 1 };
+            text.push_str(&format!(
+                "[[service.backend]]\naddress = \"10.2.{s}.{}:8080\"\ntier = {tier}\n",
+                b + 1
+            ));
+        }
+    }
+    text
+}
+
+fn update(backend: u32, up: bool) -> Update {
+    Update {
+        backend,
+        up,
+        reason: "bench".into(),
+        decided: Instant::now(),
+    }
+}
+
+fn quantiles(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:>6.1} us   p99 {:>6.1} us   max {:>6.1} us",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    )
+}
+
+/// Applies `ROUNDS` failures and recoveries of `group` backends of random services, timing
+/// decision to visible for each.
+fn decision_to_visible(primaries: usize, group: usize) -> Histogram<u64> {
+    let config = Config::parse("fleet.toml".as_ref(), &fleet_config(primaries)).unwrap();
+    let dp = Dataplane::load().expect("load the XDP object");
+    let mut writer = Writer::new(dp, plan(&config));
+    writer.install().unwrap();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..ROUNDS {
+        let s = rng.usize(..SERVICES) as u32;
+        let first = if group == 1 { rng.usize(..BACKENDS) } else { 0 };
+        let ids: Vec<u32> = (first..first + group)
+            .map(|b| s * BACKENDS as u32 + b as u32)
+            .collect();
+        for up in [false, true] {
+            let batch: Vec<Update> = ids.iter().map(|&id| update(id, up)).collect();
+            writer.apply(&batch).unwrap();
+            h.record(batch[0].decided.elapsed().as_nanos() as u64)
+                .unwrap();
+        }
+    }
+    h
+}
+
+/// Entries moved by each single failure in one 10-backend service, as a share of the table.
+fn disruption() -> (f64, f64, f64) {
+    let config = Config::parse("fleet.toml".as_ref(), &fleet_config(BACKENDS)).unwrap();
+    let p = plan(&config);
+    let svc = &p.services[0];
+    let all = svc.table_for(&[true; BACKENDS]);
+    let mut shares = Vec::new();
+    let mut excess = 0usize;
+    for b in 0..BACKENDS {
+        let mut healthy = [true; BACKENDS];
+        healthy[b] = false;
+        let t = svc.table_for(&healthy);
+        let moved = all.iter().zip(&t).filter(|(x, y)| x != y).count();
+        let own = all.iter().filter(|&&x| x == svc.backend_ids[b]).count();
+        excess += moved - own;
+        shares.push(moved as f64 / all.len() as f64);
+    }
+    let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+    let max = shares.iter().cloned().fold(0.0, f64::max);
+    (mean, max, excess as f64)
+}
+
+fn e2e_config(topo: &Topology, interval: &str, passive: &str) -> PathBuf {
+    let interfaces: Vec<String> = topo
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [{}]\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\n\
+         passive = {{ {passive} }}\n\n[service.health]\nkind = \"http\"\nport = 8081\n\
+         interval = \"{interval}\"\ntimeout = \"40ms\"\njitter = 0.0\nrise = 2\nfall = 2\n",
+        interfaces.join(", ")
+    );
+    for i in 1..=topo.backends.len() {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{}:8080\"\n",
+            topo.backend_addr(i, false)
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Kills backend 1 (`whole`: the host; else only its traffic port) under load, `runs` times,
+/// and returns the delays from each kill to the start of the last connection that failed.
+fn death_to_shift(
+    interval: &str,
+    passive: &str,
+    whole: bool,
+    runs: usize,
+) -> (Vec<Duration>, usize) {
+    let topo = Topology::build(3);
+    let root = std::env::temp_dir().join(format!("{}-www", topo.lb.name()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "ok\n").unwrap();
+    let mut backends: Vec<Backend> = (1..=3).map(Backend::new).collect();
+    for b in &mut backends {
+        b.start(&topo, &root, true);
+    }
+    let config = e2e_config(&topo, interval, passive);
+    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
+    let vip: SocketAddr = "10.0.0.10:80".parse().unwrap();
+    let mut delays = Vec::new();
+    let mut discarded = 0;
+    // Bounded: at most twice the runs asked for.
+    for run in 0..runs * 2 {
+        if delays.len() == runs {
+            break;
+        }
+        // Everyone serving again: the restored backend must pass its checks (and, after a passive
+        // ejection, wait out its backoff) before it takes flows.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !topo
+            .client
+            .enter(|| (0..20).any(|_| short_connection(vip).as_deref() == Ok("be1")))
+        {
+            assert!(Instant::now() < deadline, "run {run}: be1 never came back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Back to back: the passive path's delay is mostly the wait for enough refused SYNs.
+        let load = Load::start(&topo.client, vip, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Instant::now();
+        if whole {
+            backends[0].kill();
+        } else {
+            backends[0].kill();
+            backends[0].start(&topo, &root, false);
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        let failures = load.since(killed).iter().filter(|r| r.is_err()).count();
+        let results = load.results.lock().unwrap().clone();
+        load.finish();
+        let last = results
+            .iter()
+            .filter(|(t, r)| *t >= killed && r.is_err())
+            .map(|(t, _)| t.duration_since(killed))
+            .max();
+        assert!(failures < 2000, "run {run}: failures did not stop");
+        // No failure at all: no flow reached the backend while it was dead, so nothing was
+        // measured. Such runs are discarded and counted.
+        match last {
+            Some(last) => delays.push(last),
+            None => discarded += 1,
+        }
+        backends[0].kill();
+        backends[0].start(&topo, &root, true);
+    }
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+    std::fs::remove_dir_all(root).ok();
+    assert!(!delays.is_empty(), "every run was discarded");
+    (delays, discarded)
+}
+
+fn summary((v, discarded): &mut (Vec<Duration>, usize)) -> String {
+    v.sort();
+    format!(
+        "median {:>7.1} ms   max {:>7.1} ms   ({} runs, {discarded} discarded)",
+        v[v.len() / 2].as_secs_f64() * 1000.0,
+        v[v.len() - 1].as_secs_f64() * 1000.0,
+        v.len()
+    )
+}
+
+fn main() {
+    require_root("the failover benchmark");
+    println!("Failover benchmark ({SERVICES} services x {BACKENDS} backends, tables of 65537)\n");
+
+    let one = decision_to_visible(BACKENDS, 1);
+    println!("decision to visible, one backend      {}", quantiles(&one));
+    let tier = decision_to_visible(BACKENDS / 2, BACKENDS / 2);
+    println!(
+        "decision to visible, whole tier ({})   {}",
+        BACKENDS / 2,
+        quantiles(&tier)
+    );
+
+    let (mean, max, excess) = disruption();
+    println!(
+        "disruption per failure                mean {:.4}   max {:.4}   ideal 1/N = {:.4}   entries moved beyond the failed backend's: {excess}",
+        mean,
+        max,
+        1.0 / BACKENDS as f64
+    );
+
+    let mut active = death_to_shift("50ms", "events_to_eject = 0", true, 5);
+    println!(
+        "death to shift, active (50 ms x 2)    {}   target < 101 ms",
+        summary(&mut active)
+    );
+    let mut passive = death_to_shift("5s", "events_to_eject = 3", false, 5);
+    println!(
+        "death to shift, passive RST (3 events) {}   target < 5 ms",
+        summary(&mut passive)
+    );
+    println!("\nreproduce: cargo xtask bench failover   (as root)");
+}

@@ -1,7 +1,7 @@
 //! `cargo xtask run`: the demo. It builds a client, the balancer and three backends in network
 //! namespaces, serves a page naming each backend (Python's http.server), starts `understudy` in
 //! the balancer namespace with `config/demo.toml`, and shows the client's requests to the VIP
-//! answered by different backends. It runs until Ctrl-C (or once, with `--once`), and removes
+//! answered by different backends, then one backend dying and coming back. It runs until Ctrl-C (or once, with `--once`), and removes
 //! everything it made on every exit path: guards kill the processes and delete the namespaces.
 
 use std::{
@@ -56,7 +56,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     println!("demo: building namespaces: client, balancer, 3 backends");
     let topo = Topology::build(3);
     let site = TempDir::new()?;
-    let mut guards = Vec::new();
+    let mut web_servers = Vec::new();
     for (i, be) in topo.backends.iter().enumerate() {
         let dir = site.0.join(format!("be{}", i + 1));
         std::fs::create_dir_all(&dir)?;
@@ -69,15 +69,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 backend_v6(i + 1)
             ),
         )?;
-        let child = unblocked(be.command("python3"))
-            .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting python3 -m http.server")?;
-        guards.push(Guard(child));
+        web_servers.push(Some(web_server(be, &dir)?));
     }
+    let mut guards = Vec::new();
 
     println!(
         "demo: starting {} run --config {}",
@@ -114,6 +108,24 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
 
+    println!("\ndemo: stopping backend-1's web server, as if it crashed");
+    drop(web_servers[0].take());
+    let moved = wait_until(&topo.client, Duration::from_secs(15), 6, |a| {
+        !a.contains("backend-1")
+    })?;
+    println!(
+        "demo: after {moved:.1?} it was out of service (the kernel saw refused connections, or \
+         3 checks failed) and traffic moved:"
+    );
+    show(&topo.client, &format!("http://{VIP_V4}/"))?;
+    println!("\ndemo: starting it again");
+    web_servers[0] = Some(web_server(&topo.backends[0], &site.0.join("be1"))?);
+    let back = wait_until(&topo.client, Duration::from_secs(15), 1, |a| {
+        a.contains("backend-1")
+    })?;
+    println!("demo: after {back:.1?} it passed its checks again (rise 2 x 1 s) and takes traffic:");
+    show(&topo.client, &format!("http://{VIP_V4}/"))?;
+
     println!(
         "\ndemo: running. Try it yourself in another terminal:\n  \
          ip netns exec {} curl http://{VIP_V4}/\n  \
@@ -129,9 +141,53 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         println!("\ndemo: stopping and cleaning up");
     }
     drop(guards);
+    drop(web_servers);
     drop(topo);
     drop(site);
     Ok(())
+}
+
+/// A backend's web server: Python's http.server on port 8080, serving `dir`.
+fn web_server(ns: &Netns, dir: &std::path::Path) -> anyhow::Result<Guard> {
+    let child = unblocked(ns.command("python3"))
+        .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting python3 -m http.server")?;
+    Ok(Guard(child))
+}
+
+/// Prints the answers to 6 requests.
+fn show(client: &Netns, url: &str) -> anyhow::Result<()> {
+    for _ in 0..6 {
+        println!("  {}", curl(client, url)?.trim());
+    }
+    Ok(())
+}
+
+/// Waits until `streak` answers in a row satisfy `ok`; returns how long that took.
+fn wait_until(
+    client: &Netns,
+    limit: Duration,
+    streak: usize,
+    ok: impl Fn(&str) -> bool,
+) -> anyhow::Result<Duration> {
+    let started = std::time::Instant::now();
+    let url = format!("http://{VIP_V4}/");
+    let mut run = 0;
+    while started.elapsed() < limit {
+        match curl(client, &url) {
+            Ok(answer) if ok(&answer) => run += 1,
+            _ => run = 0,
+        }
+        if run == streak {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the balancer did not react within {limit:?}")
 }
 
 fn curl(client: &Netns, url: &str) -> anyhow::Result<String> {

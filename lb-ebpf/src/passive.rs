@@ -55,26 +55,16 @@ pub fn observe_reply(p: &Parsed, nat: *mut NatValue) {
     }
 }
 
-/// Called for a client SYN on a flow already pinned to a backend, that is, a retransmission.
-/// Reports the backend when the flow is older than `timeout_ms` and no SYN-ACK was seen, then
-/// restarts the clock so one stuck flow reports at most once per timeout.
+/// Called for a client SYN on a flow already pinned to a backend. After a SYN-ACK it is a new
+/// connection reusing the 5-tuple (clients recycle ephemeral ports): the flow starts over, so the
+/// backend's answer to it counts again. Before any SYN-ACK it is a retransmission: past
+/// `timeout_ms` the backend is reported, and the clock restarts so one stuck flow reports at
+/// most once per timeout.
 #[inline(always)]
-pub fn syn_retransmitted(
-    key: &FlowKey,
-    backend: &lb_common::BackendInfo,
-    id: u32,
-    timeout_ms: u32,
-) {
-    if timeout_ms == 0 {
-        return;
-    }
+pub fn client_syn(key: &FlowKey, backend: &lb_common::BackendInfo, timeout_ms: u32) {
     let Some(flow) = crate::maps::FLOWS.get_ptr_mut(key) else {
         return;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.saturating_sub(unsafe { (*flow).since_ns }) < timeout_ms as u64 * 1_000_000 {
-        return;
-    }
     let reply = FlowKey {
         src: backend.addr,
         dst: key.src,
@@ -84,11 +74,24 @@ pub fn syn_retransmitted(
         family: key.family,
         _pad: 0,
     };
-    let answered =
-        unsafe { NAT_REPLIES.get(&reply) }.is_some_and(|n| n.state & NAT_SYNACK_SEEN != 0);
-    if !answered {
+    let Some(nat) = NAT_REPLIES.get_ptr_mut(&reply) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = unsafe { (*nat).state };
+    if state & NAT_SYNACK_SEEN != 0 {
+        unsafe {
+            (*nat).state = NAT_OPENED_BY_SYN;
+            (*flow).since_ns = now;
+        }
+        return;
+    }
+    if timeout_ms == 0 || state & NAT_OPENED_BY_SYN == 0 {
+        return;
+    }
+    if now.saturating_sub(unsafe { (*flow).since_ns }) >= timeout_ms as u64 * 1_000_000 {
         unsafe { (*flow).since_ns = now };
-        report(id, EventKind::SynTimeout);
+        report(unsafe { (*flow).backend }, EventKind::SynTimeout);
     }
 }
 

@@ -15,7 +15,7 @@ use lb_common::{
 use crate::{
     maps::{BACKENDS, FLOWS, NAT_REPLIES, RINGS, count},
     parse::{Parsed, TCP_ACK, TCP_SYN},
-    passive::syn_retransmitted,
+    passive::client_syn,
 };
 
 /// The backend chosen for a packet.
@@ -49,7 +49,7 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
     if let Some(flow) = unsafe { FLOWS.get(key) } {
         if let Some(backend) = usable(flow.backend, flow.generation) {
             if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-                syn_retransmitted(key, &backend, flow.backend, svc.syn_timeout_ms);
+                client_syn(key, &backend, svc.syn_timeout_ms);
             }
             return Ok(Choice {
                 id: flow.backend,

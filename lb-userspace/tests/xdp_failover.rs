@@ -360,13 +360,19 @@ fn passive_detection_reports_rst_icmp_and_syn_timeout() {
     std::thread::sleep(std::time::Duration::from_millis(30));
     bed.run(&syn(47004).bytes(), bed.xc);
 
+    // A new connection reusing an answered flow's 5-tuple (a recycled client port) is refused:
+    // that counts, although the old connection on the tuple saw a SYN-ACK.
+    bed.run(&syn(47004).bytes(), bed.xc);
+    bed.run(&reply(b5, 47004, L4::Rst).bytes(), bed.xb);
+
     assert_eq!(
         events(&mut bed),
         vec![
             (id_of(b1), EventKind::RstToSyn),
             (id_of(b3), EventKind::IcmpUnreachable),
             (id_of(b4), EventKind::SynTimeout),
+            (id_of(b5), EventKind::RstToSyn),
         ]
     );
-    assert_eq!(bed.counter(Counter::EventSent), 3);
+    assert_eq!(bed.counter(Counter::EventSent), 4);
 }

@@ -110,7 +110,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     println!("\ndemo: stopping backend-1's web server, as if it crashed");
     drop(web_servers[0].take());
-    let moved = wait_until(&topo.client, Duration::from_secs(15), 6, |a| {
+    // 20 in a row: with 3 backends, (2/3)^20 makes a false "moved" negligible.
+    let moved = wait_until(&topo.client, Duration::from_secs(15), 20, |a| {
         !a.contains("backend-1")
     })?;
     println!(

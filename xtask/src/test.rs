@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs. Formatting, clippy with warnings as errors on the user-space
 //! crates, every test (unit, kernel `test_run`, end-to-end in namespaces), then the demo once.
-//! Privileged tests need root and never skip: without root this stops with a clear message.
+//! The privileged tests need root. Without it this command stops with a clear message, and
+//! each privileged test fails on its own, so a missing privilege can never look like a pass.
 
 use anyhow::bail;
 use clap::Args;

@@ -1,7 +1,7 @@
 //! Validation of `[service.health]` and `[service.passive]`: the active check and passive
 //! detection of one service, applied to each of its backends by its own task.
 
-use std::{path::PathBuf, time::Duration};
+use std::{ops::Range, path::PathBuf, time::Duration};
 
 use toml::Spanned;
 
@@ -149,26 +149,8 @@ fn count(
     }
 }
 
-/// Errors for fields given to a check kind that does not use them.
-fn only_for<T>(
-    at: &Locator<'_>,
-    value: &Option<Spanned<T>>,
-    field: &str,
-    prefix: &str,
-    kinds: &[CheckKind],
-    kind: CheckKind,
-    names: &str,
-) -> Result<(), ConfigError> {
-    match value {
-        Some(v) if !kinds.contains(&kind) => Err(at.error(
-            Some(v.span()),
-            format!("{prefix}.{field}"),
-            format!("`{field}` applies to {names} checks only"),
-            format!("remove it, or set kind = \"{}\"", kind_name(kinds[0])),
-        )),
-        _ => Ok(()),
-    }
-}
+/// A field only some check kinds use: its name, where it was given, those kinds, and their names.
+type KindSpecific<'a> = (&'a str, Option<Range<usize>>, &'a [CheckKind], &'a str);
 
 pub fn kind_name(k: CheckKind) -> &'static str {
     match k {
@@ -210,75 +192,87 @@ pub(super) fn validate_health(
     let f = |name: &str| format!("{prefix}.{name}");
     let kind = h.kind;
     let http_kinds = [CheckKind::Http, CheckKind::Https];
-    only_for(
-        at,
-        &h.method,
-        "method",
-        prefix,
-        &http_kinds,
-        kind,
-        "http and https",
-    )?;
-    only_for(
-        at,
-        &h.path,
-        "path",
-        prefix,
-        &http_kinds,
-        kind,
-        "http and https",
-    )?;
-    only_for(
-        at,
-        &h.host,
-        "host",
-        prefix,
-        &http_kinds,
-        kind,
-        "http and https",
-    )?;
-    only_for(
-        at,
-        &h.expect_status,
-        "expect_status",
-        prefix,
-        &http_kinds,
-        kind,
-        "http and https",
-    )?;
-    only_for(
-        at,
-        &h.expect_body,
-        "expect_body",
-        prefix,
-        &http_kinds,
-        kind,
-        "http and https",
-    )?;
-    let https = [CheckKind::Https];
-    only_for(at, &h.ca_file, "ca_file", prefix, &https, kind, "https")?;
-    only_for(at, &h.sni, "sni", prefix, &https, kind, "https")?;
-    only_for(
-        at,
-        &h.insecure_skip_verify,
-        "insecure_skip_verify",
-        prefix,
-        &https,
-        kind,
-        "https",
-    )?;
-    let udp = [CheckKind::Udp];
-    only_for(at, &h.send, "send", prefix, &udp, kind, "udp")?;
-    only_for(at, &h.expect, "expect", prefix, &udp, kind, "udp")?;
-    only_for(
-        at,
-        &h.expect_prefix,
-        "expect_prefix",
-        prefix,
-        &udp,
-        kind,
-        "udp",
-    )?;
+    // Fields that only some check kinds use: (name, where it was given, kinds, kinds in words).
+    let specific: [KindSpecific<'_>; 11] = [
+        (
+            "method",
+            h.method.as_ref().map(Spanned::span),
+            &http_kinds,
+            "http and https",
+        ),
+        (
+            "path",
+            h.path.as_ref().map(Spanned::span),
+            &http_kinds,
+            "http and https",
+        ),
+        (
+            "host",
+            h.host.as_ref().map(Spanned::span),
+            &http_kinds,
+            "http and https",
+        ),
+        (
+            "expect_status",
+            h.expect_status.as_ref().map(Spanned::span),
+            &http_kinds,
+            "http and https",
+        ),
+        (
+            "expect_body",
+            h.expect_body.as_ref().map(Spanned::span),
+            &http_kinds,
+            "http and https",
+        ),
+        (
+            "ca_file",
+            h.ca_file.as_ref().map(Spanned::span),
+            &[CheckKind::Https],
+            "https",
+        ),
+        (
+            "sni",
+            h.sni.as_ref().map(Spanned::span),
+            &[CheckKind::Https],
+            "https",
+        ),
+        (
+            "insecure_skip_verify",
+            h.insecure_skip_verify.as_ref().map(Spanned::span),
+            &[CheckKind::Https],
+            "https",
+        ),
+        (
+            "send",
+            h.send.as_ref().map(Spanned::span),
+            &[CheckKind::Udp],
+            "udp",
+        ),
+        (
+            "expect",
+            h.expect.as_ref().map(Spanned::span),
+            &[CheckKind::Udp],
+            "udp",
+        ),
+        (
+            "expect_prefix",
+            h.expect_prefix.as_ref().map(Spanned::span),
+            &[CheckKind::Udp],
+            "udp",
+        ),
+    ];
+    for (field, given, kinds, names) in specific {
+        if let Some(given) = given
+            && !kinds.contains(&kind)
+        {
+            return Err(at.error(
+                Some(given),
+                format!("{prefix}.{field}"),
+                format!("`{field}` applies to {names} checks only"),
+                format!("remove it, or set kind = \"{}\"", kind_name(kinds[0])),
+            ));
+        }
+    }
 
     let interval = duration(at, &h.interval, f("interval"), DEFAULT_INTERVAL)?;
     let timeout = duration(at, &h.timeout, f("timeout"), DEFAULT_TIMEOUT.min(interval))?;

@@ -332,3 +332,174 @@ fn shipped_configs_are_valid() {
     }
     assert!(seen >= 1, "no config in {}", dir.display());
 }
+
+const CHECKED: &str = r#"
+[dataplane]
+interfaces = ["veth0"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.10:80"
+min_healthy = 2
+on_all_down = "reject"
+
+[service.health]
+kind = "http"
+interval = "100ms"
+timeout = "50ms"
+rise = 2
+fall = 2
+path = "/healthz"
+expect_status = ["200-299", "301"]
+
+[service.passive]
+events_to_eject = 3
+base_ejection = "1s"
+max_ejection = "4s"
+
+[[service.backend]]
+address = "10.0.11.2:8080"
+[[service.backend]]
+address = "10.0.12.2:8080"
+tier = 1
+drain = true
+"#;
+
+#[test]
+fn accepts_health_tiers_and_passive_settings() {
+    let c = parse(CHECKED).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.min_healthy, MinHealthy::Count(2));
+    assert_eq!(s.on_all_down, OnAllDown::Reject);
+    assert!(s.wait_for_first_check);
+    assert_eq!(s.health.kind, CheckKind::Http);
+    assert_eq!(s.health.interval, std::time::Duration::from_millis(100));
+    assert_eq!(s.health.fall, 2);
+    let http = s.health.http.as_ref().unwrap();
+    assert_eq!(http.path, "/healthz");
+    assert_eq!(http.expect_status, vec![(200, 299), (301, 301)]);
+    assert_eq!(s.passive.events_to_eject, 3);
+    assert_eq!(s.passive.max_ejection, std::time::Duration::from_secs(4));
+    assert_eq!((s.backends[1].tier, s.backends[1].drain), (1, true));
+    let ratio = parse(&CHECKED.replace("min_healthy = 2", "min_healthy = 0.5")).unwrap();
+    assert_eq!(ratio.services[0].min_healthy, MinHealthy::Ratio(0.5));
+}
+
+#[test]
+fn health_and_tier_errors() {
+    let cases: &[(&str, &str, usize, &str, &str, &str)] = &[
+        (
+            "kind = \"http\"",
+            "kind = \"tcp\"",
+            17,
+            "service[0].health.path",
+            "applies to http and https checks only",
+            "set kind = \"http\"",
+        ),
+        (
+            "interval = \"100ms\"",
+            "interval = \"fast\"",
+            13,
+            "service[0].health.interval",
+            "not a duration",
+            "\"100ms\"",
+        ),
+        (
+            "timeout = \"50ms\"",
+            "timeout = \"200ms\"",
+            14,
+            "service[0].health.timeout",
+            "at most the interval",
+            "shorten the timeout",
+        ),
+        (
+            "rise = 2",
+            "rise = 0",
+            15,
+            "service[0].health.rise",
+            "out of range",
+            "from 1 to 100",
+        ),
+        (
+            "\"301\"]",
+            "\"601\"]",
+            18,
+            "service[0].health.expect_status[1]",
+            "\"601\" is not a status",
+            "200-399",
+        ),
+        (
+            "min_healthy = 2",
+            "min_healthy = 1.5",
+            8,
+            "service[0].min_healthy",
+            "neither a backend count nor a fraction",
+            "0.5",
+        ),
+        (
+            "tier = 1",
+            "tier = 16",
+            29,
+            "service[0].backend[1].tier",
+            "tier 16 is out of range",
+            "0 (primary) to 15",
+        ),
+        (
+            "max_ejection = \"4s\"",
+            "max_ejection = \"500ms\"",
+            23,
+            "service[0].passive.max_ejection",
+            "shorter than base_ejection",
+            "at least base_ejection",
+        ),
+        (
+            "on_all_down = \"reject\"",
+            "on_all_down = \"panic\"",
+            9,
+            "service[0].on_all_down",
+            "unknown variant `panic`",
+            "one of",
+        ),
+    ];
+    for (from, to, line, field, problem, fix) in cases {
+        assert!(CHECKED.contains(from), "{from}");
+        fails(&CHECKED.replace(from, to), *line, field, problem, fix);
+    }
+}
+
+#[test]
+fn udp_and_https_check_errors() {
+    let udp = CHECKED
+        .replace("kind = \"http\"", "kind = \"udp\"")
+        .replace("path = \"/healthz\"\n", "")
+        .replace("expect_status = [\"200-299\", \"301\"]\n", "");
+    fails(
+        &udp,
+        11,
+        "service[0].health",
+        "needs `send` and `expect`",
+        "send = ",
+    );
+    let https = CHECKED.replace(
+        "kind = \"http\"",
+        "kind = \"https\"\nca_file = \"/nonexistent/ca.pem\"",
+    );
+    fails(
+        &https,
+        13,
+        "service[0].health.ca_file",
+        "cannot read /nonexistent/ca.pem",
+        "PEM file",
+    );
+    let on_udp = CHECKED.replace(
+        "vip = \"10.0.0.10:80\"",
+        "vip = \"10.0.0.10:53\"\nprotocol = \"udp\"",
+    );
+    fails(
+        &on_udp,
+        12,
+        "service[0].health.kind",
+        "an http check on a UDP service",
+        "kind = \"udp\"",
+    );
+}

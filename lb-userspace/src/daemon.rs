@@ -15,6 +15,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    admin::{AdminState, serve},
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach},
     failover::Writer,
@@ -82,8 +83,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let generations = plan.backends.iter().map(|b| b.generation).collect();
     tokio::spawn(forward_events(events, event_tasks, generations));
 
+    let (control, control_rx) = mpsc::channel(64);
+    if let Some(listen) = config.admin.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the admin listener to {listen} ([admin] listen)"))?;
+        let state = Arc::new(AdminState {
+            control: control.clone(),
+            latency: writer.prometheus_latency(),
+            token: config.admin.token.clone(),
+        });
+        tokio::spawn(serve(listener, state));
+        info!(%listen, token = config.admin.token.is_some(), "admin listener ready");
+    }
+
     let (stop, stopped) = oneshot::channel();
-    let writer = tokio::spawn(writer.run(updates_rx, stopped, STATS_INTERVAL));
+    let writer = tokio::spawn(writer.run(updates_rx, control_rx, stopped, STATS_INTERVAL));
     info!(services = config.services.len(), "understudy is running");
 
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -15,9 +15,9 @@
 //! which point its pinned flows re-select on their next packet.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use hdrhistogram::Histogram;
@@ -30,10 +30,31 @@ use crate::{
     fallback::{Active, active_set, derive, derive_slot, tier_activity},
     health::Update,
     plan::{Plan, PlannedService},
+    status::{self, BackendStatus, ServiceStatus, Snapshot},
 };
 
 /// Decision-to-visible latencies in nanoseconds.
 pub type Latency = Arc<Mutex<Histogram<u64>>>;
+
+/// The same latencies for Prometheus, in seconds: 10 µs to about 1.3 s.
+pub fn new_prometheus_latency() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.00001, 2.0, 18),
+    )
+}
+
+/// What the admin API asks of the writer.
+pub enum Control {
+    /// The current picture of services, backends and counters.
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// Drain (`drain: true`) or enable a backend, named by service and "IP:port".
+    Drain {
+        service: String,
+        backend: String,
+        drain: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
 
 pub fn new_latency() -> Latency {
     Arc::new(Mutex::new(
@@ -52,6 +73,10 @@ pub struct Writer {
     /// Global backend id to (service index, member index).
     owner: Vec<(usize, usize)>,
     latency: Latency,
+    prometheus_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Per service, per member: the last health change's reason and Unix time.
+    last: Vec<Vec<Option<(String, u64)>>>,
+    changes: u64,
 }
 
 /// One service's installed state.
@@ -131,6 +156,11 @@ impl Writer {
                 }
             })
             .collect();
+        let last = plan
+            .services
+            .iter()
+            .map(|s| vec![None; s.members.len()])
+            .collect();
         Writer {
             dp,
             plan,
@@ -139,11 +169,19 @@ impl Writer {
             views,
             owner,
             latency: new_latency(),
+            prometheus_latency: new_prometheus_latency(),
+            last,
+            changes: 0,
         }
     }
 
     pub fn latency(&self) -> Latency {
         self.latency.clone()
+    }
+
+    /// The latency histogram the metrics endpoint exports (shared, updated live).
+    pub fn prometheus_latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.prometheus_latency.clone()
     }
 
     pub fn dataplane(&self) -> &Dataplane {
@@ -190,6 +228,151 @@ impl Writer {
         Ok(())
     }
 
+    /// Brings one service's table and backend states in line with its health and drains.
+    fn refresh(&mut self, si: usize) -> Result<(), DataplaneError> {
+        let n = self.plan.services[si].members.len();
+        let wanted: Vec<bool> = (0..n)
+            .map(|mi| self.plan.services[si].alive(&self.healthy[si], mi))
+            .collect();
+        for (mi, &alive) in wanted.iter().enumerate() {
+            if alive {
+                self.set_alive(si, mi, true)?;
+            }
+        }
+        let svc = &self.plan.services[si];
+        let view = &mut self.views[si];
+        let next = active_set(
+            &svc.members,
+            &self.healthy[si],
+            svc.min_healthy,
+            svc.on_all_down,
+        );
+        let delta = update_table(svc, view, next);
+        let id = |m: u32| svc.backend_ids.get(m as usize).copied().unwrap_or(m);
+        match view.last_delta.take() {
+            None => self.dp.install_table(svc, &svc.ids(view.table.clone()))?,
+            Some(previous) => {
+                let table = &view.table;
+                let changed = previous.iter().chain(&delta).map(|&i| (i, id(table[i])));
+                self.dp.install_delta(svc, table.len(), changed)?;
+            }
+        }
+        view.last_delta = Some(delta);
+        for (mi, &alive) in wanted.iter().enumerate() {
+            if !alive {
+                self.set_alive(si, mi, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains or enables one backend (an operator's decision, applied like a health change).
+    pub fn drain(&mut self, service: &str, backend: &str, drain: bool) -> Result<(), String> {
+        let si = self
+            .plan
+            .services
+            .iter()
+            .position(|s| s.name == service)
+            .ok_or_else(|| format!("no service named {service}"))?;
+        let mi = self.plan.services[si]
+            .addresses
+            .iter()
+            .position(|a| a.to_string() == backend)
+            .ok_or_else(|| format!("service {service} has no backend {backend}"))?;
+        if self.plan.services[si].members[mi].drain != drain {
+            self.plan.services[si].members[mi].drain = drain;
+            self.changes += 1;
+            self.refresh(si).map_err(|e| e.to_string())?;
+        }
+        info!(service, backend, drain, "operator changed draining");
+        Ok(())
+    }
+
+    /// One consistent picture of every service, backend and counter.
+    pub fn snapshot(&self) -> Snapshot {
+        let traffic = |t: Result<lb_common::Traffic, DataplaneError>| {
+            let t = t.unwrap_or_default();
+            status::Traffic {
+                packets: t.packets,
+                bytes: t.bytes,
+                new_flows: t.new_flows,
+            }
+        };
+        let services = self
+            .plan
+            .services
+            .iter()
+            .enumerate()
+            .map(|(si, svc)| {
+                let active = match &self.views[si].active {
+                    Active::Members(set) => set.clone(),
+                    _ => vec![false; svc.members.len()],
+                };
+                let state = match (&self.views[si].active, svc.on_all_down) {
+                    (Active::Drop, _) => "drop",
+                    (Active::Reject, _) => "reject",
+                    (_, crate::config::OnAllDown::FailOpen)
+                        if !self.healthy[si].iter().any(|&h| h) =>
+                    {
+                        "fail_open"
+                    }
+                    _ => "serving",
+                };
+                let backends = (0..svc.members.len())
+                    .map(|mi| BackendStatus {
+                        address: svc.addresses[mi].to_string(),
+                        tier: svc.members[mi].tier,
+                        weight: svc.members[mi].weight,
+                        healthy: self.healthy[si][mi],
+                        draining: svc.members[mi].drain,
+                        active: active[mi],
+                        alive: self.alive[si][mi],
+                        last_change: self.last[si][mi].as_ref().map(|(r, _)| r.clone()),
+                        last_change_at: self.last[si][mi].as_ref().map(|(_, t)| *t),
+                        traffic: traffic(self.dp.backend_traffic(svc.backend_ids[mi])),
+                    })
+                    .collect();
+                ServiceStatus {
+                    name: svc.name.clone(),
+                    vip: svc.vip.to_string(),
+                    protocol: svc.protocol.to_string(),
+                    state: state.to_string(),
+                    tier_in_use: (0..svc.members.len())
+                        .filter(|&mi| active[mi])
+                        .map(|mi| svc.members[mi].tier)
+                        .max(),
+                    traffic: traffic(self.dp.service_traffic(svc.id)),
+                    backends,
+                }
+            })
+            .collect();
+        let datapath: BTreeMap<String, u64> = self
+            .dp
+            .counters()
+            .map(|c| {
+                c.0.iter()
+                    .map(|(k, v)| (k.name().to_string(), *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let decision_to_visible = self
+            .latency
+            .lock()
+            .map(|h| status::Latency {
+                count: h.len(),
+                p50_us: h.value_at_quantile(0.5) / 1000,
+                p99_us: h.value_at_quantile(0.99) / 1000,
+                max_us: h.max() / 1000,
+            })
+            .unwrap_or_default();
+        Snapshot {
+            services,
+            datapath,
+            changes: self.changes,
+            decision_to_visible,
+        }
+    }
+
     /// Applies one batch; returns how long the writes took.
     pub fn apply(&mut self, batch: &[Update]) -> Result<Duration, DataplaneError> {
         let started = Instant::now();
@@ -204,46 +387,23 @@ impl Writer {
             }
         }
         for &si in &touched {
-            let n = self.plan.services[si].members.len();
-            let wanted: Vec<bool> = (0..n)
-                .map(|mi| self.plan.services[si].alive(&self.healthy[si], mi))
-                .collect();
-            for (mi, &alive) in wanted.iter().enumerate() {
-                if alive {
-                    self.set_alive(si, mi, true)?;
-                }
-            }
-            let svc = &self.plan.services[si];
-            let view = &mut self.views[si];
-            let next = active_set(
-                &svc.members,
-                &self.healthy[si],
-                svc.min_healthy,
-                svc.on_all_down,
-            );
-            let delta = update_table(svc, view, next);
-            let id = |m: u32| svc.backend_ids.get(m as usize).copied().unwrap_or(m);
-            match view.last_delta.take() {
-                None => self.dp.install_table(svc, &svc.ids(view.table.clone()))?,
-                Some(previous) => {
-                    let table = &view.table;
-                    let changed = previous.iter().chain(&delta).map(|&i| (i, id(table[i])));
-                    self.dp.install_delta(svc, table.len(), changed)?;
-                }
-            }
-            view.last_delta = Some(delta);
-            for (mi, &alive) in wanted.iter().enumerate() {
-                if !alive {
-                    self.set_alive(si, mi, false)?;
-                }
-            }
+            self.refresh(si)?;
         }
         let took = started.elapsed();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         if let Ok(mut h) = self.latency.lock() {
             for u in batch {
-                h.saturating_record(u.decided.elapsed().as_nanos() as u64);
+                let took = u.decided.elapsed();
+                h.saturating_record(took.as_nanos() as u64);
+                self.prometheus_latency.observe(took.as_secs_f64());
+                if let Some(&(si, mi)) = self.owner.get(u.backend as usize) {
+                    self.last[si][mi] = Some((u.reason.clone(), now));
+                }
             }
         }
+        self.changes += batch.len() as u64;
         if !touched.is_empty() {
             let visible = batch
                 .iter()
@@ -265,6 +425,7 @@ impl Writer {
     pub async fn run(
         mut self,
         mut updates: mpsc::Receiver<Update>,
+        mut control: mpsc::Receiver<Control>,
         mut stop: oneshot::Receiver<()>,
         stats_every: Duration,
     ) -> Writer {
@@ -272,6 +433,14 @@ impl Writer {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                Some(c) = control.recv() => match c {
+                    Control::Snapshot(reply) => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    Control::Drain { service, backend, drain, reply } => {
+                        let _ = reply.send(self.drain(&service, &backend, drain));
+                    }
+                },
                 Some(first) = updates.recv() => {
                     let mut batch = vec![first];
                     while let Ok(u) = updates.try_recv() {

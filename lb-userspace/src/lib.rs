@@ -3,6 +3,7 @@
 //! [`plan`]), loads the XDP program and writes its maps ([`dataplane`]), and runs until told to
 //! stop ([`daemon`]). The binary in `main.rs` is a thin command line over this library.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
@@ -13,3 +14,4 @@ pub mod maglev;
 pub mod passive;
 pub mod plan;
 pub mod privileges;
+pub mod status;

@@ -1,10 +1,14 @@
-//! The `understudy` command line: `run` the balancer, or `check` a config without touching the
-//! kernel.
+//! The `understudy` command line: `run` the balancer, `check` a config without touching the
+//! kernel, and `status`, `drain` and `enable` through a running daemon's admin listener.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use understudy::config::Config;
+use clap::{Args, Parser, Subcommand};
+use understudy::{
+    admin::client::{drain_query, request},
+    config::{Config, DEFAULT_ADMIN_LISTEN},
+    status::Snapshot,
+};
 
 #[derive(Parser)]
 #[command(name = "understudy", version, about = "eBPF failover load balancer")]
@@ -29,6 +33,138 @@ enum Command {
         /// The TOML config.
         file: PathBuf,
     },
+    /// Show services, tiers, backends and their health from a running daemon.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the JSON the admin API returns instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop new flows to a backend; its established flows finish.
+    Drain {
+        service: String,
+        /// The backend as "IP:port", as in the config.
+        backend: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Let a drained backend take new flows again.
+    Enable {
+        service: String,
+        backend: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The daemon's admin listener.
+    #[arg(long, default_value = DEFAULT_ADMIN_LISTEN)]
+    admin: SocketAddr,
+    /// A file holding the bearer token, when the daemon requires one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        self.token_file
+            .as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+            })
+            .transpose()
+    }
+}
+
+/// Runs one admin request; `Ok(body)` on 2xx.
+fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = admin.token()?;
+    let (status, body) = rt.block_on(request(admin.admin, token.as_deref(), method, path))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        anyhow::bail!("{status}: {}", body.trim())
+    }
+}
+
+/// Prints rows as left-aligned columns.
+fn table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn print_status(s: &Snapshot) {
+    let mut rows = vec![
+        [
+            "SERVICE",
+            "VIP",
+            "STATE",
+            "TIER",
+            "BACKEND",
+            "HEALTH",
+            "ACTIVE",
+            "NEW FLOWS",
+            "LAST CHANGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for svc in &s.services {
+        for (i, b) in svc.backends.iter().enumerate() {
+            let first = i == 0;
+            let health = match (b.healthy, b.draining) {
+                (_, true) => "draining",
+                (true, false) => "up",
+                (false, false) => "down",
+            };
+            rows.push(vec![
+                if first {
+                    svc.name.clone()
+                } else {
+                    String::new()
+                },
+                if first {
+                    format!("{}/{}", svc.vip, svc.protocol)
+                } else {
+                    String::new()
+                },
+                if first {
+                    svc.state.clone()
+                } else {
+                    String::new()
+                },
+                b.tier.to_string(),
+                b.address.clone(),
+                health.to_string(),
+                if b.active { "yes" } else { "no" }.to_string(),
+                b.traffic.new_flows.to_string(),
+                b.last_change.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    table(&rows);
+    let l = &s.decision_to_visible;
+    println!(
+        "\n{} health changes; decision to visible p50 {} us, p99 {} us",
+        s.changes, l.p50_us, l.p99_us
+    );
 }
 
 /// Default log filter. aya warns at every load that the kernel refused the object's BTF (Rust
@@ -50,7 +186,55 @@ fn init_logging(json: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let (Command::Run { config: file } | Command::Check { file }) = &cli.command;
+    let admin_result = match &cli.command {
+        Command::Status { admin, json } => {
+            Some(admin_call(admin, "GET", "/status").and_then(|body| {
+                if *json {
+                    println!("{body}");
+                } else {
+                    print_status(&serde_json::from_str(&body)?);
+                }
+                Ok(())
+            }))
+        }
+        Command::Drain {
+            service,
+            backend,
+            admin,
+        }
+        | Command::Enable {
+            service,
+            backend,
+            admin,
+        } => {
+            let (verb, done) = if matches!(cli.command, Command::Drain { .. }) {
+                ("drain", "drained")
+            } else {
+                ("enable", "enabled")
+            };
+            Some(
+                admin_call(
+                    admin,
+                    "POST",
+                    &format!("/{verb}?{}", drain_query(service, backend)),
+                )
+                .map(|_| println!("{service} {backend}: {done}")),
+            )
+        }
+        _ => None,
+    };
+    if let Some(result) = admin_result {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (Command::Run { config: file } | Command::Check { file }) = &cli.command else {
+        unreachable!("admin commands returned above");
+    };
     let config = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -69,6 +253,9 @@ fn main() -> ExitCode {
                 config.interfaces.len()
             );
             ExitCode::SUCCESS
+        }
+        Command::Status { .. } | Command::Drain { .. } | Command::Enable { .. } => {
+            unreachable!("admin commands returned above")
         }
         Command::Run { .. } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -25,6 +25,10 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedService {
     pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: &'static str,
+    /// Backend addresses, in config order.
+    pub addresses: Vec<SocketAddr>,
     pub id: u32,
     pub key: ServiceKey,
     pub flags: u32,
@@ -125,6 +129,9 @@ fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
         .collect();
     let mut planned = PlannedService {
         name: svc.name.clone(),
+        vip: svc.vip,
+        protocol: crate::config::protocol_name(svc.protocol),
+        addresses: svc.backends.iter().map(|b| b.address).collect(),
         id,
         key: service_key(svc.vip, svc.protocol),
         flags: match svc.hash {

@@ -50,7 +50,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     // get to clean up, instead of killing this process outright.
     let signals = block_signals();
     Netns::remove_stale();
-    let binary = crate::build::run(&crate::build::Options::default())?;
+    // Release: the demo shows real failover latencies, not an unoptimized build's.
+    let binary = crate::build::run(&crate::build::Options { release: true })?;
     let config = root().join("config/demo.toml");
 
     println!("demo: building namespaces: client, balancer, 3 backends");
@@ -127,12 +128,30 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     println!("demo: after {back:.1?} it passed its checks again (rise 2 x 1 s) and takes traffic:");
     show(&topo.client, &format!("http://{VIP_V4}/"))?;
 
+    println!("\ndemo: `understudy status`, through the admin listener:");
+    let status = topo
+        .lb
+        .command(binary.to_str().context("binary path")?)
+        .arg("status")
+        .output()
+        .context("running understudy status")?;
+    print!("{}", String::from_utf8_lossy(&status.stdout));
+    if !status.status.success() {
+        bail!(
+            "understudy status failed: {}",
+            String::from_utf8_lossy(&status.stderr).trim()
+        );
+    }
+
     println!(
         "\ndemo: running. Try it yourself in another terminal:\n  \
          ip netns exec {} curl http://{VIP_V4}/\n  \
-         ip netns exec {} curl 'http://[{VIP_V6}]/'",
+         ip netns exec {} curl 'http://[{VIP_V6}]/'\n  \
+         ip netns exec {} {} status",
         topo.client.name(),
-        topo.client.name()
+        topo.client.name(),
+        topo.lb.name(),
+        binary.display()
     );
     if o.once {
         println!("demo: --once given, cleaning up");

@@ -33,10 +33,24 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// Highest backend tier (0 is primary).
 pub const MAX_TIER: u32 = 15;
 
+/// Where the admin listener binds when the config does not say: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+
+/// The admin listener: metrics, status, drain and enable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// `None` when `listen = "off"`.
+    pub listen: Option<SocketAddr>,
+    /// Every request must carry `Authorization: Bearer <token>` when set. Read from
+    /// `token_file` when the config is loaded.
+    pub token: Option<String>,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub file: PathBuf,
+    pub admin: Admin,
     pub interfaces: Vec<Interface>,
     pub xdp_mode: XdpMode,
     pub services: Vec<Service>,
@@ -234,10 +248,54 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         file: at.file.to_path_buf(),
+        admin: validate_admin(at, raw.admin.as_ref())?,
         interfaces,
         xdp_mode: dataplane.xdp_mode,
         services,
     })
+}
+
+fn validate_admin(
+    at: &Locator<'_>,
+    raw: Option<&Spanned<raw::RawAdmin>>,
+) -> Result<Admin, ConfigError> {
+    let listen = raw.and_then(|r| r.get_ref().listen.as_ref());
+    let listen = match listen {
+        Some(l) if l.get_ref() == "off" => None,
+        Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            at.error(
+                Some(l.span()),
+                "admin.listen",
+                format!("\"{}\" is not an address with a port", l.get_ref()),
+                format!("write an address and port such as \"{DEFAULT_ADMIN_LISTEN}\", or \"off\""),
+            )
+        })?),
+        None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+    };
+    let token = match raw.and_then(|r| r.get_ref().token_file.as_ref()) {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path.get_ref()).map_err(|e| {
+                at.error(
+                    Some(path.span()),
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.get_ref()),
+                    "give the path of a readable file holding the token",
+                )
+            })?;
+            let token = text.trim().to_string();
+            if token.is_empty() || token.contains(char::is_whitespace) {
+                return Err(at.error(
+                    Some(path.span()),
+                    "admin.token_file",
+                    format!("{} holds no usable token", path.get_ref()),
+                    "put one token, without spaces, in the file",
+                ));
+            }
+            Some(token)
+        }
+    };
+    Ok(Admin { listen, token })
 }
 
 fn validate_service(

@@ -503,3 +503,44 @@ fn udp_and_https_check_errors() {
         "kind = \"udp\"",
     );
 }
+
+#[test]
+fn admin_settings_and_errors() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.admin.listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
+    assert_eq!(c.admin.token, None);
+    let off = parse(&format!("{GOOD}\n[admin]\nlisten = \"off\"\n")).unwrap();
+    assert_eq!(off.admin.listen, None);
+    let lines = GOOD.lines().count();
+    fails(
+        &format!("{GOOD}\n[admin]\nlisten = \"localhost\"\n"),
+        lines + 3,
+        "admin.listen",
+        "\"localhost\" is not an address with a port",
+        "\"off\"",
+    );
+    fails(
+        &format!("{GOOD}\n[admin]\ntoken_file = \"/nonexistent/token\"\n"),
+        lines + 3,
+        "admin.token_file",
+        "cannot read /nonexistent/token",
+        "readable file",
+    );
+    let token = std::env::temp_dir().join(format!("understudy-token-{}", std::process::id()));
+    std::fs::write(&token, "  abc123\n").unwrap();
+    let with = parse(&format!(
+        "{GOOD}\n[admin]\ntoken_file = \"{}\"\n",
+        token.display()
+    ))
+    .unwrap();
+    assert_eq!(with.admin.token.as_deref(), Some("abc123"));
+    std::fs::write(&token, "\n").unwrap();
+    fails(
+        &format!("{GOOD}\n[admin]\ntoken_file = \"{}\"\n", token.display()),
+        lines + 3,
+        "admin.token_file",
+        "holds no usable token",
+        "one token",
+    );
+    std::fs::remove_file(token).ok();
+}

@@ -1,0 +1,174 @@
+//! The admin listener (loopback by default): `GET /metrics` (Prometheus text), `GET /status`
+//! (JSON), `POST /drain` and `POST /enable` (`?service=NAME&backend=IP:PORT`). With a token
+//! configured, every request must carry `Authorization: Bearer <token>`. Requests reach the map
+//! writer over its control channel, so the writer stays the only one touching the data plane.
+
+pub mod client;
+mod metrics;
+
+use std::{convert::Infallible, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+use tracing::{debug, warn};
+
+use crate::{failover::Control, status::Snapshot};
+
+/// What every request handler shares.
+pub struct AdminState {
+    pub control: mpsc::Sender<Control>,
+    pub latency: Histogram,
+    pub token: Option<String>,
+}
+
+/// Serves admin requests on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, state.clone()));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()))
+        .expect("valid response")
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", body.into() + "\n")
+}
+
+/// Compares in constant time, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(req: &Request<Incoming>, token: &Option<String>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
+}
+
+async fn snapshot(state: &AdminState) -> Option<Snapshot> {
+    let (tx, rx) = oneshot::channel();
+    state.control.send(Control::Snapshot(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<AdminState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !authorized(&req, &state.token) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(r);
+    }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let unavailable = || {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the map writer is not running",
+        )
+    };
+    let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => match snapshot(&state).await {
+            Some(s) => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&s, &state.latency),
+            ),
+            None => unavailable(),
+        },
+        (&Method::GET, "/status") => match snapshot(&state).await {
+            Some(s) => reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&s).unwrap_or_default(),
+            ),
+            None => unavailable(),
+        },
+        (&Method::POST, path @ ("/drain" | "/enable")) => {
+            match (param("service"), param("backend")) {
+                (Some(service), Some(backend)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let drain = path == "/drain";
+                    let sent = state
+                        .control
+                        .send(Control::Drain {
+                            service,
+                            backend,
+                            drain,
+                            reply: tx,
+                        })
+                        .await;
+                    match (sent, rx.await) {
+                        (Ok(()), Ok(Ok(()))) => text(StatusCode::OK, "ok"),
+                        (Ok(()), Ok(Err(why))) => text(StatusCode::NOT_FOUND, why),
+                        _ => unavailable(),
+                    }
+                }
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "give ?service=NAME&backend=IP:PORT",
+                ),
+            }
+        }
+        (_, "/metrics" | "/status" | "/drain" | "/enable") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try GET /metrics, GET /status, POST /drain, POST /enable",
+        ),
+    };
+    Ok(response)
+}

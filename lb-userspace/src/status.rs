@@ -1,0 +1,66 @@
+//! The status snapshot the admin API serves as JSON (`GET /status`), renders as metrics
+//! (`GET /metrics`), and the CLI prints as tables. The map writer builds it, so it is one
+//! consistent picture of health, tables and counters.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub tier: u32,
+    pub weight: u32,
+    /// The health engine's view (checks and passive detection).
+    pub healthy: bool,
+    /// Operator drain: no new flows.
+    pub draining: bool,
+    /// Takes new flows now (in the active table).
+    pub active: bool,
+    /// Keeps its established flows.
+    pub alive: bool,
+    /// The reason of the last health change, if any.
+    pub last_change: Option<String>,
+    /// Unix time of the last health change.
+    pub last_change_at: Option<u64>,
+    pub traffic: Traffic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub protocol: String,
+    /// "serving", or what `on_all_down` does now: "drop", "reject".
+    pub state: String,
+    /// The highest tier taking new flows.
+    pub tier_in_use: Option<u32>,
+    pub traffic: Traffic,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub services: Vec<ServiceStatus>,
+    /// The XDP program's global counters by name (`pass_*`, `drop_*`, `redirect`...).
+    pub datapath: BTreeMap<String, u64>,
+    /// Health and drain changes applied since start.
+    pub changes: u64,
+    /// Health decision to kernel-visible.
+    pub decision_to_visible: Latency,
+}

@@ -1,0 +1,270 @@
+//! End to end, operations: the admin listener's metrics against real traffic, its token, and
+//! draining through the `understudy` CLI while long-lived streams run.
+
+use std::{
+    collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::atomic::Ordering, time::Duration,
+};
+
+use understudy::{admin::client::request, status::Snapshot};
+use understudy_testbed::{
+    Daemon, EchoServer, Netns, Topology, echo_roundtrip, require_root,
+    traffic::{close, open_streams, rounds, short_connection},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
+const ADMIN: &str = "127.0.0.1:9180";
+const TOKEN: &str = "s3cret-token";
+
+fn vip() -> SocketAddr {
+    "10.0.0.10:80".parse().unwrap()
+}
+
+fn write_config(topo: &Topology, admin: &str) -> PathBuf {
+    let interfaces: Vec<String> = topo
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [{}]\n\n{admin}\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
+        interfaces.join(", ")
+    );
+    for i in 1..=topo.backends.len() {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{}:8080\"\n",
+            topo.backend_addr(i, false)
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One admin request from inside the balancer's namespace (its loopback).
+fn get(lb: &Netns, token: Option<&str>, method: &str, path: &str) -> (u16, String) {
+    lb.enter(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(request(ADMIN.parse().unwrap(), token, method, path))
+    })
+    .map(|(s, b)| (s.as_u16(), b))
+    .expect("admin request")
+}
+
+#[test]
+fn metrics_match_the_traffic_and_the_token_is_enforced() {
+    require_root("the admin metrics test");
+    let topo = Topology::build(2);
+    let servers: Vec<EchoServer> = (1..=2)
+        .map(|i| {
+            EchoServer::start(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+            )
+        })
+        .collect();
+    let token_file = std::env::temp_dir().join(format!("{}.token", topo.lb.name()));
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = write_config(
+        &topo,
+        &format!(
+            "[admin]\nlisten = \"{ADMIN}\"\ntoken_file = \"{}\"",
+            token_file.display()
+        ),
+    );
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+
+    let sent = 100;
+    topo.client.enter(|| {
+        for i in 0..sent {
+            let (back, _) = echo_roundtrip(vip(), format!("hello {i}").as_bytes()).unwrap();
+            assert_eq!(back, format!("hello {i}").as_bytes());
+        }
+    });
+
+    // The token is required on every endpoint, and a wrong one is refused.
+    for path in ["/metrics", "/status"] {
+        assert_eq!(
+            get(&topo.lb, None, "GET", path).0,
+            401,
+            "{path} without a token"
+        );
+        assert_eq!(
+            get(&topo.lb, Some("wrong"), "GET", path).0,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    let (code, body) = get(&topo.lb, Some(TOKEN), "GET", "/metrics");
+    assert_eq!(code, 200, "{body}");
+
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("/metrics parses as Prometheus text");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(
+        value("understudy_service_new_flows_total", &[("service", "echo")]),
+        sent as f64
+    );
+    assert_eq!(
+        value("understudy_backend_new_flows_total", &[]),
+        sent as f64
+    );
+    let accepted: usize = servers
+        .iter()
+        .map(|s| s.connections.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(accepted, sent, "the backends saw every connection");
+    // Each connection: SYN, ACK, data, FIN, ACK at least, towards the VIP.
+    let packets = value("understudy_service_packets_total", &[("service", "echo")]);
+    assert!(
+        packets >= 5.0 * sent as f64,
+        "only {packets} packets to the VIP counted"
+    );
+    assert_eq!(value("understudy_backend_healthy", &[]), 2.0);
+    assert_eq!(value("understudy_backend_active", &[]), 2.0);
+    assert!(
+        value(
+            "understudy_datapath_packets_total",
+            &[("reason", "reply_translated")]
+        ) >= sent as f64
+    );
+    assert!(scrape.samples.iter().any(|s| {
+        s.metric
+            .starts_with("understudy_decision_to_visible_seconds")
+    }));
+
+    let (code, body) = get(&topo.lb, Some(TOKEN), "GET", "/status");
+    assert_eq!(code, 200);
+    let status: Snapshot = serde_json::from_str(&body).expect("/status is the snapshot's JSON");
+    assert_eq!(status.services[0].name, "echo");
+    assert_eq!(status.services[0].state, "serving");
+    assert_eq!(status.services[0].traffic.new_flows, sent as u64);
+    let per_backend: BTreeMap<String, u64> = status.services[0]
+        .backends
+        .iter()
+        .map(|b| (b.address.clone(), b.traffic.new_flows))
+        .collect();
+    assert_eq!(
+        per_backend.values().sum::<u64>(),
+        sent as u64,
+        "{per_backend:?}"
+    );
+
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+    std::fs::remove_file(token_file).ok();
+}
+
+fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
+    let out = lb.command(BIN).args(args).output().expect("run the CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
+    require_root("the drain test");
+    let topo = Topology::build(2);
+    let _servers: Vec<EchoServer> = (1..=2)
+        .map(|i| {
+            EchoServer::start_greeting(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+                Some(format!("be{i}\n")),
+            )
+        })
+        .collect();
+    let config = write_config(&topo, "");
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+    let streams = open_streams(&topo.client, vip(), 16);
+    assert!(
+        streams.iter().any(|s| s.name == "be1"),
+        "no stream on be1 to watch"
+    );
+
+    let (ok, stdout, stderr) = cli(&topo.lb, &["drain", "echo", "10.0.11.2:8080"]);
+    assert!(ok, "drain failed: {stderr}");
+    assert!(stdout.contains("echo 10.0.11.2:8080: drained"), "{stdout}");
+    let before = rounds(&streams);
+
+    let landed: Vec<String> = topo
+        .client
+        .enter(|| (0..100).map(|_| short_connection(vip()).unwrap()).collect());
+    assert!(
+        landed.iter().all(|n| n == "be2"),
+        "a new flow reached the drained backend"
+    );
+
+    // The drained backend's streams carry on until their clients close them.
+    std::thread::sleep(Duration::from_millis(800));
+    for (i, s) in streams.iter().enumerate() {
+        assert_eq!(
+            *s.error.lock().unwrap(),
+            None,
+            "stream {i} on {} broke",
+            s.name
+        );
+        assert!(
+            s.rounds.load(Ordering::Relaxed) > before[i] + 10,
+            "stream {i} on {} stalled",
+            s.name
+        );
+    }
+
+    let (ok, json, _) = cli(&topo.lb, &["status", "--json"]);
+    assert!(ok);
+    let status: Snapshot = serde_json::from_str(&json).unwrap();
+    let be1 = &status.services[0].backends[0];
+    assert_eq!(
+        (be1.address.as_str(), be1.draining, be1.active, be1.alive),
+        ("10.0.11.2:8080", true, false, true)
+    );
+    let (ok, table, _) = cli(&topo.lb, &["status"]);
+    assert!(ok);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("10.0.11.2:8080") && l.contains("draining")),
+        "{table}"
+    );
+
+    let (ok, stdout, stderr) = cli(&topo.lb, &["enable", "echo", "10.0.11.2:8080"]);
+    assert!(ok && stdout.contains("enabled"), "{stdout}{stderr}");
+    let landed: Vec<String> = topo
+        .client
+        .enter(|| (0..100).map(|_| short_connection(vip()).unwrap()).collect());
+    assert!(
+        landed.iter().any(|n| n == "be1"),
+        "the enabled backend got no new flow"
+    );
+
+    // Errors are plain: an unknown backend is named.
+    let (ok, _, stderr) = cli(&topo.lb, &["drain", "echo", "10.9.9.9:80"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("service echo has no backend 10.9.9.9:80"),
+        "{stderr}"
+    );
+
+    close(&streams);
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+}

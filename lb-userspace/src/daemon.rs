@@ -1,44 +1,140 @@
 //! `understudy run`: validate, check privileges, load, fill the maps, attach, then run the health
-//! engine, the passive-event reader and the map writer until SIGINT or SIGTERM. The maps are
+//! engine, the passive-event reader and the map writer until SIGINT or SIGTERM. SIGHUP (or the
+//! admin API) reloads the config file. The maps are
 //! filled before the program is attached, so the first packet already sees every service, and
 //! backends that must pass a first check take no traffic until they do. Dropping the writer (and
 //! with it the data plane) detaches the program.
 
-use std::{os::fd::AsRawFd as _, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
+use lb_common::EventKind;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     admin::{AdminState, serve},
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach},
-    failover::Writer,
-    health::{probe::Prober, task::BackendTask},
-    passive::forward_events,
-    plan::plan,
+    failover::{Control, Writer},
+    health::{Update, probe::Prober, task::BackendTask},
+    passive::{Router, forward_events},
+    plan::{Plan, plan},
     privileges,
 };
 
 /// How often the writer logs the data plane's counters (debug) and failover latency (info).
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The health tasks, one per backend id, and the router that feeds them kernel events.
+struct Tasks {
+    by_id: HashMap<u32, Task>,
+    router: Arc<RwLock<Router>>,
+    updates: mpsc::Sender<Update>,
+}
+
+struct Task {
+    abort: tokio::task::AbortHandle,
+    /// Everything the task was started from; a task whose fingerprint is unchanged is kept.
+    fingerprint: String,
+    events: mpsc::Sender<EventKind>,
+}
+
+impl Tasks {
+    /// Brings the tasks in line with `plan`: keeps the unchanged, replaces the changed (starting
+    /// from the backend's current health), starts the new, stops the removed.
+    fn reconcile(
+        &mut self,
+        config: &Config,
+        plan: &Plan,
+        health: &[Option<bool>],
+    ) -> anyhow::Result<()> {
+        let mut router = Router {
+            tasks: vec![None; plan.backends.len()],
+            generations: plan.backends.iter().map(|b| b.generation).collect(),
+        };
+        let mut keep = HashSet::new();
+        for (svc, planned) in config.services.iter().zip(&plan.services) {
+            let prober = Arc::new(
+                Prober::new(&svc.health)
+                    .map_err(|e| anyhow::anyhow!("service {}: health check: {e}", svc.name))?,
+            );
+            for (backend, &id) in svc.backends.iter().zip(&planned.backend_ids) {
+                let fingerprint = format!(
+                    "{}|{}|{}|{:?}|{:?}",
+                    svc.name,
+                    backend.address,
+                    plan.backends[id as usize].generation,
+                    svc.health,
+                    svc.passive
+                );
+                keep.insert(id);
+                if let Some(t) = self.by_id.get(&id)
+                    && t.fingerprint == fingerprint
+                {
+                    router.tasks[id as usize] = Some(t.events.clone());
+                    continue;
+                }
+                if let Some(old) = self.by_id.remove(&id) {
+                    old.abort.abort();
+                }
+                let (tx, rx) = mpsc::channel(64);
+                let task = BackendTask {
+                    id,
+                    service: svc.name.clone(),
+                    address: backend.address,
+                    prober: prober.clone(),
+                    check: svc.health.clone(),
+                    passive: svc.passive.clone(),
+                    initially_up: health
+                        .get(id as usize)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(planned.initially_healthy),
+                };
+                let handle = tokio::spawn(task.run(self.updates.clone(), rx));
+                router.tasks[id as usize] = Some(tx.clone());
+                self.by_id.insert(
+                    id,
+                    Task {
+                        abort: handle.abort_handle(),
+                        fingerprint,
+                        events: tx,
+                    },
+                );
+            }
+        }
+        self.by_id.retain(|id, t| {
+            let kept = keep.contains(id);
+            if !kept {
+                t.abort.abort();
+            }
+            kept
+        });
+        if let Ok(mut r) = self.router.write() {
+            *r = router;
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(why) = privileges::check() {
         bail!(why);
     }
     let plan = plan(&config);
-    let mut probers = Vec::new();
-    for svc in &config.services {
-        let prober = Prober::new(&svc.health)
-            .map_err(|e| anyhow::anyhow!("service {}: health check: {e}", svc.name))?;
-        probers.push(Arc::new(prober));
-    }
     let mut dp = Dataplane::load().context("loading the XDP program")?;
     if let Some(logger) = dp.take_logger() {
         spawn_logger(logger)?;
@@ -54,22 +150,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (updates, updates_rx) = mpsc::channel(4096);
-    let mut event_tasks = vec![None; plan.backends.len()];
-    for ((svc, planned), prober) in config.services.iter().zip(&plan.services).zip(&probers) {
-        for (backend, &id) in svc.backends.iter().zip(&planned.backend_ids) {
-            let (tx, rx) = mpsc::channel(64);
-            event_tasks[id as usize] = Some(tx);
-            let task = BackendTask {
-                id,
-                service: svc.name.clone(),
-                address: backend.address,
-                prober: prober.clone(),
-                check: svc.health.clone(),
-                passive: svc.passive.clone(),
-                initially_up: planned.initially_healthy,
-            };
-            tokio::spawn(task.run(updates.clone(), rx));
-        }
+    let router = Arc::new(RwLock::new(Router::default()));
+    let mut tasks = Tasks {
+        by_id: HashMap::new(),
+        router: router.clone(),
+        updates,
+    };
+    tasks.reconcile(&config, &plan, &[])?;
+    for (svc, planned) in config.services.iter().zip(&plan.services) {
         info!(
             service = %svc.name,
             vip = %svc.vip,
@@ -80,16 +168,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "service ready"
         );
     }
-    let generations = plan.backends.iter().map(|b| b.generation).collect();
-    tokio::spawn(forward_events(events, event_tasks, generations));
+    tokio::spawn(forward_events(events, router));
 
     let (control, control_rx) = mpsc::channel(64);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
+    let reloads = Arc::new(Reloads::default());
     if let Some(listen) = config.admin.listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding the admin listener to {listen} ([admin] listen)"))?;
         let state = Arc::new(AdminState {
             control: control.clone(),
+            reload: reload_tx,
+            reloads: reloads.clone(),
             latency: writer.prometheus_latency(),
             token: config.admin.token.clone(),
         });
@@ -101,17 +192,102 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let writer = tokio::spawn(writer.run(updates_rx, control_rx, stopped, STATS_INTERVAL));
     info!(services = config.services.len(), "understudy is running");
 
+    let mut current = config;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = sigint.recv() => {},
-        _ = sigterm.recv() => {},
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                let _ = reload(&mut current, &control, &mut tasks, &reloads).await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                let result = reload(&mut current, &control, &mut tasks, &reloads).await;
+                let _ = reply.send(result);
+            }
+        }
     }
     let _ = stop.send(());
     let writer = writer.await.context("the map writer failed")?;
     info!("shutting down: detaching XDP");
     drop(writer);
     Ok(())
+}
+
+/// Reloads counted for `/metrics`.
+#[derive(Default)]
+pub struct Reloads {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Re-reads and validates the config file, then applies the difference. Anything wrong (an
+/// invalid file, a change that needs a restart) leaves the running config untouched.
+async fn reload(
+    current: &mut Config,
+    control: &mpsc::Sender<Control>,
+    tasks: &mut Tasks,
+    reloads: &Reloads,
+) -> Result<String, String> {
+    let result = async {
+        let config = Config::load(&current.file).map_err(|e| e.to_string())?;
+        let names = |c: &Config| {
+            c.interfaces
+                .iter()
+                .map(|i| i.name.clone())
+                .collect::<Vec<_>>()
+        };
+        if names(&config) != names(current) || config.xdp_mode != current.xdp_mode {
+            return Err(format!(
+                "{}: [dataplane] changed: interfaces and xdp_mode take effect on a restart only; \
+                 revert them to reload, or restart understudy",
+                config.file.display()
+            ));
+        }
+        if config.admin != current.admin {
+            return Err(format!(
+                "{}: [admin] changed: it takes effect on a restart only; revert it to reload, \
+                 or restart understudy",
+                config.file.display()
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        control
+            .send(Control::Reload {
+                config: Box::new(config.clone()),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "the map writer is not running".to_string())?;
+        let (plan, health) = rx
+            .await
+            .map_err(|_| "the map writer stopped".to_string())??;
+        tasks
+            .reconcile(&config, &plan, &health)
+            .map_err(|e| format!("{e:#}"))?;
+        let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
+        let summary = format!(
+            "reloaded {}: {} services, {backends} backends",
+            config.file.display(),
+            config.services.len()
+        );
+        *current = config;
+        Ok(summary)
+    }
+    .await;
+    match &result {
+        Ok(summary) => {
+            reloads.ok.fetch_add(1, Ordering::Relaxed);
+            info!("{summary}");
+        }
+        Err(e) => {
+            reloads.failed.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "reload refused; the running config stays");
+        }
+    }
+    result
 }
 
 /// Forwards the programs' aya-log records to `tracing` (through the `log` bridge).

@@ -43,10 +43,18 @@ pub fn new_prometheus_latency() -> prometheus_client::metrics::histogram::Histog
     )
 }
 
+/// A reload's outcome: the new plan, and each backend id's health (`None`: no backend).
+pub type Reloaded = (Plan, Vec<Option<bool>>);
+
 /// What the admin API asks of the writer.
 pub enum Control {
     /// The current picture of services, backends and counters.
     Snapshot(oneshot::Sender<Snapshot>),
+    /// Apply a new, validated config: returns each backend id's health (for the daemon's tasks).
+    Reload {
+        config: Box<crate::config::Config>,
+        reply: oneshot::Sender<Result<Reloaded, String>>,
+    },
     /// Drain (`drain: true`) or enable a backend, named by service and "IP:port".
     Drain {
         service: String,
@@ -70,13 +78,15 @@ pub struct Writer {
     alive: Vec<Vec<bool>>,
     /// Per service: what is installed.
     views: Vec<View>,
-    /// Global backend id to (service index, member index).
-    owner: Vec<(usize, usize)>,
+    /// Global backend id to (service index, member index); `None` for ids no backend holds.
+    owner: Vec<Option<(usize, usize)>>,
     latency: Latency,
     prometheus_latency: prometheus_client::metrics::histogram::Histogram,
     /// Per service, per member: the last health change's reason and Unix time.
     last: Vec<Vec<Option<(String, u64)>>>,
     changes: u64,
+    /// The last generation each backend id has had (see `plan::plan_update`).
+    generations: Vec<u32>,
 }
 
 /// One service's installed state.
@@ -86,6 +96,17 @@ struct View {
     table: Vec<u32>,
     /// Entries the last flip changed; `None` when the idle slot's content is unknown.
     last_delta: Option<Vec<usize>>,
+}
+
+/// Global backend id to (service index, member index).
+fn owners(plan: &Plan) -> Vec<Option<(usize, usize)>> {
+    let mut owner = vec![None; plan.backends.len()];
+    for (si, s) in plan.services.iter().enumerate() {
+        for (mi, &id) in s.backend_ids.iter().enumerate() {
+            owner[id as usize] = Some((si, mi));
+        }
+    }
+    owner
 }
 
 /// Re-derives the entries a change from `view.active` to `next` can touch; returns the changed
@@ -135,12 +156,7 @@ impl Writer {
             .iter()
             .map(|s| vec![s.initially_healthy; s.members.len()])
             .collect();
-        let mut owner = vec![(0, 0); plan.backends.len()];
-        for (si, s) in plan.services.iter().enumerate() {
-            for (mi, &id) in s.backend_ids.iter().enumerate() {
-                owner[id as usize] = (si, mi);
-            }
-        }
+        let owner = owners(&plan);
         let alive = healthy.clone();
         let views = plan
             .services
@@ -161,6 +177,7 @@ impl Writer {
             .iter()
             .map(|s| vec![None; s.members.len()])
             .collect();
+        let generations = plan.backends.iter().map(|b| b.generation).collect();
         Writer {
             dp,
             plan,
@@ -172,6 +189,7 @@ impl Writer {
             prometheus_latency: new_prometheus_latency(),
             last,
             changes: 0,
+            generations,
         }
     }
 
@@ -264,6 +282,109 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Moves to a new config, applying only the difference: kept services and backends keep
+    /// their ids, health and established flows; a service whose table is unchanged is not
+    /// rewritten; removed VIPs go, and removed backends' flows re-select. Returns the new plan and
+    /// each backend id's health.
+    pub fn reload(&mut self, config: &crate::config::Config) -> Result<Reloaded, DataplaneError> {
+        let next = crate::plan::plan_update(config, Some(&self.plan), &mut self.generations);
+        // What each kept backend (same service key, same address, so same id) carries over.
+        let mut carried = std::collections::HashMap::new();
+        for (si, svc) in self.plan.services.iter().enumerate() {
+            for (mi, &id) in svc.backend_ids.iter().enumerate() {
+                let state = (
+                    self.healthy[si][mi],
+                    self.alive[si][mi],
+                    self.last[si][mi].clone(),
+                );
+                carried.insert((svc.key, svc.addresses[mi], id), state);
+            }
+        }
+        let mut healthy = Vec::new();
+        let mut alive = Vec::new();
+        let mut last = Vec::new();
+        for svc in &next.services {
+            let (mut h, mut a, mut l) = (Vec::new(), Vec::new(), Vec::new());
+            for (mi, &id) in svc.backend_ids.iter().enumerate() {
+                match carried.get(&(svc.key, svc.addresses[mi], id)) {
+                    Some((hh, aa, ll)) => {
+                        h.push(*hh);
+                        a.push(*aa);
+                        l.push(ll.clone());
+                    }
+                    None => {
+                        h.push(svc.initially_healthy);
+                        a.push(svc.initially_healthy);
+                        l.push(None);
+                    }
+                }
+            }
+            healthy.push(h);
+            alive.push(a);
+            last.push(l);
+        }
+        // Backends: new and kept entries (kept ones are rewritten unchanged). A removed backend's
+        // entry stays as it was: it is in no table, so it takes no new flows, and its established
+        // flows keep going until its id is given to another backend (whose new generation makes
+        // them re-select).
+        let mut health_by_id = vec![None; next.backends.len()];
+        for (si, svc) in next.services.iter().enumerate() {
+            for (mi, &id) in svc.backend_ids.iter().enumerate() {
+                let alive_now = svc.alive(&healthy[si], mi);
+                alive[si][mi] = alive_now;
+                let mut info = next.backends[id as usize];
+                info.state = if alive_now { BACKEND_ALIVE } else { 0 };
+                self.dp.set_backend(id, &info)?;
+                health_by_id[id as usize] = Some(healthy[si][mi]);
+            }
+        }
+        let keys: std::collections::HashSet<_> = next.services.iter().map(|s| s.key).collect();
+        for svc in &self.plan.services {
+            if !keys.contains(&svc.key) {
+                self.dp.remove_service(&svc.key)?;
+            }
+        }
+        // Tables: written (into both slots) only where they differ from what is installed.
+        let mut views = Vec::new();
+        for (si, svc) in next.services.iter().enumerate() {
+            let active = active_set(&svc.members, &healthy[si], svc.min_healthy, svc.on_all_down);
+            let table = derive(&svc.base, &svc.prefs, &svc.members, &active);
+            let old = self
+                .plan
+                .services
+                .iter()
+                .position(|o| o.key == svc.key && o.id == svc.id);
+            let unchanged = old.is_some_and(|oi| {
+                let o = &self.plan.services[oi];
+                o.ids(self.views[oi].table.clone()) == svc.ids(table.clone())
+                    && o.flags == svc.flags
+                    && o.syn_timeout_ms == svc.syn_timeout_ms
+            });
+            let last_delta = match old {
+                Some(oi) if unchanged => self.views[oi].last_delta.take(),
+                _ => {
+                    let ring = svc.ids(table.clone());
+                    self.dp.install_table(svc, &ring)?;
+                    self.dp.install_table(svc, &ring)?;
+                    Some(Vec::new())
+                }
+            };
+            views.push(View {
+                active,
+                table,
+                last_delta,
+            });
+        }
+        self.owner = owners(&next);
+        self.plan = next;
+        self.healthy = healthy;
+        self.alive = alive;
+        self.last = last;
+        self.views = views;
+        info!(services = self.plan.services.len(), "config reloaded");
+        Ok((self.plan.clone(), health_by_id))
     }
 
     /// Drains or enables one backend (an operator's decision, applied like a health change).
@@ -378,7 +499,7 @@ impl Writer {
         let started = Instant::now();
         let mut touched = BTreeSet::new();
         for u in batch {
-            let Some(&(si, mi)) = self.owner.get(u.backend as usize) else {
+            let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) else {
                 continue;
             };
             if self.healthy[si][mi] != u.up {
@@ -398,7 +519,7 @@ impl Writer {
                 let took = u.decided.elapsed();
                 h.saturating_record(took.as_nanos() as u64);
                 self.prometheus_latency.observe(took.as_secs_f64());
-                if let Some(&(si, mi)) = self.owner.get(u.backend as usize) {
+                if let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) {
                     self.last[si][mi] = Some((u.reason.clone(), now));
                 }
             }
@@ -436,6 +557,9 @@ impl Writer {
                 Some(c) = control.recv() => match c {
                     Control::Snapshot(reply) => {
                         let _ = reply.send(self.snapshot());
+                    }
+                    Control::Reload { config, reply } => {
+                        let _ = reply.send(self.reload(&config).map_err(|e| e.to_string()));
                     }
                     Control::Drain { service, backend, drain, reply } => {
                         let _ = reply.send(self.drain(&service, &backend, drain));

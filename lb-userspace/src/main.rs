@@ -49,6 +49,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Make the running daemon re-read its config file and apply the difference.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Let a drained backend take new flows again.
     Enable {
         service: String,
@@ -221,6 +226,9 @@ fn main() -> ExitCode {
                 .map(|_| println!("{service} {backend}: {done}")),
             )
         }
+        Command::Reload { admin } => Some(admin_call(admin, "POST", "/reload").map(|body| {
+            println!("{}", body.trim());
+        })),
         _ => None,
     };
     if let Some(result) = admin_result {
@@ -254,7 +262,10 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Status { .. } | Command::Drain { .. } | Command::Enable { .. } => {
+        Command::Status { .. }
+        | Command::Drain { .. }
+        | Command::Enable { .. }
+        | Command::Reload { .. } => {
             unreachable!("admin commands returned above")
         }
         Command::Run { .. } => {

@@ -2,20 +2,26 @@
 //! task of the backend it is about. Events about a backend id whose generation has since changed
 //! are dropped.
 
-use std::os::fd::AsRawFd as _;
+use std::{
+    os::fd::AsRawFd as _,
+    sync::{Arc, RwLock},
+};
 
 use aya::maps::{MapData, RingBuf};
 use lb_common::{BackendEvent, EventKind};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, warn};
 
-/// Forwards events until the ring buffer fails. `tasks[id]` is backend `id`'s event channel, and
-/// `generations[id]` its current generation.
-pub async fn forward_events(
-    ring: RingBuf<MapData>,
-    tasks: Vec<Option<mpsc::Sender<EventKind>>>,
-    generations: Vec<u32>,
-) {
+/// Where events go: `tasks[id]` is backend `id`'s event channel and `generations[id]` its
+/// current generation. Replaced whole on reload.
+#[derive(Default)]
+pub struct Router {
+    pub tasks: Vec<Option<mpsc::Sender<EventKind>>>,
+    pub generations: Vec<u32>,
+}
+
+/// Forwards events until the ring buffer fails.
+pub async fn forward_events(ring: RingBuf<MapData>, router: Arc<RwLock<Router>>) {
     let fd = ring.as_raw_fd();
     // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which drops it.
     let mut ring = match unsafe { AsyncFd::register(ring) } {
@@ -43,10 +49,13 @@ pub async fn forward_events(
                 continue;
             };
             let id = event.backend as usize;
-            if generations.get(id) != Some(&event.generation) {
+            let Ok(router) = router.read() else {
+                return;
+            };
+            if router.generations.get(id) != Some(&event.generation) {
                 continue;
             }
-            if let Some(Some(tx)) = tasks.get(id) {
+            if let Some(Some(tx)) = router.tasks.get(id) {
                 debug!(backend = id, kind = kind.name(), "passive event");
                 let _ = tx.try_send(kind);
             }

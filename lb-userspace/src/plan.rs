@@ -2,10 +2,11 @@
 //! backend entries and one Maglev ring per service. Pure, so it is tested without a kernel and two
 //! nodes with the same config compute the same plan.
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr};
 
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, PROTO_TCP, PROTO_UDP, SERVICE_F_HASH_SRC_IP, ServiceKey, addr_words,
+    BACKEND_ALIVE, BackendInfo, MAX_BACKENDS, PROTO_TCP, PROTO_UDP, SERVICE_F_HASH_SRC_IP,
+    ServiceKey, addr_words,
 };
 
 use crate::{
@@ -98,7 +99,7 @@ fn backend_info(address: SocketAddr) -> BackendInfo {
     }
 }
 
-fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
+fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService {
     let identities: Vec<String> = svc.backends.iter().map(|b| b.address.to_string()).collect();
     let members: Vec<Member> = svc
         .backends
@@ -148,7 +149,7 @@ fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
             }
             slots
         },
-        backend_ids: (first_backend..first_backend + svc.backends.len() as u32).collect(),
+        backend_ids,
         members,
         base,
         min_healthy: svc.min_healthy,
@@ -161,14 +162,95 @@ fn plan_service(id: u32, svc: &Service, first_backend: u32) -> PlannedService {
 
 /// Service ids follow config order; backend ids are handed out service by service.
 pub fn plan(config: &Config) -> Plan {
-    let mut backends = Vec::new();
+    plan_update(config, None, &mut Vec::new())
+}
+
+/// The plan for `config` when `previous` is installed: services keep their ids (by VIP and
+/// protocol) and backends theirs (by service and address), so their flows and state carry over.
+/// New services take the lowest free id, new backends the lowest id the previous plan did not
+/// use (or, when none is left, the lowest free one). `generations[id]` is the last generation each backend id
+/// has had: an id given to a different backend gets the next one, so `FLOWS` entries pinned to
+/// its former owner miss.
+pub fn plan_update(config: &Config, previous: Option<&Plan>, generations: &mut Vec<u32>) -> Plan {
+    let old_services: HashMap<ServiceKey, &PlannedService> = previous
+        .map(|p| p.services.iter().map(|s| (s.key, s)).collect())
+        .unwrap_or_default();
+    let mut kept_backends: HashMap<(ServiceKey, SocketAddr), u32> = HashMap::new();
+    for s in old_services.values() {
+        for (addr, id) in s.addresses.iter().zip(&s.backend_ids) {
+            kept_backends.insert((s.key, *addr), *id);
+        }
+    }
+    // Ids already spoken for by what this config keeps.
+    let mut used_services: Vec<u32> = Vec::new();
+    let mut used_backends: Vec<u32> = Vec::new();
+    for svc in &config.services {
+        let key = service_key(svc.vip, svc.protocol);
+        if let Some(old) = old_services.get(&key) {
+            used_services.push(old.id);
+            for b in &svc.backends {
+                if let Some(&id) = kept_backends.get(&(key, b.address)) {
+                    used_backends.push(id);
+                }
+            }
+        }
+    }
+    // New backends prefer ids the previous plan did not use: a removed backend's id stays
+    // with it (and its established flows keep going) until an id is really needed.
+    let previous_backends: Vec<u32> = kept_backends.values().copied().collect();
+    let lowest_free = |used: &mut Vec<u32>, avoid: &[u32]| {
+        let id = (0..MAX_BACKENDS)
+            .find(|i| !used.contains(i) && !avoid.contains(i))
+            .or_else(|| (0..).find(|i| !used.contains(i)))
+            .expect("an id is free");
+        used.push(id);
+        id
+    };
+
+    let mut backends: Vec<BackendInfo> = Vec::new();
     let mut services = Vec::new();
-    for (id, svc) in config.services.iter().enumerate() {
-        services.push(plan_service(id as u32, svc, backends.len() as u32));
-        backends.extend(svc.backends.iter().map(|b| backend_info(b.address)));
+    for svc in &config.services {
+        let key = service_key(svc.vip, svc.protocol);
+        let id = match old_services.get(&key) {
+            Some(old) => old.id,
+            None => lowest_free(&mut used_services, &[]),
+        };
+        let ids: Vec<u32> = svc
+            .backends
+            .iter()
+            .map(|b| match kept_backends.get(&(key, b.address)) {
+                Some(&kept) => kept,
+                None => {
+                    let new = lowest_free(&mut used_backends, &previous_backends);
+                    if generations.len() <= new as usize {
+                        generations.resize(new as usize + 1, 0);
+                    }
+                    generations[new as usize] += 1;
+                    new
+                }
+            })
+            .collect();
+        for (b, &bid) in svc.backends.iter().zip(&ids) {
+            if backends.len() <= bid as usize {
+                backends.resize(bid as usize + 1, EMPTY_BACKEND);
+            }
+            let mut info = backend_info(b.address);
+            info.generation = generations[bid as usize];
+            backends[bid as usize] = info;
+        }
+        services.push(plan_service(id, svc, ids));
     }
     Plan { services, backends }
 }
+
+/// A backend id nobody holds: no family, so the kernel treats a reference to it as bad.
+const EMPTY_BACKEND: BackendInfo = BackendInfo {
+    addr: [0; 4],
+    port: 0,
+    family: 0,
+    state: 0,
+    generation: 0,
+};
 
 #[cfg(test)]
 mod tests {
@@ -219,5 +301,43 @@ address = "[2001:db8::11]:5353"
         assert_eq!(p.backends[2].port, 5353u16.to_be());
         assert_eq!(p.backends[2].state, BACKEND_ALIVE);
         assert_eq!(p, plan(&config), "planning is deterministic");
+    }
+
+    #[test]
+    fn a_reload_keeps_ids_and_bumps_the_generation_of_reused_ones() {
+        let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();
+        let mut generations = Vec::new();
+        let first = plan_update(&config, None, &mut generations);
+        // Drop backend 10.0.11.2 from "a", add 10.0.13.2, and drop service "b".
+        let changed = TEXT
+            .replace("10.0.11.2:8080", "10.0.13.2:8080")
+            .split("[[service]]\nname = \"b\"")
+            .next()
+            .unwrap()
+            .to_string();
+        let config2 = Config::parse(Path::new("t.toml"), &changed).unwrap();
+        let second = plan_update(&config2, Some(&first), &mut generations);
+        assert_eq!(second.services.len(), 1);
+        assert_eq!(second.services[0].id, first.services[0].id);
+        // 10.0.12.2 keeps id 1; the newcomer avoids the ids the first plan used (0-2), so the
+        // removed backends keep their entries and flows: it gets id 3.
+        assert_eq!(second.services[0].backend_ids, vec![3, 1]);
+        assert_eq!(second.backends[1].generation, first.backends[1].generation);
+        assert_eq!(second.backends[3].generation, 1);
+        assert_eq!(second.backends[3].port, 8080u16.to_be());
+        // Back to the first config: 10.0.11.2 and b's backend return on ids 0 and 2. Both ids
+        // have changed owner in between, so they carry new generations: old flows cannot match.
+        let third = plan_update(&config, Some(&second), &mut generations);
+        assert_eq!(third.services.len(), 2);
+        assert_eq!(third.services[0].backend_ids, vec![0, 1]);
+        assert_eq!(third.services[1].backend_ids, vec![2]);
+        assert_eq!(
+            third.backends[0].generation,
+            first.backends[0].generation + 1
+        );
+        assert_eq!(
+            third.backends[2].generation,
+            first.backends[2].generation + 1
+        );
     }
 }

@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::status::Snapshot;
+use crate::{daemon::Reloads, status::Snapshot};
 
 type Labels = Vec<(String, String)>;
 
@@ -30,7 +30,7 @@ fn set(f: &Family<Labels, Counter>, labels: Labels, value: u64) {
         .store(value, std::sync::atomic::Ordering::Relaxed);
 }
 
-pub fn render(s: &Snapshot, latency: &Histogram) -> String {
+pub fn render(s: &Snapshot, latency: &Histogram, reloads: &Reloads) -> String {
     let mut r = Registry::with_prefix("understudy");
     let svc_packets = counter(&mut r, "service_packets", "Packets to the service's VIP.");
     let svc_bytes = counter(&mut r, "service_bytes", "Bytes to the service's VIP.");
@@ -64,6 +64,7 @@ pub fn render(s: &Snapshot, latency: &Histogram) -> String {
         "health_changes",
         "Health and drain changes applied.",
     );
+    let reload = counter(&mut r, "reloads", "Config reloads by result.");
     r.register(
         "decision_to_visible_seconds",
         "Health decision to kernel-visible maps.",
@@ -94,6 +95,10 @@ pub fn render(s: &Snapshot, latency: &Histogram) -> String {
         set(&datapath, vec![("reason".to_string(), reason.clone())], *v);
     }
     set(&changes, Vec::new(), s.changes);
+    for (result, n) in [("ok", &reloads.ok), ("error", &reloads.failed)] {
+        let v = n.load(std::sync::atomic::Ordering::Relaxed);
+        set(&reload, vec![("result".to_string(), result.to_string())], v);
+    }
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");
     out

@@ -1,5 +1,5 @@
 //! The admin listener (loopback by default): `GET /metrics` (Prometheus text), `GET /status`
-//! (JSON), `POST /drain` and `POST /enable` (`?service=NAME&backend=IP:PORT`). With a token
+//! (JSON), `POST /drain` and `POST /enable` (`?service=NAME&backend=IP:PORT`), and `POST /reload`. With a token
 //! configured, every request must carry `Authorization: Bearer <token>`. Requests reach the map
 //! writer over its control channel, so the writer stays the only one touching the data plane.
 
@@ -24,11 +24,14 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{failover::Control, status::Snapshot};
+use crate::{daemon::Reloads, failover::Control, status::Snapshot};
 
 /// What every request handler shares.
 pub struct AdminState {
     pub control: mpsc::Sender<Control>,
+    /// Asks the daemon to reload its config file; the answer says what happened.
+    pub reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+    pub reloads: Arc<Reloads>,
     pub latency: Histogram,
     pub token: Option<String>,
 }
@@ -124,7 +127,7 @@ async fn handle(
             Some(s) => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&s, &state.latency),
+                metrics::render(&s, &state.latency, &state.reloads),
             ),
             None => unavailable(),
         },
@@ -162,12 +165,20 @@ async fn handle(
                 ),
             }
         }
-        (_, "/metrics" | "/status" | "/drain" | "/enable") => {
+        (&Method::POST, "/reload") => {
+            let (tx, rx) = oneshot::channel();
+            match (state.reload.send(tx).await, rx.await) {
+                (Ok(()), Ok(Ok(summary))) => text(StatusCode::OK, summary),
+                (Ok(()), Ok(Err(why))) => text(StatusCode::UNPROCESSABLE_ENTITY, why),
+                _ => unavailable(),
+            }
+        }
+        (_, "/metrics" | "/status" | "/drain" | "/enable" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try GET /metrics, GET /status, POST /drain, POST /enable",
+            "not found: try GET /metrics, GET /status, POST /drain, POST /enable, POST /reload",
         ),
     };
     Ok(response)

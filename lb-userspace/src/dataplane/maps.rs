@@ -189,6 +189,19 @@ impl Dataplane {
         })
     }
 
+    /// Removes a service's VIP: its packets go to the stack from now on.
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        if self.installed.remove(key).is_some() {
+            self.services
+                .remove(key)
+                .map_err(|source| DataplaneError::Map {
+                    name: "SERVICES",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// The table the kernel uses now for `svc` (its active ring slot), read back from `RINGS`.
     pub fn active_ring(&self, svc: &PlannedService) -> Vec<u32> {
         let Some(info) = self.installed.get(&svc.key) else {

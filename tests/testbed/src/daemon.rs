@@ -59,6 +59,11 @@ impl Daemon {
         d
     }
 
+    /// The daemon's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// Everything the daemon printed so far.
     pub fn output(&self) -> String {
         self.log.lock().unwrap().join("\n")

@@ -1,0 +1,188 @@
+//! End to end, hot reload: a config change that adds one backend and removes another, applied
+//! with SIGHUP under long-lived streams, and invalid reloads refused through the CLI while the
+//! running config stays.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use understudy::status::Snapshot;
+use understudy_testbed::{
+    Daemon, EchoServer, Netns, Topology, require_root,
+    traffic::{Stream, close, open_streams, rounds, short_connection},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
+
+fn vip() -> SocketAddr {
+    "10.0.0.10:80".parse().unwrap()
+}
+
+fn config_text(topo: &Topology, backends: &[usize], extra: &str) -> String {
+    let interfaces: Vec<String> = topo
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [{}]\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
+        interfaces.join(", ")
+    );
+    for &i in backends {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{}:8080\"\n{extra}",
+            topo.backend_addr(i, false)
+        ));
+    }
+    text
+}
+
+fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
+    let out = lb.command(BIN).args(args).output().expect("run the CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn landed(client: &Netns, n: usize) -> Vec<String> {
+    client.enter(|| (0..n).map(|_| short_connection(vip()).unwrap()).collect())
+}
+
+fn assert_going(streams: &[Stream], on: &str, before: &[u64], what: &str) {
+    let mut watched = 0;
+    for (i, s) in streams.iter().enumerate() {
+        if s.name != on {
+            continue;
+        }
+        watched += 1;
+        assert_eq!(
+            *s.error.lock().unwrap(),
+            None,
+            "{what}: stream {i} on {on} broke"
+        );
+        assert!(
+            s.rounds.load(Ordering::Relaxed) > before[i] + 5,
+            "{what}: stream {i} stalled"
+        );
+    }
+    assert!(watched > 0, "{what}: no stream on {on} to watch");
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_reload_adds_and_removes_backends_without_breaking_streams_and_refuses_bad_configs() {
+    require_root("the reload test");
+    let topo = Topology::build(3);
+    let _servers: Vec<EchoServer> = (1..=3)
+        .map(|i| {
+            EchoServer::start_greeting(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+                Some(format!("be{i}\n")),
+            )
+        })
+        .collect();
+    let path: PathBuf = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    write(&path, &config_text(&topo, &[1, 2], ""));
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    let streams = open_streams(&topo.client, vip(), 16);
+
+    // 1. be1 out, be3 in, by SIGHUP.
+    write(&path, &config_text(&topo, &[2, 3], ""));
+    let before = rounds(&streams);
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !landed(&topo.client, 20).iter().any(|n| n == "be3") {
+        assert!(
+            Instant::now() < deadline,
+            "be3 never took traffic after the reload"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_going(
+        &streams,
+        "be2",
+        &before,
+        "after adding be3 and removing be1",
+    );
+    let after = landed(&topo.client, 100);
+    assert!(after.iter().all(|n| n == "be2" || n == "be3"), "{after:?}");
+    assert!(after.iter().any(|n| n == "be2") && after.iter().any(|n| n == "be3"));
+    assert!(daemon.output().contains("reloaded"), "{}", daemon.output());
+
+    // 2. An invalid file is refused with its location, and nothing changes.
+    let good = std::fs::read_to_string(&path).unwrap();
+    write(&path, &config_text(&topo, &[1, 2, 3], "weight = 0\n"));
+    let before = rounds(&streams);
+    let (ok, _, stderr) = cli(&topo.lb, &["reload"]);
+    assert!(!ok, "an invalid reload was accepted");
+    assert!(
+        stderr.contains(&format!("{}:", path.display()))
+            && stderr.contains("weight 0 is out of range"),
+        "{stderr}"
+    );
+    // 3. So is a change that needs a restart.
+    write(&path, &good.replace("\"lb-client\", ", ""));
+    let (ok, _, stderr) = cli(&topo.lb, &["reload"]);
+    assert!(!ok);
+    assert!(stderr.contains("take effect on a restart only"), "{stderr}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    assert_going(&streams, "be2", &before, "after the refused reloads");
+    let (ok, json, _) = cli(&topo.lb, &["status", "--json"]);
+    assert!(ok);
+    let status: Snapshot = serde_json::from_str(&json).unwrap();
+    let addresses: Vec<&str> = status.services[0]
+        .backends
+        .iter()
+        .map(|b| b.address.as_str())
+        .collect();
+    assert_eq!(
+        addresses,
+        vec!["10.0.12.2:8080", "10.0.13.2:8080"],
+        "the running config changed"
+    );
+    let still = landed(&topo.client, 50);
+    assert!(still.iter().all(|n| n == "be2" || n == "be3"), "{still:?}");
+
+    // 4. The good file again, through the CLI: accepted.
+    write(&path, &good);
+    let (ok, stdout, stderr) = cli(&topo.lb, &["reload"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 services, 2 backends"), "{stdout}");
+
+    let metrics = topo.lb.enter(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(understudy::admin::client::request(
+                "127.0.0.1:9180".parse().unwrap(),
+                None,
+                "GET",
+                "/metrics",
+            ))
+            .unwrap()
+            .1
+    });
+    assert!(
+        metrics.contains("understudy_reloads_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("understudy_reloads_total{result=\"error\"} 2"),
+        "{metrics}"
+    );
+
+    close(&streams);
+    assert!(daemon.stop());
+    std::fs::remove_file(path).ok();
+}

@@ -268,3 +268,81 @@ fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
 }
+
+#[test]
+fn the_status_page_renders_in_headless_chromium() {
+    require_root("the status page test");
+    let topo = Topology::build(2);
+    // be1 answers; nothing listens on be2, so its TCP check fails.
+    let _be1 = EchoServer::start(
+        &topo.backends[0],
+        SocketAddr::new(topo.backend_addr(1, false), 8080),
+    );
+    let config = write_config(&topo, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "table_size = 1021\n",
+            "table_size = 1021\nhealth = { kind = \"tcp\", interval = \"200ms\", timeout = \"100ms\", fall = 1, rise = 1 }\n",
+        );
+    std::fs::write(&config, text).unwrap();
+    // A third, drained backend shows the third state.
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "\n[[service.backend]]\naddress = \"10.0.11.2:9090\"\ndrain = true\n";
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let profile = std::env::temp_dir().join(format!("{}-chromium", topo.lb.name()));
+    let out = topo
+        .lb
+        .command("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", &format!("http://{ADMIN}/")])
+        .output()
+        .expect("run chromium (installed by cargo xtask setup)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    std::fs::remove_dir_all(&profile).ok();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains("<title>Understudy status</title>"), "{dom}");
+    let row = |backend: &str| -> String {
+        let at = dom
+            .find(&format!("data-backend=\"{backend}\""))
+            .unwrap_or_else(|| panic!("no row for {backend} in {dom}"));
+        let start = dom[..at].rfind("<tr").unwrap();
+        let end = at + dom[at..].find("</tr>").unwrap();
+        dom[start..end].to_string()
+    };
+    let be1 = row("10.0.11.2:8080");
+    assert!(
+        be1.contains("data-health=\"up\"") && be1.contains("data-active=\"true\""),
+        "{be1}"
+    );
+    let be2 = row("10.0.12.2:8080");
+    assert!(
+        be2.contains("data-health=\"down\"") && be2.contains("connect"),
+        "{be2}"
+    );
+    let drained = row("10.0.11.2:9090");
+    assert!(
+        drained.contains("data-health=\"draining\"") && drained.contains("no new flows"),
+        "{drained}"
+    );
+    assert!(dom.contains("data-state=\"serving\""), "{dom}");
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+}

@@ -29,7 +29,7 @@ use crate::{
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach},
     failover::{Control, Writer},
-    health::{Update, probe::Prober, task::BackendTask},
+    health::{Board, Update, new_board, probe::Prober, task::BackendTask},
     passive::{Router, forward_events},
     plan::{Plan, plan},
     privileges,
@@ -43,6 +43,7 @@ struct Tasks {
     by_id: HashMap<u32, Task>,
     router: Arc<RwLock<Router>>,
     updates: mpsc::Sender<Update>,
+    board: Board,
 }
 
 struct Task {
@@ -103,6 +104,7 @@ impl Tasks {
                         .copied()
                         .flatten()
                         .unwrap_or(planned.initially_healthy),
+                    board: self.board.clone(),
                 };
                 let handle = tokio::spawn(task.run(self.updates.clone(), rx));
                 router.tasks[id as usize] = Some(tx.clone());
@@ -151,10 +153,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (updates, updates_rx) = mpsc::channel(4096);
     let router = Arc::new(RwLock::new(Router::default()));
+    let board = new_board();
     let mut tasks = Tasks {
         by_id: HashMap::new(),
         router: router.clone(),
         updates,
+        board: board.clone(),
     };
     tasks.reconcile(&config, &plan, &[])?;
     for (svc, planned) in config.services.iter().zip(&plan.services) {
@@ -181,6 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             control: control.clone(),
             reload: reload_tx,
             reloads: reloads.clone(),
+            board,
             latency: writer.prometheus_latency(),
             token: config.admin.token.clone(),
         });

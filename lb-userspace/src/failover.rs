@@ -441,6 +441,7 @@ impl Writer {
                 };
                 let backends = (0..svc.members.len())
                     .map(|mi| BackendStatus {
+                        id: svc.backend_ids[mi],
                         address: svc.addresses[mi].to_string(),
                         tier: svc.members[mi].tier,
                         weight: svc.members[mi].weight,
@@ -450,6 +451,10 @@ impl Writer {
                         alive: self.alive[si][mi],
                         last_change: self.last[si][mi].as_ref().map(|(r, _)| r.clone()),
                         last_change_at: self.last[si][mi].as_ref().map(|(_, t)| *t),
+                        // Filled by the admin API from the health board.
+                        last_check_ok: None,
+                        last_check: None,
+                        last_check_at: None,
                         traffic: traffic(self.dp.backend_traffic(svc.backend_ids[mi])),
                     })
                     .collect();

@@ -15,6 +15,8 @@ pub struct Traffic {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
+    /// The backend's id in the data plane.
+    pub id: u32,
     pub address: String,
     pub tier: u32,
     pub weight: u32,
@@ -30,6 +32,10 @@ pub struct BackendStatus {
     pub last_change: Option<String>,
     /// Unix time of the last health change.
     pub last_change_at: Option<u64>,
+    /// The last active check: passed or not, why, and when (Unix time).
+    pub last_check_ok: Option<bool>,
+    pub last_check: Option<String>,
+    pub last_check_at: Option<u64>,
     pub traffic: Traffic,
 }
 

@@ -11,7 +11,7 @@ const BPF_LINKER_LLVM: u32 = 22;
 
 /// Debian packages the tests, demo and benchmarks call: ethtool (veth offloads), iproute2
 /// (namespaces), procps (sysctl), util-linux (setpriv), curl and python3 (the demo's client and
-/// HTTP backends).
+/// HTTP backends), chromium (renders the status page in a test) and dpkg-dev (packaging).
 const PACKAGES: &[&str] = &[
     "ethtool",
     "iproute2",
@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "curl",
     "python3",
+    "chromium",
+    "dpkg-dev",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -1,10 +1,12 @@
-//! The admin listener (loopback by default): `GET /metrics` (Prometheus text), `GET /status`
+//! The admin listener (loopback by default): `GET /` (an HTML status page), `GET /metrics`
+//! (Prometheus text), `GET /status`
 //! (JSON), `POST /drain` and `POST /enable` (`?service=NAME&backend=IP:PORT`), and `POST /reload`. With a token
 //! configured, every request must carry `Authorization: Bearer <token>`. Requests reach the map
 //! writer over its control channel, so the writer stays the only one touching the data plane.
 
 pub mod client;
 mod metrics;
+mod page;
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -24,7 +26,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{daemon::Reloads, failover::Control, status::Snapshot};
+use crate::{daemon::Reloads, failover::Control, health::Board, status::Snapshot};
 
 /// What every request handler shares.
 pub struct AdminState {
@@ -32,6 +34,8 @@ pub struct AdminState {
     /// Asks the daemon to reload its config file; the answer says what happened.
     pub reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
     pub reloads: Arc<Reloads>,
+    /// Every backend's last probe.
+    pub board: Board,
     pub latency: Histogram,
     pub token: Option<String>,
 }
@@ -87,10 +91,25 @@ fn authorized(req: &Request<Incoming>, token: &Option<String>) -> bool {
         .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
 }
 
+/// The writer's snapshot, with each backend's last probe from the health board.
 async fn snapshot(state: &AdminState) -> Option<Snapshot> {
     let (tx, rx) = oneshot::channel();
     state.control.send(Control::Snapshot(tx)).await.ok()?;
-    rx.await.ok()
+    let mut s = rx.await.ok()?;
+    if let Ok(board) = state.board.read() {
+        for b in s
+            .services
+            .iter_mut()
+            .flat_map(|svc| svc.backends.iter_mut())
+        {
+            if let Some(Some(check)) = board.get(b.id as usize) {
+                b.last_check_ok = Some(check.ok);
+                b.last_check = Some(check.reason.clone());
+                b.last_check_at = Some(check.at);
+            }
+        }
+    }
+    Some(s)
 }
 
 async fn handle(
@@ -123,6 +142,10 @@ async fn handle(
         )
     };
     let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => match snapshot(&state).await {
+            Some(s) => reply(StatusCode::OK, "text/html; charset=utf-8", page::render(&s)),
+            None => unavailable(),
+        },
         (&Method::GET, "/metrics") => match snapshot(&state).await {
             Some(s) => reply(
                 StatusCode::OK,
@@ -178,7 +201,7 @@ async fn handle(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try GET /metrics, GET /status, POST /drain, POST /enable, POST /reload",
+            "not found: try GET /, GET /metrics, GET /status, POST /drain, POST /enable, POST /reload",
         ),
     };
     Ok(response)

@@ -6,7 +6,27 @@ pub mod probe;
 pub mod state;
 pub mod task;
 
-use std::time::Instant;
+use std::{
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+/// The last probe of a backend, whatever its outcome: the status page shows it even when the
+/// health did not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCheck {
+    pub ok: bool,
+    pub reason: String,
+    /// Unix time.
+    pub at: u64,
+}
+
+/// Every backend's last probe, indexed by backend id. Tasks write their own entry.
+pub type Board = Arc<RwLock<Vec<Option<LastCheck>>>>;
+
+pub fn new_board() -> Board {
+    Arc::new(RwLock::new(vec![None; lb_common::MAX_BACKENDS as usize]))
+}
 
 /// A backend's health changed.
 #[derive(Debug, Clone)]

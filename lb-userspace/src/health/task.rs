@@ -11,7 +11,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Update, probe::Prober, probe::jittered, state::HealthState};
+use super::{Board, LastCheck, Update, probe::Prober, probe::jittered, state::HealthState};
 use crate::config::{CheckKind, HealthCheck, Passive};
 
 /// Everything one backend's task needs.
@@ -23,6 +23,7 @@ pub struct BackendTask {
     pub check: HealthCheck,
     pub passive: Passive,
     pub initially_up: bool,
+    pub board: Board,
 }
 
 impl BackendTask {
@@ -56,6 +57,16 @@ impl BackendTask {
                     };
                     if serving {
                         ejected_until = None;
+                    }
+                    if active {
+                        let at = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        if let Ok(mut board) = self.board.write()
+                            && let Some(slot) = board.get_mut(self.id as usize)
+                        {
+                            *slot = Some(LastCheck { ok, reason: reason.clone(), at });
+                        }
                     }
                     let changed = if active {
                         state.observe(ok)

@@ -1,0 +1,92 @@
+//! `GET /`: a status page in the spirit of HAProxy's stats page, readable without JavaScript:
+//! services, their state and tier in use, and every backend with its tier, weight, health, last
+//! change and counters. It refreshes itself every 5 seconds. Rows carry `data-` attributes so
+//! scripts and tests need not parse the text.
+
+use std::fmt::Write as _;
+
+use html_escape::encode_text as esc;
+
+use crate::status::Snapshot;
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;margin-bottom:1.5em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+th{background:#eee}.up{background:#dfd}.down{background:#fdd}.draining{background:#ffd}\
+h2{margin-bottom:.3em}.muted{color:#777}";
+
+fn when(unix: Option<u64>) -> String {
+    let Some(t) = unix else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(t, |d| d.as_secs());
+    format!("{}s ago", now.saturating_sub(t))
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>Understudy status</title><style>{STYLE}</style></head><body><h1>Understudy</h1>\
+         <p class=\"muted\">{} health changes; decision to visible p50 {} µs, p99 {} µs</p>",
+        s.changes, s.decision_to_visible.p50_us, s.decision_to_visible.p99_us
+    );
+    for svc in &s.services {
+        let tier = svc
+            .tier_in_use
+            .map_or("none".to_string(), |t| t.to_string());
+        let _ = write!(
+            h,
+            "<h2 id=\"service-{name}\">{name}</h2><p data-service=\"{name}\" data-state=\"{state}\">\
+             {vip}/{proto}: <b>{state}</b>, tier in use {tier}; {flows} flows, {packets} packets</p>\
+             <table><tr><th>Backend</th><th>Tier</th><th>Weight</th><th>Health</th><th>New flows</th>\
+             <th>Packets</th><th>Last check</th><th>Last change</th></tr>",
+            name = esc(&svc.name),
+            state = esc(&svc.state),
+            vip = esc(&svc.vip),
+            proto = esc(&svc.protocol),
+            flows = svc.traffic.new_flows,
+            packets = svc.traffic.packets,
+        );
+        for b in &svc.backends {
+            let health = if b.draining {
+                "draining"
+            } else if b.healthy {
+                "up"
+            } else {
+                "down"
+            };
+            let _ = write!(
+                h,
+                "<tr class=\"backend {health}\" data-backend=\"{addr}\" data-health=\"{health}\" \
+                 data-active=\"{active}\"><td>{addr}</td><td>{tier}</td><td>{weight}</td><td>{health}{taking}</td>\
+                 <td>{flows}</td><td>{packets}</td><td>{check}</td><td>{change}</td></tr>",
+                addr = esc(&b.address),
+                active = b.active,
+                tier = b.tier,
+                weight = b.weight,
+                taking = if b.active { "" } else { " (no new flows)" },
+                flows = b.traffic.new_flows,
+                packets = b.traffic.packets,
+                check = match (&b.last_check_ok, &b.last_check) {
+                    (Some(ok), Some(why)) => format!(
+                        "{} ({}), {}",
+                        if *ok { "passed" } else { "failed" },
+                        esc(why),
+                        when(b.last_check_at)
+                    ),
+                    _ => "-".to_string(),
+                },
+                change = match &b.last_change {
+                    Some(why) => format!("{}, {}", esc(why), when(b.last_change_at)),
+                    None => "-".to_string(),
+                },
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>");
+    h
+}

@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use lb_common::EventKind;
+use sd_notify::NotifyState;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -195,12 +196,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop, stopped) = oneshot::channel();
     let writer = tokio::spawn(writer.run(updates_rx, control_rx, stopped, STATS_INTERVAL));
-    info!(services = config.services.len(), "understudy is running");
-
+    // Handlers before readiness: a reload or stop sent the moment systemd hears READY must not
+    // meet a signal's default action (SIGHUP's is to terminate).
     let mut current = config;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    info!(services = current.services.len(), "understudy is running");
+    notify(&[NotifyState::Ready]);
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -214,6 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    notify(&[NotifyState::Stopping]);
     let _ = stop.send(());
     let writer = writer.await.context("the map writer failed")?;
     info!("shutting down: detaching XDP");
@@ -236,6 +240,9 @@ async fn reload(
     tasks: &mut Tasks,
     reloads: &Reloads,
 ) -> Result<String, String> {
+    let mut reloading = vec![NotifyState::Reloading];
+    reloading.extend(NotifyState::monotonic_usec_now().ok());
+    notify(&reloading);
     let result = async {
         let config = Config::load(&current.file).map_err(|e| e.to_string())?;
         let names = |c: &Config| {
@@ -292,7 +299,15 @@ async fn reload(
             error!(error = %e, "reload refused; the running config stays");
         }
     }
+    notify(&[NotifyState::Ready]);
     result
+}
+
+/// Tells systemd (`Type=notify`) where the daemon is; a no-op outside systemd.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, "sd_notify failed");
+    }
 }
 
 /// Forwards the programs' aya-log records to `tracing` (through the `log` bridge).

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -29,6 +30,8 @@ enum Command {
     Test(test::Options),
     /// Measure the XDP program per packet class against a trivial program, in the kernel.
     Bench(bench::Options),
+    /// Build a .deb with the release binary, the systemd unit and the example configs.
+    Package,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +53,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(o) => {
             setup::run()?;
             bench::run(&o)
+        }
+        Command::Package => {
+            setup::run()?;
+            package::run().map(|_| ())
         }
     }
 }

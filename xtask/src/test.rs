@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs. Formatting, clippy with warnings as errors on the user-space
-//! crates, every test (unit, kernel `test_run`, end-to-end in namespaces), then the demo once.
+//! crates, every test (unit, kernel `test_run`, end-to-end in namespaces), then the demo once and
+//! the package build with its checks.
 //! The privileged tests need root. Without it this command stops with a clear message, and
 //! each privileged test fails on its own, so a missing privilege can never look like a pass.
 
@@ -13,7 +14,7 @@ pub struct Options {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
-    /// Skip the demo smoke run at the end.
+    /// Skip the demo smoke run and the package check at the end.
     #[arg(long)]
     no_demo: bool,
     /// Extra arguments for `cargo test` (a test name filter, `--nocapture`...).
@@ -45,6 +46,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     cmd("cargo", &args)?;
     if !o.no_demo {
         crate::demo::run(&crate::demo::Options { once: true })?;
+        crate::package::run()?;
     }
     println!("xtask test: all passed");
     Ok(())

@@ -19,11 +19,22 @@ impl Daemon {
     /// Starts `binary run --config <config>` in `ns` and waits until it reports it is running.
     /// Panics with its output if it exits or stays silent for 30 s.
     pub fn start(ns: &Netns, binary: &Path, config: &Path) -> Daemon {
+        Daemon::start_with_env(ns, binary, config, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(
+        ns: &Netns,
+        binary: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut child = ns
             .command(binary.to_str().expect("utf-8 path"))
             .args(["run", "--config"])
             .arg(config)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

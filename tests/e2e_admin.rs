@@ -26,8 +26,9 @@ fn write_config(topo: &Topology, admin: &str) -> PathBuf {
         .map(|i| format!("\"{i}\""))
         .collect();
     let mut text = format!(
-        "[dataplane]\ninterfaces = [{}]\n\n{admin}\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
-        interfaces.join(", ")
+        "[dataplane]\ninterfaces = [{}]\ninstance = \"{}\"\n\n{admin}\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
+        interfaces.join(", "),
+        topo.lb.name()
     );
     for i in 1..=topo.backends.len() {
         text.push_str(&format!(
@@ -171,7 +172,11 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
 }
 
 fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
-    let out = lb.command(BIN).args(args).output().expect("run the CLI");
+    let out = lb
+        .command_net_only(BIN)
+        .args(args)
+        .output()
+        .expect("run the CLI");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -34,6 +34,7 @@ fn write_config(topo: &Topology, interval: &str, passive: &str) -> PathBuf {
     let mut text = format!(
         r#"[dataplane]
 interfaces = [{}]
+instance = "{}"
 xdp_mode = "native"
 
 [[service]]
@@ -51,7 +52,8 @@ timeout = "80ms"
 rise = 2
 fall = 2
 "#,
-        interfaces.join(", ")
+        interfaces.join(", "),
+        topo.lb.name()
     );
     for i in 1..=topo.backends.len() {
         let tier = if i == 3 { 1 } else { 0 };

@@ -17,14 +17,9 @@ const CLIENT_THREADS: usize = 4;
 const BACKEND_PORT: u16 = 8080;
 
 fn config(topo: &Topology, v6: bool) -> PathBuf {
-    let interfaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
     let mut text = format!(
-        "[dataplane]\ninterfaces = [{}]\nxdp_mode = \"native\"\n\n[[service]]\nname = \"echo\"\nvip = \"{}\"\n",
-        interfaces.join(", "),
+        "{}xdp_mode = \"native\"\n\n[[service]]\nname = \"echo\"\nvip = \"{}\"\n",
+        topo.dataplane_toml(),
         SocketAddr::new(topo.vip(v6), 80)
     );
     for i in 1..=topo.backends.len() {

@@ -28,8 +28,9 @@ fn config_text(topo: &Topology, backends: &[usize], extra: &str) -> String {
         .map(|i| format!("\"{i}\""))
         .collect();
     let mut text = format!(
-        "[dataplane]\ninterfaces = [{}]\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
-        interfaces.join(", ")
+        "[dataplane]\ninterfaces = [{}]\ninstance = \"{}\"\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
+        interfaces.join(", "),
+        topo.lb.name()
     );
     for &i in backends {
         text.push_str(&format!(
@@ -41,7 +42,11 @@ fn config_text(topo: &Topology, backends: &[usize], extra: &str) -> String {
 }
 
 fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
-    let out = lb.command(BIN).args(args).output().expect("run the CLI");
+    let out = lb
+        .command_net_only(BIN)
+        .args(args)
+        .output()
+        .expect("run the CLI");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -224,5 +229,72 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert!(daemon.stop());
     assert_eq!(next(), "STOPPING=1\n");
     std::fs::remove_file(socket_path).ok();
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn after_kill_9_the_pinned_program_serves_and_the_successor_adopts_it() {
+    require_root("the restart test");
+    let topo = Topology::build(2);
+    let _servers: Vec<EchoServer> = (1..=2)
+        .map(|i| {
+            EchoServer::start_greeting(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+                Some(format!("be{i}\n")),
+            )
+        })
+        .collect();
+    let path: PathBuf = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    write(&path, &config_text(&topo, &[1, 2], ""));
+    let pinned = understudy::config::pin_dir(topo.lb.name());
+    let first = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    assert!(pinned.join("FLOWS").exists() && pinned.join("link-lb-client").exists());
+
+    let streams = open_streams(&topo.client, vip(), 12);
+    let load =
+        understudy_testbed::traffic::Load::start(&topo.client, vip(), Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rounds(&streams);
+    let started = Instant::now();
+
+    // SIGKILL: no cleanup. The pinned program keeps balancing with the pinned maps.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        pinned.join("FLOWS").exists(),
+        "the pinned state went with the daemon"
+    );
+    assert_going(&streams, "be1", &before, "with no daemon");
+    assert_going(&streams, "be2", &before, "with no daemon");
+
+    let second = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    let log = second.output();
+    assert!(log.contains("adopting the pinned state"), "{log}");
+    assert!(log.contains("mode=\"adopted\""), "{log}");
+    std::thread::sleep(Duration::from_millis(700));
+    let during: Vec<Result<String, String>> = load.since(started - Duration::from_millis(300));
+    let failed: Vec<&String> = during.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(during.len() > 100, "only {} connections made", during.len());
+    assert!(
+        failed.is_empty(),
+        "{} connections failed across the restart: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let before = rounds(&streams);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_going(&streams, "be1", &before, "after the restart");
+    assert_going(&streams, "be2", &before, "after the restart");
+    let landed = landed(&topo.client, 60);
+    assert!(landed.iter().any(|n| n == "be1") && landed.iter().any(|n| n == "be2"));
+
+    load.finish();
+    close(&streams);
+    assert!(second.stop());
+    assert!(!pinned.exists(), "a clean stop leaves nothing pinned");
+    let (ok, stdout, _) = cli(&topo.lb, &["clean", "--instance", topo.lb.name()]);
+    assert!(ok && stdout.contains("nothing pinned"), "{stdout}");
+    drop(first);
     std::fs::remove_file(path).ok();
 }

@@ -119,10 +119,11 @@ fn e2e_config(topo: &Topology, interval: &str, passive: &str) -> PathBuf {
         .map(|i| format!("\"{i}\""))
         .collect();
     let mut text = format!(
-        "[dataplane]\ninterfaces = [{}]\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\n\
+        "[dataplane]\ninterfaces = [{}]\ninstance = \"{}\"\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\n\
          passive = {{ {passive} }}\n\n[service.health]\nkind = \"http\"\nport = 8081\n\
          interval = \"{interval}\"\ntimeout = \"40ms\"\njitter = 0.0\nrise = 2\nfall = 2\n",
-        interfaces.join(", ")
+        interfaces.join(", "),
+        topo.lb.name()
     );
     for i in 1..=topo.backends.len() {
         text.push_str(&format!(

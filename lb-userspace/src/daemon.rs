@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use crate::{
     admin::{AdminState, serve},
     config::{Config, kind_name, protocol_name},
-    dataplane::{Dataplane, attach},
+    dataplane::{Dataplane, attach, resolve},
     failover::{Control, Writer},
     health::{Board, Update, new_board, probe::Prober, task::BackendTask},
     passive::{Router, forward_events},
@@ -137,17 +137,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(why) = privileges::check() {
         bail!(why);
     }
-    let plan = plan(&config);
-    let mut dp = Dataplane::load().context("loading the XDP program")?;
+    // Interfaces first: a bad one is reported before anything is loaded or pinned.
+    resolve(&config)?;
+    let mut plan = plan(&config);
+    let pin_dir = config.pin_dir();
+    let (mut dp, adopted) = Dataplane::load_pinned(&pin_dir).with_context(|| {
+        format!(
+            "loading the XDP program (pinned under {})",
+            pin_dir.display()
+        )
+    })?;
+    let healthy = if adopted {
+        info!(dir = %pin_dir.display(), "adopting the pinned state a previous daemon left");
+        adopt(&mut dp, &mut plan)?
+    } else {
+        plan.services
+            .iter()
+            .map(|s| vec![s.initially_healthy; s.members.len()])
+            .collect()
+    };
+    let mut health_by_id = vec![None; plan.backends.len()];
+    for (s, h) in plan.services.iter().zip(&healthy) {
+        for (&id, &up) in s.backend_ids.iter().zip(h) {
+            health_by_id[id as usize] = Some(up);
+        }
+    }
     if let Some(logger) = dp.take_logger() {
         spawn_logger(logger)?;
     }
     let events = dp
         .take_events()
         .context("opening the passive-detection ring buffer")?;
-    let mut writer = Writer::new(dp, plan.clone());
-    writer.install().context("writing the data-plane maps")?;
-    let attachments = attach(writer.dataplane_mut(), &config)?;
+    let mut writer = Writer::with_health(dp, plan.clone(), healthy);
+    let started = writer
+        .install()
+        .context("writing the data-plane maps")
+        .and_then(|()| attach(writer.dataplane_mut(), &config).map_err(Into::into));
+    let attachments = match started {
+        Ok(a) => a,
+        Err(e) => {
+            // Nothing of a fresh instance may outlive a failed start; adopted state stays for
+            // the next attempt.
+            if !adopted {
+                writer.dataplane_mut().unpin();
+            }
+            return Err(e);
+        }
+    };
     for a in &attachments {
         info!(interface = %a.interface, ifindex = a.ifindex, mode = a.mode, "XDP attached");
     }
@@ -161,7 +197,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         updates,
         board: board.clone(),
     };
-    tasks.reconcile(&config, &plan, &[])?;
+    tasks.reconcile(&config, &plan, &health_by_id)?;
     for (svc, planned) in config.services.iter().zip(&plan.services) {
         info!(
             service = %svc.name,
@@ -219,10 +255,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     notify(&[NotifyState::Stopping]);
     let _ = stop.send(());
-    let writer = writer.await.context("the map writer failed")?;
-    info!("shutting down: detaching XDP");
+    let mut writer = writer.await.context("the map writer failed")?;
+    info!("shutting down: detaching XDP and removing the pinned state");
+    writer.dataplane_mut().unpin();
     drop(writer);
     Ok(())
+}
+
+/// Takes over pinned state: each backend that kept its id and address keeps its generation (so
+/// its `FLOWS` entries stay valid) and its health; an id now held by another backend gets a new
+/// generation. Service entries not in the config are removed. Returns the health to start from.
+fn adopt(dp: &mut Dataplane, plan: &mut Plan) -> anyhow::Result<Vec<Vec<bool>>> {
+    let mut healthy = Vec::new();
+    for si in 0..plan.services.len() {
+        let mut h = Vec::new();
+        for mi in 0..plan.services[si].backend_ids.len() {
+            let id = plan.services[si].backend_ids[mi] as usize;
+            let new = plan.backends[id];
+            let same = match dp.backend_entry(id as u32) {
+                Some(old) if old.family != 0 => {
+                    let same =
+                        old.addr == new.addr && old.port == new.port && old.family == new.family;
+                    plan.backends[id].generation = if same {
+                        old.generation
+                    } else {
+                        old.generation.wrapping_add(1)
+                    };
+                    same.then_some(old.state & lb_common::BACKEND_ALIVE != 0)
+                }
+                _ => None,
+            };
+            h.push(same.unwrap_or(plan.services[si].initially_healthy));
+        }
+        healthy.push(h);
+    }
+    let keys: Vec<_> = plan.services.iter().map(|s| s.key).collect();
+    dp.adopt_services(&keys)
+        .context("adopting the pinned services")?;
+    Ok(healthy)
 }
 
 /// Reloads counted for `/metrics`.

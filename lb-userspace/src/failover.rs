@@ -151,11 +151,17 @@ fn update_table(svc: &PlannedService, view: &mut View, next: Active) -> Vec<usiz
 impl Writer {
     /// A writer for `plan`, with each backend in its initial health.
     pub fn new(dp: Dataplane, plan: Plan) -> Writer {
-        let healthy: Vec<Vec<bool>> = plan
+        let healthy = plan
             .services
             .iter()
             .map(|s| vec![s.initially_healthy; s.members.len()])
             .collect();
+        Writer::with_health(dp, plan, healthy)
+    }
+
+    /// A writer for `plan` with the given health per service and member (as adopted from a
+    /// previous daemon's pinned state).
+    pub fn with_health(dp: Dataplane, plan: Plan, healthy: Vec<Vec<bool>>) -> Writer {
         let owner = owners(&plan);
         let alive = healthy.clone();
         let views = plan

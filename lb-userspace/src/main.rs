@@ -49,6 +49,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Remove an instance's pinned maps and links (detaching its XDP program): what a daemon
+    /// killed with SIGKILL leaves behind for its successor to adopt.
+    Clean {
+        /// The instance, as `[dataplane] instance` names it.
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
     /// Make the running daemon re-read its config file and apply the difference.
     Reload {
         #[command(flatten)]
@@ -226,6 +233,17 @@ fn main() -> ExitCode {
                 .map(|_| println!("{service} {backend}: {done}")),
             )
         }
+        Command::Clean { instance } => {
+            let dir = understudy::config::pin_dir(instance);
+            Some(if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map(|()| println!("removed {}", dir.display()))
+                    .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))
+            } else {
+                println!("nothing pinned at {}", dir.display());
+                Ok(())
+            })
+        }
         Command::Reload { admin } => Some(admin_call(admin, "POST", "/reload").map(|body| {
             println!("{}", body.trim());
         })),
@@ -265,7 +283,8 @@ fn main() -> ExitCode {
         Command::Status { .. }
         | Command::Drain { .. }
         | Command::Enable { .. }
-        | Command::Reload { .. } => {
+        | Command::Reload { .. }
+        | Command::Clean { .. } => {
             unreachable!("admin commands returned above")
         }
         Command::Run { .. } => {

@@ -79,13 +79,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         binary.display(),
         config.display()
     );
-    let mut daemon = unblocked(topo.lb.command(binary.to_str().context("binary path")?))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting understudy")?;
+    // nsenter --net, not ip netns exec: the daemon must see the host's /sys/fs/bpf to pin.
+    let mut daemon = unblocked(
+        topo.lb
+            .command_net_only(binary.to_str().context("binary path")?),
+    )
+    .args(["run", "--config"])
+    .arg(&config)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .context("starting understudy")?;
     let ready = relay_output(&mut daemon);
     guards.push(Guard(daemon));
     ready
@@ -131,7 +135,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     println!("\ndemo: `understudy status`, through the admin listener:");
     let status = topo
         .lb
-        .command(binary.to_str().context("binary path")?)
+        .command_net_only(binary.to_str().context("binary path")?)
         .arg("status")
         .output()
         .context("running understudy status")?;
@@ -147,7 +151,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         "\ndemo: running. Try it yourself in another terminal:\n  \
          ip netns exec {} curl http://{VIP_V4}/\n  \
          ip netns exec {} curl 'http://[{VIP_V6}]/'\n  \
-         ip netns exec {} {} status",
+         nsenter --net=/var/run/netns/{} {} status",
         topo.client.name(),
         topo.client.name(),
         topo.lb.name(),

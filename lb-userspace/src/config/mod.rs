@@ -53,7 +53,21 @@ pub struct Config {
     pub admin: Admin,
     pub interfaces: Vec<Interface>,
     pub xdp_mode: XdpMode,
+    /// Names the pinned state under `/sys/fs/bpf/understudy/<instance>`. Default "default".
+    pub instance: String,
     pub services: Vec<Service>,
+}
+
+impl Config {
+    /// Where this instance's maps and links are pinned.
+    pub fn pin_dir(&self) -> PathBuf {
+        pin_dir(&self.instance)
+    }
+}
+
+/// Where an instance's maps and links are pinned.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/understudy").join(instance)
 }
 
 /// An interface the XDP program is attached to, with where it was named (for later errors).
@@ -246,11 +260,32 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         services.push(service);
     }
+    let instance = match &dataplane.instance {
+        None => "default".to_string(),
+        Some(i) => {
+            let name = i.get_ref();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return Err(at.error(
+                    Some(i.span()),
+                    "dataplane.instance",
+                    format!("\"{name}\" is not a valid instance name"),
+                    "use 1 to 64 letters, digits, '-' or '_'",
+                ));
+            }
+            name.clone()
+        }
+    };
     Ok(Config {
         file: at.file.to_path_buf(),
         admin: validate_admin(at, raw.admin.as_ref())?,
         interfaces,
         xdp_mode: dataplane.xdp_mode,
+        instance,
         services,
     })
 }

@@ -24,6 +24,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawDataplane {
     pub interfaces: Spanned<Vec<Spanned<String>>>,
+    pub instance: Option<Spanned<String>>,
     #[serde(default)]
     pub xdp_mode: XdpMode,
 }

@@ -3,7 +3,10 @@
 
 use std::ffi::CString;
 
-use aya::programs::xdp::XdpMode as AyaMode;
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::{XdpLink, XdpMode as AyaMode},
+};
 
 use super::{Dataplane, XDP_PROGRAM, maps::DataplaneError};
 use crate::config::{Config, ConfigError, XdpMode};
@@ -13,7 +16,7 @@ use crate::config::{Config, ConfigError, XdpMode};
 pub struct Attachment {
     pub interface: String,
     pub ifindex: u32,
-    /// "native" or "generic".
+    /// "native", "generic", or "adopted" (a pinned link taken over from a previous daemon).
     pub mode: &'static str,
 }
 
@@ -24,6 +27,8 @@ pub enum AttachError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("XDP link of {interface}: {why}")]
+    Pin { interface: String, why: String },
     #[error("attaching XDP to {interface} in {mode} mode failed: {source}")]
     Attach {
         interface: String,
@@ -50,29 +55,67 @@ fn ifindex(name: &str) -> u32 {
     CString::new(name).map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) })
 }
 
-/// Resolves every configured interface, then attaches the program to each. Links stay owned by
-/// the program and go when the `Dataplane` is dropped.
-pub fn attach(dp: &mut Dataplane, config: &Config) -> Result<Vec<Attachment>, AttachError> {
+/// Every configured interface with its index, or the error naming the one this host lacks.
+pub fn resolve(config: &Config) -> Result<Vec<(String, u32)>, ConfigError> {
     let mut targets = Vec::new();
     for iface in &config.interfaces {
         let index = ifindex(&iface.name);
         if index == 0 {
-            return Err(config
-                .interface_error(
-                    iface,
-                    &format!("there is no interface \"{}\" on this host", iface.name),
-                    &format!(
-                        "use one of the interfaces `ip link` shows: {}",
-                        host_interfaces()
-                    ),
-                )
-                .into());
+            return Err(config.interface_error(
+                iface,
+                &format!("there is no interface \"{}\" on this host", iface.name),
+                &format!(
+                    "use one of the interfaces `ip link` shows: {}",
+                    host_interfaces()
+                ),
+            ));
         }
         targets.push((iface.name.clone(), index));
     }
+    Ok(targets)
+}
+
+/// Resolves every configured interface, then attaches the program to each (or takes over the
+/// links a previous daemon pinned). Links stay owned by the program, or pinned, and go when the
+/// `Dataplane` is dropped or unpinned.
+pub fn attach(dp: &mut Dataplane, config: &Config) -> Result<Vec<Attachment>, AttachError> {
+    let targets = resolve(config)?;
+    let pin_dir = dp.pin_dir().map(std::path::Path::to_path_buf);
+    let mut pinned = Vec::new();
     let prog = dp.program(XDP_PROGRAM)?;
     let mut out = Vec::new();
     for (name, index) in targets {
+        // A link pinned by a previous daemon: swap the new program in, atomically; packets never
+        // see the interface without a program.
+        if let Some(dir) = &pin_dir {
+            let path = dir.join(format!("link-{name}"));
+            if path.exists() {
+                let adopted = PinnedLink::from_pin(&path)
+                    .map_err(|e| adopt_error(&name, e.to_string()))
+                    .and_then(|p| {
+                        XdpLink::try_from(FdLink::from(p))
+                            .map_err(|e| adopt_error(&name, e.to_string()))
+                    })
+                    .and_then(|link| {
+                        prog.attach_to_link(link)
+                            .map_err(|e| adopt_error(&name, e.to_string()))
+                    });
+                match adopted {
+                    Ok(_) => {
+                        out.push(Attachment {
+                            interface: name.clone(),
+                            ifindex: index,
+                            mode: "adopted",
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %name, error = %e, "cannot adopt the pinned link; attaching afresh");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
         let tries: &[(AyaMode, &'static str)] = match config.xdp_mode {
             XdpMode::Native => &[(AyaMode::Driver, "native")],
             XdpMode::Generic => &[(AyaMode::Skb, "generic")],
@@ -81,7 +124,21 @@ pub fn attach(dp: &mut Dataplane, config: &Config) -> Result<Vec<Attachment>, At
         let mut last = None;
         for &(mode, label) in tries {
             match prog.attach_to_if_index(index, mode) {
-                Ok(_) => {
+                Ok(id) => {
+                    if let Some(dir) = &pin_dir {
+                        let path = dir.join(format!("link-{name}"));
+                        let link = prog
+                            .take_link(id)
+                            .map_err(|e| e.to_string())
+                            .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()))
+                            .map_err(|why| adopt_error(&name, why))?;
+                        pinned.push(link.pin(&path).map_err(|e| {
+                            adopt_error(
+                                &name,
+                                format!("pinning the link at {}: {e}", path.display()),
+                            )
+                        })?);
+                    }
                     out.push(Attachment {
                         interface: name.clone(),
                         ifindex: index,
@@ -104,5 +161,13 @@ pub fn attach(dp: &mut Dataplane, config: &Config) -> Result<Vec<Attachment>, At
             return Err(e);
         }
     }
+    dp.pinned_links.extend(pinned);
     Ok(out)
+}
+
+fn adopt_error(interface: &str, why: String) -> AttachError {
+    AttachError::Pin {
+        interface: interface.to_string(),
+        why,
+    }
 }

@@ -40,6 +40,8 @@ pub enum DataplaneError {
     },
     #[error("memory-mapping RINGS failed")]
     Mmap(#[source] std::io::Error),
+    #[error("cannot pin under {dir}: {why}")]
+    Pin { dir: String, why: String },
     #[error("service {service}: ring of {len} entries is larger than {MAX_RING_SIZE}")]
     RingTooLarge { service: String, len: usize },
 }
@@ -56,7 +58,24 @@ pub struct Dataplane {
     pub(super) backend_stats: PerCpuArray<MapData, Traffic>,
     /// What `SERVICES` holds now, to know each service's idle slot.
     installed: StdHashMap<ServiceKey, ServiceInfo>,
+    /// Where maps and links are pinned, when they are.
+    pin_dir: Option<std::path::PathBuf>,
+    /// Links this process pinned (holding their fds).
+    pub(super) pinned_links: Vec<aya::programs::links::PinnedLink>,
 }
+
+/// Maps that outlive the daemon when pinned: everything with state worth keeping.
+const PERSISTENT_MAPS: &[&str] = &[
+    "SERVICES",
+    "BACKENDS",
+    "RINGS",
+    "FLOWS",
+    "NAT_REPLIES",
+    "SERVICE_STATS",
+    "BACKEND_STATS",
+    "COUNTERS",
+    "EVENTS",
+];
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
     ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
@@ -73,9 +92,40 @@ impl Dataplane {
     /// Loads the embedded object into the kernel (maps created, programs verified on first use).
     /// Nothing is attached.
     pub fn load() -> Result<Dataplane, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .load(EBPF_OBJECT)
-            .map_err(DataplaneError::Load)?;
+        Dataplane::open(None)
+    }
+
+    /// Loads with the persistent maps pinned in `dir`, reusing those already there (left by a
+    /// daemon that was killed): then `FLOWS` and every other table survive the restart. Returns
+    /// whether pinned state was adopted.
+    pub fn load_pinned(dir: &std::path::Path) -> Result<(Dataplane, bool), DataplaneError> {
+        let pin_error = |why: String| DataplaneError::Pin {
+            dir: dir.display().to_string(),
+            why,
+        };
+        let root = std::path::Path::new("/sys/fs/bpf");
+        if dir.starts_with(root) && !is_bpffs(root) {
+            return Err(pin_error(
+                "/sys/fs/bpf is not a bpf filesystem in this mount namespace; mount it \
+                 (`mount -t bpf bpf /sys/fs/bpf`, which `cargo xtask setup` does), and run the daemon \
+                 with `nsenter --net=/var/run/netns/NAME` rather than `ip netns exec`, which \
+                 remounts /sys and hides it"
+                    .into(),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| pin_error(e.to_string()))?;
+        let adopted = dir.join("FLOWS").exists();
+        Ok((Dataplane::open(Some(dir))?, adopted))
+    }
+
+    fn open(pin: Option<&std::path::Path>) -> Result<Dataplane, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pin {
+            for name in PERSISTENT_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         // The logger owns the log ring buffer; it must outlive the programs' use of it.
         let logger = EbpfLogger::init(&mut ebpf).ok();
         // RINGS stays reachable through its memory mapping only.
@@ -94,9 +144,49 @@ impl Dataplane {
             logger,
             ebpf,
             installed: StdHashMap::new(),
+            pin_dir: pin.map(std::path::Path::to_path_buf),
+            pinned_links: Vec::new(),
         };
         dp.program(XDP_PROGRAM)?;
         Ok(dp)
+    }
+
+    /// Where maps and links are pinned, if they are.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// A backend entry as the kernel holds it (after adoption: as the previous daemon left it).
+    pub fn backend_entry(&self, id: u32) -> Option<BackendInfo> {
+        self.backends.get(&id, 0).ok()
+    }
+
+    /// Takes over the service entries a previous daemon left: their active slots are kept, and
+    /// entries not in `keep` are removed (their VIPs no longer balanced).
+    pub fn adopt_services(&mut self, keep: &[ServiceKey]) -> Result<(), DataplaneError> {
+        let found: Vec<(ServiceKey, ServiceInfo)> =
+            self.services.iter().filter_map(Result::ok).collect();
+        for (key, info) in found {
+            if keep.contains(&key) {
+                self.installed.insert(key, info);
+            } else {
+                self.services
+                    .remove(&key)
+                    .map_err(|source| DataplaneError::Map {
+                        name: "SERVICES",
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches every pinned link and removes the pinned maps: nothing of this instance stays.
+    pub fn unpin(&mut self) {
+        self.pinned_links.clear();
+        if let Some(dir) = self.pin_dir.take() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     /// The passive-detection ring buffer, for the daemon's event reader.
@@ -258,6 +348,16 @@ impl Dataplane {
         self.installed.insert(svc.key, info);
         Ok(())
     }
+}
+
+/// Whether `path` is the root of a bpf filesystem.
+fn is_bpffs(path: &std::path::Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
 fn map_rings(map: &MapData) -> Result<MmapMut, DataplaneError> {

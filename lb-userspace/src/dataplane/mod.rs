@@ -5,7 +5,7 @@ mod attach;
 mod maps;
 mod stats;
 
-pub use attach::{Attachment, attach};
+pub use attach::{Attachment, attach, resolve};
 pub use maps::{Dataplane, DataplaneError};
 pub use stats::{CounterSnapshot, TrafficSnapshot};
 

@@ -30,7 +30,7 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Daemon {
         let mut child = ns
-            .command(binary.to_str().expect("utf-8 path"))
+            .command_net_only(binary.to_str().expect("utf-8 path"))
             .args(["run", "--config"])
             .arg(config)
             .env("NO_COLOR", "1")

@@ -73,6 +73,16 @@ impl Netns {
         c
     }
 
+    /// A command that joins only this network namespace (`nsenter --net`). Unlike `ip netns
+    /// exec` it keeps the host's mounts, so `/sys/fs/bpf` and its pins stay visible: daemons that
+    /// pin their state run this way.
+    pub fn command_net_only(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg(program);
+        c
+    }
+
     /// Starts a long-running process inside the namespace.
     pub fn spawn(&self, program: &str, args: &[&str]) -> Child {
         self.command(program)

@@ -132,6 +132,21 @@ impl Topology {
         v
     }
 
+    /// The `[dataplane]` section for a daemon in this topology: its interfaces, and an instance
+    /// named after the balancer's namespace, so parallel daemons never share pinned state.
+    pub fn dataplane_toml(&self) -> String {
+        let interfaces: Vec<String> = self
+            .lb_interfaces()
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect();
+        format!(
+            "[dataplane]\ninterfaces = [{}]\ninstance = \"{}\"\n",
+            interfaces.join(", "),
+            self.lb.name()
+        )
+    }
+
     pub fn vip(&self, v6: bool) -> IpAddr {
         if v6 { VIP_V6.into() } else { VIP_V4.into() }
     }

@@ -136,6 +136,15 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
         packets >= 5.0 * sent as f64,
         "only {packets} packets to the VIP counted"
     );
+    // Every connection left one FLOWS entry (the LRU is far from full).
+    assert_eq!(
+        value("understudy_flows_tracked", &[]),
+        sent as f64,
+        "{body}\n{}",
+        daemon.output()
+    );
+    assert_eq!(value("understudy_backend_flows_tracked", &[]), sent as f64);
+    assert_eq!(value("understudy_flows_capacity", &[]), 262_144.0);
     assert_eq!(value("understudy_backend_healthy", &[]), 2.0);
     assert_eq!(value("understudy_backend_active", &[]), 2.0);
     assert!(

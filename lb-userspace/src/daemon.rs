@@ -223,6 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             reload: reload_tx,
             reloads: reloads.clone(),
             board,
+            pin_dir: Some(pin_dir.clone()),
             latency: writer.prometheus_latency(),
             token: config.admin.token.clone(),
         });

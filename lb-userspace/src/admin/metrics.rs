@@ -8,7 +8,36 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use std::{collections::HashMap, path::Path};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use lb_common::{FLOWS_CAPACITY, FlowKey, FlowValue};
+
 use crate::{daemon::Reloads, status::Snapshot};
+
+/// `FLOWS` entries in total and per backend id.
+pub struct FlowCount {
+    pub total: u64,
+    pub per_backend: HashMap<u32, u64>,
+}
+
+/// Counts the pinned `FLOWS` map (an LRU: entries are tracked flows, not necessarily open
+/// connections).
+pub fn count_flows(pin_dir: &Path) -> Result<FlowCount, String> {
+    let path = pin_dir.join("FLOWS");
+    let data = MapData::from_pin(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let flows: BpfHashMap<_, FlowKey, FlowValue> =
+        BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| e.to_string())?;
+    let mut count = FlowCount {
+        total: 0,
+        per_backend: HashMap::new(),
+    };
+    for (_, v) in flows.iter().filter_map(Result::ok) {
+        count.total += 1;
+        *count.per_backend.entry(v.backend).or_default() += 1;
+    }
+    Ok(count)
+}
 
 type Labels = Vec<(String, String)>;
 
@@ -30,44 +59,51 @@ fn set(f: &Family<Labels, Counter>, labels: Labels, value: u64) {
         .store(value, std::sync::atomic::Ordering::Relaxed);
 }
 
-pub fn render(s: &Snapshot, latency: &Histogram, reloads: &Reloads) -> String {
+pub fn render(
+    s: &Snapshot,
+    latency: &Histogram,
+    reloads: &Reloads,
+    flows: Option<&FlowCount>,
+) -> String {
+    // prometheus-client adds the final period to each help text.
     let mut r = Registry::with_prefix("understudy");
-    let svc_packets = counter(&mut r, "service_packets", "Packets to the service's VIP.");
-    let svc_bytes = counter(&mut r, "service_bytes", "Bytes to the service's VIP.");
-    let svc_flows = counter(&mut r, "service_new_flows", "Flows pinned to a backend.");
+    let svc_packets = counter(&mut r, "service_packets", "Packets to the service's VIP");
+    let svc_bytes = counter(&mut r, "service_bytes", "Bytes to the service's VIP");
+    let svc_flows = counter(&mut r, "service_new_flows", "Flows pinned to a backend");
     let tier = gauge(
         &mut r,
         "service_tier_in_use",
-        "Highest tier taking new flows (-1: none).",
+        "Highest tier taking new flows (-1: none)",
     );
-    let be_packets = counter(
+    let be_packets = counter(&mut r, "backend_packets", "Packets to and from the backend");
+    let be_bytes = counter(&mut r, "backend_bytes", "Bytes to and from the backend");
+    let be_flows = counter(&mut r, "backend_new_flows", "Flows pinned to the backend");
+    let be_tracked = gauge(
         &mut r,
-        "backend_packets",
-        "Packets to and from the backend.",
+        "backend_flows_tracked",
+        "FLOWS entries pinned to the backend",
     );
-    let be_bytes = counter(&mut r, "backend_bytes", "Bytes to and from the backend.");
-    let be_flows = counter(&mut r, "backend_new_flows", "Flows pinned to the backend.");
     let healthy = gauge(
         &mut r,
         "backend_healthy",
-        "1 if checks and passive detection say up.",
+        "1 if checks and passive detection say up",
     );
-    let draining = gauge(&mut r, "backend_draining", "1 if drained by the operator.");
-    let active = gauge(
-        &mut r,
-        "backend_active",
-        "1 if the backend takes new flows.",
-    );
-    let datapath = counter(&mut r, "datapath_packets", "XDP outcomes by reason.");
-    let changes = counter(
-        &mut r,
+    let draining = gauge(&mut r, "backend_draining", "1 if drained by the operator");
+    let active = gauge(&mut r, "backend_active", "1 if the backend takes new flows");
+    let datapath = counter(&mut r, "datapath_packets", "XDP outcomes by reason");
+    let reload = counter(&mut r, "reloads", "Config reloads by result");
+    // Unlabelled metrics are plain metrics: an empty label set would print as `name{}`.
+    let changes = Counter::<u64>::default();
+    r.register(
         "health_changes",
-        "Health and drain changes applied.",
+        "Health and drain changes applied",
+        changes.clone(),
     );
-    let reload = counter(&mut r, "reloads", "Config reloads by result.");
+    let capacity = Gauge::<i64>::default();
+    r.register("flows_capacity", "Capacity of FLOWS", capacity.clone());
     r.register(
         "decision_to_visible_seconds",
-        "Health decision to kernel-visible maps.",
+        "Health decision to kernel-visible maps",
         latency.clone(),
     );
 
@@ -86,6 +122,10 @@ pub fn render(s: &Snapshot, latency: &Histogram, reloads: &Reloads) -> String {
             set(&be_packets, l.clone(), b.traffic.packets);
             set(&be_bytes, l.clone(), b.traffic.bytes);
             set(&be_flows, l.clone(), b.traffic.new_flows);
+            if let Some(f) = flows {
+                let n = f.per_backend.get(&b.id).copied().unwrap_or(0);
+                be_tracked.get_or_create(&l).set(n as i64);
+            }
             healthy.get_or_create(&l).set(i64::from(b.healthy));
             draining.get_or_create(&l).set(i64::from(b.draining));
             active.get_or_create(&l).set(i64::from(b.active));
@@ -94,10 +134,22 @@ pub fn render(s: &Snapshot, latency: &Histogram, reloads: &Reloads) -> String {
     for (reason, v) in &s.datapath {
         set(&datapath, vec![("reason".to_string(), reason.clone())], *v);
     }
-    set(&changes, Vec::new(), s.changes);
     for (result, n) in [("ok", &reloads.ok), ("error", &reloads.failed)] {
         let v = n.load(std::sync::atomic::Ordering::Relaxed);
         set(&reload, vec![("result".to_string(), result.to_string())], v);
+    }
+    changes
+        .inner()
+        .store(s.changes, std::sync::atomic::Ordering::Relaxed);
+    capacity.set(i64::from(FLOWS_CAPACITY));
+    if let Some(f) = flows {
+        let tracked = Gauge::<i64>::default();
+        tracked.set(f.total as i64);
+        r.register(
+            "flows_tracked",
+            "Entries in FLOWS (tracked client flows)",
+            tracked,
+        );
     }
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");

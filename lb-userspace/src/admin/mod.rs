@@ -36,6 +36,8 @@ pub struct AdminState {
     pub reloads: Arc<Reloads>,
     /// Every backend's last probe.
     pub board: Board,
+    /// Where the maps are pinned: `/metrics` opens `FLOWS` there to count it.
+    pub pin_dir: Option<std::path::PathBuf>,
     pub latency: Histogram,
     pub token: Option<String>,
 }
@@ -147,11 +149,25 @@ async fn handle(
             None => unavailable(),
         },
         (&Method::GET, "/metrics") => match snapshot(&state).await {
-            Some(s) => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&s, &state.latency, &state.reloads),
-            ),
+            Some(s) => {
+                // Walking FLOWS takes up to a few hundred ms when full: never on the writer,
+                // never on the async workers.
+                let dir = state.pin_dir.clone();
+                let flows =
+                    tokio::task::spawn_blocking(move || dir.map(|d| metrics::count_flows(&d)))
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|r| {
+                            r.map_err(|e| warn!(error = %e, "counting FLOWS failed"))
+                                .ok()
+                        });
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics::render(&s, &state.latency, &state.reloads, flows.as_ref()),
+                )
+            }
             None => unavailable(),
         },
         (&Method::GET, "/status") => match snapshot(&state).await {

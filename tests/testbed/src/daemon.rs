@@ -13,6 +13,9 @@ use crate::Netns;
 pub struct Daemon {
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The instance's pinned state (named after the namespace, see `Topology::dataplane_toml`),
+    /// removed when a failed test drops the daemon after killing it.
+    pins: std::path::PathBuf,
 }
 
 impl Daemon {
@@ -59,6 +62,7 @@ impl Daemon {
         let mut d = Daemon {
             child: Some(child),
             log,
+            pins: Path::new("/sys/fs/bpf/understudy").join(ns.name()),
         };
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let status = d.child.as_mut().unwrap().try_wait().ok().flatten();
@@ -101,6 +105,8 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // Killed, it left its pins (as a crashed daemon should): a test must not.
+            let _ = std::fs::remove_dir_all(&self.pins);
         }
     }
 }

@@ -147,6 +147,19 @@ impl Netns {
     /// Deletes namespaces this crate made for processes that no longer exist (a run killed with
     /// SIGKILL cannot clean up after itself).
     pub fn remove_stale() {
+        // Pinned state of test daemons whose process is gone (named like their namespace).
+        if let Ok(dirs) = std::fs::read_dir("/sys/fs/bpf/understudy") {
+            for d in dirs.filter_map(Result::ok) {
+                let name = d.file_name().to_string_lossy().into_owned();
+                let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+                if name.starts_with("us-")
+                    && pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+                {
+                    eprintln!("removing stale pins {name}");
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
         let list = run("ip", &["netns", "list"]);
         for line in String::from_utf8_lossy(&list.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");

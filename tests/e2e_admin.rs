@@ -1,18 +1,21 @@
 //! End to end, operations: the admin listener's metrics against real traffic, its token, and
 //! draining through the `understudy` CLI while long-lived streams run.
 
+#[path = "common.rs"]
+mod common;
+
 use std::{
     collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::atomic::Ordering, time::Duration,
 };
 
-use understudy::{admin::client::request, status::Snapshot};
+use common::{BIN, admin, cli};
+use understudy::status::Snapshot;
 use understudy_testbed::{
-    Daemon, EchoServer, Netns, Topology, echo_roundtrip, require_root,
+    Daemon, EchoServer, Topology, echo_roundtrip, require_root,
     traffic::{close, open_streams, rounds, short_connection},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_understudy");
-const ADMIN: &str = "127.0.0.1:9180";
+const ADMIN: &str = understudy::config::DEFAULT_ADMIN_LISTEN;
 const TOKEN: &str = "s3cret-token";
 
 fn vip() -> SocketAddr {
@@ -20,38 +23,8 @@ fn vip() -> SocketAddr {
 }
 
 fn write_config(topo: &Topology, admin: &str) -> PathBuf {
-    let interfaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let mut text = format!(
-        "[dataplane]\ninterfaces = [{}]\ninstance = \"{}\"\n\n{admin}\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
-        interfaces.join(", "),
-        topo.lb.name()
-    );
-    for i in 1..=topo.backends.len() {
-        text.push_str(&format!(
-            "\n[[service.backend]]\naddress = \"{}:8080\"\n",
-            topo.backend_addr(i, false)
-        ));
-    }
-    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// One admin request from inside the balancer's namespace (its loopback).
-fn get(lb: &Netns, token: Option<&str>, method: &str, path: &str) -> (u16, String) {
-    lb.enter(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(request(ADMIN.parse().unwrap(), token, method, path))
-    })
-    .map(|(s, b)| (s.as_u16(), b))
-    .expect("admin request")
+    let backends: Vec<(usize, &str)> = (1..=topo.backends.len()).map(|i| (i, "")).collect();
+    topo.echo_config(admin, "table_size = 1021", &backends)
 }
 
 #[test]
@@ -88,17 +61,17 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
     // The token is required on every endpoint, and a wrong one is refused.
     for path in ["/metrics", "/status"] {
         assert_eq!(
-            get(&topo.lb, None, "GET", path).0,
+            admin(&topo.lb, None, "GET", path).0,
             401,
             "{path} without a token"
         );
         assert_eq!(
-            get(&topo.lb, Some("wrong"), "GET", path).0,
+            admin(&topo.lb, Some("wrong"), "GET", path).0,
             401,
             "{path} with a wrong token"
         );
     }
-    let (code, body) = get(&topo.lb, Some(TOKEN), "GET", "/metrics");
+    let (code, body) = admin(&topo.lb, Some(TOKEN), "GET", "/metrics");
     assert_eq!(code, 200, "{body}");
 
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
@@ -158,7 +131,7 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
             .starts_with("understudy_decision_to_visible_seconds")
     }));
 
-    let (code, body) = get(&topo.lb, Some(TOKEN), "GET", "/status");
+    let (code, body) = admin(&topo.lb, Some(TOKEN), "GET", "/status");
     assert_eq!(code, 200);
     let status: Snapshot = serde_json::from_str(&body).expect("/status is the snapshot's JSON");
     assert_eq!(status.services[0].name, "echo");
@@ -178,19 +151,6 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
     std::fs::remove_file(token_file).ok();
-}
-
-fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
-    let out = lb
-        .command_net_only(BIN)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

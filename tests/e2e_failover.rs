@@ -26,45 +26,14 @@ fn vip() -> SocketAddr {
 }
 
 fn write_config(topo: &Topology, interval: &str, passive: &str) -> PathBuf {
-    let interfaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let mut text = format!(
-        r#"[dataplane]
-interfaces = [{}]
-instance = "{}"
-xdp_mode = "native"
-
-[[service]]
-name = "echo"
-vip = "{VIP}"
-table_size = 1021
-passive = {{ {passive} }}
-
-[service.health]
-kind = "http"
-port = 8081
-path = "/"
-interval = "{interval}"
-timeout = "80ms"
-rise = 2
-fall = 2
-"#,
-        interfaces.join(", "),
-        topo.lb.name()
+    let service = format!(
+        "table_size = 1021\npassive = {{ {passive} }}\n\n[service.health]\nkind = \"http\"\n\
+         port = 8081\npath = \"/\"\ninterval = \"{interval}\"\ntimeout = \"80ms\"\nrise = 2\nfall = 2"
     );
-    for i in 1..=topo.backends.len() {
-        let tier = if i == 3 { 1 } else { 0 };
-        text.push_str(&format!(
-            "\n[[service.backend]]\naddress = \"{}:8080\"\ntier = {tier}\n",
-            topo.backend_addr(i, false)
-        ));
-    }
-    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
-    std::fs::write(&path, text).unwrap();
-    path
+    let backends: Vec<(usize, &str)> = (1..=topo.backends.len())
+        .map(|i| (i, if i == 3 { "tier = 1" } else { "tier = 0" }))
+        .collect();
+    topo.echo_config("", &service, &backends)
 }
 
 fn web_root(topo: &Topology) -> PathBuf {

@@ -2,6 +2,9 @@
 //! with SIGHUP under long-lived streams, and invalid reloads refused through the CLI while the
 //! running config stays.
 
+#[path = "common.rs"]
+mod common;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -9,49 +12,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{BIN, admin, cli};
 use understudy::status::Snapshot;
 use understudy_testbed::{
     Daemon, EchoServer, Netns, Topology, require_root,
     traffic::{Stream, close, open_streams, rounds, short_connection},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_understudy");
-
 fn vip() -> SocketAddr {
     "10.0.0.10:80".parse().unwrap()
 }
 
 fn config_text(topo: &Topology, backends: &[usize], extra: &str) -> String {
-    let interfaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let mut text = format!(
-        "[dataplane]\ninterfaces = [{}]\ninstance = \"{}\"\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\ntable_size = 1021\n",
-        interfaces.join(", "),
-        topo.lb.name()
-    );
-    for &i in backends {
-        text.push_str(&format!(
-            "\n[[service.backend]]\naddress = \"{}:8080\"\n{extra}",
-            topo.backend_addr(i, false)
-        ));
-    }
-    text
-}
-
-fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
-    let out = lb
-        .command_net_only(BIN)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let backends: Vec<(usize, &str)> = backends.iter().map(|&i| (i, extra)).collect();
+    let path = topo.echo_config("", "table_size = 1021", &backends);
+    std::fs::read_to_string(path).expect("read the config back")
 }
 
 fn landed(client: &Netns, n: usize) -> Vec<String> {
@@ -164,20 +139,7 @@ fn a_reload_adds_and_removes_backends_without_breaking_streams_and_refuses_bad_c
     assert!(ok, "{stderr}");
     assert!(stdout.contains("1 services, 2 backends"), "{stdout}");
 
-    let metrics = topo.lb.enter(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(understudy::admin::client::request(
-                "127.0.0.1:9180".parse().unwrap(),
-                None,
-                "GET",
-                "/metrics",
-            ))
-            .unwrap()
-            .1
-    });
+    let (_, metrics) = admin(&topo.lb, None, "GET", "/metrics");
     assert!(
         metrics.contains("understudy_reloads_total{result=\"ok\"} 2"),
         "{metrics}"

@@ -113,27 +113,12 @@ fn disruption() -> (f64, f64, f64) {
 }
 
 fn e2e_config(topo: &Topology, interval: &str, passive: &str) -> PathBuf {
-    let interfaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let mut text = format!(
-        "[dataplane]\ninterfaces = [{}]\ninstance = \"{}\"\n\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\n\
-         passive = {{ {passive} }}\n\n[service.health]\nkind = \"http\"\nport = 8081\n\
-         interval = \"{interval}\"\ntimeout = \"40ms\"\njitter = 0.0\nrise = 2\nfall = 2\n",
-        interfaces.join(", "),
-        topo.lb.name()
+    let service = format!(
+        "passive = {{ {passive} }}\n\n[service.health]\nkind = \"http\"\nport = 8081\n\
+         interval = \"{interval}\"\ntimeout = \"40ms\"\njitter = 0.0\nrise = 2\nfall = 2"
     );
-    for i in 1..=topo.backends.len() {
-        text.push_str(&format!(
-            "\n[[service.backend]]\naddress = \"{}:8080\"\n",
-            topo.backend_addr(i, false)
-        ));
-    }
-    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
-    std::fs::write(&path, text).unwrap();
-    path
+    let backends: Vec<(usize, &str)> = (1..=topo.backends.len()).map(|i| (i, "")).collect();
+    topo.echo_config("", &service, &backends)
 }
 
 /// Kills backend 1 (`whole`: the host; else only its traffic port) under load, `runs` times,

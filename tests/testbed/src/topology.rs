@@ -9,7 +9,10 @@
 //! ```
 //! IPv6 mirrors it: fd00:1::/64 for the client, fd00:1I::/64 for backend I.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use crate::Netns;
 
@@ -145,6 +148,31 @@ impl Topology {
             interfaces.join(", "),
             self.lb.name()
         )
+    }
+
+    /// A whole config for one service "echo" on the IPv4 VIP, port 80: `[dataplane]` as above,
+    /// then `sections` (such as an `[admin]` table), the service with `service` lines (which may
+    /// end with its `[service.health]` table), and the backends `(index, extra lines)`, each on
+    /// port 8080. Written to a file named after the namespace, whose path it returns.
+    pub fn echo_config(
+        &self,
+        sections: &str,
+        service: &str,
+        backends: &[(usize, &str)],
+    ) -> PathBuf {
+        let mut text = format!(
+            "{}\n{sections}\n\n[[service]]\nname = \"echo\"\nvip = \"{VIP_V4}:80\"\n{service}\n",
+            self.dataplane_toml()
+        );
+        for (i, extra) in backends {
+            text.push_str(&format!(
+                "\n[[service.backend]]\naddress = \"{}:8080\"\n{extra}\n",
+                backend_v4(*i)
+            ));
+        }
+        let path = std::env::temp_dir().join(format!("{}.toml", self.lb.name()));
+        std::fs::write(&path, text).expect("write the config");
+        path
     }
 
     pub fn vip(&self, v6: bool) -> IpAddr {

@@ -2,7 +2,9 @@
 //! namespace (`nsenter --net`, so pinned state under /sys/fs/bpf stays visible).
 #![allow(dead_code)]
 
-use understudy_testbed::Netns;
+use std::net::SocketAddr;
+
+use understudy_testbed::{EchoServer, Netns, Topology};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
@@ -36,4 +38,18 @@ pub fn admin(lb: &Netns, token: Option<&str>, method: &str, path: &str) -> (u16,
     })
     .map(|(s, b)| (s.as_u16(), b))
     .expect("admin request")
+}
+
+/// An echo server on port 8080 of every backend, greeting each connection with "beI\n", so a
+/// client knows where it landed.
+pub fn named_echo_servers(topo: &Topology) -> Vec<EchoServer> {
+    (1..=topo.backends.len())
+        .map(|i| {
+            EchoServer::start_greeting(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+                Some(format!("be{i}\n")),
+            )
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::atomic::Ordering, time::Duration,
 };
 
-use common::{BIN, admin, cli};
+use common::{BIN, admin, cli, named_echo_servers};
 use understudy::status::Snapshot;
 use understudy_testbed::{
     Daemon, EchoServer, Topology, echo_roundtrip, require_root,
@@ -157,15 +157,7 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
 fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
     require_root("the drain test");
     let topo = Topology::build(2);
-    let _servers: Vec<EchoServer> = (1..=2)
-        .map(|i| {
-            EchoServer::start_greeting(
-                &topo.backends[i - 1],
-                SocketAddr::new(topo.backend_addr(i, false), 8080),
-                Some(format!("be{i}\n")),
-            )
-        })
-        .collect();
+    let _servers = named_echo_servers(&topo);
     let config = write_config(&topo, "");
     let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
     let streams = open_streams(&topo.client, vip(), 16);

@@ -12,10 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BIN, admin, cli};
+use common::{BIN, admin, cli, named_echo_servers};
 use understudy::status::Snapshot;
 use understudy_testbed::{
-    Daemon, EchoServer, Netns, Topology, require_root,
+    Daemon, Netns, Topology, require_root,
     traffic::{Stream, close, open_streams, rounds, short_connection},
 };
 
@@ -23,10 +23,11 @@ fn vip() -> SocketAddr {
     "10.0.0.10:80".parse().unwrap()
 }
 
-fn config_text(topo: &Topology, backends: &[usize], extra: &str) -> String {
+/// Writes the config (the backends `backends`, each with `extra` lines) to the topology's config
+/// file and returns its path.
+fn config(topo: &Topology, backends: &[usize], extra: &str) -> PathBuf {
     let backends: Vec<(usize, &str)> = backends.iter().map(|&i| (i, extra)).collect();
-    let path = topo.echo_config("", "table_size = 1021", &backends);
-    std::fs::read_to_string(path).expect("read the config back")
+    topo.echo_config("", "table_size = 1021", &backends)
 }
 
 fn landed(client: &Netns, n: usize) -> Vec<String> {
@@ -61,22 +62,13 @@ fn write(path: &Path, text: &str) {
 fn a_reload_adds_and_removes_backends_without_breaking_streams_and_refuses_bad_configs() {
     require_root("the reload test");
     let topo = Topology::build(3);
-    let _servers: Vec<EchoServer> = (1..=3)
-        .map(|i| {
-            EchoServer::start_greeting(
-                &topo.backends[i - 1],
-                SocketAddr::new(topo.backend_addr(i, false), 8080),
-                Some(format!("be{i}\n")),
-            )
-        })
-        .collect();
-    let path: PathBuf = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
-    write(&path, &config_text(&topo, &[1, 2], ""));
+    let _servers = named_echo_servers(&topo);
+    let path = config(&topo, &[1, 2], "");
     let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &path);
     let streams = open_streams(&topo.client, vip(), 16);
 
     // 1. be1 out, be3 in, by SIGHUP.
-    write(&path, &config_text(&topo, &[2, 3], ""));
+    config(&topo, &[2, 3], "");
     let before = rounds(&streams);
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -100,7 +92,7 @@ fn a_reload_adds_and_removes_backends_without_breaking_streams_and_refuses_bad_c
 
     // 2. An invalid file is refused with its location, and nothing changes.
     let good = std::fs::read_to_string(&path).unwrap();
-    write(&path, &config_text(&topo, &[1, 2, 3], "weight = 0\n"));
+    config(&topo, &[1, 2, 3], "weight = 0\n");
     let before = rounds(&streams);
     let (ok, _, stderr) = cli(&topo.lb, &["reload"]);
     assert!(!ok, "an invalid reload was accepted");
@@ -159,8 +151,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
     use std::os::unix::net::UnixDatagram;
     require_root("the sd_notify test");
     let topo = Topology::build(1);
-    let path: PathBuf = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
-    write(&path, &config_text(&topo, &[1], ""));
+    let path = config(&topo, &[1], "");
     let socket_path = std::env::temp_dir().join(format!("{}.notify", topo.lb.name()));
     let _ = std::fs::remove_file(&socket_path);
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -198,17 +189,8 @@ fn systemd_hears_ready_reloading_and_stopping() {
 fn after_kill_9_the_pinned_program_serves_and_the_successor_adopts_it() {
     require_root("the restart test");
     let topo = Topology::build(2);
-    let _servers: Vec<EchoServer> = (1..=2)
-        .map(|i| {
-            EchoServer::start_greeting(
-                &topo.backends[i - 1],
-                SocketAddr::new(topo.backend_addr(i, false), 8080),
-                Some(format!("be{i}\n")),
-            )
-        })
-        .collect();
-    let path: PathBuf = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
-    write(&path, &config_text(&topo, &[1, 2], ""));
+    let _servers = named_echo_servers(&topo);
+    let path = config(&topo, &[1, 2], "");
     let pinned = understudy::config::pin_dir(topo.lb.name());
     let first = Daemon::start(&topo.lb, BIN.as_ref(), &path);
     assert!(pinned.join("FLOWS").exists() && pinned.join("link-lb-client").exists());

@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lb_common::EventKind;
 use sd_notify::NotifyState;
 use tokio::{
     io::unix::AsyncFd,
@@ -31,7 +30,8 @@ use crate::{
     dataplane::{Dataplane, attach, resolve},
     failover::{Control, Writer},
     health::{Board, Update, new_board, probe::Prober, task::BackendTask},
-    passive::{Router, forward_events},
+    l7::{listeners::Listeners, metrics::L7Metrics},
+    passive::{Router, Signal, forward_events, route_ejections},
     plan::{Plan, plan},
     privileges,
 };
@@ -51,7 +51,7 @@ struct Task {
     abort: tokio::task::AbortHandle,
     /// Everything the task was started from; a task whose fingerprint is unchanged is kept.
     fingerprint: String,
-    events: mpsc::Sender<EventKind>,
+    events: mpsc::Sender<Signal>,
 }
 
 impl Tasks {
@@ -66,6 +66,7 @@ impl Tasks {
         let mut router = Router {
             tasks: vec![None; plan.backends.len()],
             generations: plan.backends.iter().map(|b| b.generation).collect(),
+            addresses: vec![None; plan.backends.len()],
         };
         let mut keep = HashSet::new();
         for (svc, planned) in config.services.iter().zip(&plan.services) {
@@ -83,6 +84,7 @@ impl Tasks {
                     svc.passive
                 );
                 keep.insert(id);
+                router.addresses[id as usize] = Some(backend.address);
                 if let Some(t) = self.by_id.get(&id)
                     && t.fingerprint == fingerprint
                 {
@@ -209,7 +211,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "service ready"
         );
     }
-    tokio::spawn(forward_events(events, router));
+    tokio::spawn(forward_events(events, router.clone()));
+
+    // HTTP services: served here, on the health view the writer publishes.
+    let (ejections, ejections_rx) = mpsc::unbounded_channel();
+    tokio::spawn(route_ejections(ejections_rx, router));
+    let l7_metrics = L7Metrics::default();
+    let mut listeners = Listeners::new(writer.availability(), ejections, l7_metrics.clone());
+    match listeners.prepare(&config).await {
+        Ok(prepared) => listeners.commit(prepared),
+        Err(e) => {
+            if !adopted {
+                writer.dataplane_mut().unpin();
+            }
+            bail!(e);
+        }
+    }
 
     let (control, control_rx) = mpsc::channel(64);
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
@@ -226,6 +243,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             pin_dir: Some(pin_dir.clone()),
             latency: writer.prometheus_latency(),
             token: config.admin.token.clone(),
+            l7: l7_metrics,
         });
         tokio::spawn(serve(listener, state));
         info!(%listen, token = config.admin.token.is_some(), "admin listener ready");
@@ -246,10 +264,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                let _ = reload(&mut current, &control, &mut tasks, &reloads).await;
+                let _ = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads).await;
             }
             Some(reply) = reload_rx.recv() => {
-                let result = reload(&mut current, &control, &mut tasks, &reloads).await;
+                let result = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads).await;
                 let _ = reply.send(result);
             }
         }
@@ -309,6 +327,7 @@ async fn reload(
     current: &mut Config,
     control: &mpsc::Sender<Control>,
     tasks: &mut Tasks,
+    listeners: &mut Listeners,
     reloads: &Reloads,
 ) -> Result<String, String> {
     let mut reloading = vec![NotifyState::Reloading];
@@ -336,6 +355,7 @@ async fn reload(
                 config.file.display()
             ));
         }
+        let prepared = listeners.prepare(&config).await?;
         let (tx, rx) = oneshot::channel();
         control
             .send(Control::Reload {
@@ -350,6 +370,7 @@ async fn reload(
         tasks
             .reconcile(&config, &plan, &health)
             .map_err(|e| format!("{e:#}"))?;
+        listeners.commit(prepared);
         let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
         let summary = format!(
             "reloaded {}: {} services, {backends} backends",

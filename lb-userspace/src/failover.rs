@@ -29,6 +29,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError},
     fallback::{Active, active_set, derive, derive_slot, tier_activity},
     health::Update,
+    l7::availability::{Availability, MemberView, PoolView, new_availability},
     plan::{Plan, PlannedService},
     status::{self, BackendStatus, ServiceStatus, Snapshot},
 };
@@ -87,6 +88,8 @@ pub struct Writer {
     changes: u64,
     /// The last generation each backend id has had (see `plan::plan_update`).
     generations: Vec<u32>,
+    /// What the L7 proxy reads: the HTTP services' members, active and eligible.
+    availability: Availability,
 }
 
 /// One service's installed state.
@@ -196,6 +199,45 @@ impl Writer {
             last,
             changes: 0,
             generations,
+            availability: new_availability(),
+        }
+    }
+
+    /// The health view the L7 proxy reads, kept current by this writer.
+    pub fn availability(&self) -> Availability {
+        self.availability.clone()
+    }
+
+    /// Publishes an HTTP service's members as the fallback ordering sees them now.
+    fn publish(&self, si: usize) {
+        let svc = &self.plan.services[si];
+        if !svc.l7 {
+            return;
+        }
+        let active = match &self.views[si].active {
+            Active::Members(set) => set.clone(),
+            Active::Drop | Active::Reject => vec![false; svc.members.len()],
+        };
+        let members = (0..svc.members.len())
+            .map(|mi| MemberView {
+                address: svc.addresses[mi],
+                tier: svc.members[mi].tier,
+                weight: svc.members[mi].weight,
+                active: active[mi],
+                eligible: self.healthy[si][mi] && !svc.members[mi].drain,
+            })
+            .collect();
+        if let Ok(mut a) = self.availability.write() {
+            a.insert(svc.name.clone(), Arc::new(PoolView::new(members)));
+        }
+    }
+
+    fn publish_all(&self) {
+        if let Ok(mut a) = self.availability.write() {
+            a.retain(|name, _| self.plan.services.iter().any(|s| s.l7 && &s.name == name));
+        }
+        for si in 0..self.plan.services.len() {
+            self.publish(si);
         }
     }
 
@@ -233,6 +275,7 @@ impl Writer {
             self.dp.install_table(svc, &table)?;
             self.views[si].last_delta = Some(Vec::new());
         }
+        self.publish_all();
         Ok(())
     }
 
@@ -287,6 +330,7 @@ impl Writer {
                 self.set_alive(si, mi, false)?;
             }
         }
+        self.publish(si);
         Ok(())
     }
 
@@ -389,6 +433,7 @@ impl Writer {
         self.alive = alive;
         self.last = last;
         self.views = views;
+        self.publish_all();
         info!(services = self.plan.services.len(), "config reloaded");
         Ok((self.plan.clone(), health_by_id))
     }

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod failover;
 pub mod fallback;
 pub mod health;
+pub mod l7;
 pub mod maglev;
 pub mod passive;
 pub mod plan;

@@ -1,8 +1,10 @@
 //! Reads the kernel's passive-detection events (`EVENTS` ring buffer) and hands each one to the
 //! task of the backend it is about. Events about a backend id whose generation has since changed
-//! are dropped.
+//! are dropped. The L7 proxy's ejections arrive by backend address ([`route_ejections`]) and go
+//! to every backend task with that address, in whatever service: one health engine.
 
 use std::{
+    net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{Arc, RwLock},
 };
@@ -16,8 +18,38 @@ use tracing::{debug, warn};
 /// current generation. Replaced whole on reload.
 #[derive(Default)]
 pub struct Router {
-    pub tasks: Vec<Option<mpsc::Sender<EventKind>>>,
+    pub tasks: Vec<Option<mpsc::Sender<Signal>>>,
     pub generations: Vec<u32>,
+    /// `addresses[id]`: backend `id`'s address.
+    pub addresses: Vec<Option<SocketAddr>>,
+}
+
+/// Passive evidence about a backend, for its health task.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    /// From the kernel: counts towards `events_to_eject`.
+    Kernel(EventKind),
+    /// The L7 proxy's circuit opened: eject now.
+    Ejected(String),
+}
+
+/// Hands each L7 ejection to every health task of a backend with that address.
+pub async fn route_ejections(
+    mut ejections: mpsc::UnboundedReceiver<crate::l7::Ejection>,
+    router: Arc<RwLock<Router>>,
+) {
+    while let Some(e) = ejections.recv().await {
+        let Ok(r) = router.read() else {
+            return;
+        };
+        for (id, address) in r.addresses.iter().enumerate() {
+            if *address == Some(e.address)
+                && let Some(Some(tx)) = r.tasks.get(id)
+            {
+                let _ = tx.try_send(Signal::Ejected(e.reason.clone()));
+            }
+        }
+    }
 }
 
 /// Forwards events until the ring buffer fails.
@@ -57,7 +89,7 @@ pub async fn forward_events(ring: RingBuf<MapData>, router: Arc<RwLock<Router>>)
             }
             if let Some(Some(tx)) = router.tasks.get(id) {
                 debug!(backend = id, kind = kind.name(), "passive event");
-                let _ = tx.try_send(kind);
+                let _ = tx.try_send(Signal::Kernel(kind));
             }
         }
         guard.clear_ready();

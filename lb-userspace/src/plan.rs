@@ -51,6 +51,8 @@ pub struct PlannedService {
     pub on_all_down: OnAllDown,
     /// Each backend's health before its first check: up, unless it must pass one first.
     pub initially_healthy: bool,
+    /// Served by the L7 proxy: no `SERVICES` entry, the proxy reads the health view instead.
+    pub l7: bool,
 }
 
 impl PlannedService {
@@ -155,6 +157,7 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
         min_healthy: svc.min_healthy,
         on_all_down: svc.on_all_down,
         initially_healthy: svc.health.kind == CheckKind::None || !svc.wait_for_first_check,
+        l7: svc.http.is_some(),
     };
     planned.ring = planned.table_for(&vec![true; svc.backends.len()]);
     planned

@@ -64,6 +64,7 @@ pub fn render(
     latency: &Histogram,
     reloads: &Reloads,
     flows: Option<&FlowCount>,
+    l7: &crate::l7::metrics::L7Metrics,
 ) -> String {
     // prometheus-client adds the final period to each help text.
     let mut r = Registry::with_prefix("understudy");
@@ -151,6 +152,7 @@ pub fn render(
             tracked,
         );
     }
+    l7.register(&mut r);
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");
     out

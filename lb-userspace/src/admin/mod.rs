@@ -40,6 +40,8 @@ pub struct AdminState {
     pub pin_dir: Option<std::path::PathBuf>,
     pub latency: Histogram,
     pub token: Option<String>,
+    /// The HTTP proxy's request, attempt, budget and ejection counters.
+    pub l7: crate::l7::metrics::L7Metrics,
 }
 
 /// Serves admin requests on `listener` until the task is dropped.
@@ -165,7 +167,13 @@ async fn handle(
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    metrics::render(&s, &state.latency, &state.reloads, flows.as_ref()),
+                    metrics::render(
+                        &s,
+                        &state.latency,
+                        &state.reloads,
+                        flows.as_ref(),
+                        &state.l7,
+                    ),
                 )
             }
             None => unavailable(),

@@ -112,7 +112,7 @@ impl Default for Passive {
     }
 }
 
-fn duration(
+pub(super) fn duration(
     at: &Locator<'_>,
     value: &Option<Spanned<String>>,
     field: String,

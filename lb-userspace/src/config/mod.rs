@@ -3,6 +3,7 @@
 
 mod error;
 mod health;
+mod http;
 mod raw;
 
 use std::{
@@ -18,6 +19,7 @@ use toml::Spanned;
 
 pub use error::ConfigError;
 pub use health::{HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, kind_name};
+pub use http::{Certificate, CircuitPolicy, HttpService, RetryPolicy};
 pub use raw::{CheckKind, ForwardingMode, HashMode, OnAllDown, Protocol, XdpMode};
 
 use error::Locator;
@@ -95,6 +97,8 @@ pub struct Service {
     pub wait_for_first_check: bool,
     pub health: HealthCheck,
     pub passive: Passive,
+    /// The proxy's settings when `mode = "http"`.
+    pub http: Option<HttpService>,
     pub backends: Vec<Backend>,
 }
 
@@ -458,11 +462,51 @@ fn validate_service(
             "use kind = \"udp\" (or \"tcp\" against a TCP port given with `port`)",
         ));
     }
+    let http_sections = [
+        ("http", svc.http.as_ref().map(Spanned::span)),
+        ("tls", svc.tls.as_ref().map(Spanned::span)),
+        ("retry", svc.retry.as_ref().map(Spanned::span)),
+        ("circuit", svc.circuit.as_ref().map(Spanned::span)),
+    ];
+    let http = match svc.mode {
+        ForwardingMode::Http => {
+            if svc.protocol == Protocol::Udp {
+                return Err(at.error(
+                    Some(svc.vip.span()),
+                    f("protocol"),
+                    "an HTTP service over UDP",
+                    "remove protocol = \"udp\" (HTTP services are TCP), or use mode = \"nat\"",
+                ));
+            }
+            Some(http::validate_http(
+                at,
+                &format!("service[{i}]"),
+                http::RawSections {
+                    http: svc.http.as_ref(),
+                    tls: svc.tls.as_ref(),
+                    retry: svc.retry.as_ref(),
+                    circuit: svc.circuit.as_ref(),
+                },
+            )?)
+        }
+        ForwardingMode::Nat => {
+            if let Some((section, span)) = http_sections.iter().find(|(_, s)| s.is_some()) {
+                return Err(at.error(
+                    span.clone(),
+                    f(section),
+                    format!("[service.{section}] applies to HTTP services only"),
+                    "add mode = \"http\" to the service, or remove the section",
+                ));
+            }
+            None
+        }
+    };
     Ok(Service {
         name,
         vip,
         protocol: svc.protocol,
         mode: svc.mode,
+        http,
         hash: svc.hash,
         table_size,
         min_healthy,

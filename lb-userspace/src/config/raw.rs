@@ -61,6 +61,11 @@ pub struct RawService {
     pub wait_for_first_check: Option<bool>,
     pub health: Option<Spanned<RawHealth>>,
     pub passive: Option<Spanned<RawPassive>>,
+    /// `mode = "http"` only.
+    pub http: Option<Spanned<RawHttp>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub retry: Option<Spanned<RawRetry>>,
+    pub circuit: Option<Spanned<RawCircuit>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<RawBackend>>,
 }
@@ -149,7 +154,7 @@ pub enum Protocol {
     Udp,
 }
 
-/// How packets reach a backend. Only `nat` exists so far.
+/// How traffic reaches a backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ForwardingMode {
@@ -157,6 +162,57 @@ pub enum ForwardingMode {
     /// must route their replies through the balancer.
     #[default]
     Nat,
+    /// The daemon terminates HTTP (and TLS) on the VIP and proxies each request, with retries
+    /// over the fallback order and circuit breaking.
+    Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub attempt_header: Option<Spanned<String>>,
+    pub via: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_idle_per_backend: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<Spanned<u32>>,
+    pub per_try_timeout: Option<Spanned<String>>,
+    pub deadline: Option<Spanned<String>>,
+    pub on_status: Option<Spanned<Vec<Spanned<u16>>>>,
+    pub on_429: Option<bool>,
+    pub retry_after_cap: Option<Spanned<String>>,
+    pub budget_ratio: Option<Spanned<f64>>,
+    pub budget_min_per_second: Option<Spanned<u32>>,
+    pub non_idempotent: Option<bool>,
+    pub buffer: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuit {
+    pub max_requests: Option<Spanned<u32>>,
+    pub max_pending: Option<Spanned<u32>>,
+    pub consecutive_failures: Option<Spanned<u32>>,
+    pub base_ejection: Option<Spanned<String>>,
+    pub max_ejection: Option<Spanned<String>>,
 }
 
 /// What a new flow's position in the Maglev table is hashed from.

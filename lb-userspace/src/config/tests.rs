@@ -544,3 +544,90 @@ fn admin_settings_and_errors() {
     );
     std::fs::remove_file(token).ok();
 }
+
+const HTTP: &str = r#"
+[dataplane]
+interfaces = ["veth0"]
+
+[[service]]
+name = "api"
+vip = "10.0.0.10:80"
+mode = "http"
+
+[service.retry]
+attempts = 2
+per_try_timeout = "250ms"
+on_status = [503]
+
+[service.circuit]
+consecutive_failures = 3
+
+[[service.backend]]
+address = "10.0.11.2:8080"
+"#;
+
+#[test]
+fn accepts_an_http_service_with_defaults_filled() {
+    let c = parse(HTTP).unwrap();
+    let h = c.services[0].http.as_ref().expect("an HTTP service");
+    assert_eq!(h.retry.attempts, 2);
+    assert_eq!(
+        h.retry.per_try_timeout,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(h.retry.on_status, vec![503]);
+    assert_eq!(h.retry.deadline, RetryPolicy::default().deadline);
+    assert_eq!(h.retry.budget_ratio, 0.2);
+    assert_eq!(h.circuit.consecutive_failures, 3);
+    assert_eq!(h.circuit.max_requests, 1024);
+    assert!(h.tls.is_none() && h.attempt_header.is_none());
+    assert!(
+        parse(GOOD)
+            .unwrap()
+            .services
+            .iter()
+            .all(|s| s.http.is_none())
+    );
+}
+
+#[test]
+fn http_errors_name_the_field() {
+    fails(
+        &HTTP.replace("on_status = [503]", "on_status = [503, 404]"),
+        13,
+        "service[0].retry.on_status",
+        "404 is not a 5xx status",
+        "5xx statuses only",
+    );
+    fails(
+        &HTTP.replace("attempts = 2", "attempts = 0"),
+        11,
+        "service[0].retry.attempts",
+        "0 is out of range",
+        "from 1 to 10",
+    );
+    fails(
+        &HTTP.replace("mode = \"http\"", "mode = \"nat\""),
+        10,
+        "service[0].retry",
+        "[service.retry] applies to HTTP services only",
+        "mode = \"http\"",
+    );
+    fails(
+        &HTTP.replace("mode = \"http\"", "mode = \"http\"\nprotocol = \"udp\""),
+        7,
+        "service[0].protocol",
+        "an HTTP service over UDP",
+        "HTTP services are TCP",
+    );
+    fails(
+        &HTTP.replace(
+            "[service.retry]",
+            "[service.tls]\ncertificates = [{ cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }]\n\n[service.retry]",
+        ),
+        11,
+        "service[0].tls.certificates[0].cert",
+        "cannot read /nonexistent.pem",
+        "readable PEM file",
+    );
+}

@@ -312,6 +312,11 @@ impl Dataplane {
         len: usize,
         write: impl FnOnce(&mut [u8]),
     ) -> Result<(), DataplaneError> {
+        // An HTTP service is served by the daemon's sockets: its VIP must reach the stack, so
+        // it gets no `SERVICES` entry (its backends' entries are still written).
+        if svc.l7 {
+            return Ok(());
+        }
         if len > MAX_RING_SIZE as usize {
             return Err(DataplaneError::RingTooLarge {
                 service: svc.name.clone(),

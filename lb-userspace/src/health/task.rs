@@ -4,7 +4,6 @@
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Duration};
 
-use lb_common::EventKind;
 use tokio::{
     sync::mpsc,
     time::{Instant, sleep_until},
@@ -12,7 +11,10 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{Board, LastCheck, Update, probe::Prober, probe::jittered, state::HealthState};
-use crate::config::{CheckKind, HealthCheck, Passive};
+use crate::{
+    config::{CheckKind, HealthCheck, Passive},
+    passive::Signal,
+};
 
 /// Everything one backend's task needs.
 pub struct BackendTask {
@@ -27,7 +29,7 @@ pub struct BackendTask {
 }
 
 impl BackendTask {
-    pub async fn run(self, updates: mpsc::Sender<Update>, mut events: mpsc::Receiver<EventKind>) {
+    pub async fn run(self, updates: mpsc::Sender<Update>, mut events: mpsc::Receiver<Signal>) {
         let active = self.prober.kind() != CheckKind::None;
         let mut state = HealthState::new(self.initially_up, self.check.rise, self.check.fall);
         let mut next_probe = Instant::now();
@@ -84,16 +86,25 @@ impl BackendTask {
                     }
                     next_probe = Instant::now() + jittered(self.check.interval, self.check.jitter);
                 }
-                Some(kind) = events.recv() => {
+                Some(signal) = events.recv() => {
                     let now = Instant::now();
-                    if self.passive.events_to_eject == 0 {
-                        continue;
-                    }
-                    recent.push_back(now);
-                    while recent.front().is_some_and(|t| now.duration_since(*t) > self.passive.window) {
-                        recent.pop_front();
-                    }
-                    if recent.len() < self.passive.events_to_eject as usize || !state.up {
+                    let what = match signal {
+                        Signal::Kernel(kind) => {
+                            if self.passive.events_to_eject == 0 {
+                                continue;
+                            }
+                            recent.push_back(now);
+                            while recent.front().is_some_and(|t| now.duration_since(*t) > self.passive.window) {
+                                recent.pop_front();
+                            }
+                            if recent.len() < self.passive.events_to_eject as usize {
+                                continue;
+                            }
+                            format!("passive: {} x{}", kind.name(), self.passive.events_to_eject)
+                        }
+                        Signal::Ejected(reason) => reason,
+                    };
+                    if !state.up {
                         continue;
                     }
                     // A backend that stayed up longer than the longest ejection starts over.
@@ -109,11 +120,7 @@ impl BackendTask {
                     ejected_until = Some(now + backoff);
                     recent.clear();
                     state.force_down();
-                    let reason = format!(
-                        "passive: {} x{} (ejection {ejections}, {backoff:?})",
-                        kind.name(),
-                        self.passive.events_to_eject
-                    );
+                    let reason = format!("{what} (ejection {ejections}, {backoff:?})");
                     self.report(&updates, false, reason).await;
                     // Probe at once: the ejection ends only after the backoff and passing checks.
                     next_probe = now;

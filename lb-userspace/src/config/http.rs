@@ -1,0 +1,368 @@
+//! Validation of an HTTP service's `[service.http]`, `[service.tls]`, `[service.retry]` and
+//! `[service.circuit]`. The defaults are written next to each field; they follow Envoy where it
+//! has one (three attempts like HAProxy's `retries 3`, 5xx retry codes, the 20% budget, consecutive
+//! failures of five) and are chosen for fast failover where it does not.
+
+use std::{path::PathBuf, time::Duration};
+
+use hyper::http::HeaderName;
+use toml::Spanned;
+
+use super::{
+    ConfigError,
+    error::Locator,
+    health::duration,
+    raw::{RawCircuit, RawHttp, RawRetry, RawTls},
+};
+
+/// Everything an HTTP service adds to the pool it shares with L4 services.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpService {
+    /// Response header that carries the number of attempts; none by default.
+    pub attempt_header: Option<HeaderName>,
+    /// `Via` value (such as "understudy") added to requests and responses; none by default.
+    pub via: Option<String>,
+    /// Upstream TCP connect timeout. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Idle upstream connections are closed after this. Default 90 s (as Envoy's pool).
+    pub idle_timeout: Duration,
+    /// Idle upstream connections kept per backend. Default 64.
+    pub max_idle_per_backend: usize,
+    /// TLS termination; plain HTTP (HTTP/1.1 or h2c) when `None`.
+    pub tls: Option<Vec<Certificate>>,
+    pub retry: RetryPolicy,
+    pub circuit: CircuitPolicy,
+}
+
+/// A certificate chain and its key, both PEM files. The first is served to clients that send no
+/// SNI or a name no certificate covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// When and how a request is tried again on the next backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included. Default 3; 1 turns retries off.
+    pub attempts: u32,
+    /// Each try's limit for the response headers. Default 5 s.
+    pub per_try_timeout: Duration,
+    /// The whole request's limit for the response headers, retries and waits included.
+    /// Default 15 s (Envoy's route timeout).
+    pub deadline: Duration,
+    /// Upstream statuses that are retried. Default 502, 503, 504.
+    pub on_status: Vec<u16>,
+    /// Retry a 429 on another backend, and keep new requests off the 429ing backend for its
+    /// `Retry-After` (at most `retry_after_cap`). Default true.
+    pub on_429: bool,
+    /// Longest `Retry-After` honoured. Default 10 s.
+    pub retry_after_cap: Duration,
+    /// Retries may be at most this share of requests (over a 10 s window). Default 0.2.
+    pub budget_ratio: f64,
+    /// ... but at least this many retries per second are always allowed. Default 3.
+    pub budget_min_per_second: u32,
+    /// Retry POST and PATCH after they were sent (only when their body fit `buffer`).
+    /// Default false: they are retried only when nothing reached a backend.
+    pub non_idempotent: bool,
+    /// Largest request body kept for a retry; a larger one is streamed and can be sent once.
+    /// Default 64 KiB.
+    pub buffer: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            per_try_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(15),
+            on_status: vec![502, 503, 504],
+            on_429: true,
+            retry_after_cap: Duration::from_secs(10),
+            budget_ratio: 0.2,
+            budget_min_per_second: 3,
+            non_idempotent: false,
+            buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Per-backend limits and outlier ejection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitPolicy {
+    /// Requests in flight to one backend; past it the backend is skipped. Default 1024 (Envoy).
+    pub max_requests: u32,
+    /// Requests waiting for a new upstream connection to one backend. Default 256.
+    pub max_pending: u32,
+    /// Consecutive failures (5xx, connect errors, resets, timeouts) that eject. Default 5.
+    pub consecutive_failures: u32,
+    /// First ejection; each further one doubles, up to `max_ejection`. Defaults 10 s and 5 min.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+impl Default for CircuitPolicy {
+    fn default() -> Self {
+        CircuitPolicy {
+            max_requests: 1024,
+            max_pending: 256,
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The sections of one service, as written.
+pub(super) struct RawSections<'a> {
+    pub http: Option<&'a Spanned<RawHttp>>,
+    pub tls: Option<&'a Spanned<RawTls>>,
+    pub retry: Option<&'a Spanned<RawRetry>>,
+    pub circuit: Option<&'a Spanned<RawCircuit>>,
+}
+
+fn number<T: Copy + PartialOrd + std::fmt::Display>(
+    at: &Locator<'_>,
+    value: &Option<Spanned<T>>,
+    field: String,
+    range: (T, T),
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() >= range.0 && *v.get_ref() <= range.1 => Ok(*v.get_ref()),
+        Some(v) => Err(at.error(
+            Some(v.span()),
+            field,
+            format!("{} is out of range", v.get_ref()),
+            format!("use a value from {} to {}", range.0, range.1),
+        )),
+    }
+}
+
+pub(super) fn validate_http(
+    at: &Locator<'_>,
+    prefix: &str,
+    raw: RawSections<'_>,
+) -> Result<HttpService, ConfigError> {
+    let f = |section: &str, name: &str| format!("{prefix}.{section}.{name}");
+    let h = raw.http.map(Spanned::get_ref);
+    let attempt_header = match h.and_then(|h| h.attempt_header.as_ref()) {
+        None => None,
+        Some(v) => Some(HeaderName::try_from(v.get_ref().as_str()).map_err(|_| {
+            at.error(
+                Some(v.span()),
+                f("http", "attempt_header"),
+                format!("\"{}\" is not a valid header name", v.get_ref()),
+                "use letters, digits and '-', such as \"x-understudy-attempts\"",
+            )
+        })?),
+    };
+    let via = match h.and_then(|h| h.via.as_ref()) {
+        None => None,
+        Some(v) => {
+            let text = v.get_ref();
+            if text.is_empty() || !text.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(at.error(
+                    Some(v.span()),
+                    f("http", "via"),
+                    format!("\"{text}\" is not a usable Via name"),
+                    "use one word of visible ASCII, such as \"understudy\"",
+                ));
+            }
+            Some(text.clone())
+        }
+    };
+    let none = None;
+    let connect_timeout = duration(
+        at,
+        h.map_or(&none, |h| &h.connect_timeout),
+        f("http", "connect_timeout"),
+        Duration::from_secs(1),
+    )?;
+    let idle_timeout = duration(
+        at,
+        h.map_or(&none, |h| &h.idle_timeout),
+        f("http", "idle_timeout"),
+        Duration::from_secs(90),
+    )?;
+    let max_idle_per_backend = number(
+        at,
+        h.map_or(&None, |h| &h.max_idle_per_backend),
+        f("http", "max_idle_per_backend"),
+        (0, 100_000),
+        64,
+    )? as usize;
+
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            let list = &t.get_ref().certificates;
+            if list.get_ref().is_empty() {
+                return Err(at.error(
+                    Some(list.span()),
+                    format!("{prefix}.tls.certificates"),
+                    "no certificate is listed",
+                    "list at least one { cert = \"FILE.pem\", key = \"FILE.key\" }, or remove [service.tls]",
+                ));
+            }
+            let mut certs = Vec::new();
+            for (k, c) in list.get_ref().iter().enumerate() {
+                let c = c.get_ref();
+                for (name, path) in [("cert", &c.cert), ("key", &c.key)] {
+                    if let Err(e) = std::fs::metadata(path.get_ref()) {
+                        return Err(at.error(
+                            Some(path.span()),
+                            format!("{prefix}.tls.certificates[{k}].{name}"),
+                            format!("cannot read {}: {e}", path.get_ref()),
+                            "give the path of a readable PEM file",
+                        ));
+                    }
+                }
+                certs.push(Certificate {
+                    cert: c.cert.get_ref().into(),
+                    key: c.key.get_ref().into(),
+                });
+            }
+            Some(certs)
+        }
+    };
+
+    let d = RetryPolicy::default();
+    let retry = match raw.retry.map(Spanned::get_ref) {
+        None => d,
+        Some(r) => {
+            let per_try_timeout = duration(
+                at,
+                &r.per_try_timeout,
+                f("retry", "per_try_timeout"),
+                d.per_try_timeout,
+            )?;
+            let deadline = duration(at, &r.deadline, f("retry", "deadline"), d.deadline)?;
+            if per_try_timeout.is_zero() || deadline.is_zero() {
+                return Err(at.error(
+                    r.deadline
+                        .as_ref()
+                        .or(r.per_try_timeout.as_ref())
+                        .map(Spanned::span),
+                    f("retry", "deadline"),
+                    "a zero timeout would fail every request",
+                    "give per_try_timeout and deadline a positive duration",
+                ));
+            }
+            let on_status = match &r.on_status {
+                None => d.on_status.clone(),
+                Some(list) => {
+                    let mut codes = Vec::new();
+                    for code in list.get_ref() {
+                        let c = *code.get_ref();
+                        if !(500..=599).contains(&c) {
+                            return Err(at.error(
+                                Some(code.span()),
+                                f("retry", "on_status"),
+                                format!("{c} is not a 5xx status"),
+                                "list 5xx statuses only (429 is governed by on_429)",
+                            ));
+                        }
+                        codes.push(c);
+                    }
+                    codes
+                }
+            };
+            let budget_ratio = number(
+                at,
+                &r.budget_ratio,
+                f("retry", "budget_ratio"),
+                (0.0, 1.0),
+                d.budget_ratio,
+            )?;
+            RetryPolicy {
+                attempts: number(at, &r.attempts, f("retry", "attempts"), (1, 10), d.attempts)?,
+                per_try_timeout,
+                deadline,
+                on_status,
+                on_429: r.on_429.unwrap_or(d.on_429),
+                retry_after_cap: duration(
+                    at,
+                    &r.retry_after_cap,
+                    f("retry", "retry_after_cap"),
+                    d.retry_after_cap,
+                )?,
+                budget_ratio,
+                budget_min_per_second: number(
+                    at,
+                    &r.budget_min_per_second,
+                    f("retry", "budget_min_per_second"),
+                    (0, 1_000_000),
+                    d.budget_min_per_second,
+                )?,
+                non_idempotent: r.non_idempotent.unwrap_or(d.non_idempotent),
+                buffer: number(at, &r.buffer, f("retry", "buffer"), (0, 64 << 20), d.buffer)?,
+            }
+        }
+    };
+
+    let d = CircuitPolicy::default();
+    let circuit = match raw.circuit.map(Spanned::get_ref) {
+        None => d,
+        Some(c) => {
+            let base_ejection = duration(
+                at,
+                &c.base_ejection,
+                f("circuit", "base_ejection"),
+                d.base_ejection,
+            )?;
+            let max_ejection = duration(
+                at,
+                &c.max_ejection,
+                f("circuit", "max_ejection"),
+                d.max_ejection.max(base_ejection),
+            )?;
+            if max_ejection < base_ejection {
+                return Err(at.error(
+                    c.max_ejection.as_ref().map(Spanned::span),
+                    f("circuit", "max_ejection"),
+                    format!("{max_ejection:?} is shorter than base_ejection ({base_ejection:?})"),
+                    "make max_ejection at least base_ejection",
+                ));
+            }
+            let limit = (1, 1_000_000);
+            CircuitPolicy {
+                max_requests: number(
+                    at,
+                    &c.max_requests,
+                    f("circuit", "max_requests"),
+                    limit,
+                    d.max_requests,
+                )?,
+                max_pending: number(
+                    at,
+                    &c.max_pending,
+                    f("circuit", "max_pending"),
+                    limit,
+                    d.max_pending,
+                )?,
+                consecutive_failures: number(
+                    at,
+                    &c.consecutive_failures,
+                    f("circuit", "consecutive_failures"),
+                    (1, 1000),
+                    d.consecutive_failures,
+                )?,
+                base_ejection,
+                max_ejection,
+            }
+        }
+    };
+    Ok(HttpService {
+        attempt_header,
+        via,
+        connect_timeout,
+        idle_timeout,
+        max_idle_per_backend,
+        tls,
+        retry,
+        circuit,
+    })
+}

@@ -1,0 +1,100 @@
+//! The health view the proxy reads: for each HTTP service, its backends with tier, weight, and
+//! whether the fallback ordering makes them active (taking first tries) or merely eligible
+//! (healthy and not draining, so usable for retries). The map writer publishes it whenever it
+//! changes the kernel's view, so L4 and L7 services follow one health engine and one ordering.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+/// One backend as the proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub address: SocketAddr,
+    pub tier: u32,
+    pub weight: u32,
+    /// In the active set: takes first tries.
+    pub active: bool,
+    /// Healthy and not draining: may take retries.
+    pub eligible: bool,
+}
+
+/// One service's backends, with a smooth weighted round-robin wheel over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolView {
+    pub members: Vec<MemberView>,
+    /// The active members' indices in smooth weighted round-robin order (nginx's algorithm):
+    /// each appears `weight` times, spread out. Recomputed when the view changes.
+    pub wheel: Vec<u16>,
+}
+
+impl PoolView {
+    pub fn new(members: Vec<MemberView>) -> PoolView {
+        let weights: Vec<u32> = members
+            .iter()
+            .map(|m| if m.active { m.weight } else { 0 })
+            .collect();
+        let wheel = smooth_wheel(&weights);
+        PoolView { members, wheel }
+    }
+}
+
+/// Smooth weighted round robin: at each step every member gains its weight, the richest is
+/// picked and pays the total. Weights are scaled down so the wheel stays at most 4096 long;
+/// weight 0 leaves a member out.
+pub fn smooth_wheel(weights: &[u32]) -> Vec<u16> {
+    let total: u64 = weights.iter().map(|&w| w as u64).sum();
+    let scale = total.div_ceil(4096).max(1);
+    let w: Vec<i64> = weights
+        .iter()
+        .map(|&x| {
+            if x == 0 {
+                0
+            } else {
+                (x as u64 / scale).max(1) as i64
+            }
+        })
+        .collect();
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut wheel = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        wheel.push(best as u16);
+    }
+    wheel
+}
+
+/// Service name to its pool view; replaced entry by entry by the writer.
+pub type Availability = Arc<RwLock<HashMap<String, Arc<PoolView>>>>;
+
+pub fn new_availability() -> Availability {
+    Arc::new(RwLock::new(HashMap::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wheel_honours_weights_and_interleaves() {
+        let wheel = smooth_wheel(&[5, 1, 1]);
+        assert_eq!(wheel.len(), 7);
+        assert_eq!(wheel.iter().filter(|&&m| m == 0).count(), 5);
+        // nginx's documented sequence for 5/1/1: a a b a c a a.
+        assert_eq!(wheel, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wheel(&[1, 0, 1]), vec![0, 2]);
+        assert!(smooth_wheel(&[0, 0]).is_empty());
+        let big = smooth_wheel(&[1000; 10]);
+        assert!(big.len() <= 4096 && big.len() >= 10);
+    }
+}

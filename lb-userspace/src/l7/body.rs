@@ -1,0 +1,153 @@
+//! Request and response bodies. A request body is either kept whole (small enough for the retry
+//! buffer, so every attempt can send it) or streamed to the first attempt that reaches a
+//! backend. A streamed body stays with the proxy until an attempt actually polls it, so a try
+//! that fails to connect leaves it intact for the next backend.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+
+use super::circuit::Permit;
+
+/// The body type the proxy sends and returns.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// A body of fixed bytes.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A client's body as the attempts see it.
+pub enum RequestBody {
+    /// Kept whole: sent again on every attempt.
+    Kept(Bytes),
+    /// Streamed once; `None` inside once an attempt took it.
+    Stream(Arc<Slot>),
+}
+
+/// Where a streamed body waits until an attempt polls it.
+pub struct Slot {
+    body: Mutex<Option<Incoming>>,
+    taken: AtomicBool,
+}
+
+impl RequestBody {
+    pub fn stream(body: Incoming) -> RequestBody {
+        RequestBody::Stream(Arc::new(Slot {
+            body: Mutex::new(Some(body)),
+            taken: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether a later attempt can send the body again (or still send it for the first time).
+    pub fn available(&self) -> bool {
+        match self {
+            RequestBody::Kept(_) => true,
+            RequestBody::Stream(slot) => !slot.taken.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether every attempt can send it: a kept body.
+    pub fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Kept(_))
+    }
+
+    /// The body for one attempt.
+    pub fn for_attempt(&self) -> ProxyBody {
+        match self {
+            RequestBody::Kept(b) => full(b.clone()),
+            RequestBody::Stream(slot) => OnceBody {
+                slot: slot.clone(),
+                inner: None,
+            }
+            .boxed(),
+        }
+    }
+}
+
+/// Takes the body out of its slot on the first poll.
+struct OnceBody {
+    slot: Arc<Slot>,
+    inner: Option<Incoming>,
+}
+
+impl Body for OnceBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.inner.is_none() {
+            self.slot.taken.store(true, Ordering::Release);
+            let taken = self.slot.body.lock().ok().and_then(|mut b| b.take());
+            match taken {
+                Some(b) => self.inner = Some(b),
+                None => return Poll::Ready(None),
+            }
+        }
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => self
+                .slot
+                .body
+                .lock()
+                .ok()
+                .and_then(|b| b.as_ref().map(Body::size_hint))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+}
+
+/// A response body that holds the backend's circuit permit until it is done, so `max_requests`
+/// counts streaming responses too.
+pub struct Guarded {
+    pub inner: Incoming,
+    pub permit: Option<Permit>,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.permit = None;
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

@@ -1,0 +1,207 @@
+//! Header rewriting at the proxy: hop-by-hop headers (RFC 9110 §7.6.1) are removed both ways;
+//! requests gain `X-Forwarded-For` (appended), `X-Forwarded-Proto` (set), `Forwarded`
+//! (RFC 7239, appended) and optionally `Via`; responses gain the attempt count and `Via` when
+//! configured.
+
+use std::net::SocketAddr;
+
+use hyper::{
+    HeaderMap, Version,
+    header::{self, HeaderName, HeaderValue},
+};
+
+/// Removes the hop-by-hop headers, including any that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn version_token(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Appends `value` to a list-valued header.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(old) if !old.is_empty() => format!("{old}, {value}"),
+        _ => value.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// Rewrites a client's request headers for the upstream.
+pub fn forward_request(
+    headers: &mut HeaderMap,
+    version: Version,
+    authority: Option<&str>,
+    client: SocketAddr,
+    tls: bool,
+    via: Option<&str>,
+) {
+    strip_hop_by_hop(headers);
+    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+    if !headers.contains_key(header::HOST)
+        && let Some(a) = authority.and_then(|a| HeaderValue::try_from(a).ok())
+    {
+        headers.insert(header::HOST, a);
+    }
+    let ip = client.ip();
+    let proto = if tls { "https" } else { "http" };
+    append(
+        headers,
+        HeaderName::from_static("x-forwarded-for"),
+        &ip.to_string(),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+    let node = if ip.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_string()
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+    {
+        forwarded.push_str(&format!(";host=\"{host}\""));
+    }
+    append(headers, header::FORWARDED, &forwarded);
+    if let Some(via) = via {
+        append(
+            headers,
+            header::VIA,
+            &format!("{} {via}", version_token(version)),
+        );
+    }
+}
+
+/// Rewrites an upstream's response headers for the client.
+pub fn forward_response(
+    headers: &mut HeaderMap,
+    version: Version,
+    via: Option<&str>,
+    attempt_header: Option<&HeaderName>,
+    attempts: u32,
+) {
+    strip_hop_by_hop(headers);
+    if let Some(via) = via {
+        append(
+            headers,
+            header::VIA,
+            &format!("{} {via}", version_token(version)),
+        );
+    }
+    if let Some(name) = attempt_header {
+        headers.insert(name.clone(), HeaderValue::from(attempts));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.insert(header::HOST, HeaderValue::from_static("api.example"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        forward_request(
+            &mut h,
+            Version::HTTP_11,
+            None,
+            client,
+            true,
+            Some("understudy"),
+        );
+        for gone in ["connection", "x-private", "keep-alive", "te", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} must be stripped");
+        }
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.7;proto=https;host=\"api.example\""
+        );
+        assert_eq!(h["via"], "1.1 understudy");
+    }
+
+    #[test]
+    fn http2_requests_get_a_host_and_ipv6_clients_are_quoted() {
+        let mut h = HeaderMap::new();
+        let client: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+        forward_request(
+            &mut h,
+            Version::HTTP_2,
+            Some("api.example:8443"),
+            client,
+            false,
+            None,
+        );
+        assert_eq!(h["host"], "api.example:8443");
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7");
+        assert!(
+            h["forwarded"]
+                .to_str()
+                .unwrap()
+                .starts_with("for=\"[2001:db8::7]\";proto=http")
+        );
+        assert!(!h.contains_key("via"));
+    }
+
+    #[test]
+    fn responses_carry_the_attempts() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let name = HeaderName::from_static("x-understudy-attempts");
+        forward_response(&mut h, Version::HTTP_2, Some("understudy"), Some(&name), 3);
+        assert_eq!(h["x-understudy-attempts"], "3");
+        assert_eq!(h["via"], "2 understudy");
+        assert!(!h.contains_key("transfer-encoding"));
+    }
+}

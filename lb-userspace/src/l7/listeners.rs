@@ -1,0 +1,143 @@
+//! The daemon's HTTP listeners, one per `mode = "http"` service. A reload is prepared first
+//! (certificates loaded, new addresses bound) and committed only when the rest of the reload
+//! succeeded: a kept service swaps in its new proxy (keeping its circuits and retry budget), a
+//! new one starts listening, a removed one stops accepting.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use tokio::{net::TcpListener, sync::mpsc, task::AbortHandle};
+use tracing::info;
+
+use super::{
+    Current, Ejection, ServiceProxy, availability::Availability, metrics::L7Metrics, serve,
+    tls::acceptor,
+};
+use crate::config::Config;
+
+struct Running {
+    vip: SocketAddr,
+    current: Current,
+    abort: AbortHandle,
+}
+
+pub struct Listeners {
+    running: HashMap<String, Running>,
+    availability: Availability,
+    ejections: mpsc::UnboundedSender<Ejection>,
+    metrics: L7Metrics,
+}
+
+/// A reload's listeners, ready to commit.
+pub struct Prepared {
+    services: Vec<(Arc<ServiceProxy>, Option<TcpListener>)>,
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for r in self.running.values() {
+            r.abort.abort();
+        }
+    }
+}
+
+impl Listeners {
+    pub fn new(
+        availability: Availability,
+        ejections: mpsc::UnboundedSender<Ejection>,
+        metrics: L7Metrics,
+    ) -> Listeners {
+        Listeners {
+            running: HashMap::new(),
+            availability,
+            ejections,
+            metrics,
+        }
+    }
+
+    /// Builds every HTTP service's proxy and binds the addresses not bound yet.
+    pub async fn prepare(&self, config: &Config) -> Result<Prepared, String> {
+        let mut services = Vec::new();
+        for svc in config.services.iter().filter(|s| s.http.is_some()) {
+            let settings = svc.http.as_ref().expect("filtered");
+            let tls = match &settings.tls {
+                None => None,
+                Some(certs) => Some(
+                    acceptor(certs)
+                        .map_err(|e| format!("service {}: TLS certificate: {e}", svc.name))?,
+                ),
+            };
+            let running = self.running.get(&svc.name);
+            let carried = running.map(|r| r.current.load().carried.clone());
+            let proxy = ServiceProxy::new(
+                svc,
+                tls,
+                self.availability.clone(),
+                carried,
+                Some(self.ejections.clone()),
+                self.metrics.clone(),
+            )
+            .expect("an HTTP service");
+            let listener = match running {
+                Some(r) if r.vip == svc.vip => None,
+                _ => Some(TcpListener::bind(svc.vip).await.map_err(|e| {
+                    let hint = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+                        format!(
+                            "; the VIP must be an address of this host, e.g. `ip addr add {}/{} dev lo`",
+                            svc.vip.ip(),
+                            if svc.vip.is_ipv4() { 32 } else { 128 }
+                        )
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{}: service {}: cannot listen on {}: {e}{hint}",
+                        config.file.display(),
+                        svc.name,
+                        svc.vip
+                    )
+                })?),
+            };
+            services.push((Arc::new(proxy), listener));
+        }
+        Ok(Prepared { services })
+    }
+
+    /// Puts a prepared set of listeners in service.
+    pub fn commit(&mut self, prepared: Prepared) {
+        let mut next = HashMap::new();
+        for (proxy, listener) in prepared.services {
+            let name = proxy.name.clone();
+            let vip = proxy.vip;
+            let tls = proxy.tls.is_some();
+            match (self.running.remove(&name), listener) {
+                (Some(r), None) => {
+                    r.current.store(proxy);
+                    next.insert(name, r);
+                }
+                (old, Some(listener)) => {
+                    if let Some(old) = old {
+                        old.abort.abort();
+                    }
+                    let current: Current = Arc::new(ArcSwap::new(proxy));
+                    let task = tokio::spawn(serve(listener, current.clone()));
+                    info!(service = %name, listen = %vip, tls, "HTTP listener ready");
+                    next.insert(
+                        name,
+                        Running {
+                            vip,
+                            current,
+                            abort: task.abort_handle(),
+                        },
+                    );
+                }
+                (None, None) => unreachable!("a new service is always bound"),
+            }
+        }
+        for (name, r) in self.running.drain() {
+            info!(service = %name, "HTTP listener stopped");
+            r.abort.abort();
+        }
+        self.running = next;
+    }
+}

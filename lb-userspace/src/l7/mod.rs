@@ -1,0 +1,84 @@
+//! The L7 proxy for `mode = "http"` services: HTTP/1.1 and HTTP/2 (ALPN over TLS, prior
+//! knowledge in clear text) on hyper, TLS termination with SNI on tokio-rustls, and pooled
+//! upstream HTTP/1.1 connections. It shares the pools, tiers, health and fallback ordering of the
+//! L4 services through [`availability`], which the map writer publishes, and it reports the
+//! backends its circuits eject to the same health engine.
+//!
+//! - [`select`]: the order a request tries backends in.
+//! - [`proxy`]: the retry loop and the errors clients see.
+//! - [`circuit`] and [`budget`]: per-backend limits and ejection; the retry budget.
+//! - [`headers`], [`body`], [`tls`], [`connector`], [`metrics`].
+
+pub mod availability;
+pub mod body;
+pub mod budget;
+pub mod circuit;
+pub mod connector;
+pub mod headers;
+pub mod listeners;
+pub mod metrics;
+pub mod proxy;
+pub mod select;
+pub mod tls;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use hyper::{Request, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+pub use proxy::{Carried, Ejection, ServiceProxy};
+
+/// The proxy a listener serves; swapped whole on reload, so requests in flight finish on the
+/// config they started with.
+pub type Current = Arc<ArcSwap<ServiceProxy>>;
+
+/// Accepts connections until the task is aborted.
+pub async fn serve(listener: TcpListener, current: Current) {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, client, current.clone()));
+    }
+}
+
+async fn connection(stream: TcpStream, client: SocketAddr, current: Current) {
+    let proxy = current.load_full();
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let current = current.clone();
+        async move {
+            let proxy = current.load_full();
+            Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await)
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let served = match &proxy.tls {
+        None => {
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+        }
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
+            Err(e) => {
+                debug!(%client, error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+    };
+    if let Err(e) = served {
+        debug!(%client, error = %e, "connection ended with an error");
+    }
+}

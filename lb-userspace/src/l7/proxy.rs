@@ -1,0 +1,463 @@
+//! One HTTP service's request path: choose the backends in fallback order, try them under the
+//! retry policy, the budget and the circuits, and answer the client.
+//!
+//! What is retried (on the next backend, never the one that just failed):
+//! - a connect failure (nothing was sent, so any method, body intact);
+//! - a reset or close before the response headers, and a per-try timeout: only when the request
+//!   may be repeated (idempotent, or `non_idempotent = true`) and its body was kept;
+//! - a status in `on_status`, and 429 with `on_429`: under the same condition.
+//!
+//! A response whose headers arrived is never retried once its body streams: a backend that resets
+//! mid-response gives the client a broken response, as it would without a proxy.
+//! When nothing answers: 503 if no backend could be tried (all down, circuits open), 504 if the
+//! deadline or the last try's timeout ran out, 502 if the last try failed to connect or was
+//! reset. When retries run out on a retryable status, the client gets that last response.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use http_body_util::{BodyExt as _, Limited as LimitedBody};
+use hyper::{
+    Method, Request, Response, StatusCode, Version,
+    body::{Body as _, Incoming},
+    header,
+};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::{
+    availability::{Availability, PoolView},
+    body::{Guarded, ProxyBody, RequestBody, full},
+    budget::Budget,
+    circuit::{Breaker, Refusal},
+    connector::{Limited, is_pending_full},
+    headers,
+    metrics::L7Metrics,
+    select::{Key, order},
+};
+use crate::config::{HashMode, HttpService, Service};
+
+/// A backend the proxy ejected: the health engine hears of it, so L4 services on the same
+/// backend react too.
+#[derive(Debug, Clone)]
+pub struct Ejection {
+    pub address: SocketAddr,
+    pub reason: String,
+}
+
+/// Per-backend circuits of one service, kept across reloads.
+pub type Breakers = Arc<Mutex<HashMap<SocketAddr, Arc<Breaker>>>>;
+
+/// What a service keeps across reloads: its circuits and its retry budget.
+#[derive(Clone)]
+pub struct Carried {
+    pub breakers: Breakers,
+    pub budget: Arc<Budget>,
+}
+
+/// One HTTP service, ready to serve requests.
+pub struct ServiceProxy {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub settings: HttpService,
+    hash: HashMode,
+    pub tls: Option<TlsAcceptor>,
+    availability: Availability,
+    pub carried: Carried,
+    client: Client<Limited, ProxyBody>,
+    counter: AtomicU64,
+    ejections: Option<mpsc::UnboundedSender<Ejection>>,
+    metrics: L7Metrics,
+}
+
+/// How one attempt ended.
+enum Tried {
+    /// Headers arrived: the response goes to the client (or is retried, by status).
+    Answered(Response<Incoming>),
+    /// Nothing was sent (connect failure).
+    NotSent(String),
+    /// Sent, but no response headers: reset or closed.
+    Failed(String),
+    TimedOut,
+}
+
+/// The outcome that decides the error status when no response is returned.
+enum Last {
+    Nothing,
+    Unreachable(String),
+    TimedOut,
+    Response(Response<Incoming>, u32),
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date.
+fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// A short plain-text error that says which.
+pub fn error(status: StatusCode, why: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(format!("{} {why}\n", status.as_u16())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl ServiceProxy {
+    pub fn new(
+        service: &Service,
+        tls: Option<TlsAcceptor>,
+        availability: Availability,
+        carried: Option<Carried>,
+        ejections: Option<mpsc::UnboundedSender<Ejection>>,
+        metrics: L7Metrics,
+    ) -> Option<ServiceProxy> {
+        let settings = service.http.clone()?;
+        let connector = Limited::new(settings.connect_timeout, settings.circuit.max_pending);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(settings.max_idle_per_backend)
+            .build(connector);
+        let carried = carried.unwrap_or_else(|| Carried {
+            breakers: Arc::default(),
+            budget: Arc::new(Budget::new(
+                settings.retry.budget_ratio,
+                settings.retry.budget_min_per_second,
+            )),
+        });
+        Some(ServiceProxy {
+            name: service.name.clone(),
+            vip: service.vip,
+            hash: service.hash,
+            tls,
+            availability,
+            carried,
+            client,
+            counter: AtomicU64::new(fastrand::u64(..)),
+            ejections,
+            metrics,
+            settings,
+        })
+    }
+
+    fn pool(&self) -> Option<Arc<PoolView>> {
+        self.availability.read().ok()?.get(&self.name).cloned()
+    }
+
+    fn breaker(&self, address: SocketAddr) -> Arc<Breaker> {
+        let mut b = self
+            .carried
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        b.entry(address).or_default().clone()
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (status, attempts, response) = self.proxy(req, client, started).await;
+        self.metrics.request(&self.name, status, attempts);
+        debug!(service = %self.name, %client, status, attempts, elapsed_us = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        started: Instant,
+    ) -> (u16, u32, Response<ProxyBody>) {
+        let policy = &self.settings.retry;
+        let deadline = started + policy.deadline;
+        let (mut parts, body) = req.into_parts();
+        let version = parts.version;
+        let repeatable = idempotent(&parts.method) || policy.non_idempotent;
+        let body = if body.is_end_stream() {
+            RequestBody::Kept(Default::default())
+        } else if repeatable && body.size_hint().upper().is_some_and(|n| n <= policy.buffer) {
+            match LimitedBody::new(body, policy.buffer as usize)
+                .collect()
+                .await
+            {
+                Ok(b) => RequestBody::Kept(b.to_bytes()),
+                Err(e) => {
+                    let r = error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request body: {e}"),
+                    );
+                    return (400, 0, r);
+                }
+            }
+        } else {
+            RequestBody::stream(body)
+        };
+        let authority = parts.uri.authority().map(|a| a.to_string());
+        headers::forward_request(
+            &mut parts.headers,
+            version,
+            authority.as_deref(),
+            client,
+            self.tls.is_some(),
+            self.settings.via.as_deref(),
+        );
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+
+        let Some(pool) = self.pool() else {
+            return self.reply_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no backend is available",
+                0,
+            );
+        };
+        let key = match self.hash {
+            HashMode::SourceIp => {
+                let mut h = 0xcbf2_9ce4_8422_2325u64;
+                for b in client.ip().to_string().bytes() {
+                    h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+                }
+                Key::Hash(h)
+            }
+            HashMode::FiveTuple => Key::RoundRobin(self.counter.fetch_add(1, Ordering::Relaxed)),
+        };
+        let candidates = order(&pool, key);
+        self.carried.budget.request(Instant::now());
+
+        let mut attempts = 0u32;
+        let mut last = Last::Nothing;
+        let mut refused = None;
+        for idx in candidates {
+            if attempts >= policy.attempts {
+                break;
+            }
+            let address = pool.members[idx].address;
+            let backend = address.to_string();
+            let breaker = self.breaker(address);
+            let now = Instant::now();
+            let permit = match breaker.admit(&self.settings.circuit, now) {
+                Ok(p) => p,
+                Err(r) => {
+                    refused.get_or_insert(r);
+                    continue;
+                }
+            };
+            if !body.available() {
+                break;
+            }
+            if attempts > 0 && !self.carried.budget.try_retry(now) {
+                self.metrics
+                    .budget_exhausted
+                    .get_or_create(&vec![("service".into(), self.name.clone())])
+                    .inc();
+                debug!(service = %self.name, attempts, "retry budget spent");
+                break;
+            }
+            if now >= deadline {
+                last = Last::TimedOut;
+                break;
+            }
+            attempts += 1;
+            let mut up = Request::new(body.for_attempt());
+            *up.method_mut() = parts.method.clone();
+            *up.headers_mut() = parts.headers.clone();
+            *up.version_mut() = Version::HTTP_11;
+            *up.uri_mut() = match format!("http://{backend}{path}").parse() {
+                Ok(u) => u,
+                Err(_) => return self.reply_error(StatusCode::BAD_REQUEST, "bad request path", 0),
+            };
+            let try_until = deadline.min(now + policy.per_try_timeout);
+            let tried =
+                match tokio::time::timeout_at(try_until.into(), self.client.request(up)).await {
+                    Ok(Ok(resp)) => Tried::Answered(resp),
+                    Ok(Err(e)) if e.is_connect() => {
+                        if is_pending_full(&e) {
+                            drop(permit);
+                            refused.get_or_insert(Refusal::Full);
+                            attempts -= 1;
+                            continue;
+                        }
+                        Tried::NotSent(format!("{e:#}"))
+                    }
+                    Ok(Err(e)) => Tried::Failed(format!("{e:#}")),
+                    Err(_) => Tried::TimedOut,
+                };
+            let may_repeat = repeatable && body.replayable();
+            let now = Instant::now();
+            match tried {
+                Tried::Answered(resp) => {
+                    let status = resp.status();
+                    let retryable_status = policy.on_status.contains(&status.as_u16());
+                    if status.is_server_error() {
+                        self.failure(&breaker, address, &format!("status {}", status.as_u16()));
+                    } else {
+                        breaker.success(now);
+                    }
+                    if status == StatusCode::TOO_MANY_REQUESTS && policy.on_429 {
+                        let wait = retry_after(&resp).unwrap_or(Duration::from_secs(1));
+                        breaker.cool_down(now + wait.min(policy.retry_after_cap));
+                    }
+                    let retry = (retryable_status
+                        || (status == StatusCode::TOO_MANY_REQUESTS && policy.on_429))
+                        && may_repeat;
+                    self.metrics.attempt(
+                        &self.name,
+                        &backend,
+                        if retry { "retried_status" } else { "answered" },
+                    );
+                    if retry {
+                        debug!(service = %self.name, %backend, status = status.as_u16(), attempt = attempts, "retrying on status");
+                        last = Last::Response(resp, attempts);
+                        continue;
+                    }
+                    return self.answer(resp, permit, version, attempts);
+                }
+                Tried::NotSent(why) => {
+                    self.metrics.attempt(&self.name, &backend, "connect_failed");
+                    self.failure(&breaker, address, "connect failed");
+                    debug!(service = %self.name, %backend, attempt = attempts, error = %why, "connect failed");
+                    last = Last::Unreachable(why);
+                }
+                Tried::Failed(why) => {
+                    self.metrics.attempt(&self.name, &backend, "reset");
+                    self.failure(&breaker, address, "reset before the response");
+                    debug!(service = %self.name, %backend, attempt = attempts, error = %why, "no response");
+                    last = Last::Unreachable(why);
+                    if !may_repeat {
+                        break;
+                    }
+                }
+                Tried::TimedOut => {
+                    self.metrics.attempt(&self.name, &backend, "timeout");
+                    self.failure(&breaker, address, "per-try timeout");
+                    debug!(service = %self.name, %backend, attempt = attempts, "per-try timeout");
+                    last = Last::TimedOut;
+                    if !may_repeat || now >= deadline {
+                        break;
+                    }
+                }
+            }
+        }
+        match last {
+            Last::Response(resp, n) => {
+                let (mut p, b) = resp.into_parts();
+                headers::forward_response(
+                    &mut p.headers,
+                    version,
+                    self.settings.via.as_deref(),
+                    self.settings.attempt_header.as_ref(),
+                    n,
+                );
+                (p.status.as_u16(), n, Response::from_parts(p, b.boxed()))
+            }
+            Last::TimedOut => self.reply_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the backend did not answer in time",
+                attempts,
+            ),
+            Last::Unreachable(why) => {
+                warn!(service = %self.name, attempts, error = %why, "no backend answered");
+                self.reply_error(StatusCode::BAD_GATEWAY, "no backend answered", attempts)
+            }
+            Last::Nothing => {
+                let why = match refused {
+                    Some(Refusal::Open) => "every backend's circuit is open",
+                    Some(Refusal::Full) => "every backend is at its request limit",
+                    Some(Refusal::Cooling) => "every backend asked to retry later (429)",
+                    None => "no backend is available",
+                };
+                self.reply_error(StatusCode::SERVICE_UNAVAILABLE, why, attempts)
+            }
+        }
+    }
+
+    fn failure(&self, breaker: &Breaker, address: SocketAddr, what: &str) {
+        if let Some(backoff) = breaker.failure(&self.settings.circuit, Instant::now()) {
+            let reason = format!(
+                "http: {} consecutive failures, last {what} (ejected for {backoff:?})",
+                self.settings.circuit.consecutive_failures
+            );
+            warn!(service = %self.name, backend = %address, %reason, "circuit opened");
+            self.metrics
+                .ejections
+                .get_or_create(&vec![
+                    ("service".into(), self.name.clone()),
+                    ("backend".into(), address.to_string()),
+                ])
+                .inc();
+            if let Some(tx) = &self.ejections {
+                let _ = tx.send(Ejection { address, reason });
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        resp: Response<Incoming>,
+        permit: super::circuit::Permit,
+        version: Version,
+        attempts: u32,
+    ) -> (u16, u32, Response<ProxyBody>) {
+        let (mut p, b) = resp.into_parts();
+        headers::forward_response(
+            &mut p.headers,
+            version,
+            self.settings.via.as_deref(),
+            self.settings.attempt_header.as_ref(),
+            attempts,
+        );
+        let body = Guarded {
+            inner: b,
+            permit: Some(permit),
+        };
+        (
+            p.status.as_u16(),
+            attempts,
+            Response::from_parts(p, body.boxed()),
+        )
+    }
+
+    fn reply_error(
+        &self,
+        status: StatusCode,
+        why: &str,
+        attempts: u32,
+    ) -> (u16, u32, Response<ProxyBody>) {
+        let mut r = error(status, why);
+        if let Some(name) = &self.settings.attempt_header {
+            r.headers_mut().insert(name.clone(), attempts.into());
+        }
+        (status.as_u16(), attempts, r)
+    }
+}

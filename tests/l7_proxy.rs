@@ -681,3 +681,124 @@ async fn forwarding_headers_reach_the_backend() {
         "hop-by-hop header forwarded"
     );
 }
+
+/// A TLS client to the proxy with `sni` (no SNI for an IP), trusting `roots`, offering `alpn`.
+async fn tls_connect(
+    proxy: SocketAddr,
+    roots: &rustls::RootCertStore,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots.clone())
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake for {sni}: {e}"))
+}
+
+/// One HTTP/2 GET over an established connection.
+async fn h2_get<T>(io: T, authority: &str) -> (u16, String)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("https://{authority}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.expect("h2 response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn tls_termination_chooses_the_certificate_by_sni_and_negotiates_h2() {
+    let dir = std::env::temp_dir().join(format!("understudy-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = rcgen::generate_simple_self_signed(vec!["a.example".into(), "127.0.0.1".into()])
+        .unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["b.example".into(), "*.b.example".into()])
+        .unwrap();
+    let mut certs = Vec::new();
+    for (name, k) in [("a", &a), ("b", &b)] {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, k.cert.pem()).unwrap();
+        std::fs::write(&key, k.signing_key.serialize_pem()).unwrap();
+        certs.push(format!(
+            "{{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ));
+    }
+    let be = backend("x", Behaviour::Ok).await;
+    let p = proxy(
+        &[be.addr],
+        &format!("[service.tls]\ncertificates = [{}]\n", certs.join(", ")),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(a.cert.der().clone()).unwrap();
+    roots.add(b.cert.der().clone()).unwrap();
+
+    // By SNI, wildcards included; no SNI (an IP) gets the first certificate.
+    for (sni, expected) in [
+        ("a.example", &a),
+        ("b.example", &b),
+        ("api.b.example", &b),
+        ("127.0.0.1", &a),
+    ] {
+        let tls = tls_connect(p.addr, &roots, sni, &[b"h2", b"http/1.1"]).await;
+        let (_, session) = tls.get_ref();
+        assert_eq!(
+            session.peer_certificates().unwrap()[0].as_ref(),
+            expected.cert.der().as_ref(),
+            "certificate for {sni}"
+        );
+        assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]), "ALPN picks h2");
+        let (status, body) = h2_get(tls, sni).await;
+        assert_eq!((status, body.as_str()), (200, "x 0"));
+        let seen = be.seen.lock().unwrap().clone();
+        assert_eq!(seen["x-forwarded-proto"], "https");
+        assert_eq!(seen["host"], sni, "h2's :authority becomes the upstream Host");
+    }
+
+    // An HTTP/1.1-only client gets HTTP/1.1.
+    let tls = tls_connect(p.addr, &roots, "a.example", &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/")
+        .header("host", "a.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["via"], "1.1 understudy");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn cleartext_http2_with_prior_knowledge() {
+    let be = backend("x", Behaviour::Ok).await;
+    let p = proxy(&[be.addr], "").await;
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    assert_eq!(h2_get(tcp, "api.example").await, (200, "x 0".to_string()));
+}

@@ -729,10 +729,10 @@ where
 async fn tls_termination_chooses_the_certificate_by_sni_and_negotiates_h2() {
     let dir = std::env::temp_dir().join(format!("understudy-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let a = rcgen::generate_simple_self_signed(vec!["a.example".into(), "127.0.0.1".into()])
-        .unwrap();
-    let b = rcgen::generate_simple_self_signed(vec!["b.example".into(), "*.b.example".into()])
-        .unwrap();
+    let a =
+        rcgen::generate_simple_self_signed(vec!["a.example".into(), "127.0.0.1".into()]).unwrap();
+    let b =
+        rcgen::generate_simple_self_signed(vec!["b.example".into(), "*.b.example".into()]).unwrap();
     let mut certs = Vec::new();
     for (name, k) in [("a", &a), ("b", &b)] {
         let cert = dir.join(format!("{name}.pem"));
@@ -774,7 +774,10 @@ async fn tls_termination_chooses_the_certificate_by_sni_and_negotiates_h2() {
         assert_eq!((status, body.as_str()), (200, "x 0"));
         let seen = be.seen.lock().unwrap().clone();
         assert_eq!(seen["x-forwarded-proto"], "https");
-        assert_eq!(seen["host"], sni, "h2's :authority becomes the upstream Host");
+        assert_eq!(
+            seen["host"], sni,
+            "h2's :authority becomes the upstream Host"
+        );
     }
 
     // An HTTP/1.1-only client gets HTTP/1.1.

@@ -1,0 +1,325 @@
+//! End to end, L7: the daemon serving an HTTP service from the balancer's namespace, in front of
+//! HTTP backends in their own namespaces, next to an L4 service on the same backends.
+//! - A backend that fails HTTP requests is ejected by the proxy's circuit, and the shared health
+//!   engine takes it out of the L4 service too.
+//! - A 100 MB upload streams through without the daemon's memory growing by more than a few MB.
+
+#[path = "common.rs"]
+mod common;
+
+use std::{
+    convert::Infallible,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{BIN, admin};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use understudy::status::Snapshot;
+use understudy_testbed::{Daemon, Netns, Topology, require_root};
+
+/// An HTTP server on port 8080 of a backend namespace: answers "NAME LEN" (LEN: the request
+/// body's length, counted as it streams) or the status it is told to.
+struct HttpBackend {
+    hits: Arc<AtomicU32>,
+    status: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpBackend {
+    fn start(ns: &Netns, addr: SocketAddr, name: String) -> HttpBackend {
+        let b = HttpBackend {
+            hits: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            stop: Arc::default(),
+        };
+        let (hits, status, stop) = (b.hits.clone(), b.status.clone(), b.stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        ns.thread(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                ready_tx.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Ok((stream, _))) =
+                        tokio::time::timeout(Duration::from_millis(200), listener.accept()).await
+                    else {
+                        continue;
+                    };
+                    let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
+                            async move {
+                                hits.fetch_add(1, Ordering::SeqCst);
+                                let mut body = req.into_body();
+                                let mut len = 0usize;
+                                while let Some(Ok(frame)) = body.frame().await {
+                                    len += frame.data_ref().map_or(0, |d| d.len());
+                                }
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from(format!("{name} {len}"))));
+                                *r.status_mut() =
+                                    hyper::StatusCode::from_u16(status.load(Ordering::SeqCst))
+                                        .unwrap();
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("backend listening");
+        b
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One HTTP/1.1 request on its own connection; returns the status and body.
+fn request(to: SocketAddr, method: &str, body_len: usize) -> Result<(u16, String), String> {
+    let mut s =
+        TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} /upload HTTP/1.1\r\nHost: api.example\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = body_len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
+        left -= n;
+    }
+    let mut reader = BufReader::new(s);
+    let mut status_line = String::new();
+    reader
+        .read_line(&mut status_line)
+        .map_err(|e| e.to_string())?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut rest = String::new();
+    reader
+        .read_to_string(&mut rest)
+        .map_err(|e| e.to_string())?;
+    let body = rest.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+struct Setup {
+    topo: Topology,
+    backends: Vec<HttpBackend>,
+    daemon: Daemon,
+}
+
+/// Two HTTP backends; service "api" (HTTP) on VIP:80 and "tcp" (L4) on VIP:81 share them.
+fn setup() -> Setup {
+    let topo = Topology::build(2);
+    let backends = (1..=2)
+        .map(|i| {
+            HttpBackend::start(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+                format!("be{i}"),
+            )
+        })
+        .collect();
+    // The proxy listens on the VIP: it must be an address of the balancer.
+    topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
+    let mut text = format!(
+        "{}\n[[service]]\nname = \"api\"\nvip = \"10.0.0.10:80\"\nmode = \"http\"\n\n\
+         [service.http]\nattempt_header = \"x-understudy-attempts\"\n\n\
+         [service.circuit]\nconsecutive_failures = 3\nbase_ejection = \"30s\"\n",
+        topo.dataplane_toml()
+    );
+    for i in 1..=2 {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{}:8080\"\n",
+            topo.backend_addr(i, false)
+        ));
+    }
+    text.push_str(
+        "\n[[service]]\nname = \"tcp\"\nvip = \"10.0.0.10:81\"\ntable_size = 1021\n\n\
+         [service.passive]\nbase_ejection = \"30s\"\n",
+    );
+    for i in 1..=2 {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{}:8080\"\n",
+            topo.backend_addr(i, false)
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    Setup {
+        topo,
+        backends,
+        daemon,
+    }
+}
+
+fn api() -> SocketAddr {
+    "10.0.0.10:80".parse().unwrap()
+}
+
+fn l4() -> SocketAddr {
+    "10.0.0.10:81".parse().unwrap()
+}
+
+#[test]
+fn an_http_ejection_takes_the_backend_out_of_the_l4_service_too() {
+    require_root("the L7 shared-health test");
+    let s = setup();
+    let answered_by = |to: SocketAddr, n: usize| -> Vec<String> {
+        s.topo.client.enter(|| {
+            (0..n)
+                .map(|_| {
+                    let (status, body) = request(to, "GET", 0).expect("request");
+                    assert_eq!(status, 200, "{body}");
+                    body.split(' ').next().unwrap().to_string()
+                })
+                .collect()
+        })
+    };
+    // Both backends serve both services.
+    let l7 = answered_by(api(), 20);
+    let l4_before = answered_by(l4(), 40);
+    for name in ["be1", "be2"] {
+        assert!(l7.iter().any(|b| b == name), "api reaches {name}: {l7:?}");
+        assert!(l4_before.iter().any(|b| b == name), "tcp reaches {name}");
+    }
+
+    // be1 fails every HTTP request: the proxy retries each on be2, and its circuit opens after
+    // three failures in a row.
+    s.backends[0].status.store(503, Ordering::SeqCst);
+    let after = answered_by(api(), 20);
+    assert!(after.iter().all(|b| b == "be2"), "{after:?}");
+
+    // The health engine heard it: be1 is down in the L4 service, which sends it no new flow.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, body) = admin(&s.topo.lb, None, "GET", "/status");
+        assert_eq!(code, 200);
+        let snap: Snapshot = serde_json::from_str(&body).unwrap();
+        let tcp = snap.services.iter().find(|x| x.name == "tcp").unwrap();
+        let be1 = tcp
+            .backends
+            .iter()
+            .find(|b| b.address.starts_with("10.0.11."))
+            .unwrap();
+        if !be1.healthy {
+            assert!(
+                be1.last_change
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("http: 3 consecutive failures"),
+                "{be1:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "be1 still healthy in tcp: {body}\n{}",
+            s.daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hits_before = s.backends[0].hits.load(Ordering::SeqCst);
+    let l4_after = answered_by(l4(), 40);
+    assert!(l4_after.iter().all(|b| b == "be2"), "{l4_after:?}");
+    assert_eq!(s.backends[0].hits.load(Ordering::SeqCst), hits_before);
+
+    let (_, metrics) = admin(&s.topo.lb, None, "GET", "/metrics");
+    assert!(
+        metrics.contains(
+            "understudy_http_requests_total{service=\"api\",code=\"200\",attempts=\"2\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "understudy_http_ejections_total{service=\"api\",backend=\"10.0.11.2:8080\"} 1"
+        )
+    );
+}
+
+#[test]
+fn a_100_mb_upload_streams_through_in_a_few_mb() {
+    require_root("the L7 upload test");
+    let s = setup();
+    let pid = s.daemon.pid();
+    // Warm up: connections, pools and buffers exist before the baseline.
+    s.topo.client.enter(|| {
+        for _ in 0..4 {
+            let (status, _) = request(api(), "POST", 1 << 20).unwrap();
+            assert_eq!(status, 200);
+        }
+    });
+    let before = rss_kib(pid);
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let size = 100 << 20;
+    let (status, body) = s
+        .topo
+        .client
+        .enter(|| request(api(), "POST", size))
+        .unwrap();
+    done.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.ends_with(&format!(" {size}")),
+        "the backend got every byte: {body}"
+    );
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "daemon RSS {before} KiB before, peak {peak} KiB during a 100 MB upload (+{growth} KiB)"
+    );
+    assert!(
+        growth < 8 * 1024,
+        "RSS grew by {growth} KiB during the upload"
+    );
+}

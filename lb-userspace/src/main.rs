@@ -27,6 +27,9 @@ enum Command {
         /// The TOML config.
         #[arg(long, short)]
         config: PathBuf,
+        /// Runtime worker threads (the HTTP proxy, health checks and the admin API).
+        #[arg(long, env = "UNDERSTUDY_WORKERS", default_value_t = 2)]
+        workers: usize,
     },
     /// Validate a config and exit: 0 if valid, 2 with the reason if not. Touches no kernel state.
     Check {
@@ -258,7 +261,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let (Command::Run { config: file } | Command::Check { file }) = &cli.command else {
+    let (Command::Run { config: file, .. } | Command::Check { file }) = &cli.command else {
         unreachable!("admin commands returned above");
     };
     let config = match Config::load(file) {
@@ -287,9 +290,9 @@ fn main() -> ExitCode {
         | Command::Clean { .. } => {
             unreachable!("admin commands returned above")
         }
-        Command::Run { .. } => {
+        Command::Run { workers, .. } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(workers.max(1))
                 .enable_all()
                 .build()
             {

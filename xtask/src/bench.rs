@@ -1,6 +1,7 @@
-//! `cargo xtask bench [xdp|failover]`: the XDP program per packet class against a trivial XDP
-//! program, in the kernel through `test_run` (`lb-userspace/benches/xdp.rs`), and the failover
-//! figures (`lb-userspace/benches/failover.rs`). Per-packet figures are ratios to a baseline
+//! `cargo xtask bench [xdp|failover|l7]`: the XDP program per packet class against a trivial XDP
+//! program, in the kernel through `test_run` (`lb-userspace/benches/xdp.rs`), the failover
+//! figures (`lb-userspace/benches/failover.rs`), and the HTTP proxy against HAProxy under wrk
+//! (`lb-userspace/benches/l7.rs`; installs Debian's haproxy and wrk). Per-packet figures are ratios to a baseline
 //! measured in the same run, because these machines are shared and noisy.
 
 use anyhow::bail;
@@ -10,7 +11,7 @@ use crate::util::{cmd, is_root};
 
 #[derive(Args)]
 pub struct Options {
-    /// Which benchmark: `xdp` (per-packet cost) or `failover`; both when omitted.
+    /// Which benchmark: `xdp` (per-packet cost), `failover` or `l7`; all when omitted.
     which: Option<String>,
 }
 
@@ -18,13 +19,16 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark loads XDP programs and builds a network namespace: run it as root");
     }
-    let all = ["xdp", "failover"];
+    let all = ["xdp", "failover", "l7"];
     let chosen: Vec<&str> = match o.which.as_deref() {
         None => all.to_vec(),
         Some(w) if all.contains(&w) => vec![w],
         Some(w) => bail!("no benchmark named {w}; choose one of: {}", all.join(", ")),
     };
     for bench in chosen {
+        if bench == "l7" {
+            crate::setup::packages(&["haproxy", "wrk"])?;
+        }
         cmd(
             "cargo",
             &["bench", "--package", "lb-userspace", "--bench", bench],

@@ -26,7 +26,7 @@ const PACKAGES: &[&str] = &[
 pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
-    packages()?;
+    packages(PACKAGES)?;
     bpffs()?;
     Ok(())
 }
@@ -86,8 +86,9 @@ fn bpf_linker() -> anyhow::Result<()> {
     )
 }
 
-fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// Installs the Debian packages in `list` that are missing (as root), or says which are.
+pub fn packages(list: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = list
         .iter()
         .copied()
         .filter(|p| {
@@ -96,7 +97,7 @@ fn packages() -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        println!("setup: Debian packages: present ({})", PACKAGES.join(", "));
+        println!("setup: Debian packages: present ({})", list.join(", "));
         return Ok(());
     }
     if !is_root() {

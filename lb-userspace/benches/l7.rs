@@ -1,0 +1,254 @@
+//! The HTTP proxy against HAProxy (`cargo xtask bench l7`, as root; Debian's haproxy 2.6 and wrk).
+//!
+//! Everything runs in one fresh network namespace on its loopback: three HTTP backends (hyper, on
+//! one thread), Understudy's daemon with one runtime worker, HAProxy with `nbthread 1`, both with
+//! round robin over the same three backends and pooled upstream connections, and wrk with one
+//! thread and 64 connections. Two scenarios:
+//! 1. healthy backends;
+//! 2. one of the three backends answers 503 to every tenth request, with retries on in both
+//!    (Understudy's defaults; HAProxy `retry-on 503 conn-failure empty-response` with
+//!    `option redispatch 1`, so a retry goes to another server, as Understudy's does).
+//!
+//! Each scenario runs ROUNDS rounds; each round measures both proxies back to back, in alternating
+//! order, and the figures are medians. Ratios (Understudy / HAProxy) are what to read: the machine
+//! is shared and noisy.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use understudy_testbed::{Daemon, Netns, require_root};
+
+const ROUNDS: usize = 3;
+const DURATION: &str = "6s";
+const CONNECTIONS: &str = "64";
+const BACKEND_PORTS: [u16; 3] = [9001, 9002, 9003];
+const UNDERSTUDY_PORT: u16 = 8080;
+const HAPROXY_PORT: u16 = 8081;
+
+/// Starts the three backends on one thread; backend 0 fails every tenth request while `failing`.
+fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    ns.thread(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            for (i, port) in BACKEND_PORTS.into_iter().enumerate() {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let failing = failing.clone();
+                let count = Arc::new(AtomicU64::new(0));
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        let (failing, count) = (failing.clone(), count.clone());
+                        tokio::spawn(async move {
+                            let service =
+                                service_fn(move |_req: Request<hyper::body::Incoming>| {
+                                    let n = count.fetch_add(1, Ordering::Relaxed);
+                                    let fail =
+                                        i == 0 && failing.load(Ordering::Relaxed) && n % 10 == 0;
+                                    let mut r = Response::new(Full::new(Bytes::from_static(
+                                        b"hello from a backend\n",
+                                    )));
+                                    if fail {
+                                        *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                    }
+                                    async move { Ok::<_, Infallible>(r) }
+                                });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                });
+            }
+            ready_tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    ready_rx.recv().unwrap();
+}
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("understudy-bench-l7-{name}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn understudy_config(ns: &Netns) -> PathBuf {
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [\"lo\"]\ninstance = \"{}\"\n\n[admin]\nlisten = \"off\"\n\n\
+         [[service]]\nname = \"api\"\nvip = \"127.0.0.1:{UNDERSTUDY_PORT}\"\nmode = \"http\"\n\n\
+         [service.circuit]\n# Only the retries are compared: the failing backend stays in.\n\
+         consecutive_failures = 1000\n",
+        ns.name()
+    );
+    for port in BACKEND_PORTS {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"127.0.0.1:{port}\"\n"
+        ));
+    }
+    write("understudy.toml", &text)
+}
+
+fn haproxy(ns: &Netns) -> Child {
+    let mut text = format!(
+        "global\n  nbthread 1\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 1s\n  \
+         timeout client 30s\n  timeout server 5s\n  retries 2\n  option redispatch 1\n  \
+         retry-on conn-failure empty-response response-timeout 503\n\n\
+         frontend api\n  bind 127.0.0.1:{HAPROXY_PORT}\n  option forwardfor\n  default_backend pool\n\n\
+         backend pool\n  balance roundrobin\n"
+    );
+    for (i, port) in BACKEND_PORTS.iter().enumerate() {
+        text.push_str(&format!("  server b{i} 127.0.0.1:{port}\n"));
+    }
+    let cfg = write("haproxy.cfg", &text);
+    let mut child = ns
+        .command("haproxy")
+        .args(["-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start haproxy (cargo xtask bench l7 installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("haproxy exited: {status}");
+    }
+    child
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Responses that were not 2xx or 3xx, per second.
+    errors_per_s: f64,
+}
+
+/// wrk's duration ("812.00us", "1.20ms", "2.00s") in milliseconds.
+fn millis(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(ns: &Netns, port: u16) -> Figures {
+    let out = ns
+        .command("wrk")
+        .args(["-t1", "-c", CONNECTIONS, "-d", DURATION, "--latency"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("run wrk (cargo xtask bench l7 installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = Figures::default();
+    let seconds: f64 = DURATION.trim_end_matches('s').parse().unwrap();
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", n] => f.rps = n.parse().unwrap_or(0.0),
+            ["50%", t] => f.p50_ms = millis(t),
+            ["99%", t] => f.p99_ms = millis(t),
+            ["Non-2xx", "or", "3xx", "responses:", n] => {
+                f.errors_per_s = n.parse::<f64>().unwrap_or(0.0) / seconds
+            }
+            _ => {}
+        }
+    }
+    assert!(f.rps > 0.0, "wrk printed no rate:\n{text}");
+    f
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    require_root("the L7 benchmark");
+    Netns::remove_stale();
+    let ns = Netns::new("l7bench");
+    let failing = Arc::new(AtomicBool::new(false));
+    backends(&ns, failing.clone());
+    let config = understudy_config(&ns);
+    let bin = env!("CARGO_BIN_EXE_understudy");
+    let daemon = Daemon::start_with_env(&ns, bin.as_ref(), &config, &[("UNDERSTUDY_WORKERS", "1")]);
+    let mut haproxy = haproxy(&ns);
+    let targets = [("understudy", UNDERSTUDY_PORT), ("haproxy", HAPROXY_PORT)];
+    // Warm both (pools, caches).
+    for (_, port) in targets {
+        let _ = ns
+            .command("wrk")
+            .args(["-t1", "-c", CONNECTIONS, "-d", "1s"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output();
+    }
+    println!(
+        "L7: wrk -t1 -c{CONNECTIONS} -d{DURATION}, {ROUNDS} rounds, one worker each, 3 backends\n"
+    );
+    for (scenario, fail) in [("healthy", false), ("1 of 3 backends: 10% 503", true)] {
+        failing.store(fail, Ordering::Relaxed);
+        let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..ROUNDS {
+            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for t in order {
+                let f = wrk(&ns, targets[t].1);
+                println!(
+                    "  {scenario:<26} round {round} {:<10} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {:>6.1}/s",
+                    targets[t].0, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s
+                );
+                runs[t].push(f);
+            }
+        }
+        let m = |t: usize, pick: fn(&Figures) -> f64| median(runs[t].iter().map(pick).collect());
+        let (u_rps, h_rps) = (m(0, |f| f.rps), m(1, |f| f.rps));
+        let (u_p50, h_p50) = (m(0, |f| f.p50_ms), m(1, |f| f.p50_ms));
+        let (u_p99, h_p99) = (m(0, |f| f.p99_ms), m(1, |f| f.p99_ms));
+        let (u_err, h_err) = (m(0, |f| f.errors_per_s), m(1, |f| f.errors_per_s));
+        println!("\n  {scenario} (medians):");
+        println!(
+            "    requests/s  understudy {u_rps:>9.0}  haproxy {h_rps:>9.0}  ratio {:.2} (target >= 1)",
+            u_rps / h_rps
+        );
+        println!(
+            "    p50         understudy {u_p50:>7.3} ms  haproxy {h_p50:>7.3} ms  ratio {:.2}",
+            u_p50 / h_p50
+        );
+        println!(
+            "    p99         understudy {u_p99:>7.3} ms  haproxy {h_p99:>7.3} ms  ratio {:.2} (target <= 1)",
+            u_p99 / h_p99
+        );
+        println!("    errors/s    understudy {u_err:>9.1}  haproxy {h_err:>9.1}\n");
+    }
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    drop(daemon);
+}

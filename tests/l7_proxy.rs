@@ -274,13 +274,7 @@ async fn proxy_with_tiers(addresses: &[SocketAddr], sections: &str, tiers: &[u32
     let members = svc
         .backends
         .iter()
-        .map(|b| MemberView {
-            address: b.address,
-            tier: b.tier,
-            weight: b.weight,
-            active: b.tier == 0,
-            eligible: true,
-        })
+        .map(|b| MemberView::new(b.address, b.tier, b.weight, b.tier == 0, true))
         .collect();
     let mut p = Proxy {
         addr,

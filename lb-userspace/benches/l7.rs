@@ -9,6 +9,9 @@
 //!    (Understudy's defaults; HAProxy `retry-on 503 conn-failure empty-response` with
 //!    `option redispatch 1`, so a retry goes to another server, as Understudy's does).
 //!
+//! CPUs are pinned so that the scheduler's placement does not decide the result: wrk runs alone
+//! on CPU 0; the proxy under test and the backends share CPU 1 (on this two-core machine).
+//!
 //! Each scenario runs ROUNDS rounds; each round measures both proxies back to back, in alternating
 //! order, and the figures are medians. Ratios (Understudy / HAProxy) are what to read: the machine
 //! is shared and noisy.
@@ -30,8 +33,11 @@ use hyper::{Request, Response, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use understudy_testbed::{Daemon, Netns, require_root};
 
-const ROUNDS: usize = 3;
-const DURATION: &str = "6s";
+const ROUNDS: usize = 5;
+const DURATION: &str = "5s";
+/// wrk's CPU, and the CPU the proxies and the backends share.
+const LOAD_CPU: &str = "0";
+const PROXY_CPU: &str = "1";
 const CONNECTIONS: &str = "64";
 const BACKEND_PORTS: [u16; 3] = [9001, 9002, 9003];
 const UNDERSTUDY_PORT: u16 = 8080;
@@ -41,6 +47,7 @@ const HAPROXY_PORT: u16 = 8081;
 fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     ns.thread(move || {
+        pin_current_thread(PROXY_CPU.parse().unwrap());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -87,6 +94,15 @@ fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
     ready_rx.recv().unwrap();
 }
 
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; the set is passed by pointer with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn write(name: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("understudy-bench-l7-{name}"));
     std::fs::write(&path, text).unwrap();
@@ -122,8 +138,8 @@ fn haproxy(ns: &Netns) -> Child {
     }
     let cfg = write("haproxy.cfg", &text);
     let mut child = ns
-        .command("haproxy")
-        .args(["-db", "-f"])
+        .command("taskset")
+        .args(["-c", PROXY_CPU, "haproxy", "-db", "-f"])
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -163,8 +179,18 @@ fn millis(text: &str) -> f64 {
 
 fn wrk(ns: &Netns, port: u16) -> Figures {
     let out = ns
-        .command("wrk")
-        .args(["-t1", "-c", CONNECTIONS, "-d", DURATION, "--latency"])
+        .command("taskset")
+        .args([
+            "-c",
+            LOAD_CPU,
+            "wrk",
+            "-t1",
+            "-c",
+            CONNECTIONS,
+            "-d",
+            DURATION,
+            "--latency",
+        ])
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .expect("run wrk (cargo xtask bench l7 installs it)");
@@ -201,6 +227,12 @@ fn main() {
     let config = understudy_config(&ns);
     let bin = env!("CARGO_BIN_EXE_understudy");
     let daemon = Daemon::start_with_env(&ns, bin.as_ref(), &config, &[("UNDERSTUDY_WORKERS", "1")]);
+    // The daemon's threads, all of them, on the proxies' CPU.
+    std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", PROXY_CPU, &daemon.pid().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset");
     let mut haproxy = haproxy(&ns);
     let targets = [("understudy", UNDERSTUDY_PORT), ("haproxy", HAPROXY_PORT)];
     // Warm both (pools, caches).
@@ -212,7 +244,7 @@ fn main() {
             .output();
     }
     println!(
-        "L7: wrk -t1 -c{CONNECTIONS} -d{DURATION}, {ROUNDS} rounds, one worker each, 3 backends\n"
+        "L7: wrk -t1 -c{CONNECTIONS} -d{DURATION} on CPU {LOAD_CPU}; proxy (one worker) and 3 backends on CPU {PROXY_CPU}; {ROUNDS} rounds\n"
     );
     for (scenario, fail) in [("healthy", false), ("1 of 3 backends: 10% 503", true)] {
         failing.store(fail, Ordering::Relaxed);

@@ -219,12 +219,14 @@ impl Writer {
             Active::Drop | Active::Reject => vec![false; svc.members.len()],
         };
         let members = (0..svc.members.len())
-            .map(|mi| MemberView {
-                address: svc.addresses[mi],
-                tier: svc.members[mi].tier,
-                weight: svc.members[mi].weight,
-                active: active[mi],
-                eligible: self.healthy[si][mi] && !svc.members[mi].drain,
+            .map(|mi| {
+                MemberView::new(
+                    svc.addresses[mi],
+                    svc.members[mi].tier,
+                    svc.members[mi].weight,
+                    active[mi],
+                    self.healthy[si][mi] && !svc.members[mi].drain,
+                )
             })
             .collect();
         if let Ok(mut a) = self.availability.write() {

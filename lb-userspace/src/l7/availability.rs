@@ -13,6 +13,8 @@ use std::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {
     pub address: SocketAddr,
+    /// `address` as a URI authority, parsed once for every request's upstream URI.
+    pub authority: hyper::http::uri::Authority,
     pub tier: u32,
     pub weight: u32,
     /// In the active set: takes first tries.
@@ -28,6 +30,22 @@ pub struct PoolView {
     /// The active members' indices in smooth weighted round-robin order (nginx's algorithm):
     /// each appears `weight` times, spread out. Recomputed when the view changes.
     pub wheel: Vec<u16>,
+}
+
+impl MemberView {
+    pub fn new(address: SocketAddr, tier: u32, weight: u32, active: bool, eligible: bool) -> Self {
+        MemberView {
+            address,
+            authority: address
+                .to_string()
+                .parse()
+                .expect("a socket address is an authority"),
+            tier,
+            weight,
+            active,
+            eligible,
+        }
+    }
 }
 
 impl PoolView {

@@ -57,12 +57,34 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
+/// A client connection's address, formatted once for every request on it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// The address as `X-Forwarded-For` carries it.
+    ip: String,
+    /// ... and as a `Forwarded` node (IPv6 quoted in brackets).
+    node: String,
+}
+
+impl ClientInfo {
+    pub fn new(addr: SocketAddr) -> ClientInfo {
+        let ip = addr.ip().to_string();
+        let node = if addr.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.clone()
+        };
+        ClientInfo { addr, ip, node }
+    }
+}
+
 /// Rewrites a client's request headers for the upstream.
 pub fn forward_request(
     headers: &mut HeaderMap,
     version: Version,
     authority: Option<&str>,
-    client: SocketAddr,
+    client: &ClientInfo,
     tls: bool,
     via: Option<&str>,
 ) {
@@ -73,23 +95,17 @@ pub fn forward_request(
     {
         headers.insert(header::HOST, a);
     }
-    let ip = client.ip();
     let proto = if tls { "https" } else { "http" };
     append(
         headers,
         HeaderName::from_static("x-forwarded-for"),
-        &ip.to_string(),
+        &client.ip,
     );
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(proto),
     );
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
+    let mut forwarded = format!("for={};proto={proto}", client.node);
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
         && host
             .chars()
@@ -146,12 +162,12 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         h.insert(header::HOST, HeaderValue::from_static("api.example"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
-        let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let client = ClientInfo::new("198.51.100.7:40000".parse().unwrap());
         forward_request(
             &mut h,
             Version::HTTP_11,
             None,
-            client,
+            &client,
             true,
             Some("understudy"),
         );
@@ -171,12 +187,12 @@ mod tests {
     #[test]
     fn http2_requests_get_a_host_and_ipv6_clients_are_quoted() {
         let mut h = HeaderMap::new();
-        let client: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+        let client = ClientInfo::new("[2001:db8::7]:40000".parse().unwrap());
         forward_request(
             &mut h,
             Version::HTTP_2,
             Some("api.example:8443"),
-            client,
+            &client,
             false,
             None,
         );

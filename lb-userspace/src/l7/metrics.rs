@@ -1,6 +1,8 @@
 //! The proxy's Prometheus metrics. They live for the daemon's lifetime and are added to each
 //! scrape's registry next to the data plane's.
 
+use std::{net::SocketAddr, sync::Mutex};
+
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
@@ -44,24 +46,69 @@ impl L7Metrics {
             self.ejections.clone(),
         );
     }
+}
 
-    pub fn request(&self, service: &str, status: u16, attempts: u32) {
-        self.requests
-            .get_or_create(&vec![
-                ("service".into(), service.into()),
-                ("code".into(), status.to_string()),
-                ("attempts".into(), attempts.to_string()),
-            ])
-            .inc();
+/// One service's counters, with the handles it has used cached, so the request path neither
+/// builds label strings nor hashes them (a service sees few distinct label sets).
+pub struct ServiceCounters {
+    service: String,
+    metrics: L7Metrics,
+    requests: Mutex<Vec<((u16, u32), Counter)>>,
+    attempts: Mutex<Vec<((SocketAddr, &'static str), Counter)>>,
+}
+
+fn cached<K: PartialEq + Copy>(
+    cache: &Mutex<Vec<(K, Counter)>>,
+    key: K,
+    make: impl FnOnce() -> Counter,
+) {
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, counter)) = c.iter().find(|(k, _)| *k == key) {
+        counter.inc();
+        return;
+    }
+    let counter = make();
+    counter.inc();
+    c.push((key, counter));
+}
+
+impl ServiceCounters {
+    pub fn new(service: &str, metrics: L7Metrics) -> ServiceCounters {
+        ServiceCounters {
+            service: service.to_string(),
+            metrics,
+            requests: Mutex::default(),
+            attempts: Mutex::default(),
+        }
     }
 
-    pub fn attempt(&self, service: &str, backend: &str, outcome: &str) {
-        self.attempts
-            .get_or_create(&vec![
-                ("service".into(), service.into()),
-                ("backend".into(), backend.into()),
-                ("outcome".into(), outcome.into()),
-            ])
-            .inc();
+    pub fn metrics(&self) -> &L7Metrics {
+        &self.metrics
+    }
+
+    pub fn request(&self, status: u16, attempts: u32) {
+        cached(&self.requests, (status, attempts), || {
+            self.metrics
+                .requests
+                .get_or_create(&vec![
+                    ("service".into(), self.service.clone()),
+                    ("code".into(), status.to_string()),
+                    ("attempts".into(), attempts.to_string()),
+                ])
+                .clone()
+        });
+    }
+
+    pub fn attempt(&self, backend: SocketAddr, outcome: &'static str) {
+        cached(&self.attempts, (backend, outcome), || {
+            self.metrics
+                .attempts
+                .get_or_create(&vec![
+                    ("service".into(), self.service.clone()),
+                    ("backend".into(), backend.to_string()),
+                    ("outcome".into(), outcome.into()),
+                ])
+                .clone()
+        });
     }
 }

@@ -32,6 +32,7 @@ use hyper_util::{
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+pub use headers::ClientInfo;
 pub use proxy::{Carried, Ejection, ServiceProxy};
 
 /// The proxy a listener serves; swapped whole on reload, so requests in flight finish on the
@@ -56,11 +57,13 @@ pub async fn serve(listener: TcpListener, current: Current) {
 
 async fn connection(stream: TcpStream, client: SocketAddr, current: Current) {
     let proxy = current.load_full();
+    let info = Arc::new(ClientInfo::new(client));
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let current = current.clone();
+        let info = info.clone();
         async move {
             let proxy = current.load_full();
-            Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await)
+            Ok::<_, std::convert::Infallible>(proxy.handle(req, &info).await)
         }
     });
     let builder = auto::Builder::new(TokioExecutor::new());

@@ -24,8 +24,9 @@ use std::{
 };
 
 use http_body_util::{BodyExt as _, Limited as LimitedBody};
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{
-    Method, Request, Response, StatusCode, Version,
+    Method, Request, Response, StatusCode, Uri, Version,
     body::{Body as _, Incoming},
     header,
 };
@@ -40,8 +41,8 @@ use super::{
     budget::Budget,
     circuit::{Breaker, Refusal},
     connector::{Limited, is_pending_full},
-    headers,
-    metrics::L7Metrics,
+    headers::{self, ClientInfo},
+    metrics::{L7Metrics, ServiceCounters},
     select::{Key, order},
 };
 use crate::config::{HashMode, HttpService, Service};
@@ -76,7 +77,7 @@ pub struct ServiceProxy {
     client: Client<Limited, ProxyBody>,
     counter: AtomicU64,
     ejections: Option<mpsc::UnboundedSender<Ejection>>,
-    metrics: L7Metrics,
+    counters: ServiceCounters,
 }
 
 /// How one attempt ended.
@@ -96,6 +97,15 @@ enum Last {
     Unreachable(String),
     TimedOut,
     Response(Response<Incoming>, u32),
+}
+
+impl Last {
+    /// Moves on to `next`; a response left behind is drained so its connection is reused.
+    fn set(&mut self, next: Last) {
+        if let Last::Response(old, _) = std::mem::replace(self, next) {
+            drain(old);
+        }
+    }
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -118,6 +128,22 @@ fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {
     }
     let when = httpdate::parse_http_date(v).ok()?;
     Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Reads a small retried response's body in the background, so its upstream connection goes back
+/// to the pool instead of being closed (a pool that loses a connection per retry pays a connect
+/// for each).
+fn drain(resp: Response<Incoming>) {
+    if resp
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= 64 * 1024)
+    {
+        tokio::spawn(async move {
+            let _ = resp.into_body().collect().await;
+        });
+    }
 }
 
 /// A short plain-text error that says which.
@@ -163,7 +189,7 @@ impl ServiceProxy {
             client,
             counter: AtomicU64::new(fastrand::u64(..)),
             ejections,
-            metrics,
+            counters: ServiceCounters::new(&service.name, metrics),
             settings,
         })
     }
@@ -182,18 +208,18 @@ impl ServiceProxy {
     }
 
     /// Serves one request.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let (status, attempts, response) = self.proxy(req, client, started).await;
-        self.metrics.request(&self.name, status, attempts);
-        debug!(service = %self.name, %client, status, attempts, elapsed_us = started.elapsed().as_micros() as u64, "request");
+        self.counters.request(status, attempts);
+        debug!(service = %self.name, client = %client.addr, status, attempts, elapsed_us = started.elapsed().as_micros() as u64, "request");
         response
     }
 
     async fn proxy(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: &ClientInfo,
         started: Instant,
     ) -> (u16, u32, Response<ProxyBody>) {
         let policy = &self.settings.retry;
@@ -232,8 +258,8 @@ impl ServiceProxy {
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         let Some(pool) = self.pool() else {
             return self.reply_error(
@@ -245,7 +271,7 @@ impl ServiceProxy {
         let key = match self.hash {
             HashMode::SourceIp => {
                 let mut h = 0xcbf2_9ce4_8422_2325u64;
-                for b in client.ip().to_string().bytes() {
+                for b in client.addr.ip().to_string().bytes() {
                     h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
                 }
                 Key::Hash(h)
@@ -263,7 +289,6 @@ impl ServiceProxy {
                 break;
             }
             let address = pool.members[idx].address;
-            let backend = address.to_string();
             let breaker = self.breaker(address);
             let now = Instant::now();
             let permit = match breaker.admit(&self.settings.circuit, now) {
@@ -277,7 +302,8 @@ impl ServiceProxy {
                 break;
             }
             if attempts > 0 && !self.carried.budget.try_retry(now) {
-                self.metrics
+                self.counters
+                    .metrics()
                     .budget_exhausted
                     .get_or_create(&vec![("service".into(), self.name.clone())])
                     .inc();
@@ -285,7 +311,7 @@ impl ServiceProxy {
                 break;
             }
             if now >= deadline {
-                last = Last::TimedOut;
+                last.set(Last::TimedOut);
                 break;
             }
             attempts += 1;
@@ -293,7 +319,11 @@ impl ServiceProxy {
             *up.method_mut() = parts.method.clone();
             *up.headers_mut() = parts.headers.clone();
             *up.version_mut() = Version::HTTP_11;
-            *up.uri_mut() = match format!("http://{backend}{path}").parse() {
+            let mut uri = hyper::http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(pool.members[idx].authority.clone());
+            uri.path_and_query = Some(path.clone());
+            *up.uri_mut() = match Uri::from_parts(uri) {
                 Ok(u) => u,
                 Err(_) => return self.reply_error(StatusCode::BAD_REQUEST, "bad request path", 0),
             };
@@ -331,38 +361,36 @@ impl ServiceProxy {
                     let retry = (retryable_status
                         || (status == StatusCode::TOO_MANY_REQUESTS && policy.on_429))
                         && may_repeat;
-                    self.metrics.attempt(
-                        &self.name,
-                        &backend,
-                        if retry { "retried_status" } else { "answered" },
-                    );
+                    self.counters
+                        .attempt(address, if retry { "retried_status" } else { "answered" });
                     if retry {
-                        debug!(service = %self.name, %backend, status = status.as_u16(), attempt = attempts, "retrying on status");
-                        last = Last::Response(resp, attempts);
+                        debug!(service = %self.name, backend = %address, status = status.as_u16(), attempt = attempts, "retrying on status");
+                        last.set(Last::Response(resp, attempts));
                         continue;
                     }
+                    last.set(Last::Nothing);
                     return self.answer(resp, permit, version, attempts);
                 }
                 Tried::NotSent(why) => {
-                    self.metrics.attempt(&self.name, &backend, "connect_failed");
+                    self.counters.attempt(address, "connect_failed");
                     self.failure(&breaker, address, "connect failed");
-                    debug!(service = %self.name, %backend, attempt = attempts, error = %why, "connect failed");
-                    last = Last::Unreachable(why);
+                    debug!(service = %self.name, backend = %address, attempt = attempts, error = %why, "connect failed");
+                    last.set(Last::Unreachable(why));
                 }
                 Tried::Failed(why) => {
-                    self.metrics.attempt(&self.name, &backend, "reset");
+                    self.counters.attempt(address, "reset");
                     self.failure(&breaker, address, "reset before the response");
-                    debug!(service = %self.name, %backend, attempt = attempts, error = %why, "no response");
-                    last = Last::Unreachable(why);
+                    debug!(service = %self.name, backend = %address, attempt = attempts, error = %why, "no response");
+                    last.set(Last::Unreachable(why));
                     if !may_repeat {
                         break;
                     }
                 }
                 Tried::TimedOut => {
-                    self.metrics.attempt(&self.name, &backend, "timeout");
+                    self.counters.attempt(address, "timeout");
                     self.failure(&breaker, address, "per-try timeout");
-                    debug!(service = %self.name, %backend, attempt = attempts, "per-try timeout");
-                    last = Last::TimedOut;
+                    debug!(service = %self.name, backend = %address, attempt = attempts, "per-try timeout");
+                    last.set(Last::TimedOut);
                     if !may_repeat || now >= deadline {
                         break;
                     }
@@ -409,7 +437,8 @@ impl ServiceProxy {
                 self.settings.circuit.consecutive_failures
             );
             warn!(service = %self.name, backend = %address, %reason, "circuit opened");
-            self.metrics
+            self.counters
+                .metrics()
                 .ejections
                 .get_or_create(&vec![
                     ("service".into(), self.name.clone()),

@@ -88,12 +88,9 @@ mod tests {
         PoolView::new(
             spec.iter()
                 .enumerate()
-                .map(|(i, &(tier, weight, active, eligible))| MemberView {
-                    address: format!("10.0.0.{}:80", i + 1).parse().unwrap(),
-                    tier,
-                    weight,
-                    active,
-                    eligible,
+                .map(|(i, &(tier, weight, active, eligible))| {
+                    let address = format!("10.0.0.{}:80", i + 1).parse().unwrap();
+                    MemberView::new(address, tier, weight, active, eligible)
                 })
                 .collect(),
         )

@@ -28,6 +28,19 @@ fn output(cmd: &mut Command) -> (i32, String, String) {
 }
 
 #[test]
+fn check_accepts_the_reference_configs() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+    for (file, summary) in [
+        ("failover.toml", "valid ("),
+        ("http.toml", "valid (2 services, 5 backends, 1 interfaces)"),
+    ] {
+        let (code, stdout, stderr) = output(Command::new(BIN).arg("check").arg(dir.join(file)));
+        assert_eq!(code, 0, "{file}: {stderr}");
+        assert!(stdout.contains(summary), "{file}: {stdout}");
+    }
+}
+
+#[test]
 fn check_accepts_the_demo_config() {
     let (code, stdout, _) = output(Command::new(BIN).arg("check").arg(demo_config()));
     assert_eq!(code, 0);

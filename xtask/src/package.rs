@@ -15,6 +15,7 @@ const EXPECTED: &[&str] = &[
     "./etc/understudy/understudy.toml",
     "./usr/share/doc/understudy/examples/demo.toml",
     "./usr/share/doc/understudy/examples/failover.toml",
+    "./usr/share/doc/understudy/examples/http.toml",
     "./usr/share/doc/understudy/README.md",
 ];
 
@@ -46,7 +47,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
         "etc/understudy/understudy.toml",
         0o644,
     )?;
-    for example in ["demo.toml", "failover.toml"] {
+    for example in ["demo.toml", "failover.toml", "http.toml"] {
         place(
             root().join("config").join(example),
             &format!("usr/share/doc/understudy/examples/{example}"),

@@ -43,7 +43,7 @@ use super::{
     connector::{Limited, is_pending_full},
     headers::{self, ClientInfo},
     metrics::{L7Metrics, ServiceCounters},
-    select::{Key, order},
+    select::{Candidates, Key},
 };
 use crate::config::{HashMode, HttpService, Service};
 
@@ -278,7 +278,7 @@ impl ServiceProxy {
             }
             HashMode::FiveTuple => Key::RoundRobin(self.counter.fetch_add(1, Ordering::Relaxed)),
         };
-        let candidates = order(&pool, key);
+        let candidates = Candidates::new(&pool, key);
         self.carried.budget.request(Instant::now());
 
         let mut attempts = 0u32;

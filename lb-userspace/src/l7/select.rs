@@ -69,6 +69,51 @@ pub fn order(pool: &PoolView, key: Key) -> Vec<usize> {
     out
 }
 
+/// The candidates of one request, best first, as [`order`] ranks them. With round robin the first
+/// comes straight off the wheel; the rest is ranked only if a retry asks for it, so a request that
+/// succeeds at once allocates nothing here.
+pub struct Candidates<'a> {
+    pool: &'a PoolView,
+    key: Key,
+    given: usize,
+    rest: Option<std::vec::IntoIter<usize>>,
+}
+
+impl<'a> Candidates<'a> {
+    pub fn new(pool: &'a PoolView, key: Key) -> Candidates<'a> {
+        Candidates {
+            pool,
+            key,
+            given: 0,
+            rest: None,
+        }
+    }
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        self.given += 1;
+        if self.given == 1
+            && let Key::RoundRobin(counter) = self.key
+        {
+            let wheel = &self.pool.wheel;
+            return (!wheel.is_empty())
+                .then(|| wheel[(counter % wheel.len() as u64) as usize] as usize);
+        }
+        let skip = if self.rest.is_none() {
+            self.given - 1
+        } else {
+            0
+        };
+        let rest = self
+            .rest
+            .get_or_insert_with(|| order(self.pool, self.key).into_iter());
+        rest.nth(skip)
+    }
+}
+
 impl super::availability::MemberView {
     fn address_hash(&self) -> u64 {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -143,6 +188,24 @@ mod tests {
             .map(|h| order(&p, Key::Hash(h * 7919))[0])
             .collect();
         assert_eq!(firsts.len(), 3, "different clients spread");
+    }
+
+    #[test]
+    fn candidates_follow_the_order_lazily() {
+        let p = pool(&[
+            (0, 2, true, true),
+            (0, 1, true, true),
+            (1, 1, false, true),
+            (0, 1, false, false),
+        ]);
+        for c in 0..12 {
+            for key in [Key::RoundRobin(c), Key::Hash(c * 7919)] {
+                let lazy: Vec<usize> = Candidates::new(&p, key).collect();
+                assert_eq!(lazy, order(&p, key), "{key:?}");
+            }
+        }
+        let none = pool(&[(0, 1, false, false)]);
+        assert_eq!(Candidates::new(&none, Key::RoundRobin(3)).next(), None);
     }
 
     #[test]

@@ -18,7 +18,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     path::PathBuf,
     process::{Child, Stdio},
     sync::{

@@ -45,7 +45,7 @@ fn check_accepts_the_demo_config() {
     let (code, stdout, _) = output(Command::new(BIN).arg("check").arg(demo_config()));
     assert_eq!(code, 0);
     assert!(
-        stdout.contains("valid (2 services, 6 backends, 4 interfaces)"),
+        stdout.contains("valid (3 services, 9 backends, 4 interfaces)"),
         "{stdout}"
     );
 }

@@ -73,6 +73,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         web_servers.push(Some(web_server(be, &dir)?));
     }
     let mut guards = Vec::new();
+    // The HTTP service listens on the VIP itself: make it an address of the balancer.
+    topo.lb
+        .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
 
     println!(
         "demo: starting {} run --config {}",
@@ -113,8 +116,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
 
+    let api = format!("http://{VIP_V4}:8000/");
+    println!("\ndemo: 6 requests to the HTTP service {api} (the daemon's proxy):");
+    show_attempts(&topo.client, &api)?;
+
     println!("\ndemo: stopping backend-1's web server, as if it crashed");
     drop(web_servers[0].take());
+    println!(
+        "demo: at once, before any check noticed, 6 requests to {api}: a request that tries \
+         backend-1 first is retried on the next backend, and every one is answered:"
+    );
+    show_attempts(&topo.client, &api)?;
     // 20 in a row: with 3 backends, (2/3)^20 makes a false "moved" negligible.
     let moved = wait_until(&topo.client, Duration::from_secs(15), 20, |a| {
         !a.contains("backend-1")
@@ -151,7 +163,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         "\ndemo: running. Try it yourself in another terminal:\n  \
          ip netns exec {} curl http://{VIP_V4}/\n  \
          ip netns exec {} curl 'http://[{VIP_V6}]/'\n  \
+         ip netns exec {} curl -i http://{VIP_V4}:8000/\n  \
          nsenter --net=/var/run/netns/{} {} status",
+        topo.client.name(),
         topo.client.name(),
         topo.client.name(),
         topo.lb.name(),
@@ -168,6 +182,36 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     drop(web_servers);
     drop(topo);
     drop(site);
+    Ok(())
+}
+
+/// Six requests to the HTTP service, each with the number of attempts it took.
+fn show_attempts(client: &Netns, url: &str) -> anyhow::Result<()> {
+    for _ in 0..6 {
+        let out = client
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "3",
+                "-w",
+                " (attempts: %header{x-understudy-attempts})",
+            ])
+            .arg(url)
+            .output()
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!(
+                "curl {url} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout).replace('\n', "");
+        if !text.starts_with("Hello from backend-") {
+            bail!("the HTTP service answered {text:?}");
+        }
+        println!("  {text}");
+    }
     Ok(())
 }
 

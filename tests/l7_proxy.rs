@@ -799,3 +799,64 @@ async fn cleartext_http2_with_prior_knowledge() {
     let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     assert_eq!(h2_get(tcp, "api.example").await, (200, "x 0".to_string()));
 }
+
+#[tokio::test]
+async fn upstream_tls_is_verified_against_the_configured_ca() {
+    let dir = std::env::temp_dir().join(format!("understudy-upstream-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["backend.internal".into()]).unwrap();
+    let ca = dir.join("backend.pem");
+    std::fs::write(&ca, key.cert.pem()).unwrap();
+    // A TLS backend (HTTP/1.1 inside) that names itself.
+    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![key.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("tls backend"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let c = client();
+    let trusted = proxy(
+        &[backend],
+        &format!(
+            "[service.upstream_tls]\nca_file = \"{}\"\nsni = \"backend.internal\"\n",
+            ca.display()
+        ),
+    )
+    .await;
+    let r = get(&c, &trusted.url("/")).await;
+    assert_eq!((r.status, r.body.unwrap().as_str()), (200, "tls backend"));
+    // Without the CA the backend's certificate is not trusted: nothing is sent to it.
+    let untrusted = proxy(
+        &[backend],
+        "[service.upstream_tls]\nsni = \"backend.internal\"\n",
+    )
+    .await;
+    let r = get(&c, &untrusted.url("/")).await;
+    assert_eq!(r.status, 502);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,8 +11,9 @@ use toml::Spanned;
 use super::{
     ConfigError,
     error::Locator,
+    health::TlsCheck,
     health::duration,
-    raw::{RawCircuit, RawHttp, RawRetry, RawTls},
+    raw::{RawCircuit, RawHttp, RawRetry, RawTls, RawUpstreamTls},
 };
 
 /// Everything an HTTP service adds to the pool it shares with L4 services.
@@ -30,6 +31,8 @@ pub struct HttpService {
     pub max_idle_per_backend: usize,
     /// TLS termination; plain HTTP (HTTP/1.1 or h2c) when `None`.
     pub tls: Option<Vec<Certificate>>,
+    /// TLS to the backends (HTTP/1.1 inside); plain HTTP when `None`.
+    pub upstream_tls: Option<TlsCheck>,
     pub retry: RetryPolicy,
     pub circuit: CircuitPolicy,
 }
@@ -118,6 +121,7 @@ impl Default for CircuitPolicy {
 pub(super) struct RawSections<'a> {
     pub http: Option<&'a Spanned<RawHttp>>,
     pub tls: Option<&'a Spanned<RawTls>>,
+    pub upstream_tls: Option<&'a Spanned<RawUpstreamTls>>,
     pub retry: Option<&'a Spanned<RawRetry>>,
     pub circuit: Option<&'a Spanned<RawCircuit>>,
 }
@@ -226,6 +230,37 @@ pub(super) fn validate_http(
                 });
             }
             Some(certs)
+        }
+    };
+
+    let upstream_tls = match raw.upstream_tls.map(Spanned::get_ref) {
+        None => None,
+        Some(u) => {
+            if let Some(ca) = &u.ca_file
+                && let Err(e) = std::fs::metadata(ca.get_ref())
+            {
+                return Err(at.error(
+                    Some(ca.span()),
+                    format!("{prefix}.upstream_tls.ca_file"),
+                    format!("cannot read {}: {e}", ca.get_ref()),
+                    "give the path of a readable PEM file with the CA certificates",
+                ));
+            }
+            if let Some(sni) = &u.sni
+                && rustls::pki_types::ServerName::try_from(sni.get_ref().as_str()).is_err()
+            {
+                return Err(at.error(
+                    Some(sni.span()),
+                    format!("{prefix}.upstream_tls.sni"),
+                    format!("\"{}\" is not a server name", sni.get_ref()),
+                    "give a DNS name such as \"api.internal\"",
+                ));
+            }
+            Some(TlsCheck {
+                ca_file: u.ca_file.as_ref().map(|c| c.get_ref().into()),
+                sni: u.sni.as_ref().map(|s| s.get_ref().clone()),
+                insecure_skip_verify: u.insecure_skip_verify,
+            })
         }
     };
 
@@ -362,6 +397,7 @@ pub(super) fn validate_http(
         idle_timeout,
         max_idle_per_backend,
         tls,
+        upstream_tls,
         retry,
         circuit,
     })

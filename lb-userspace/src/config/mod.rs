@@ -465,6 +465,7 @@ fn validate_service(
     let http_sections = [
         ("http", svc.http.as_ref().map(Spanned::span)),
         ("tls", svc.tls.as_ref().map(Spanned::span)),
+        ("upstream_tls", svc.upstream_tls.as_ref().map(Spanned::span)),
         ("retry", svc.retry.as_ref().map(Spanned::span)),
         ("circuit", svc.circuit.as_ref().map(Spanned::span)),
     ];
@@ -484,6 +485,7 @@ fn validate_service(
                 http::RawSections {
                     http: svc.http.as_ref(),
                     tls: svc.tls.as_ref(),
+                    upstream_tls: svc.upstream_tls.as_ref(),
                     retry: svc.retry.as_ref(),
                     circuit: svc.circuit.as_ref(),
                 },

@@ -64,6 +64,7 @@ pub struct RawService {
     /// `mode = "http"` only.
     pub http: Option<Spanned<RawHttp>>,
     pub tls: Option<Spanned<RawTls>>,
+    pub upstream_tls: Option<Spanned<RawUpstreamTls>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub circuit: Option<Spanned<RawCircuit>>,
     #[serde(default, rename = "backend")]
@@ -181,6 +182,15 @@ pub struct RawHttp {
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<Spanned<String>>,
+    pub sni: Option<Spanned<String>>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -179,14 +179,17 @@ async fn udp_check(check: &UdpCheck, target: SocketAddr) -> Result<(), String> {
     }
 }
 
-fn server_name(name: Option<&str>, target: SocketAddr) -> Result<ServerName<'static>, String> {
+pub(crate) fn server_name(
+    name: Option<&str>,
+    target: SocketAddr,
+) -> Result<ServerName<'static>, String> {
     match name {
         Some(n) => ServerName::try_from(n.to_string()).map_err(|e| format!("server name {n}: {e}")),
         None => Ok(ServerName::IpAddress(target.ip().into())),
     }
 }
 
-fn tls_config(t: &TlsCheck) -> Result<ClientConfig, String> {
+pub(crate) fn tls_config(t: &TlsCheck) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -1,5 +1,6 @@
 //! The upstream connector: hyper-util's TCP connector with a per-backend cap on connections being
-//! opened at once (`circuit.max_pending`). A request past the cap fails at once with
+//! opened at once (`circuit.max_pending`), and TLS to the backend when `[service.upstream_tls]`
+//! asks for it (tokio-rustls, ALPN http/1.1). A request past the cap fails at once with
 //! [`PendingFull`] and moves on to the next backend instead of queueing behind a slow one.
 
 use std::{
@@ -12,10 +13,25 @@ use std::{
     time::Duration,
 };
 
-use hyper::Uri;
-use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
-use tokio::net::TcpStream;
+use hyper::{
+    Uri,
+    rt::{Read, ReadBufCursor, Write},
+};
+use hyper_util::{
+    client::legacy::connect::{Connected, Connection, HttpConnector},
+    rt::TokioIo,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
 use tower_service::Service;
+
+use crate::{
+    config::TlsCheck,
+    health::probe::{server_name, tls_config},
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,18 +64,145 @@ pub struct Limited {
     inner: HttpConnector,
     pending: Arc<Mutex<HashMap<String, u32>>>,
     max: u32,
+    tls: Option<(TlsConnector, Option<String>)>,
 }
 
 impl Limited {
-    pub fn new(connect_timeout: Duration, max_pending: u32) -> Limited {
+    pub fn new(
+        connect_timeout: Duration,
+        max_pending: u32,
+        tls: Option<&TlsCheck>,
+    ) -> Result<Limited, String> {
         let mut inner = HttpConnector::new();
         inner.set_connect_timeout(Some(connect_timeout));
         inner.set_nodelay(true);
-        Limited {
+        let tls = match tls {
+            None => None,
+            Some(t) => {
+                let mut config = tls_config(t)?;
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some((TlsConnector::from(Arc::new(config)), t.sni.clone()))
+            }
+        };
+        Ok(Limited {
             inner,
             pending: Arc::default(),
             max: max_pending,
+            tls,
+        })
+    }
+}
+
+/// A connection to a backend, in clear or in TLS.
+pub enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// What the pool holds: an [`Upstream`] as hyper's I/O.
+pub struct UpstreamIo(TokioIo<Upstream>);
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Plain(s) => s.is_write_vectored(),
+            Upstream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl Write for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
     }
 }
 
@@ -83,7 +226,7 @@ impl Drop for Pending {
 }
 
 impl Service<Uri> for Limited {
-    type Response = TokioIo<TcpStream>;
+    type Response = UpstreamIo;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -105,9 +248,21 @@ impl Service<Uri> for Limited {
                 key,
             }
         };
+        let target = uri.authority().and_then(|a| a.as_str().parse().ok());
         let connecting = self.inner.call(uri);
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let result = connecting.await.map_err(Into::into);
+            let result = async {
+                let tcp = connecting.await?.into_inner();
+                let Some((connector, sni)) = tls else {
+                    return Ok(UpstreamIo(TokioIo::new(Upstream::Plain(tcp))));
+                };
+                let target = target.ok_or("the backend address is not an IP and port")?;
+                let name = server_name(sni.as_deref(), target)?;
+                let stream = connector.connect(name, tcp).await?;
+                Ok(UpstreamIo(TokioIo::new(Upstream::Tls(Box::new(stream)))))
+            }
+            .await;
             drop(guard);
             result
         })

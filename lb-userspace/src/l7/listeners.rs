@@ -77,7 +77,7 @@ impl Listeners {
                 Some(self.ejections.clone()),
                 self.metrics.clone(),
             )
-            .expect("an HTTP service");
+            .map_err(|e| format!("service {}: upstream TLS: {e}", svc.name))?;
             let listener = match running {
                 Some(r) if r.vip == svc.vip => None,
                 _ => Some(TcpListener::bind(svc.vip).await.map_err(|e| {

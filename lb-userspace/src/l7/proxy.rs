@@ -165,9 +165,16 @@ impl ServiceProxy {
         carried: Option<Carried>,
         ejections: Option<mpsc::UnboundedSender<Ejection>>,
         metrics: L7Metrics,
-    ) -> Option<ServiceProxy> {
-        let settings = service.http.clone()?;
-        let connector = Limited::new(settings.connect_timeout, settings.circuit.max_pending);
+    ) -> Result<ServiceProxy, String> {
+        let settings = service
+            .http
+            .clone()
+            .ok_or_else(|| format!("service {} is not an HTTP service", service.name))?;
+        let connector = Limited::new(
+            settings.connect_timeout,
+            settings.circuit.max_pending,
+            settings.upstream_tls.as_ref(),
+        )?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(settings.max_idle_per_backend)
@@ -179,7 +186,7 @@ impl ServiceProxy {
                 settings.retry.budget_min_per_second,
             )),
         });
-        Some(ServiceProxy {
+        Ok(ServiceProxy {
             name: service.name.clone(),
             vip: service.vip,
             hash: service.hash,

@@ -159,13 +159,26 @@ fn setup() -> Setup {
         .collect();
     // The proxy listens on the VIP: it must be an address of the balancer.
     topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, config_text(&topo, &[1, 2], "")).unwrap();
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    Setup {
+        topo,
+        backends,
+        daemon,
+    }
+}
+
+/// The config: "api" (HTTP, with `http_extra` lines in its [service.http]) on `api_backends`,
+/// and "tcp" (L4) on both backends.
+fn config_text(topo: &Topology, api_backends: &[usize], http_extra: &str) -> String {
     let mut text = format!(
         "{}\n[[service]]\nname = \"api\"\nvip = \"10.0.0.10:80\"\nmode = \"http\"\n\n\
-         [service.http]\nattempt_header = \"x-understudy-attempts\"\n\n\
+         [service.http]\nattempt_header = \"x-understudy-attempts\"\n{http_extra}\n\
          [service.circuit]\nconsecutive_failures = 3\nbase_ejection = \"30s\"\n",
         topo.dataplane_toml()
     );
-    for i in 1..=2 {
+    for &i in api_backends {
         text.push_str(&format!(
             "\n[[service.backend]]\naddress = \"{}:8080\"\n",
             topo.backend_addr(i, false)
@@ -181,14 +194,7 @@ fn setup() -> Setup {
             topo.backend_addr(i, false)
         ));
     }
-    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
-    std::fs::write(&path, text).unwrap();
-    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &path);
-    Setup {
-        topo,
-        backends,
-        daemon,
-    }
+    text
 }
 
 fn api() -> SocketAddr {
@@ -281,10 +287,11 @@ fn a_100_mb_upload_streams_through_in_a_few_mb() {
     require_root("the L7 upload test");
     let s = setup();
     let pid = s.daemon.pid();
-    // Warm up: connections, pools and buffers exist before the baseline.
+    // Warm up with 8 MB uploads: connections, pools, buffers and the allocator's segments exist
+    // before the baseline, so what the 100 MB upload adds is what it buffers.
     s.topo.client.enter(|| {
         for _ in 0..4 {
-            let (status, _) = request(api(), "POST", 1 << 20).unwrap();
+            let (status, _) = request(api(), "POST", 8 << 20).unwrap();
             assert_eq!(status, 200);
         }
     });
@@ -321,5 +328,60 @@ fn a_100_mb_upload_streams_through_in_a_few_mb() {
     assert!(
         growth < 8 * 1024,
         "RSS grew by {growth} KiB during the upload"
+    );
+}
+
+#[test]
+fn a_reload_changes_the_http_pool_and_a_bad_one_changes_nothing() {
+    require_root("the L7 reload test");
+    let s = setup();
+    let path = std::env::temp_dir().join(format!("{}.toml", s.topo.lb.name()));
+    let names = |n: usize| -> Vec<String> {
+        s.topo.client.enter(|| {
+            (0..n)
+                .map(|_| {
+                    let (status, body) = request(api(), "GET", 0).expect("request");
+                    assert_eq!(status, 200, "{body}");
+                    body.split(' ').next().unwrap().to_string()
+                })
+                .collect()
+        })
+    };
+    assert!(names(10).iter().any(|b| b == "be1"));
+
+    // A certificate that does not exist: refused, with the file named; nothing changes.
+    std::fs::write(
+        &path,
+        config_text(&s.topo, &[2], "").replace(
+            "[service.circuit]",
+            "[service.tls]\ncertificates = [{ cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }]\n\n[service.circuit]",
+        ),
+    )
+    .unwrap();
+    let (code, body) = admin(&s.topo.lb, None, "POST", "/reload");
+    assert_ne!(code, 200);
+    assert!(body.contains("/nonexistent.pem"), "{body}");
+    let before = names(10);
+    assert!(
+        before.iter().any(|b| b == "be1"),
+        "the old pool still serves: {before:?}"
+    );
+
+    // A good one: the HTTP service drops be1; the L4 service keeps both.
+    std::fs::write(&path, config_text(&s.topo, &[2], "via = \"understudy\"")).unwrap();
+    let (code, body) = admin(&s.topo.lb, None, "POST", "/reload");
+    assert_eq!(code, 200, "{body}\n{}", s.daemon.output());
+    let after = names(10);
+    assert!(after.iter().all(|b| b == "be2"), "{after:?}");
+    let via = s.topo.client.enter(|| {
+        let mut c = TcpStream::connect(api()).unwrap();
+        write!(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    });
+    assert!(
+        via.to_ascii_lowercase().contains("via: 1.1 understudy"),
+        "{via}"
     );
 }

@@ -35,6 +35,11 @@ use tracing::{debug, warn};
 pub use headers::ClientInfo;
 pub use proxy::{Carried, Ejection, ServiceProxy};
 
+/// Per-connection HTTP/1 buffer limit, both towards clients and towards backends (hyper's
+/// default is about 400 KiB). A streamed body holds at most about this much per side, as HAProxy
+/// holds `tune.bufsize` (16 KiB).
+pub const BUFFER: usize = 64 * 1024;
+
 /// The proxy a listener serves; swapped whole on reload, so requests in flight finish on the
 /// config they started with.
 pub type Current = Arc<ArcSwap<ServiceProxy>>;
@@ -66,7 +71,8 @@ async fn connection(stream: TcpStream, client: SocketAddr, current: Current) {
             Ok::<_, std::convert::Infallible>(proxy.handle(req, &info).await)
         }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(BUFFER);
     let served = match &proxy.tls {
         None => {
             builder

@@ -178,6 +178,7 @@ impl ServiceProxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(settings.max_idle_per_backend)
+            .http1_max_buf_size(super::BUFFER)
             .build(connector);
         let carried = carried.unwrap_or_else(|| Carried {
             breakers: Arc::default(),

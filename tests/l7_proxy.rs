@@ -860,3 +860,26 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
     assert_eq!(r.status, 502);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let a = backend("a", Behaviour::Ok).await;
+    // Bare keys right after [service.http] belong to it.
+    let p = proxy(&[a.addr], "header_timeout = \"300ms\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the proxy closes the connection");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(a.hits(), 0, "nothing reached the backend");
+    // A client that sends its head in time is served.
+    assert_eq!(get(&client(), &p.url("/")).await.status, 200);
+}

@@ -25,6 +25,9 @@ pub struct HttpService {
     pub via: Option<String>,
     /// Upstream TCP connect timeout. Default 1 s.
     pub connect_timeout: Duration,
+    /// A client must send a whole HTTP/1 request head within this (slowloris protection, as
+    /// HAProxy's `timeout http-request`). Default 10 s.
+    pub header_timeout: Duration,
     /// Idle upstream connections are closed after this. Default 90 s (as Envoy's pool).
     pub idle_timeout: Duration,
     /// Idle upstream connections kept per backend. Default 64.
@@ -185,6 +188,20 @@ pub(super) fn validate_http(
         f("http", "connect_timeout"),
         Duration::from_secs(1),
     )?;
+    let header_timeout = duration(
+        at,
+        h.map_or(&none, |h| &h.header_timeout),
+        f("http", "header_timeout"),
+        Duration::from_secs(10),
+    )?;
+    if header_timeout.is_zero() {
+        return Err(at.error(
+            h.and_then(|h| h.header_timeout.as_ref()).map(Spanned::span),
+            f("http", "header_timeout"),
+            "a zero timeout would close every connection",
+            "give a positive duration, such as \"10s\"",
+        ));
+    }
     let idle_timeout = duration(
         at,
         h.map_or(&none, |h| &h.idle_timeout),
@@ -394,6 +411,7 @@ pub(super) fn validate_http(
         attempt_header,
         via,
         connect_timeout,
+        header_timeout,
         idle_timeout,
         max_idle_per_backend,
         tls,

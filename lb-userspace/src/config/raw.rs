@@ -174,6 +174,7 @@ pub struct RawHttp {
     pub attempt_header: Option<Spanned<String>>,
     pub via: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_backend: Option<Spanned<u32>>,
 }

@@ -26,7 +26,7 @@ use std::{net::SocketAddr, sync::Arc};
 use arc_swap::ArcSwap;
 use hyper::{Request, service::service_fn};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -72,7 +72,11 @@ async fn connection(stream: TcpStream, client: SocketAddr, current: Current) {
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(BUFFER);
+    builder
+        .http1()
+        .max_buf_size(BUFFER)
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.settings.header_timeout);
     let served = match &proxy.tls {
         None => {
             builder

@@ -188,25 +188,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 /// Six requests to the HTTP service, each with the number of attempts it took.
 fn show_attempts(client: &Netns, url: &str) -> anyhow::Result<()> {
     for _ in 0..6 {
-        let out = client
-            .command("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "3",
-                "-w",
-                " (attempts: %header{x-understudy-attempts})",
-            ])
-            .arg(url)
-            .output()
-            .context("running curl")?;
-        if !out.status.success() {
-            bail!(
-                "curl {url} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout).replace('\n', "");
+        let out = curl_with(
+            client,
+            &["-w", " (attempts: %header{x-understudy-attempts})"],
+            url,
+        )?;
+        let text = out.replace('\n', "");
         if !text.starts_with("Hello from backend-") {
             bail!("the HTTP service answered {text:?}");
         }
@@ -259,9 +246,16 @@ fn wait_until(
 }
 
 fn curl(client: &Netns, url: &str) -> anyhow::Result<String> {
+    curl_with(client, &[], url)
+}
+
+/// `curl -sS --max-time 3 EXTRA URL` from `client`; its output, or its error.
+fn curl_with(client: &Netns, extra: &[&str], url: &str) -> anyhow::Result<String> {
     let out = client
         .command("curl")
-        .args(["-sS", "--max-time", "3", url])
+        .args(["-sS", "--max-time", "3"])
+        .args(extra)
+        .arg(url)
         .output()
         .context("running curl")?;
     if !out.status.success() {

@@ -377,7 +377,7 @@ impl ServiceProxy {
                         continue;
                     }
                     last.set(Last::Nothing);
-                    return self.answer(resp, permit, version, attempts);
+                    return self.answer(resp, Some(permit), version, attempts);
                 }
                 Tried::NotSent(why) => {
                     self.counters.attempt(address, "connect_failed");
@@ -406,17 +406,7 @@ impl ServiceProxy {
             }
         }
         match last {
-            Last::Response(resp, n) => {
-                let (mut p, b) = resp.into_parts();
-                headers::forward_response(
-                    &mut p.headers,
-                    version,
-                    self.settings.via.as_deref(),
-                    self.settings.attempt_header.as_ref(),
-                    n,
-                );
-                (p.status.as_u16(), n, Response::from_parts(p, b.boxed()))
-            }
+            Last::Response(resp, n) => self.answer(resp, None, version, n),
             Last::TimedOut => self.reply_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the backend did not answer in time",
@@ -459,10 +449,12 @@ impl ServiceProxy {
         }
     }
 
+    /// The response for the client; `permit` (the backend's circuit slot) is held until its body
+    /// ends.
     fn answer(
         &self,
         resp: Response<Incoming>,
-        permit: super::circuit::Permit,
+        permit: Option<super::circuit::Permit>,
         version: Version,
         attempts: u32,
     ) -> (u16, u32, Response<ProxyBody>) {
@@ -474,10 +466,7 @@ impl ServiceProxy {
             self.settings.attempt_header.as_ref(),
             attempts,
         );
-        let body = Guarded {
-            inner: b,
-            permit: Some(permit),
-        };
+        let body = Guarded { inner: b, permit };
         (
             p.status.as_u16(),
             attempts,

@@ -7,7 +7,7 @@
 //! - [`select`]: the order a request tries backends in.
 //! - [`proxy`]: the retry loop and the errors clients see.
 //! - [`circuit`] and [`budget`]: per-backend limits and ejection; the retry budget.
-//! - [`headers`], [`body`], [`tls`], [`connector`], [`timer`], [`metrics`].
+//! - [`headers`], [`body`], [`tls`], [`connector`], [`metrics`].
 
 pub mod availability;
 pub mod body;
@@ -19,7 +19,6 @@ pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod select;
-pub mod timer;
 pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -27,7 +26,7 @@ use std::{net::SocketAddr, sync::Arc};
 use arc_swap::ArcSwap;
 use hyper::{Request, service::service_fn};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -76,7 +75,7 @@ async fn connection(stream: TcpStream, client: SocketAddr, current: Current) {
     builder
         .http1()
         .max_buf_size(BUFFER)
-        .timer(timer::ConnectionTimer::new())
+        .timer(TokioTimer::new())
         .header_read_timeout(proxy.settings.header_timeout);
     let served = match &proxy.tls {
         None => {

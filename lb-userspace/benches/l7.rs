@@ -32,7 +32,7 @@ use hyper::{Request, Response, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use understudy_testbed::{Daemon, Netns, require_root};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const DURATION: &str = "5s";
 /// wrk's CPU, and the CPU the proxies and the backends share.
 const LOAD_CPU: &str = "0";

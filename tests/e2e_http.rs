@@ -332,7 +332,7 @@ fn a_100_mb_upload_streams_through_in_a_few_mb() {
 }
 
 #[test]
-fn a_reload_changes_the_http_pool_and_a_bad_one_changes_nothing() {
+fn drain_and_reload_change_the_http_pool_and_a_bad_reload_changes_nothing() {
     require_root("the L7 reload test");
     let s = setup();
     let path = std::env::temp_dir().join(format!("{}.toml", s.topo.lb.name()));
@@ -347,6 +347,16 @@ fn a_reload_changes_the_http_pool_and_a_bad_one_changes_nothing() {
                 .collect()
         })
     };
+    assert!(names(10).iter().any(|b| b == "be1"));
+
+    // Draining be1 in the HTTP service takes it out of the proxy's rotation; enabling restores it.
+    let q = understudy::admin::client::drain_query("api", "10.0.11.2:8080");
+    let (code, body) = admin(&s.topo.lb, None, "POST", &format!("/drain?{q}"));
+    assert_eq!(code, 200, "{body}");
+    let drained = names(10);
+    assert!(drained.iter().all(|b| b == "be2"), "{drained:?}");
+    let (code, body) = admin(&s.topo.lb, None, "POST", &format!("/enable?{q}"));
+    assert_eq!(code, 200, "{body}");
     assert!(names(10).iter().any(|b| b == "be1"));
 
     // A certificate that does not exist: refused, with the file named; nothing changes.

@@ -240,6 +240,11 @@ fn an_http_ejection_takes_the_backend_out_of_the_l4_service_too() {
         let (code, body) = admin(&s.topo.lb, None, "GET", "/status");
         assert_eq!(code, 200);
         let snap: Snapshot = serde_json::from_str(&body).unwrap();
+        let api = snap.services.iter().find(|x| x.name == "api").unwrap();
+        assert_eq!(
+            (api.vip.as_str(), api.protocol.as_str()),
+            ("10.0.0.10:80", "http")
+        );
         let tcp = snap.services.iter().find(|x| x.name == "tcp").unwrap();
         let be1 = tcp
             .backends

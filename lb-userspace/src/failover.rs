@@ -514,7 +514,8 @@ impl Writer {
                 ServiceStatus {
                     name: svc.name.clone(),
                     vip: svc.vip.to_string(),
-                    protocol: svc.protocol.to_string(),
+                    // HTTP services are served by the proxy: say so, not just "tcp".
+                    protocol: if svc.l7 { "http" } else { svc.protocol }.to_string(),
                     state: state.to_string(),
                     tier_in_use: (0..svc.members.len())
                         .filter(|&mi| active[mi])

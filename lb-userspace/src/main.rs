@@ -175,7 +175,12 @@ fn print_status(s: &Snapshot) {
                 b.address.clone(),
                 health.to_string(),
                 if b.active { "yes" } else { "no" }.to_string(),
-                b.traffic.new_flows.to_string(),
+                // The proxy's requests are in /metrics; XDP counts no flows for it.
+                if svc.protocol == "http" {
+                    "-".to_string()
+                } else {
+                    b.traffic.new_flows.to_string()
+                },
                 b.last_change.clone().unwrap_or_else(|| "-".into()),
             ]);
         }

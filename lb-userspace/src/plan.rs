@@ -126,10 +126,16 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
             weight: svc.backends[i].weight,
         })
         .collect();
-    let base: Vec<u32> = maglev::build(&entries, svc.table_size)
-        .into_iter()
-        .map(|e| in_primary[e as usize] as u32)
-        .collect();
+    // An HTTP service's proxy picks backends from the health view, not from a table: building
+    // one (65,537 entries by default, and its per-tier preferences) would be wasted.
+    let base: Vec<u32> = if svc.http.is_some() {
+        Vec::new()
+    } else {
+        maglev::build(&entries, svc.table_size)
+            .into_iter()
+            .map(|e| in_primary[e as usize] as u32)
+            .collect()
+    };
     let mut planned = PlannedService {
         name: svc.name.clone(),
         vip: svc.vip,

@@ -15,6 +15,8 @@ pub struct MemberView {
     pub address: SocketAddr,
     /// `address` as a URI authority, parsed once for every request's upstream URI.
     pub authority: hyper::http::uri::Authority,
+    /// The backend's identity hash (as Maglev's), for rendezvous hashing by client.
+    pub identity_hash: u64,
     pub tier: u32,
     pub weight: u32,
     /// In the active set: takes first tries.
@@ -34,12 +36,11 @@ pub struct PoolView {
 
 impl MemberView {
     pub fn new(address: SocketAddr, tier: u32, weight: u32, active: bool, eligible: bool) -> Self {
+        let identity = address.to_string();
         MemberView {
             address,
-            authority: address
-                .to_string()
-                .parse()
-                .expect("a socket address is an authority"),
+            identity_hash: crate::maglev::identity_hash(&identity),
+            authority: identity.parse().expect("a socket address is an authority"),
             tier,
             weight,
             active,

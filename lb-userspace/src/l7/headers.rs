@@ -77,6 +77,11 @@ impl ClientInfo {
         };
         ClientInfo { addr, ip, node }
     }
+
+    /// The client's address as text.
+    pub fn ip(&self) -> &str {
+        &self.ip
+    }
 }
 
 /// Rewrites a client's request headers for the upstream.

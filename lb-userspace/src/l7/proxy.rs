@@ -277,17 +277,11 @@ impl ServiceProxy {
             );
         };
         let key = match self.hash {
-            HashMode::SourceIp => {
-                let mut h = 0xcbf2_9ce4_8422_2325u64;
-                for b in client.addr.ip().to_string().bytes() {
-                    h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-                }
-                Key::Hash(h)
-            }
+            HashMode::SourceIp => Key::Hash(crate::maglev::identity_hash(client.ip())),
             HashMode::FiveTuple => Key::RoundRobin(self.counter.fetch_add(1, Ordering::Relaxed)),
         };
         let candidates = Candidates::new(&pool, key);
-        self.carried.budget.request(Instant::now());
+        self.carried.budget.request(started);
 
         let mut attempts = 0u32;
         let mut last = Last::Nothing;

@@ -44,7 +44,7 @@ pub fn order(pool: &PoolView, key: Key) -> Vec<usize> {
             let mut scored: Vec<(f64, usize)> = (0..n)
                 .filter(|&i| eligible(i))
                 .map(|i| {
-                    let r = mix(h ^ mix(pool.members[i].address_hash()));
+                    let r = mix(h ^ mix(pool.members[i].identity_hash));
                     let u = ((r >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
                     (-(pool.members[i].weight as f64) / u.ln(), i)
                 })
@@ -111,16 +111,6 @@ impl Iterator for Candidates<'_> {
             .rest
             .get_or_insert_with(|| order(self.pool, self.key).into_iter());
         rest.nth(skip)
-    }
-}
-
-impl super::availability::MemberView {
-    fn address_hash(&self) -> u64 {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for b in self.address.to_string().bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        h
     }
 }
 

@@ -11,7 +11,6 @@ use tracing::info;
 
 use super::{
     Current, Ejection, ServiceProxy, availability::Availability, metrics::L7Metrics, serve,
-    tls::acceptor,
 };
 use crate::config::Config;
 
@@ -59,25 +58,16 @@ impl Listeners {
     pub async fn prepare(&self, config: &Config) -> Result<Prepared, String> {
         let mut services = Vec::new();
         for svc in config.services.iter().filter(|s| s.http.is_some()) {
-            let settings = svc.http.as_ref().expect("filtered");
-            let tls = match &settings.tls {
-                None => None,
-                Some(certs) => Some(
-                    acceptor(certs)
-                        .map_err(|e| format!("service {}: TLS certificate: {e}", svc.name))?,
-                ),
-            };
             let running = self.running.get(&svc.name);
             let carried = running.map(|r| r.current.load().carried.clone());
             let proxy = ServiceProxy::new(
                 svc,
-                tls,
                 self.availability.clone(),
                 carried,
                 Some(self.ejections.clone()),
                 self.metrics.clone(),
             )
-            .map_err(|e| format!("service {}: upstream TLS: {e}", svc.name))?;
+            .map_err(|e| format!("service {}: {e}", svc.name))?;
             let listener = match running {
                 Some(r) if r.vip == svc.vip => None,
                 _ => Some(TcpListener::bind(svc.vip).await.map_err(|e| {

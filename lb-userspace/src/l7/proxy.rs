@@ -158,9 +158,9 @@ pub fn error(status: StatusCode, why: &str) -> Response<ProxyBody> {
 }
 
 impl ServiceProxy {
+    /// The proxy for an HTTP service: its certificates loaded, its upstream client built.
     pub fn new(
         service: &Service,
-        tls: Option<TlsAcceptor>,
         availability: Availability,
         carried: Option<Carried>,
         ejections: Option<mpsc::UnboundedSender<Ejection>>,
@@ -170,11 +170,18 @@ impl ServiceProxy {
             .http
             .clone()
             .ok_or_else(|| format!("service {} is not an HTTP service", service.name))?;
+        let tls = match &settings.tls {
+            None => None,
+            Some(certs) => {
+                Some(super::tls::acceptor(certs).map_err(|e| format!("TLS certificate: {e}"))?)
+            }
+        };
         let connector = Limited::new(
             settings.connect_timeout,
             settings.circuit.max_pending,
             settings.upstream_tls.as_ref(),
-        )?;
+        )
+        .map_err(|e| format!("upstream TLS: {e}"))?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(settings.max_idle_per_backend)
@@ -244,21 +251,20 @@ impl ServiceProxy {
             {
                 Ok(b) => RequestBody::Kept(b.to_bytes()),
                 Err(e) => {
-                    let r = error(
+                    return self.reply_error(
                         StatusCode::BAD_REQUEST,
                         &format!("reading the request body: {e}"),
+                        0,
                     );
-                    return (400, 0, r);
                 }
             }
         } else {
             RequestBody::stream(body)
         };
-        let authority = parts.uri.authority().map(|a| a.to_string());
         headers::forward_request(
             &mut parts.headers,
             version,
-            authority.as_deref(),
+            parts.uri.authority().map(|a| a.as_str()),
             client,
             self.tls.is_some(),
             self.settings.via.as_deref(),

@@ -21,11 +21,9 @@ use hyper_util::{
     client::legacy::connect::{Connected, Connection, HttpConnector},
     rt::TokioIo,
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_util::either::Either;
 use tower_service::Service;
 
 use crate::{
@@ -93,72 +91,9 @@ impl Limited {
     }
 }
 
-/// A connection to a backend, in clear or in TLS.
-pub enum Upstream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// What the pool holds: an [`Upstream`] as hyper's I/O.
-pub struct UpstreamIo(TokioIo<Upstream>);
-
-impl AsyncRead for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Upstream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Upstream::Plain(s) => s.is_write_vectored(),
-            Upstream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection to a backend, in clear or in TLS, as hyper's I/O (a local type, so that it can
+/// tell the pool it is a [`Connection`]).
+pub struct UpstreamIo(TokioIo<Either<TcpStream, Box<TlsStream<TcpStream>>>>);
 
 impl Read for UpstreamIo {
     fn poll_read(
@@ -255,12 +190,12 @@ impl Service<Uri> for Limited {
             let result = async {
                 let tcp = connecting.await?.into_inner();
                 let Some((connector, sni)) = tls else {
-                    return Ok(UpstreamIo(TokioIo::new(Upstream::Plain(tcp))));
+                    return Ok(UpstreamIo(TokioIo::new(Either::Left(tcp))));
                 };
                 let target = target.ok_or("the backend address is not an IP and port")?;
                 let name = server_name(sni.as_deref(), target)?;
                 let stream = connector.connect(name, tcp).await?;
-                Ok(UpstreamIo(TokioIo::new(Upstream::Tls(Box::new(stream)))))
+                Ok(UpstreamIo(TokioIo::new(Either::Right(Box::new(stream)))))
             }
             .await;
             drop(guard);

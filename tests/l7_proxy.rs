@@ -595,7 +595,7 @@ async fn the_retry_budget_caps_retries_under_a_storm() {
 
 #[tokio::test]
 async fn the_circuit_opens_then_closes_after_a_probation_request() {
-    let a = backend("a", Behaviour::Status(500)).await;
+    let a = backend("a", Behaviour::Status(503)).await;
     let b = backend("b", Behaviour::Ok).await;
     let mut p = proxy(
         &[a.addr, b.addr],
@@ -868,4 +868,187 @@ async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
     assert_eq!(a.hits(), 0, "nothing reached the backend");
     // A client that sends its head in time is served.
     assert_eq!(get(&client(), &p.url("/")).await.status, 200);
+}
+
+/// Answers of the application to one request are not evidence against the backend: a client
+/// asking for a failing URL, or with an unknown method, must not eject anything.
+#[tokio::test]
+async fn a_500_or_a_501_ejects_nothing() {
+    let a = backend("a", Behaviour::Status(500)).await;
+    let b = backend("b", Behaviour::Status(501)).await;
+    let mut p = proxy(
+        &[a.addr, b.addr],
+        "[service.circuit]\nconsecutive_failures = 2\n",
+    )
+    .await;
+    let c = client();
+    for _ in 0..20 {
+        let r = get(&c, &p.url("/broken")).await;
+        assert!(
+            matches!(r.status, 500 | 501),
+            "passed through: {}",
+            r.status
+        );
+        assert_eq!(r.attempts, 1, "500 and 501 are not retried");
+    }
+    assert!(p.ejections.try_recv().is_err(), "nothing ejected");
+    assert_eq!((a.hits(), b.hits()), (10, 10), "both stay in rotation");
+    a.set(Behaviour::Ok);
+    b.set(Behaviour::Ok);
+    for _ in 0..4 {
+        assert_eq!(get(&c, &p.url("/")).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn failure_statuses_make_a_500_count() {
+    let a = backend("a", Behaviour::Status(500)).await;
+    let b = backend("b", Behaviour::Ok).await;
+    let mut p = proxy(
+        &[a.addr, b.addr],
+        "[service.circuit]\nconsecutive_failures = 2\nfailure_statuses = [500]\n",
+    )
+    .await;
+    let c = client();
+    while a.hits() < 2 {
+        get(&c, &p.url("/")).await;
+    }
+    let e = p.ejections.try_recv().expect("a 500 is a failure now");
+    assert_eq!(e.address, a.addr);
+    assert!(e.reason.contains("status 500"), "{}", e.reason);
+}
+
+/// A request body that arrives in `chunks` pieces, `pause` apart, with no declared length.
+struct SlowBody {
+    chunks: u32,
+    pause: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for SlowBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        if self.chunks == 0 {
+            return Poll::Ready(None);
+        }
+        let pause = self.pause;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.timer = None;
+                self.chunks -= 1;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"0123456789")))))
+            }
+        }
+    }
+}
+
+/// The backend's time to answer starts when the client's body has arrived: an upload slower
+/// than `per_try_timeout` is answered, and counts against nothing.
+#[tokio::test]
+async fn a_slow_upload_is_answered_and_ejects_nothing() {
+    let a = backend("a", Behaviour::Ok).await;
+    let b = backend("b", Behaviour::Ok).await;
+    let mut p = proxy(
+        &[a.addr, b.addr],
+        "[service.retry]\nper_try_timeout = \"200ms\"\n\n\
+         [service.circuit]\nconsecutive_failures = 1\n",
+    )
+    .await;
+    let c: Client<_, SlowBody> = Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..2 {
+        let req = Request::builder()
+            .method("PUT")
+            .uri(p.url("/upload"))
+            .body(SlowBody {
+                chunks: 8,
+                pause: Duration::from_millis(100),
+                timer: None,
+            })
+            .unwrap();
+        let started = Instant::now();
+        let resp = c.request(req).await.expect("the proxy answers");
+        assert_eq!(resp.status(), 200, "after {:?}", started.elapsed());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.ends_with(b" 80"), "the whole body arrived: {body:?}");
+    }
+    assert!(p.ejections.try_recv().is_err(), "nothing ejected");
+}
+
+/// The client's body not arriving before the deadline is the client's fault: 408, and no
+/// evidence against the backend.
+#[tokio::test]
+async fn an_upload_past_the_deadline_is_a_408_and_ejects_nothing() {
+    let a = backend("a", Behaviour::Ok).await;
+    let b = backend("b", Behaviour::Ok).await;
+    let mut p = proxy(
+        &[a.addr, b.addr],
+        "[service.retry]\nper_try_timeout = \"100ms\"\ndeadline = \"300ms\"\n\n\
+         [service.circuit]\nconsecutive_failures = 1\n",
+    )
+    .await;
+    let c: Client<_, SlowBody> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method("PUT")
+        .uri(p.url("/upload"))
+        .body(SlowBody {
+            chunks: 10,
+            pause: Duration::from_millis(100),
+            timer: None,
+        })
+        .unwrap();
+    let resp = c.request(req).await.expect("the proxy answers");
+    assert_eq!(resp.status(), 408);
+    assert!(p.ejections.try_recv().is_err(), "nothing ejected");
+}
+
+/// Passive evidence may hold out at most `max_ejection_percent` of the pool (at least one
+/// backend), and never the last one in service, even when every backend fails.
+#[tokio::test]
+async fn the_ejection_cap_keeps_the_last_backends_in_service() {
+    let bs = [
+        backend("a", Behaviour::Status(503)).await,
+        backend("b", Behaviour::Status(503)).await,
+        backend("c", Behaviour::Status(503)).await,
+    ];
+    let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
+    let mut p = proxy(
+        &addrs,
+        "[service.retry]\nattempts = 1\n\n[service.circuit]\nconsecutive_failures = 1\n\
+         base_ejection = \"30s\"\n",
+    )
+    .await;
+    let c = client();
+    for _ in 0..30 {
+        assert_eq!(get(&c, &p.url("/")).await.status, 503);
+    }
+    let first = p.ejections.try_recv().expect("one backend is ejected");
+    assert!(
+        p.ejections.try_recv().is_err(),
+        "10% of three is one ejection at a time"
+    );
+    let before: Vec<u32> = bs.iter().map(Backend::hits).collect();
+    for _ in 0..10 {
+        get(&c, &p.url("/")).await;
+    }
+    for (b, n) in bs.iter().zip(before) {
+        if b.addr == first.address {
+            assert_eq!(b.hits(), n, "the ejected backend takes nothing");
+        } else {
+            assert!(b.hits() > n, "{} stays in service", b.addr);
+        }
+    }
+    assert!(
+        p.metrics_text()
+            .contains("understudy_http_ejections_capped_total{service=\"web\""),
+        "refusals are counted"
+    );
 }

@@ -28,6 +28,7 @@ use crate::{
     admin::{AdminState, serve},
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach, resolve},
+    ejection::Gate,
     failover::{Control, Writer},
     health::{Board, Update, new_board, probe::Prober, task::BackendTask},
     l7::{listeners::Listeners, metrics::L7Metrics},
@@ -45,6 +46,8 @@ struct Tasks {
     router: Arc<RwLock<Router>>,
     updates: mpsc::Sender<Update>,
     board: Board,
+    /// Each service's passive-ejection cap, by name, kept across reloads.
+    gates: HashMap<String, Arc<Gate>>,
 }
 
 struct Task {
@@ -69,7 +72,15 @@ impl Tasks {
             addresses: vec![None; plan.backends.len()],
         };
         let mut keep = HashSet::new();
+        self.gates
+            .retain(|name, _| config.services.iter().any(|s| &s.name == name));
         for (svc, planned) in config.services.iter().zip(&plan.services) {
+            let gate = self
+                .gates
+                .entry(svc.name.clone())
+                .or_insert_with(|| Gate::new(svc.passive.max_ejection_percent))
+                .clone();
+            gate.configure(svc.passive.max_ejection_percent, &planned.backend_ids);
             let prober = Arc::new(
                 Prober::new(&svc.health)
                     .map_err(|e| anyhow::anyhow!("service {}: health check: {e}", svc.name))?,
@@ -108,6 +119,7 @@ impl Tasks {
                         .flatten()
                         .unwrap_or(planned.initially_healthy),
                     board: self.board.clone(),
+                    gate: gate.clone(),
                 };
                 let handle = tokio::spawn(task.run(self.updates.clone(), rx));
                 router.tasks[id as usize] = Some(tx.clone());
@@ -198,6 +210,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         router: router.clone(),
         updates,
         board: board.clone(),
+        gates: HashMap::new(),
     };
     tasks.reconcile(&config, &plan, &health_by_id)?;
     for (svc, planned) in config.services.iter().zip(&plan.services) {

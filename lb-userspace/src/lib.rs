@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod ejection;
 pub mod failover;
 pub mod fallback;
 pub mod health;

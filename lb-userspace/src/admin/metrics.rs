@@ -100,6 +100,13 @@ pub fn render(
         "Health and drain changes applied",
         changes.clone(),
     );
+    let capped = Counter::<u64>::default();
+    r.register(
+        "passive_ejections_capped",
+        "Passive ejections refused by max_ejection_percent or to keep a service's last backend",
+        capped.clone(),
+    );
+    capped.inc_by(crate::health::capped_ejections());
     let capacity = Gauge::<i64>::default();
     r.register("flows_capacity", "Capacity of FLOWS", capacity.clone());
     r.register(

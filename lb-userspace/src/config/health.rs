@@ -96,6 +96,10 @@ pub struct Passive {
     pub max_ejection: Duration,
     /// A SYN retransmitted this long after its flow began with no SYN-ACK is an event; 0 = off.
     pub syn_timeout: Duration,
+    /// Passive evidence (the kernel's and the L7 proxy's) may hold out at most this share of
+    /// the service's backends at once: at least one, never the last in service. Default 10
+    /// (Envoy's `max_ejection_percent`).
+    pub max_ejection_percent: u32,
 }
 
 impl Default for Passive {
@@ -108,6 +112,7 @@ impl Default for Passive {
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
             syn_timeout: Duration::from_secs(2),
+            max_ejection_percent: crate::ejection::DEFAULT_MAX_EJECTION_PERCENT,
         }
     }
 }
@@ -467,5 +472,17 @@ pub(super) fn validate_passive(
         base_ejection,
         max_ejection,
         syn_timeout,
+        max_ejection_percent: match &p.max_ejection_percent {
+            None => d.max_ejection_percent,
+            Some(v) if *v.get_ref() <= 100 => *v.get_ref(),
+            Some(v) => {
+                return Err(at.error(
+                    Some(v.span()),
+                    f("max_ejection_percent"),
+                    format!("{} is more than 100 percent", v.get_ref()),
+                    "use a share from 0 to 100 (at least one backend may always be ejected)",
+                ));
+            }
+        },
     })
 }

@@ -101,8 +101,14 @@ pub struct CircuitPolicy {
     pub max_requests: u32,
     /// Requests waiting for a new upstream connection to one backend. Default 256.
     pub max_pending: u32,
-    /// Consecutive failures (5xx, connect errors, resets, timeouts) that eject. Default 5.
+    /// Consecutive gateway failures that eject. Default 5 (Envoy's
+    /// `consecutive_gateway_failure`).
     pub consecutive_failures: u32,
+    /// The statuses that count as a gateway failure, besides connect failures, resets before the
+    /// response and the backend's own timeouts. Default 502, 503, 504. A 500 or 501 is the
+    /// application's answer to one request, so by default it ejects nothing: a client could
+    /// otherwise take healthy backends out by asking for a failing URL.
+    pub failure_statuses: Vec<u16>,
     /// First ejection; each further one doubles, up to `max_ejection`. Defaults 10 s and 5 min.
     pub base_ejection: Duration,
     pub max_ejection: Duration,
@@ -114,6 +120,7 @@ impl Default for CircuitPolicy {
             max_requests: 1024,
             max_pending: 256,
             consecutive_failures: 5,
+            failure_statuses: vec![502, 503, 504],
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
         }
@@ -146,6 +153,33 @@ fn number<T: Copy + PartialOrd + std::fmt::Display>(
             format!("use a value from {} to {}", range.0, range.1),
         )),
     }
+}
+
+/// A list of 5xx statuses, or `default` when absent.
+fn server_errors(
+    at: &Locator<'_>,
+    value: &Option<Spanned<Vec<Spanned<u16>>>>,
+    field: String,
+    default: &[u16],
+    fix: &str,
+) -> Result<Vec<u16>, ConfigError> {
+    let Some(list) = value else {
+        return Ok(default.to_vec());
+    };
+    let mut codes = Vec::new();
+    for code in list.get_ref() {
+        let c = *code.get_ref();
+        if !(500..=599).contains(&c) {
+            return Err(at.error(
+                Some(code.span()),
+                field,
+                format!("{c} is not a 5xx status"),
+                fix,
+            ));
+        }
+        codes.push(c);
+    }
+    Ok(codes)
 }
 
 pub(super) fn validate_http(
@@ -303,25 +337,13 @@ pub(super) fn validate_http(
                     "give per_try_timeout and deadline a positive duration",
                 ));
             }
-            let on_status = match &r.on_status {
-                None => d.on_status.clone(),
-                Some(list) => {
-                    let mut codes = Vec::new();
-                    for code in list.get_ref() {
-                        let c = *code.get_ref();
-                        if !(500..=599).contains(&c) {
-                            return Err(at.error(
-                                Some(code.span()),
-                                f("retry", "on_status"),
-                                format!("{c} is not a 5xx status"),
-                                "list 5xx statuses only (429 is governed by on_429)",
-                            ));
-                        }
-                        codes.push(c);
-                    }
-                    codes
-                }
-            };
+            let on_status = server_errors(
+                at,
+                &r.on_status,
+                f("retry", "on_status"),
+                &d.on_status,
+                "list 5xx statuses only (429 is governed by on_429)",
+            )?;
             let budget_ratio = number(
                 at,
                 &r.budget_ratio,
@@ -401,6 +423,13 @@ pub(super) fn validate_http(
                     f("circuit", "consecutive_failures"),
                     (1, 1000),
                     d.consecutive_failures,
+                )?,
+                failure_statuses: server_errors(
+                    at,
+                    &c.failure_statuses,
+                    f("circuit", "failure_statuses"),
+                    &d.failure_statuses,
+                    "list 5xx statuses only",
                 )?,
                 base_ejection,
                 max_ejection,

@@ -105,6 +105,7 @@ pub struct RawPassive {
     pub base_ejection: Option<Spanned<String>>,
     pub max_ejection: Option<Spanned<String>>,
     pub syn_timeout: Option<Spanned<String>>,
+    pub max_ejection_percent: Option<Spanned<u32>>,
 }
 
 /// The active health check's protocol.
@@ -222,6 +223,7 @@ pub struct RawCircuit {
     pub max_requests: Option<Spanned<u32>>,
     pub max_pending: Option<Spanned<u32>>,
     pub consecutive_failures: Option<Spanned<u32>>,
+    pub failure_statuses: Option<Spanned<Vec<Spanned<u16>>>>,
     pub base_ejection: Option<Spanned<String>>,
     pub max_ejection: Option<Spanned<String>>,
 }

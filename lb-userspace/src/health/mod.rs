@@ -7,9 +7,25 @@ pub mod state;
 pub mod task;
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
+
+/// Passive ejections the services' caps refused, since start (`/metrics`).
+static CAPPED_EJECTIONS: AtomicU64 = AtomicU64::new(0);
+
+fn count_capped_ejection() {
+    CAPPED_EJECTIONS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Passive ejections refused by `max_ejection_percent` or because the backend was its
+/// service's last in service.
+pub fn capped_ejections() -> u64 {
+    CAPPED_EJECTIONS.load(Ordering::Relaxed)
+}
 
 /// The last probe of a backend, whatever its outcome: the status page shows it even when the
 /// health did not change.

@@ -1,6 +1,7 @@
 //! The task that owns one backend's health: it probes on its own jittered interval, runs the
 //! rise/fall machine, takes passive-detection events from the kernel, ejects the backend with
-//! exponential backoff when they pile up, and sends every state change to the map writer.
+//! exponential backoff when they pile up (if the service's ejection cap allows), and sends every
+//! state change to the map writer.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 use super::{Board, LastCheck, Update, probe::Prober, probe::jittered, state::HealthState};
 use crate::{
     config::{CheckKind, HealthCheck, Passive},
+    ejection::{Backoff, Gate, Standing},
     passive::Signal,
 };
 
@@ -26,6 +28,8 @@ pub struct BackendTask {
     pub passive: Passive,
     pub initially_up: bool,
     pub board: Board,
+    /// The service's passive-ejection cap, shared with its other backends' tasks.
+    pub gate: Arc<Gate>,
 }
 
 impl BackendTask {
@@ -34,8 +38,14 @@ impl BackendTask {
         let mut state = HealthState::new(self.initially_up, self.check.rise, self.check.fall);
         let mut next_probe = Instant::now();
         let mut ejected_until: Option<Instant> = None;
-        let mut ejections = 0u32;
-        let mut up_since = Instant::now();
+        let mut backoff = Backoff::default();
+        backoff.back(Instant::now().into_std());
+        let standing = |up: bool, ejected: bool| match (up, ejected) {
+            (_, true) => Standing::Ejected,
+            (true, false) => Standing::Up,
+            (false, false) => Standing::Down,
+        };
+        self.gate.set(self.id, standing(state.up, false));
         let mut recent: VecDeque<Instant> = VecDeque::new();
         let far = Duration::from_secs(86_400);
         loop {
@@ -78,9 +88,10 @@ impl BackendTask {
                     } else {
                         None
                     };
+                    self.gate.set(self.id, standing(state.up, ejected_until.is_some()));
                     if let Some(up) = changed {
                         if up {
-                            up_since = now;
+                            backoff.back(now.into_std());
                         }
                         self.report(&updates, up, reason).await;
                     }
@@ -107,20 +118,16 @@ impl BackendTask {
                     if !state.up {
                         continue;
                     }
-                    // A backend that stayed up longer than the longest ejection starts over.
-                    if now.duration_since(up_since) > self.passive.max_ejection {
-                        ejections = 0;
-                    }
-                    ejections += 1;
-                    let backoff = self
-                        .passive
-                        .base_ejection
-                        .saturating_mul(1 << (ejections - 1).min(20))
-                        .min(self.passive.max_ejection);
-                    ejected_until = Some(now + backoff);
                     recent.clear();
+                    if let Err(refused) = self.gate.try_eject(self.id) {
+                        warn!(service = %self.service, backend = %self.address, evidence = %what, %refused, "passive ejection refused");
+                        super::count_capped_ejection();
+                        continue;
+                    }
+                    let length = backoff.next(now.into_std(), self.passive.base_ejection, self.passive.max_ejection);
+                    ejected_until = Some(now + length);
                     state.force_down();
-                    let reason = format!("{what} (ejection {ejections}, {backoff:?})");
+                    let reason = format!("{what} (ejection {}, {length:?})", backoff.count());
                     self.report(&updates, false, reason).await;
                     // Probe at once: the ejection ends only after the backoff and passing checks.
                     next_probe = now;

@@ -1,7 +1,8 @@
 //! Request and response bodies. A request body is either kept whole (small enough for the retry
 //! buffer, so every attempt can send it) or streamed to the first attempt that reaches a
 //! backend. A streamed body stays with the proxy until an attempt actually polls it, so a try
-//! that fails to connect leaves it intact for the next backend.
+//! that fails to connect leaves it intact for the next backend. The proxy can wait for a
+//! streamed body to end ([`RequestBody::sent`]): the backend's time to answer starts there.
 
 use std::{
     pin::Pin,
@@ -14,6 +15,7 @@ use std::{
 
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use tokio::sync::Notify;
 
 use super::circuit::Permit;
 
@@ -39,6 +41,16 @@ pub enum RequestBody {
 pub struct Slot {
     body: Mutex<Option<Incoming>>,
     taken: AtomicBool,
+    /// The body ended (or failed): all of it went to the backend.
+    ended: AtomicBool,
+    ended_notify: Notify,
+}
+
+impl Slot {
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ended_notify.notify_waiters();
+    }
 }
 
 impl RequestBody {
@@ -46,7 +58,25 @@ impl RequestBody {
         RequestBody::Stream(Arc::new(Slot {
             body: Mutex::new(Some(body)),
             taken: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            ended_notify: Notify::new(),
         }))
+    }
+
+    /// Resolves once the whole body has gone to a backend: at once for a kept body.
+    pub async fn sent(&self) {
+        let RequestBody::Stream(slot) = self else {
+            return;
+        };
+        loop {
+            let notified = slot.ended_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if slot.ended.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether a later attempt can send the body again (or still send it for the first time).
@@ -97,10 +127,19 @@ impl Body for OnceBody {
                 None => return Poll::Ready(None),
             }
         }
-        match self.inner.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(b) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *b).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.slot.end();
         }
+        polled
     }
 
     fn size_hint(&self) -> SizeHint {

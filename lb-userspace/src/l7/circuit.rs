@@ -2,10 +2,12 @@
 //!
 //! - **Limits.** At most `max_requests` requests in flight; a backend at its limit is skipped at
 //!   once (the request moves on, or gets a fast 503 when every backend is full).
-//! - **Ejection.** `consecutive_failures` failures in a row (5xx, connect errors, resets,
-//!   timeouts) open the circuit for `base_ejection`, doubling with each ejection up to
-//!   `max_ejection` (Envoy's outlier detection). The ejection is also reported to the health
-//!   engine, so L4 services on the same backend stop sending it new flows.
+//! - **Ejection.** `consecutive_failures` gateway failures in a row (connect errors, resets and
+//!   timeouts of the backend's answer, `failure_statuses`; see [`super::decide`]) open the
+//!   circuit for `base_ejection`, doubling with each ejection up to `max_ejection` (Envoy's
+//!   outlier detection), unless the service's ejection cap says no ([`crate::ejection`]). The
+//!   ejection is also reported to the health engine, so L4 services on the same backend stop
+//!   sending it new flows.
 //! - **Probation.** When the time is up the circuit is half open: one request goes through.
 //!   Success closes the circuit; failure opens it again for the next, longer, time.
 //! - **429.** A backend that answered 429 cools down for its `Retry-After` (capped): new requests
@@ -13,13 +15,13 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use crate::config::CircuitPolicy;
+use crate::{config::CircuitPolicy, ejection::Backoff};
 
 /// Why a backend cannot take a request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,15 +34,39 @@ pub enum Refusal {
     Cooling,
 }
 
+/// The circuit's state (linkerd2-proxy's and Envoy's three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking requests; `failures` gateway failures in a row so far.
+    Closed { failures: u32 },
+    /// Ejected until `until`.
+    Open { until: Instant },
+    /// The ejection is over: one request at a time decides.
+    Probation { probing: bool },
+}
+
+impl Default for Phase {
+    fn default() -> Self {
+        Phase::Closed { failures: 0 }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    consecutive: u32,
-    ejections: u32,
-    open_until: Option<Instant>,
-    half_open: bool,
-    probe_in_flight: bool,
+    phase: Phase,
+    backoff: Backoff,
     cooling_until: Option<Instant>,
-    closed_since: Option<Instant>,
+}
+
+/// What a failure did to the circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// Counted; the circuit stays as it was.
+    Counted,
+    /// The circuit opened for this long.
+    Opened(Duration),
+    /// It would have opened, but the service's ejection cap refused; the run starts over.
+    Capped,
 }
 
 /// One backend's circuit.
@@ -60,53 +86,41 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.breaker.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if self.probe
-            && let Ok(mut s) = self.breaker.state.lock()
-        {
-            s.probe_in_flight = false;
+        if self.probe {
+            let mut s = self.breaker.lock();
+            if s.phase == (Phase::Probation { probing: true }) {
+                s.phase = Phase::Probation { probing: false };
+            }
         }
     }
 }
 
-/// The circuit's state, for status and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
 impl Breaker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Admits a request, or says why not.
     pub fn admit(
         self: &Arc<Self>,
         policy: &CircuitPolicy,
         now: Instant,
     ) -> Result<Permit, Refusal> {
-        let mut s = self.state.lock().map_err(|_| Refusal::Open)?;
+        let mut s = self.lock();
         if s.cooling_until.is_some_and(|t| now < t) {
             return Err(Refusal::Cooling);
         }
-        let mut probe = false;
-        match s.open_until {
-            Some(t) if now < t => return Err(Refusal::Open),
-            Some(_) => {
-                s.open_until = None;
-                s.half_open = true;
-            }
-            None => {}
-        }
-        if s.half_open {
-            if s.probe_in_flight {
-                return Err(Refusal::Open);
-            }
-            probe = true;
-        }
+        let probe = match s.phase {
+            Phase::Open { until } if now < until => return Err(Refusal::Open),
+            Phase::Open { .. } | Phase::Probation { probing: false } => true,
+            Phase::Probation { probing: true } => return Err(Refusal::Open),
+            Phase::Closed { .. } => false,
+        };
         if self.in_flight.load(Ordering::Acquire) >= policy.max_requests {
             return Err(Refusal::Full);
         }
         if probe {
-            s.probe_in_flight = true;
+            s.phase = Phase::Probation { probing: true };
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(Permit {
@@ -115,65 +129,63 @@ impl Breaker {
         })
     }
 
-    /// Records a success: resets the failure run and closes a half-open circuit.
+    /// Records a success: resets the failure run and closes a circuit on probation.
     pub fn success(&self, now: Instant) {
-        if let Ok(mut s) = self.state.lock() {
-            s.consecutive = 0;
-            if s.half_open {
-                s.half_open = false;
-                s.closed_since = Some(now);
+        let mut s = self.lock();
+        match s.phase {
+            Phase::Closed { .. } => s.phase = Phase::default(),
+            Phase::Probation { .. } => {
+                s.phase = Phase::default();
+                s.backoff.back(now);
             }
+            Phase::Open { .. } => {}
         }
     }
 
-    /// Records a failure; returns the ejection time when this failure opened the circuit.
-    pub fn failure(&self, policy: &CircuitPolicy, now: Instant) -> Option<Duration> {
-        let mut s = self.state.lock().ok()?;
-        s.consecutive += 1;
-        if s.open_until.is_some() {
-            return None;
+    /// Records a gateway failure. `may_eject` is the service's ejection cap's answer; a failed
+    /// probation reopens whatever it says, since the backend is out already.
+    pub fn failure(&self, policy: &CircuitPolicy, now: Instant, may_eject: bool) -> Failed {
+        let mut s = self.lock();
+        match s.phase {
+            Phase::Open { .. } => return Failed::Counted,
+            Phase::Closed { failures } if failures + 1 < policy.consecutive_failures => {
+                s.phase = Phase::Closed {
+                    failures: failures + 1,
+                };
+                return Failed::Counted;
+            }
+            Phase::Closed { .. } if !may_eject => {
+                s.phase = Phase::default();
+                return Failed::Capped;
+            }
+            Phase::Closed { .. } | Phase::Probation { .. } => {}
         }
-        if !s.half_open && s.consecutive < policy.consecutive_failures {
-            return None;
-        }
-        // A backend that stayed closed longer than the longest ejection starts over.
-        if s.closed_since
-            .is_some_and(|t| now.duration_since(t) > policy.max_ejection)
-        {
-            s.ejections = 0;
-        }
-        s.ejections += 1;
-        let backoff = policy
-            .base_ejection
-            .saturating_mul(1 << (s.ejections - 1).min(20))
-            .min(policy.max_ejection);
-        s.open_until = Some(now + backoff);
-        s.half_open = false;
-        s.consecutive = 0;
-        Some(backoff)
+        let backoff = s
+            .backoff
+            .next(now, policy.base_ejection, policy.max_ejection);
+        s.phase = Phase::Open {
+            until: now + backoff,
+        };
+        Failed::Opened(backoff)
     }
 
     /// Keeps new requests off the backend until `until` (a 429's Retry-After).
     pub fn cool_down(&self, until: Instant) {
-        if let Ok(mut s) = self.state.lock() {
-            s.cooling_until = Some(s.cooling_until.map_or(until, |t| t.max(until)));
-        }
+        let mut s = self.lock();
+        s.cooling_until = Some(s.cooling_until.map_or(until, |t| t.max(until)));
     }
 
-    pub fn phase(&self, now: Instant) -> Phase {
-        let Ok(s) = self.state.lock() else {
-            return Phase::Open;
-        };
-        match s.open_until {
-            Some(t) if now < t => Phase::Open,
-            Some(_) => Phase::HalfOpen,
-            None if s.half_open => Phase::HalfOpen,
-            None => Phase::Closed,
-        }
+    /// Whether the circuit holds the backend out: open, or on probation until a request
+    /// succeeds.
+    pub fn ejected(&self) -> bool {
+        matches!(
+            self.lock().phase,
+            Phase::Open { .. } | Phase::Probation { .. }
+        )
     }
 
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
     }
 }
 
@@ -186,6 +198,7 @@ mod tests {
             max_requests: 2,
             max_pending: 2,
             consecutive_failures: 3,
+            failure_statuses: vec![502, 503, 504],
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(3),
         }
@@ -196,18 +209,21 @@ mod tests {
         let p = policy();
         let b = Arc::new(Breaker::default());
         let t0 = Instant::now();
-        assert_eq!(b.failure(&p, t0), None);
+        assert_eq!(b.failure(&p, t0, true), Failed::Counted);
         b.success(t0);
-        assert_eq!(b.failure(&p, t0), None);
-        assert_eq!(b.failure(&p, t0), None);
-        assert_eq!(b.failure(&p, t0), Some(Duration::from_secs(1)));
+        assert_eq!(b.failure(&p, t0, true), Failed::Counted);
+        assert_eq!(b.failure(&p, t0, true), Failed::Counted);
+        assert_eq!(
+            b.failure(&p, t0, true),
+            Failed::Opened(Duration::from_secs(1))
+        );
         assert_eq!(b.admit(&p, t0).unwrap_err(), Refusal::Open);
         let t1 = t0 + Duration::from_millis(1001);
         let probe = b.admit(&p, t1).expect("probation admits one");
         assert_eq!(b.admit(&p, t1).unwrap_err(), Refusal::Open, "only one");
         b.success(t1);
         drop(probe);
-        assert_eq!(b.phase(t1), Phase::Closed);
+        assert_eq!(b.phase(), Phase::Closed { failures: 0 });
         let _a = b.admit(&p, t1).unwrap();
         let _b = b.admit(&p, t1).unwrap();
         assert_eq!(b.admit(&p, t1).unwrap_err(), Refusal::Full, "max_requests");
@@ -219,16 +235,21 @@ mod tests {
         let b = Arc::new(Breaker::default());
         let mut t = Instant::now();
         for _ in 0..3 {
-            b.failure(&p, t);
+            b.failure(&p, t, true);
         }
         let mut backoffs = Vec::new();
         for _ in 0..3 {
             t += Duration::from_secs(4);
             let _probe = b.admit(&p, t).unwrap();
-            backoffs.push(b.failure(&p, t).unwrap());
+            backoffs.push(b.failure(&p, t, false));
         }
         let s = Duration::from_secs;
-        assert_eq!(backoffs, vec![s(2), s(3), s(3)]);
+        let opened = |d| Failed::Opened(s(d));
+        assert_eq!(
+            backoffs,
+            vec![opened(2), opened(3), opened(3)],
+            "a failed probation reopens even when the cap is full"
+        );
     }
 
     #[test]
@@ -239,6 +260,22 @@ mod tests {
         b.cool_down(t + Duration::from_secs(2));
         assert_eq!(b.admit(&p, t).unwrap_err(), Refusal::Cooling);
         assert!(b.admit(&p, t + Duration::from_secs(2)).is_ok());
-        assert_eq!(b.phase(t), Phase::Closed);
+        assert_eq!(b.phase(), Phase::Closed { failures: 0 });
+    }
+
+    #[test]
+    fn the_cap_refuses_an_ejection_and_the_run_starts_over() {
+        let p = policy();
+        let b = Arc::new(Breaker::default());
+        let t = Instant::now();
+        b.failure(&p, t, false);
+        b.failure(&p, t, false);
+        assert_eq!(b.failure(&p, t, false), Failed::Capped);
+        assert_eq!(b.phase(), Phase::Closed { failures: 0 });
+        assert!(b.admit(&p, t).is_ok(), "still in service");
+        b.failure(&p, t, true);
+        b.failure(&p, t, true);
+        assert!(matches!(b.failure(&p, t, true), Failed::Opened(_)));
+        assert!(b.ejected());
     }
 }

@@ -20,6 +20,8 @@ pub struct L7Metrics {
     pub budget_exhausted: Family<Labels, Counter>,
     /// Circuits opened (ejections), by service and backend.
     pub ejections: Family<Labels, Counter>,
+    /// Circuits that would have opened but the service's ejection cap refused.
+    pub ejections_capped: Family<Labels, Counter>,
 }
 
 impl L7Metrics {
@@ -42,8 +44,13 @@ impl L7Metrics {
         );
         r.register(
             "http_ejections",
-            "Circuits opened by consecutive failures",
+            "Circuits opened by consecutive gateway failures",
             self.ejections.clone(),
+        );
+        r.register(
+            "http_ejections_capped",
+            "Circuit ejections refused by max_ejection_percent or because the backend was the last in service",
+            self.ejections_capped.clone(),
         );
     }
 }

@@ -5,6 +5,7 @@
 //! backends its circuits eject to the same health engine.
 //!
 //! - [`select`]: the order a request tries backends in.
+//! - [`decide`]: what an attempt's outcome means: retry, and evidence against the backend.
 //! - [`proxy`]: the retry loop and the errors clients see.
 //! - [`circuit`] and [`budget`]: per-backend limits and ejection; the retry budget.
 //! - [`headers`], [`body`], [`tls`], [`connector`], [`metrics`].
@@ -14,6 +15,7 @@ pub mod body;
 pub mod budget;
 pub mod circuit;
 pub mod connector;
+pub mod decide;
 pub mod headers;
 pub mod listeners;
 pub mod metrics;

@@ -7,6 +7,9 @@
 //!   may be repeated (idempotent, or `non_idempotent = true`) and its body was kept;
 //! - a status in `on_status`, and 429 with `on_429`: under the same condition.
 //!
+//! What each outcome means (retry, evidence against the backend) is decided in
+//! [`super::decide`]; this loop carries it out.
+//!
 //! A response whose headers arrived is never retried once its body streams: a backend that resets
 //! mid-response gives the client a broken response, as it would without a proxy.
 //! When nothing answers: 503 if no backend could be tried (all down, circuits open), 504 if the
@@ -26,7 +29,7 @@ use std::{
 use http_body_util::{BodyExt as _, Limited as LimitedBody};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{
-    Method, Request, Response, StatusCode, Uri, Version,
+    Request, Response, StatusCode, Uri, Version,
     body::{Body as _, Incoming},
     header,
 };
@@ -39,8 +42,9 @@ use super::{
     availability::{Availability, PoolView},
     body::{Guarded, ProxyBody, RequestBody, full},
     budget::Budget,
-    circuit::{Breaker, Refusal},
+    circuit::{Breaker, Failed, Refusal},
     connector::{Limited, is_pending_full},
+    decide::{Outcome, decide, repeatable},
     headers::{self, ClientInfo},
     metrics::{L7Metrics, ServiceCounters},
     select::{Candidates, Key},
@@ -78,17 +82,18 @@ pub struct ServiceProxy {
     counter: AtomicU64,
     ejections: Option<mpsc::UnboundedSender<Ejection>>,
     counters: ServiceCounters,
+    /// `[service.passive] max_ejection_percent`: the circuits obey the same cap.
+    max_ejection_percent: u32,
 }
 
 /// How one attempt ended.
 enum Tried {
     /// Headers arrived: the response goes to the client (or is retried, by status).
     Answered(Response<Incoming>),
-    /// Nothing was sent (connect failure).
-    NotSent(String),
-    /// Sent, but no response headers: reset or closed.
-    Failed(String),
-    TimedOut,
+    /// No response, and why.
+    Failed(Outcome, String),
+    /// The backend's pending-connect limit was reached: not an attempt.
+    PendingFull,
 }
 
 /// The outcome that decides the error status when no response is returned.
@@ -106,13 +111,6 @@ impl Last {
             drain(old);
         }
     }
-}
-
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date.
@@ -205,6 +203,7 @@ impl ServiceProxy {
             counter: AtomicU64::new(fastrand::u64(..)),
             ejections,
             counters: ServiceCounters::new(&service.name, metrics),
+            max_ejection_percent: service.passive.max_ejection_percent,
             settings,
         })
     }
@@ -241,19 +240,24 @@ impl ServiceProxy {
         let deadline = started + policy.deadline;
         let (mut parts, body) = req.into_parts();
         let version = parts.version;
-        let repeatable = idempotent(&parts.method) || policy.non_idempotent;
+        let repeatable = repeatable(&parts.method, policy);
         let body = if body.is_end_stream() {
             RequestBody::Kept(Default::default())
         } else if repeatable && body.size_hint().upper().is_some_and(|n| n <= policy.buffer) {
-            match LimitedBody::new(body, policy.buffer as usize)
-                .collect()
-                .await
-            {
-                Ok(b) => RequestBody::Kept(b.to_bytes()),
-                Err(e) => {
+            let collect = LimitedBody::new(body, policy.buffer as usize).collect();
+            match tokio::time::timeout_at(deadline.into(), collect).await {
+                Ok(Ok(b)) => RequestBody::Kept(b.to_bytes()),
+                Ok(Err(e)) => {
                     return self.reply_error(
                         StatusCode::BAD_REQUEST,
                         &format!("reading the request body: {e}"),
+                        0,
+                    );
+                }
+                Err(_) => {
+                    return self.reply_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive in time",
                         0,
                     );
                 }
@@ -335,71 +339,82 @@ impl ServiceProxy {
                 Ok(u) => u,
                 Err(_) => return self.reply_error(StatusCode::BAD_REQUEST, "bad request path", 0),
             };
-            let try_until = deadline.min(now + policy.per_try_timeout);
-            let tried =
-                match tokio::time::timeout_at(try_until.into(), self.client.request(up)).await {
-                    Ok(Ok(resp)) => Tried::Answered(resp),
-                    Ok(Err(e)) if e.is_connect() => {
-                        if is_pending_full(&e) {
-                            drop(permit);
-                            refused.get_or_insert(Refusal::Full);
-                            attempts -= 1;
-                            continue;
-                        }
-                        Tried::NotSent(format!("{e:#}"))
-                    }
-                    Ok(Err(e)) => Tried::Failed(format!("{e:#}")),
-                    Err(_) => Tried::TimedOut,
-                };
-            let may_repeat = repeatable && body.replayable();
+            let tried = self.attempt(up, &body, deadline).await;
             let now = Instant::now();
-            match tried {
-                Tried::Answered(resp) => {
-                    let status = resp.status();
-                    let retryable_status = policy.on_status.contains(&status.as_u16());
-                    if status.is_server_error() {
-                        self.failure(&breaker, address, &format!("status {}", status.as_u16()));
-                    } else {
-                        breaker.success(now);
-                    }
-                    if status == StatusCode::TOO_MANY_REQUESTS && policy.on_429 {
-                        let wait = retry_after(&resp).unwrap_or(Duration::from_secs(1));
-                        breaker.cool_down(now + wait.min(policy.retry_after_cap));
-                    }
-                    let retry = (retryable_status
-                        || (status == StatusCode::TOO_MANY_REQUESTS && policy.on_429))
-                        && may_repeat;
-                    self.counters
-                        .attempt(address, if retry { "retried_status" } else { "answered" });
-                    if retry {
-                        debug!(service = %self.name, backend = %address, status = status.as_u16(), attempt = attempts, "retrying on status");
+            let (outcome, why) = match &tried {
+                Tried::Answered(resp) => (Outcome::Answered(resp.status()), String::new()),
+                Tried::Failed(outcome, why) => (*outcome, why.clone()),
+                Tried::PendingFull => {
+                    drop(permit);
+                    refused.get_or_insert(Refusal::Full);
+                    attempts -= 1;
+                    continue;
+                }
+            };
+            let next = decide(
+                outcome,
+                repeatable,
+                body.replayable(),
+                policy,
+                &self.settings.circuit,
+            );
+            if next.failure {
+                self.failure(&breaker, address, &pool, &outcome);
+            } else {
+                breaker.success(now);
+            }
+            if next.cool_down
+                && let Tried::Answered(resp) = &tried
+            {
+                let wait = retry_after(resp).unwrap_or(Duration::from_secs(1));
+                breaker.cool_down(now + wait.min(policy.retry_after_cap));
+            }
+            match (tried, outcome) {
+                (Tried::Answered(resp), _) => {
+                    self.counters.attempt(
+                        address,
+                        if next.retry {
+                            "retried_status"
+                        } else {
+                            "answered"
+                        },
+                    );
+                    if next.retry {
+                        debug!(service = %self.name, backend = %address, status = resp.status().as_u16(), attempt = attempts, "retrying on status");
                         last.set(Last::Response(resp, attempts));
                         continue;
                     }
                     last.set(Last::Nothing);
                     return self.answer(resp, Some(permit), version, attempts);
                 }
-                Tried::NotSent(why) => {
-                    self.counters.attempt(address, "connect_failed");
-                    self.failure(&breaker, address, "connect failed");
-                    debug!(service = %self.name, backend = %address, attempt = attempts, error = %why, "connect failed");
-                    last.set(Last::Unreachable(why));
+                (_, Outcome::UploadTimedOut) => {
+                    self.counters.attempt(address, "upload_timeout");
+                    debug!(service = %self.name, backend = %address, attempt = attempts, "the client's body did not arrive before the deadline");
+                    last.set(Last::Nothing);
+                    return self.reply_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive in time",
+                        attempts,
+                    );
                 }
-                Tried::Failed(why) => {
-                    self.counters.attempt(address, "reset");
-                    self.failure(&breaker, address, "reset before the response");
-                    debug!(service = %self.name, backend = %address, attempt = attempts, error = %why, "no response");
-                    last.set(Last::Unreachable(why));
-                    if !may_repeat {
+                (_, Outcome::TimedOut) => {
+                    self.counters.attempt(address, "timeout");
+                    debug!(service = %self.name, backend = %address, attempt = attempts, "per-try timeout");
+                    last.set(Last::TimedOut);
+                    if !next.retry || now >= deadline {
                         break;
                     }
                 }
-                Tried::TimedOut => {
-                    self.counters.attempt(address, "timeout");
-                    self.failure(&breaker, address, "per-try timeout");
-                    debug!(service = %self.name, backend = %address, attempt = attempts, "per-try timeout");
-                    last.set(Last::TimedOut);
-                    if !may_repeat || now >= deadline {
+                (_, outcome) => {
+                    let label = if outcome == Outcome::NotSent {
+                        "connect_failed"
+                    } else {
+                        "reset"
+                    };
+                    self.counters.attempt(address, label);
+                    debug!(service = %self.name, backend = %address, attempt = attempts, error = %why, outcome = label, "no response");
+                    last.set(Last::Unreachable(why));
+                    if !next.retry {
                         break;
                     }
                 }
@@ -428,23 +443,98 @@ impl ServiceProxy {
         }
     }
 
-    fn failure(&self, breaker: &Breaker, address: SocketAddr, what: &str) {
-        if let Some(backoff) = breaker.failure(&self.settings.circuit, Instant::now()) {
-            let reason = format!(
-                "http: {} consecutive failures, last {what} (ejected for {backoff:?})",
-                self.settings.circuit.consecutive_failures
-            );
-            warn!(service = %self.name, backend = %address, %reason, "circuit opened");
-            self.counters
-                .metrics()
-                .ejections
-                .get_or_create(&vec![
-                    ("service".into(), self.name.clone()),
-                    ("backend".into(), address.to_string()),
-                ])
-                .inc();
-            if let Some(tx) = &self.ejections {
-                let _ = tx.send(Ejection { address, reason });
+    /// Sends one attempt. The per-try timer starts once the request body has gone out: until
+    /// then the client sets the pace, and only the deadline bounds the upload (running out is
+    /// the client's fault, not the backend's). A kept body is out at once.
+    async fn attempt(
+        &self,
+        up: Request<ProxyBody>,
+        body: &RequestBody,
+        deadline: Instant,
+    ) -> Tried {
+        let per_try = self.settings.retry.per_try_timeout;
+        let streamed = !body.replayable();
+        let timer = async {
+            tokio::select! {
+                biased;
+                () = body.sent() => {
+                    let now = Instant::now();
+                    let until = if streamed { now + per_try } else { deadline.min(now + per_try) };
+                    tokio::time::sleep_until(until.into()).await;
+                    Outcome::TimedOut
+                }
+                () = tokio::time::sleep_until(deadline.into()) => Outcome::UploadTimedOut,
+            }
+        };
+        tokio::select! {
+            r = self.client.request(up) => match r {
+                Ok(resp) => Tried::Answered(resp),
+                Err(e) if e.is_connect() && is_pending_full(&e) => Tried::PendingFull,
+                Err(e) if e.is_connect() => Tried::Failed(Outcome::NotSent, format!("{e:#}")),
+                Err(e) => Tried::Failed(Outcome::Reset, format!("{e:#}")),
+            },
+            outcome = timer => Tried::Failed(outcome, String::new()),
+        }
+    }
+
+    /// Whether the service's ejection cap lets one more circuit open: the circuits hold out
+    /// fewer than `max_ejection_percent` of the pool, and another backend stays in service.
+    fn may_eject(&self, pool: &PoolView) -> bool {
+        let breakers = self
+            .carried
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let out = |a: &SocketAddr| breakers.get(a).is_some_and(|b| b.ejected());
+        let ejected = pool.members.iter().filter(|m| out(&m.address)).count();
+        let serving = pool
+            .members
+            .iter()
+            .filter(|m| m.eligible && !out(&m.address))
+            .count();
+        ejected < crate::ejection::max_ejected(pool.members.len(), self.max_ejection_percent)
+            && serving > 1
+    }
+
+    fn failure(&self, breaker: &Breaker, address: SocketAddr, pool: &PoolView, what: &Outcome) {
+        let what = match what {
+            Outcome::Answered(s) => format!("status {}", s.as_u16()),
+            Outcome::NotSent => "connect failed".into(),
+            Outcome::Reset => "reset before the response".into(),
+            Outcome::TimedOut => "per-try timeout".into(),
+            Outcome::UploadTimedOut => "upload timeout".into(),
+        };
+        let labels = || {
+            vec![
+                ("service".into(), self.name.clone()),
+                ("backend".into(), address.to_string()),
+            ]
+        };
+        let may_eject = self.may_eject(pool);
+        match breaker.failure(&self.settings.circuit, Instant::now(), may_eject) {
+            Failed::Counted => {}
+            Failed::Capped => {
+                warn!(service = %self.name, backend = %address, failures = self.settings.circuit.consecutive_failures, last = %what, max_ejection_percent = self.max_ejection_percent, "circuit not opened: the ejection cap keeps the backend in service");
+                self.counters
+                    .metrics()
+                    .ejections_capped
+                    .get_or_create(&labels())
+                    .inc();
+            }
+            Failed::Opened(backoff) => {
+                let reason = format!(
+                    "http: {} consecutive failures, last {what} (ejected for {backoff:?})",
+                    self.settings.circuit.consecutive_failures
+                );
+                warn!(service = %self.name, backend = %address, %reason, "circuit opened");
+                self.counters
+                    .metrics()
+                    .ejections
+                    .get_or_create(&labels())
+                    .inc();
+                if let Some(tx) = &self.ejections {
+                    let _ = tx.send(Ejection { address, reason });
+                }
             }
         }
     }

@@ -2,6 +2,12 @@
 //! A RST answering a SYN, an ICMP destination-unreachable about a flow to a backend, and a SYN
 //! retransmitted past the service's `syn_timeout` without a SYN-ACK each become a
 //! `BackendEvent` on the `EVENTS` ring buffer. User space decides what they mean.
+//!
+//! Only what only the backend's side can say counts. An ICMP error is evidence only when its
+//! outer source is the backend itself and its code means that nothing listens (port, protocol,
+//! host, administratively prohibited). Anything else quoting a translated flow, such as a
+//! client forging an unreachable about its own connection or a path-MTU message, is counted
+//! (`icmp_not_evidence`) and passed on without an event.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
@@ -16,6 +22,20 @@ use crate::{
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMPV6_DEST_UNREACH: u8 = 1;
+
+/// ICMPv4 destination-unreachable codes that say nothing listens: host (1), protocol (2), port
+/// (3), and the administratively prohibited ones (9, 10, 13). Not frag-needed (4).
+#[inline(always)]
+fn no_listener_v4(code: u8) -> bool {
+    matches!(code, 1 | 2 | 3 | 9 | 10 | 13)
+}
+
+/// ICMPv6 destination-unreachable codes that say nothing listens: administratively prohibited
+/// (1), address (3) and port (4) unreachable. Packet Too Big is another type.
+#[inline(always)]
+fn no_listener_v6(code: u8) -> bool {
+    matches!(code, 1 | 3 | 4)
+}
 
 /// Sends one event about `backend`.
 #[inline(always)]
@@ -102,7 +122,7 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
     count(Counter::PassUnsupported);
     // Type and code together: a one-byte packet load compiles to a bounds check the verifier
     // cannot follow.
-    let Some([kind, _code]) = load::<[u8; 2]>(ctx, p.l4) else {
+    let Some([kind, code]) = load::<[u8; 2]>(ctx, p.l4) else {
         return XDP_PASS;
     };
     let inner = p.l4 + 8;
@@ -116,7 +136,8 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
         family: p.key.family,
         _pad: 0,
     };
-    let ports_at = if p.key.family == FAMILY_V4 {
+    let v4 = p.key.family == FAMILY_V4;
+    let ports_at = if v4 {
         if kind != ICMP_DEST_UNREACH {
             return XDP_PASS;
         }
@@ -147,8 +168,19 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
     };
     key.dst_port = ports[0];
     key.src_port = ports[1];
-    if let Some(nat) = unsafe { NAT_REPLIES.get(&key) } {
-        report(nat.backend, EventKind::IcmpUnreachable);
+    let Some(nat) = (unsafe { NAT_REPLIES.get(&key) }) else {
+        return XDP_PASS;
+    };
+    // `key.src` is the quoted destination: the backend.
+    let listener = if v4 {
+        no_listener_v4(code)
+    } else {
+        no_listener_v6(code)
+    };
+    if p.key.src != key.src || !listener {
+        count(Counter::IcmpNotEvidence);
+        return XDP_PASS;
     }
+    report(nat.backend, EventKind::IcmpUnreachable);
     XDP_PASS
 }

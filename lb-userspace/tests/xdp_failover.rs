@@ -376,3 +376,75 @@ fn passive_detection_reports_rst_icmp_and_syn_timeout() {
     );
     assert_eq!(bed.counter(Counter::EventSent), 4);
 }
+
+/// Only what only the backend's side can say is evidence: an ICMP unreachable whose outer source
+/// is the backend itself, with a code that means nothing listens. A client forging one about its
+/// own flow, a router's message, and path-MTU messages (frag-needed) report nothing; they still
+/// go on to the stack untouched, and are counted.
+#[test]
+fn forged_and_path_mtu_icmp_are_not_evidence() {
+    let mut bed = bed(CONFIG);
+    let (_, out) = bed.run(&syn(47100).bytes(), bed.xc);
+    let (b, _) = destination(&out);
+    let IpAddr::V4(bv4) = b else { unreachable!() };
+    let quoted = &out[14..14 + 28];
+    let icmp = |eth_src: [u8; 6], src: [u8; 4], dst: [u8; 4], code: DestUnreachableHeader| {
+        let mut p = Vec::new();
+        PacketBuilder::ethernet2(eth_src, XB_MAC)
+            .ipv4(src, dst, 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(code))
+            .write(&mut p, quoted)
+            .unwrap();
+        p
+    };
+    let client = [10, 0, 1, 2];
+    let vip = [10, 0, 0, 10];
+    let cases = [
+        (
+            "a client forging a port unreachable about its own flow",
+            icmp([2; 6], client, vip, DestUnreachableHeader::Port),
+            bed.xc,
+        ),
+        (
+            "a router's host unreachable",
+            icmp(
+                backend_mac(b),
+                [10, 0, 11, 254],
+                client,
+                DestUnreachableHeader::Host,
+            ),
+            bed.xb,
+        ),
+        (
+            "the backend's frag-needed",
+            icmp(
+                backend_mac(b),
+                bv4.octets(),
+                client,
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ),
+            bed.xb,
+        ),
+    ];
+    for (what, packet, ifindex) in &cases {
+        let (action, passed) = bed.run(packet, *ifindex);
+        assert_eq!(
+            (action, &passed),
+            (XDP_PASS, packet),
+            "{what}: passed untouched"
+        );
+    }
+    assert_eq!(bed.counter(Counter::IcmpNotEvidence), 3);
+    // The backend's own port unreachable is evidence.
+    let real = icmp(
+        backend_mac(b),
+        bv4.octets(),
+        client,
+        DestUnreachableHeader::Port,
+    );
+    bed.run(&real, bed.xb);
+    assert_eq!(
+        events(&mut bed),
+        vec![(id_of(b), EventKind::IcmpUnreachable)]
+    );
+}

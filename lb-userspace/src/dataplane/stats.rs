@@ -42,7 +42,7 @@ impl Dataplane {
     /// Every global counter, summed over CPUs.
     pub fn counters(&self) -> Result<CounterSnapshot, DataplaneError> {
         let mut out = Vec::with_capacity(Counter::ALL.len());
-        for c in Counter::ALL {
+        for &c in Counter::ALL {
             let per_cpu = self.counters.get(&(c as u32), 0).map_err(err("COUNTERS"))?;
             out.push((c, per_cpu.iter().sum()));
         }

@@ -312,3 +312,85 @@ fn the_status_page_renders_in_headless_chromium() {
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
 }
+
+/// A page from another origin, opened in the operator's browser, auto-submits a form that would
+/// drain a backend through the tokenless loopback admin listener (CSRF). It is refused, and the
+/// backend keeps taking new flows.
+#[test]
+fn a_web_page_cannot_drain_a_backend() {
+    require_root("the admin CSRF test");
+    let topo = Topology::build(2);
+    let _servers = named_echo_servers(&topo);
+    let config = write_config(&topo, "");
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+
+    // The hostile page, served from another port of the balancer's loopback.
+    let page = format!(
+        "<html><body><form method=\"POST\" \
+         action=\"http://{ADMIN}/drain?service=echo&amp;backend=10.0.11.2:8080\"></form>\
+         <script>document.forms[0].submit()</script></body></html>"
+    );
+    let listener = topo
+        .lb
+        .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let origin = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for mut conn in listener.incoming().flatten().take(4) {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    let profile = std::env::temp_dir().join(format!("{}-csrf-chromium", topo.lb.name()));
+    let out = topo
+        .lb
+        .command("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", &format!("http://{origin}/")])
+        .output()
+        .expect("run chromium (installed by cargo xtask setup)");
+    std::fs::remove_dir_all(&profile).ok();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dom.contains("refused"),
+        "the admin API did not refuse the form: {dom}"
+    );
+
+    let (code, json) = admin(&topo.lb, None, "GET", "/status");
+    assert_eq!(code, 200, "{json}");
+    let status: Snapshot = serde_json::from_str(&json).unwrap();
+    let be1 = &status.services[0].backends[0];
+    assert_eq!(
+        (be1.address.as_str(), be1.draining, be1.active),
+        ("10.0.11.2:8080", false, true),
+        "the page drained the backend"
+    );
+    // The CLI, which sends the header, still drains.
+    let (ok, stdout, stderr) = cli(&topo.lb, &["drain", "echo", "10.0.11.2:8080"]);
+    assert!(ok && stdout.contains("drained"), "{stdout}{stderr}");
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+}

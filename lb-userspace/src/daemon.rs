@@ -256,6 +256,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             pin_dir: Some(pin_dir.clone()),
             latency: writer.prometheus_latency(),
             token: config.admin.token.clone(),
+            allowed_hosts: config.admin.allowed_hosts.clone(),
             l7: l7_metrics,
         });
         tokio::spawn(serve(listener, state));

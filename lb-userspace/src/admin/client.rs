@@ -25,7 +25,8 @@ pub async fn request(
     let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, addr.to_string());
+        .header(header::HOST, addr.to_string())
+        .header(super::guard::CLIENT_HEADER, "understudy");
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }

@@ -1,10 +1,13 @@
 //! The admin listener (loopback by default): `GET /` (an HTML status page), `GET /metrics`
 //! (Prometheus text), `GET /status`
 //! (JSON), `POST /drain` and `POST /enable` (`?service=NAME&backend=IP:PORT`), and `POST /reload`. With a token
-//! configured, every request must carry `Authorization: Bearer <token>`. Requests reach the map
-//! writer over its control channel, so the writer stays the only one touching the data plane.
+//! configured, every request must carry `Authorization: Bearer <token>`. Every request also
+//! passes [`guard`] (Host, Origin, and a non-simple header on state changes), so a web page in
+//! the operator's browser can neither drive nor read the API. Requests reach the map writer over
+//! its control channel, so the writer stays the only one touching the data plane.
 
 pub mod client;
+pub mod guard;
 mod metrics;
 mod page;
 
@@ -40,6 +43,8 @@ pub struct AdminState {
     pub pin_dir: Option<std::path::PathBuf>,
     pub latency: Histogram,
     pub token: Option<String>,
+    /// `[admin] allowed_hosts`: names a request's `Host` may carry besides IP literals.
+    pub allowed_hosts: Vec<String>,
     /// The HTTP proxy's request, attempt, budget and ejection counters.
     pub l7: crate::l7::metrics::L7Metrics,
 }
@@ -127,6 +132,15 @@ async fn handle(
             header::HeaderValue::from_static("Bearer"),
         );
         return Ok(r);
+    }
+    if let Err(refused) = guard::check(
+        req.method(),
+        req.headers(),
+        &state.allowed_hosts,
+        state.token.is_some(),
+    ) {
+        warn!(method = %req.method(), path = req.uri().path(), why = %refused.why, "admin request refused");
+        return Ok(text(refused.status, refused.why));
     }
     let query: Vec<(String, String)> = req
         .uri()

@@ -46,6 +46,9 @@ pub struct Admin {
     /// Every request must carry `Authorization: Bearer <token>` when set. Read from
     /// `token_file` when the config is loaded.
     pub token: Option<String>,
+    /// Host names (besides IP literals and `localhost`) a request's `Host` may carry, for an
+    /// admin listener reached by name. Anything else is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A validated configuration.
@@ -334,7 +337,32 @@ fn validate_admin(
             Some(token)
         }
     };
-    Ok(Admin { listen, token })
+    let mut allowed_hosts = Vec::new();
+    for h in raw
+        .and_then(|r| r.get_ref().allowed_hosts.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let name = h.get_ref().trim().to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            return Err(at.error(
+                Some(h.span()),
+                "admin.allowed_hosts",
+                format!("\"{}\" is not a host name", h.get_ref()),
+                "list host names without a port or scheme, such as \"lb1.example.com\"",
+            ));
+        }
+        allowed_hosts.push(name);
+    }
+    Ok(Admin {
+        listen,
+        token,
+        allowed_hosts,
+    })
 }
 
 fn validate_service(

@@ -117,7 +117,32 @@ impl Default for Passive {
     }
 }
 
+/// The longest duration any setting takes: a day. Every `now + d` the daemon computes then
+/// stays far from overflowing an `Instant`, so no value can panic a request or stop a health task.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// A positive duration of at most [`MAX_DURATION`], or `default` when absent. A zero timeout
+/// or interval would fail every request or spin a task, so it is refused.
 pub(super) fn duration(
+    at: &Locator<'_>,
+    value: &Option<Spanned<String>>,
+    field: String,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = duration_or_zero(at, value, field.clone(), default)?;
+    match value {
+        Some(v) if d.is_zero() => Err(at.error(
+            Some(v.span()),
+            field,
+            format!("\"{}\" is zero", v.get_ref()),
+            "give a positive duration, such as \"100ms\" or \"2s\"",
+        )),
+        _ => Ok(d),
+    }
+}
+
+/// A duration from zero up to [`MAX_DURATION`], for the settings where zero means "off".
+pub(super) fn duration_or_zero(
     at: &Locator<'_>,
     value: &Option<Spanned<String>>,
     field: String,
@@ -126,14 +151,23 @@ pub(super) fn duration(
     let Some(v) = value else {
         return Ok(default);
     };
-    humantime::parse_duration(v.get_ref()).map_err(|e| {
+    let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
         at.error(
             Some(v.span()),
-            field,
+            field.clone(),
             format!("\"{}\" is not a duration ({e})", v.get_ref()),
             "write a number with a unit, such as \"100ms\", \"2s\" or \"1m\"",
         )
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(at.error(
+            Some(v.span()),
+            field,
+            format!("\"{}\" is longer than a day", v.get_ref()),
+            "use a duration of at most \"24h\"",
+        ));
+    }
+    Ok(d)
 }
 
 fn count(
@@ -454,7 +488,7 @@ pub(super) fn validate_passive(
             "make max_ejection at least base_ejection",
         ));
     }
-    let syn_timeout = duration(at, &p.syn_timeout, f("syn_timeout"), d.syn_timeout)?;
+    let syn_timeout = duration_or_zero(at, &p.syn_timeout, f("syn_timeout"), d.syn_timeout)?;
     if syn_timeout > Duration::from_secs(60) {
         return Err(at.error(
             p.syn_timeout.as_ref().map(Spanned::span),

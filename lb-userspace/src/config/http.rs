@@ -12,7 +12,7 @@ use super::{
     ConfigError,
     error::Locator,
     health::TlsCheck,
-    health::duration,
+    health::{duration, duration_or_zero},
     raw::{RawCircuit, RawHttp, RawRetry, RawTls, RawUpstreamTls},
 };
 
@@ -357,7 +357,7 @@ pub(super) fn validate_http(
                 deadline,
                 on_status,
                 on_429: r.on_429.unwrap_or(d.on_429),
-                retry_after_cap: duration(
+                retry_after_cap: duration_or_zero(
                     at,
                     &r.retry_after_cap,
                     f("retry", "retry_after_cap"),

@@ -631,3 +631,72 @@ fn http_errors_name_the_field() {
         "readable PEM file",
     );
 }
+
+/// Durations are bounded, so that `now + d` can never overflow an `Instant` (a 100-year deadline
+/// used to panic a request), and zero timeouts are refused where they would fail everything.
+#[test]
+fn durations_are_bounded_and_zero_timeouts_refused() {
+    fails(
+        &HTTP.replace("per_try_timeout = \"250ms\"", "deadline = \"100years\""),
+        12,
+        "service[0].retry.deadline",
+        "\"100years\" is longer than a day",
+        "at most \"24h\"",
+    );
+    fails(
+        &HTTP.replace(
+            "mode = \"http\"",
+            "mode = \"http\"\n\n[service.http]\nconnect_timeout = \"0s\"",
+        ),
+        11,
+        "service[0].http.connect_timeout",
+        "\"0s\" is zero",
+        "positive duration",
+    );
+    fails(
+        &HTTP.replace(
+            "consecutive_failures = 3",
+            "consecutive_failures = 3\nmax_ejection = \"36500days\"",
+        ),
+        17,
+        "service[0].circuit.max_ejection",
+        "longer than a day",
+        "at most \"24h\"",
+    );
+    fails(
+        &HTTP.replace(
+            "mode = \"http\"",
+            "mode = \"http\"\nhealth = { kind = \"tcp\", interval = \"0ms\" }",
+        ),
+        9,
+        "service[0].health.interval",
+        "is zero",
+        "positive duration",
+    );
+    fails(
+        &HTTP.replace(
+            "consecutive_failures = 3",
+            "consecutive_failures = 3\nfailure_statuses = [500, 404]",
+        ),
+        17,
+        "service[0].circuit.failure_statuses",
+        "404 is not a 5xx status",
+        "5xx statuses only",
+    );
+    fails(
+        &HTTP.replace(
+            "mode = \"http\"",
+            "mode = \"http\"\npassive = { max_ejection_percent = 101 }",
+        ),
+        9,
+        "service[0].passive.max_ejection_percent",
+        "more than 100 percent",
+        "from 0 to 100",
+    );
+    // Zero still means "off" where it says so.
+    let ok = HTTP.replace(
+        "mode = \"http\"",
+        "mode = \"http\"\npassive = { syn_timeout = \"0s\" }",
+    );
+    parse(&ok).unwrap();
+}

@@ -147,6 +147,11 @@ struct Setup {
 
 /// Two HTTP backends; service "api" (HTTP) on VIP:80 and "tcp" (L4) on VIP:81 share them.
 fn setup() -> Setup {
+    setup_wrapped(&[])
+}
+
+/// As [`setup`], with the daemon started through `wrapper`.
+fn setup_wrapped(wrapper: &[String]) -> Setup {
     let topo = Topology::build(2);
     let backends = (1..=2)
         .map(|i| {
@@ -161,7 +166,7 @@ fn setup() -> Setup {
     topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
     let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
     std::fs::write(&path, config_text(&topo, &[1, 2], "")).unwrap();
-    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    let daemon = Daemon::start_wrapped(&topo.lb, wrapper, BIN.as_ref(), &path, &[]);
     Setup {
         topo,
         backends,
@@ -399,4 +404,170 @@ fn drain_and_reload_change_the_http_pool_and_a_bad_reload_changes_nothing() {
         via.to_ascii_lowercase().contains("via: 1.1 understudy"),
         "{via}"
     );
+}
+
+/// The capabilities the shipped systemd unit leaves the daemon (`CapabilityBoundingSet=`), as
+/// setpriv's list: `+bpf,+perfmon,...`.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/understudy.service"
+    ))
+    .expect("the shipped unit");
+    unit.lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
+        .collect()
+}
+
+fn setpriv(caps: &[String]) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        "--inh-caps=-all".into(),
+        "--ambient-caps=-all".into(),
+        format!("--bounding-set=-all,{}", caps.join(",")),
+        "--".into(),
+    ]
+}
+
+/// The daemon with exactly the unit's capabilities serves an HTTP service on port 80; without
+/// CAP_NET_BIND_SERVICE the same start fails, naming the address (so the test can fail).
+#[test]
+fn the_units_capabilities_serve_http_on_port_80() {
+    require_root("the systemd capability test");
+    let caps = unit_capabilities();
+    assert!(
+        caps.iter().any(|c| c == "+net_bind_service"),
+        "the unit lacks CAP_NET_BIND_SERVICE: {caps:?}"
+    );
+    let s = setup_wrapped(&setpriv(&caps));
+    let status_line = std::fs::read_to_string(format!("/proc/{}/status", s.daemon.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .map(str::to_string);
+    let (code, body) = s
+        .topo
+        .client
+        .enter(|| request(api(), "GET", 0))
+        .expect("request");
+    assert_eq!(code, 200, "{body} (daemon {status_line:?})");
+    let Setup { topo, daemon, .. } = s;
+    assert!(daemon.stop());
+
+    let without: Vec<String> = caps
+        .into_iter()
+        .filter(|c| c != "+net_bind_service")
+        .collect();
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    let mut command = topo.lb.command_net_only("setpriv");
+    command
+        .args(&setpriv(&without)[1..])
+        .arg(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("start understudy");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("understudy without CAP_NET_BIND_SERVICE kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot listen on 10.0.0.10:80"),
+        "the refusal names the address: {stderr}"
+    );
+}
+
+/// Clients holding idle connections cannot exhaust the daemon: with its descriptors capped at
+/// 256, 300 idle clients meet `max_connections = 50` (the rest wait in the accept queue), the
+/// health probes keep both backends up, the admin API answers, and once the clients leave,
+/// requests are served again.
+#[test]
+fn a_flood_of_idle_connections_leaves_probes_and_admin_working() {
+    require_root("the connection-flood test");
+    let topo = Topology::build(2);
+    let _backends: Vec<HttpBackend> = (1..=2)
+        .map(|i| {
+            HttpBackend::start(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+                format!("be{i}"),
+            )
+        })
+        .collect();
+    topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
+    let check =
+        "health = { kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", fall = 1 }\n";
+    let text = config_text(&topo, &[1, 2], "max_connections = 50\n")
+        .replace("mode = \"http\"\n", &format!("mode = \"http\"\n{check}"))
+        .replace(
+            "table_size = 1021\n",
+            &format!("table_size = 1021\n{check}"),
+        );
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, text).unwrap();
+    let wrapper: Vec<String> = ["prlimit", "--nofile=256:256", "--"]
+        .map(String::from)
+        .to_vec();
+    let daemon = Daemon::start_wrapped(&topo.lb, &wrapper, BIN.as_ref(), &path, &[]);
+    let healthy = || -> usize {
+        let (code, body) = admin(&topo.lb, None, "GET", "/status");
+        assert_eq!(code, 200, "the admin API answers: {body}");
+        let s: Snapshot = serde_json::from_str(&body).unwrap();
+        s.services
+            .iter()
+            .flat_map(|svc| &svc.backends)
+            .filter(|b| b.healthy)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while healthy() < 4 {
+        assert!(Instant::now() < deadline, "backends never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let flood: Vec<TcpStream> = topo.client.enter(|| {
+        (0..300)
+            .map_while(|_| TcpStream::connect_timeout(&api(), Duration::from_secs(2)).ok())
+            .collect()
+    });
+    eprintln!("flood: {} connections", flood.len());
+    assert!(
+        flood.len() > 100,
+        "the flood is past max_connections: {}",
+        flood.len()
+    );
+    // Many probe intervals with the listener full.
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            healthy(),
+            4,
+            "a probe failed under the flood:\n{}",
+            daemon.output()
+        );
+    }
+    let (_, metrics) = admin(&topo.lb, None, "GET", "/metrics");
+    assert!(
+        metrics.contains("understudy_http_listener_full_total{service=\"api\"}"),
+        "the full listener is counted"
+    );
+    drop(flood);
+    let (code, body) = topo
+        .client
+        .enter(|| request(api(), "GET", 0))
+        .expect("request after the flood");
+    assert_eq!(code, 200, "{body}");
+    assert!(daemon.stop());
+    std::fs::remove_file(path).ok();
 }

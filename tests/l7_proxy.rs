@@ -99,6 +99,7 @@ async fn backend(name: &'static str, behaviour: Behaviour) -> Backend {
                                 "host",
                                 "connection",
                                 "x-private",
+                                "x-real-ip",
                             ] {
                                 if let Some(v) = req.headers().get(h) {
                                     s.insert(h.to_string(), v.to_str().unwrap().to_string());
@@ -643,13 +644,22 @@ async fn forwarding_headers_reach_the_backend() {
         .header("connection", "x-private")
         .header("x-private", "hop")
         .header("x-forwarded-for", "192.0.2.9")
+        .header("x-real-ip", "192.0.2.9")
+        .header("forwarded", "for=192.0.2.9")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.headers()["via"], "1.1 understudy");
     assert_eq!(resp.headers()["x-understudy-attempts"], "1");
     let seen = a.seen.lock().unwrap().clone();
-    assert_eq!(seen["x-forwarded-for"], "192.0.2.9, 127.0.0.1");
+    assert_eq!(
+        seen["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client's X-Forwarded-For is replaced, not appended to"
+    );
+    assert!(
+        !seen.contains_key("x-real-ip"),
+        "X-Real-IP from an untrusted client"
+    );
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(
         seen["forwarded"],
@@ -660,6 +670,22 @@ async fn forwarding_headers_reach_the_backend() {
         !seen.contains_key("x-private"),
         "hop-by-hop header forwarded"
     );
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_s_forwarding_headers_are_appended_to() {
+    let a = backend("a", Behaviour::Ok).await;
+    let p = proxy(&[a.addr], "trusted_proxies = [\"127.0.0.0/8\"]\n").await;
+    let req = Request::builder()
+        .uri(p.url("/x"))
+        .header("x-forwarded-for", "192.0.2.9")
+        .header("x-real-ip", "192.0.2.9")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client().request(req).await.unwrap().status(), 200);
+    let seen = a.seen.lock().unwrap().clone();
+    assert_eq!(seen["x-forwarded-for"], "192.0.2.9, 127.0.0.1");
+    assert_eq!(seen["x-real-ip"], "192.0.2.9");
 }
 
 /// A TLS client to the proxy with `sni` (no SNI for an IP), trusting `roots`, offering `alpn`.
@@ -1051,4 +1077,76 @@ async fn the_ejection_cap_keeps_the_last_backends_in_service() {
             .contains("understudy_http_ejections_capped_total{service=\"web\""),
         "refusals are counted"
     );
+}
+
+/// A keep-alive connection that moves no byte for `client_idle_timeout` is closed (after its
+/// request was answered), and the close is counted.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let a = backend("a", Behaviour::Ok).await;
+    let p = proxy(&[a.addr], "client_idle_timeout = \"300ms\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "answered first");
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closes the idle connection")
+        .unwrap();
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert!(
+        p.metrics_text()
+            .contains("understudy_http_client_timeouts_total{service=\"web\",kind=\"idle\"} 1")
+    );
+}
+
+/// A client that opens a TLS connection and never finishes the handshake is disconnected after
+/// `handshake_timeout`.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_cut_off() {
+    use tokio::io::AsyncReadExt as _;
+    let a = backend("a", Behaviour::Ok).await;
+    let dir = std::env::temp_dir().join(format!("l7-handshake-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["api.example".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let p = proxy(
+        &[a.addr],
+        &format!(
+            "handshake_timeout = \"300ms\"\n\n[service.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the proxy closes the stalled handshake")
+        .ok();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        p.metrics_text().contains(
+            "understudy_http_client_timeouts_total{service=\"web\",kind=\"handshake\"} 1"
+        )
+    );
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -151,6 +151,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(why) = privileges::check() {
         bail!(why);
     }
+    let wanted: usize = config
+        .services
+        .iter()
+        .filter_map(|s| s.http.as_ref())
+        .map(|h| h.max_connections * 2)
+        .sum();
+    match privileges::raise_nofile() {
+        Ok((soft, hard)) if (soft as usize) < wanted + 1024 => warn!(
+            soft,
+            hard,
+            wanted,
+            "the open-file limit is below what the HTTP services' max_connections need (two descriptors per client, one in, one out): raise LimitNOFILE or lower max_connections"
+        ),
+        Ok((soft, hard)) => info!(soft, hard, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     // Interfaces first: a bad one is reported before anything is loaded or pinned.
     resolve(&config)?;
     let mut plan = plan(&config);
@@ -258,6 +274,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             token: config.admin.token.clone(),
             allowed_hosts: config.admin.allowed_hosts.clone(),
             l7: l7_metrics,
+            flow_cache: Default::default(),
         });
         tokio::spawn(serve(listener, state));
         info!(%listen, token = config.admin.token.is_some(), "admin listener ready");

@@ -11,7 +11,11 @@ pub mod guard;
 mod metrics;
 mod page;
 
-use std::{convert::Infallible, sync::Arc};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use http_body_util::Full;
 use hyper::{
@@ -21,7 +25,7 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::{
     net::TcpListener,
@@ -29,7 +33,13 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{daemon::Reloads, failover::Control, health::Board, status::Snapshot};
+use crate::{
+    daemon::Reloads,
+    failover::Control,
+    health::Board,
+    l7::limits::{AcceptErrors, Activity, ConnectionCount, LastActivity},
+    status::Snapshot,
+};
 
 /// What every request handler shares.
 pub struct AdminState {
@@ -47,25 +57,61 @@ pub struct AdminState {
     pub allowed_hosts: Vec<String>,
     /// The HTTP proxy's request, attempt, budget and ejection counters.
     pub l7: crate::l7::metrics::L7Metrics,
+    /// The last count of `FLOWS`, and when it was taken.
+    pub flow_cache: tokio::sync::Mutex<Option<(Instant, Arc<metrics::FlowCount>)>>,
 }
 
-/// Serves admin requests on `listener` until the task is dropped.
+/// Admin connections open at once; past it the listener waits for one to close.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// An admin connection that moves no byte for this long is closed; a request head must arrive
+/// within [`ADMIN_HEADER_TIMEOUT`].
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves admin requests on `listener` until the task is dropped, at most
+/// [`MAX_ADMIN_CONNECTIONS`] at once, each with a header and an idle timeout, so that clients
+/// holding connections cannot lock operators out.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let connections = Arc::new(ConnectionCount::default());
+    let mut accept_errors = AcceptErrors::default();
     loop {
+        let slot = connections
+            .acquire(
+                || MAX_ADMIN_CONNECTIONS,
+                || {
+                    warn!(
+                        max = MAX_ADMIN_CONNECTIONS,
+                        "admin listener full: not accepting until a connection closes"
+                    )
+                },
+            )
+            .await;
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %e, "admin accept failed");
+                accept_errors.back_off("admin", &e).await;
                 continue;
             }
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| handle(req, state.clone()));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let last = LastActivity::new();
+            let io = TokioIo::new(Activity::new(stream, last.clone()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            let served = tokio::select! {
+                r = conn.as_mut() => r,
+                () = last.idle_for(ADMIN_IDLE_TIMEOUT) => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await.unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = served {
                 debug!(%peer, error = %e, "admin connection ended");
             }
         });
@@ -98,6 +144,30 @@ fn authorized(req: &Request<Incoming>, token: &Option<String>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
+}
+
+/// How long a count of `FLOWS` serves scrapes: walking a full table takes up to a few hundred
+/// milliseconds, so scrapes may not start one walk each.
+const FLOW_COUNT_TTL: Duration = Duration::from_secs(10);
+
+/// The count of `FLOWS`, from the cache when it is fresh. One walk runs at a time (scrapes
+/// arriving meanwhile wait for it), never on the writer, never on the async workers.
+async fn flow_count(state: &AdminState) -> Option<Arc<metrics::FlowCount>> {
+    let mut cache = state.flow_cache.lock().await;
+    if let Some((at, count)) = cache.as_ref()
+        && at.elapsed() < FLOW_COUNT_TTL
+    {
+        return Some(count.clone());
+    }
+    let dir = state.pin_dir.clone()?;
+    let count = tokio::task::spawn_blocking(move || metrics::count_flows(&dir))
+        .await
+        .ok()?
+        .map_err(|e| warn!(error = %e, "counting FLOWS failed"))
+        .ok()?;
+    let count = Arc::new(count);
+    *cache = Some((Instant::now(), count.clone()));
+    Some(count)
 }
 
 /// The writer's snapshot, with each backend's last probe from the health board.
@@ -166,18 +236,7 @@ async fn handle(
         },
         (&Method::GET, "/metrics") => match snapshot(&state).await {
             Some(s) => {
-                // Walking FLOWS takes up to a few hundred ms when full: never on the writer,
-                // never on the async workers.
-                let dir = state.pin_dir.clone();
-                let flows =
-                    tokio::task::spawn_blocking(move || dir.map(|d| metrics::count_flows(&d)))
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|r| {
-                            r.map_err(|e| warn!(error = %e, "counting FLOWS failed"))
-                                .ok()
-                        });
+                let flows = flow_count(&state).await;
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -185,7 +244,7 @@ async fn handle(
                         &s,
                         &state.latency,
                         &state.reloads,
-                        flows.as_ref(),
+                        flows.as_deref(),
                         &state.l7,
                     ),
                 )

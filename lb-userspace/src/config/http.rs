@@ -32,6 +32,18 @@ pub struct HttpService {
     pub idle_timeout: Duration,
     /// Idle upstream connections kept per backend. Default 64.
     pub max_idle_per_backend: usize,
+    /// Client connections open at once on the listener (HAProxy's `maxconn`); past it the
+    /// listener stops accepting until one closes. Default 10,000.
+    pub max_connections: usize,
+    /// A client connection that moves no byte for this long is closed (HAProxy's
+    /// `timeout client`). Default 60 s.
+    pub client_idle_timeout: Duration,
+    /// A TLS handshake must finish within this. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are kept and appended to. From anyone
+    /// else they are replaced, and `X-Real-IP` removed, so the client address the backends see
+    /// cannot be spoofed. Default none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// TLS termination; plain HTTP (HTTP/1.1 or h2c) when `None`.
     pub tls: Option<Vec<Certificate>>,
     /// TLS to the backends (HTTP/1.1 inside); plain HTTP when `None`.
@@ -249,6 +261,45 @@ pub(super) fn validate_http(
         (0, 100_000),
         64,
     )? as usize;
+    let max_connections = number(
+        at,
+        h.map_or(&None, |h| &h.max_connections),
+        f("http", "max_connections"),
+        (1, 1_000_000),
+        10_000,
+    )? as usize;
+    let client_idle_timeout = duration(
+        at,
+        h.map_or(&none, |h| &h.client_idle_timeout),
+        f("http", "client_idle_timeout"),
+        Duration::from_secs(60),
+    )?;
+    let handshake_timeout = duration(
+        at,
+        h.map_or(&none, |h| &h.handshake_timeout),
+        f("http", "handshake_timeout"),
+        Duration::from_secs(10),
+    )?;
+    let mut trusted_proxies = Vec::new();
+    for cidr in h
+        .and_then(|h| h.trusted_proxies.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let text = cidr.get_ref().trim();
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                at.error(
+                    Some(cidr.span()),
+                    f("http", "trusted_proxies"),
+                    format!("\"{text}\" is not an address or a CIDR block"),
+                    "write addresses or blocks such as \"10.0.0.0/8\" or \"fd00::1\"",
+                )
+            })?;
+        trusted_proxies.push(net.trunc());
+    }
 
     let tls = match raw.tls {
         None => None,
@@ -443,6 +494,10 @@ pub(super) fn validate_http(
         header_timeout,
         idle_timeout,
         max_idle_per_backend,
+        max_connections,
+        client_idle_timeout,
+        handshake_timeout,
+        trusted_proxies,
         tls,
         upstream_tls,
         retry,

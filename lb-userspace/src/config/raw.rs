@@ -179,6 +179,10 @@ pub struct RawHttp {
     pub header_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_backend: Option<Spanned<u32>>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub client_idle_timeout: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -45,15 +45,18 @@ impl Prober {
     }
 
     /// Probes `backend` (or its check port) once, within the check's timeout.
-    pub async fn probe(&self, backend: SocketAddr) -> Result<(), String> {
+    pub async fn probe(&self, backend: SocketAddr) -> Result<(), ProbeError> {
         let target = SocketAddr::new(backend.ip(), self.check.port.unwrap_or(backend.port()));
         match tokio::time::timeout(self.check.timeout, self.run(target)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("timeout after {:?}", self.check.timeout)),
+            Err(_) => Err(ProbeError::Backend(format!(
+                "timeout after {:?}",
+                self.check.timeout
+            ))),
         }
     }
 
-    async fn run(&self, target: SocketAddr) -> Result<(), String> {
+    async fn run(&self, target: SocketAddr) -> Result<(), ProbeError> {
         match self.check.kind {
             CheckKind::None => Ok(()),
             CheckKind::Tcp => connect(target).await.map(drop),
@@ -63,7 +66,7 @@ impl Prober {
                     .http
                     .as_ref()
                     .ok_or("http check without settings")?;
-                http_check(connect(target).await?, http, target).await
+                Ok(http_check(connect(target).await?, http, target).await?)
             }
             CheckKind::Https => {
                 let http = self
@@ -78,7 +81,7 @@ impl Prober {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
-                http_check(tls, http, target).await
+                Ok(http_check(tls, http, target).await?)
             }
             CheckKind::Udp => {
                 let udp = self
@@ -86,16 +89,52 @@ impl Prober {
                     .udp
                     .as_ref()
                     .ok_or("udp check without settings")?;
-                udp_check(udp, target).await
+                Ok(udp_check(udp, target).await?)
             }
         }
     }
 }
 
-async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
-    TcpStream::connect(target)
-        .await
-        .map_err(|e| format!("connect: {e}"))
+/// Why a probe failed: the backend's answer (or its silence), or this host's own lack of
+/// resources, which says nothing about the backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Backend(String),
+    /// Out of file descriptors or local ports: the result is thrown away, so clients that
+    /// exhaust the daemon cannot mark healthy backends down.
+    #[error("{0} (a local shortage, not the backend's failure)")]
+    Local(String),
+}
+
+impl From<String> for ProbeError {
+    fn from(s: String) -> Self {
+        ProbeError::Backend(s)
+    }
+}
+
+impl From<&str> for ProbeError {
+    fn from(s: &str) -> Self {
+        ProbeError::Backend(s.to_string())
+    }
+}
+
+/// Whether an error is this host's shortage rather than the peer's answer.
+fn local_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
+async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeError> {
+    TcpStream::connect(target).await.map_err(|e| {
+        if local_shortage(&e) {
+            ProbeError::Local(format!("connect: {e}"))
+        } else {
+            ProbeError::Backend(format!("connect: {e}"))
+        }
+    })
 }
 
 async fn http_check<S>(io: S, check: &HttpCheck, target: SocketAddr) -> Result<(), String>
@@ -153,6 +192,7 @@ async fn udp_check(check: &UdpCheck, target: SocketAddr) -> Result<(), String> {
     let socket = UdpSocket::bind(local)
         .await
         .map_err(|e| format!("bind: {e}"))?;
+    // (A bind failure here is local too, but UDP checks are not what a client flood exhausts.)
     socket
         .connect(target)
         .await

@@ -11,7 +11,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Board, LastCheck, Update, probe::Prober, probe::jittered, state::HealthState};
+use super::{
+    Board, LastCheck, Update,
+    probe::{ProbeError, Prober, jittered},
+    state::HealthState,
+};
 use crate::{
     config::{CheckKind, HealthCheck, Passive},
     ejection::{Backoff, Gate, Standing},
@@ -64,7 +68,13 @@ impl BackendTask {
                         match self.prober.probe(self.address).await {
                             Ok(()) if serving => (true, "check passed".to_string()),
                             Ok(()) => (false, "ejected (backoff)".to_string()),
-                            Err(why) => (false, why),
+                            Err(ProbeError::Backend(why)) => (false, why),
+                            Err(e @ ProbeError::Local(_)) => {
+                                // Not the backend's answer: no result, the state stays.
+                                warn!(service = %self.service, backend = %self.address, error = %e, "health check could not run");
+                                next_probe = Instant::now() + jittered(self.check.interval, self.check.jitter);
+                                continue;
+                            }
                         }
                     };
                     if serving {

@@ -1,7 +1,11 @@
 //! Header rewriting at the proxy: hop-by-hop headers (RFC 9110 §7.6.1) are removed both ways;
-//! requests gain `X-Forwarded-For` (appended), `X-Forwarded-Proto` (set), `Forwarded`
-//! (RFC 7239, appended) and optionally `Via`; responses gain the attempt count and `Via` when
-//! configured.
+//! requests gain `X-Forwarded-For`, `X-Forwarded-Proto` (set), `Forwarded` (RFC 7239) and
+//! optionally `Via`; responses gain the attempt count and `Via` when configured.
+//!
+//! The forwarding headers are appended to only when the peer is one of `trusted_proxies`. From
+//! anyone else they are replaced, and `X-Real-IP` is removed, so the left-most address a backend
+//! reads is always one the proxy saw or a trusted proxy vouched for. HTTP/2 may split `cookie`
+//! into several fields; they are joined with `; ` for the HTTP/1.1 upstream (RFC 9113 §8.2.3).
 
 use std::net::SocketAddr;
 
@@ -65,22 +69,47 @@ pub struct ClientInfo {
     ip: String,
     /// ... and as a `Forwarded` node (IPv6 quoted in brackets).
     node: String,
+    /// The peer is one of `trusted_proxies`: its forwarding headers are kept.
+    pub trusted: bool,
 }
 
 impl ClientInfo {
-    pub fn new(addr: SocketAddr) -> ClientInfo {
+    pub fn new(addr: SocketAddr, trusted_proxies: &[ipnet::IpNet]) -> ClientInfo {
         let ip = addr.ip().to_string();
         let node = if addr.is_ipv6() {
             format!("\"[{ip}]\"")
         } else {
             ip.clone()
         };
-        ClientInfo { addr, ip, node }
+        let peer = addr.ip().to_canonical();
+        let trusted = trusted_proxies.iter().any(|n| n.contains(&peer));
+        ClientInfo {
+            addr,
+            ip,
+            node,
+            trusted,
+        }
     }
 
     /// The client's address as text.
     pub fn ip(&self) -> &str {
         &self.ip
+    }
+}
+
+/// Joins several `cookie` fields into one, with `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let values: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if values.len() < 2 {
+        return;
+    }
+    let joined = values.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -94,6 +123,14 @@ pub fn forward_request(
     via: Option<&str>,
 ) {
     strip_hop_by_hop(headers);
+    if !client.trusted {
+        headers.remove("x-forwarded-for");
+        headers.remove(header::FORWARDED);
+        headers.remove("x-real-ip");
+    }
+    if version == Version::HTTP_2 {
+        join_cookies(headers);
+    }
     // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
     if !headers.contains_key(header::HOST)
         && let Some(a) = authority.and_then(|a| HeaderValue::try_from(a).ok())
@@ -167,7 +204,8 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         h.insert(header::HOST, HeaderValue::from_static("api.example"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
-        let client = ClientInfo::new("198.51.100.7:40000".parse().unwrap());
+        let trusted = ["198.51.100.0/24".parse().unwrap()];
+        let client = ClientInfo::new("198.51.100.7:40000".parse().unwrap(), &trusted);
         forward_request(
             &mut h,
             Version::HTTP_11,
@@ -192,7 +230,7 @@ mod tests {
     #[test]
     fn http2_requests_get_a_host_and_ipv6_clients_are_quoted() {
         let mut h = HeaderMap::new();
-        let client = ClientInfo::new("[2001:db8::7]:40000".parse().unwrap());
+        let client = ClientInfo::new("[2001:db8::7]:40000".parse().unwrap(), &[]);
         forward_request(
             &mut h,
             Version::HTTP_2,
@@ -210,6 +248,35 @@ mod tests {
                 .starts_with("for=\"[2001:db8::7]\";proto=http")
         );
         assert!(!h.contains_key("via"));
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_spoof_the_client_address() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let client = ClientInfo::new("198.51.100.7:40000".parse().unwrap(), &trusted);
+        assert!(!client.trusted);
+        forward_request(&mut h, Version::HTTP_11, None, &client, false, None);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["forwarded"], "for=198.51.100.7;proto=http");
+        assert!(!h.contains_key("x-real-ip"));
+        // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d.
+        let mapped = ClientInfo::new("[::ffff:10.1.2.3]:1".parse().unwrap(), &trusted);
+        assert!(mapped.trusted);
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let client = ClientInfo::new("198.51.100.7:40000".parse().unwrap(), &[]);
+        forward_request(&mut h, Version::HTTP_2, None, &client, false, None);
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, vec!["a=1; b=2"]);
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub struct L7Metrics {
     pub ejections: Family<Labels, Counter>,
     /// Circuits that would have opened but the service's ejection cap refused.
     pub ejections_capped: Family<Labels, Counter>,
+    /// Times a listener reached `max_connections` and stopped accepting, by service.
+    pub listener_full: Family<Labels, Counter>,
+    /// Client connections closed by a timeout, by service and kind (handshake, idle).
+    pub client_timeouts: Family<Labels, Counter>,
+    /// Requests whose body would have been kept for retries but streamed, because the retry
+    /// buffers' memory cap was reached.
+    pub buffer_full: Family<Labels, Counter>,
 }
 
 impl L7Metrics {
@@ -51,6 +58,21 @@ impl L7Metrics {
             "http_ejections_capped",
             "Circuit ejections refused by max_ejection_percent or because the backend was the last in service",
             self.ejections_capped.clone(),
+        );
+        r.register(
+            "http_listener_full",
+            "Times a listener reached max_connections and stopped accepting until a close",
+            self.listener_full.clone(),
+        );
+        r.register(
+            "http_client_timeouts",
+            "Client connections closed by the TLS handshake or idle timeout",
+            self.client_timeouts.clone(),
+        );
+        r.register(
+            "http_retry_buffer_full",
+            "Request bodies streamed without retry because the retry buffers' memory cap was reached",
+            self.buffer_full.clone(),
         );
     }
 }

@@ -8,6 +8,7 @@
 //! - [`decide`]: what an attempt's outcome means: retry, and evidence against the backend.
 //! - [`proxy`]: the retry loop and the errors clients see.
 //! - [`circuit`] and [`budget`]: per-backend limits and ejection; the retry budget.
+//! - [`limits`]: connections per listener, idle clients, memory in retry buffers.
 //! - [`headers`], [`body`], [`tls`], [`connector`], [`metrics`].
 
 pub mod availability;
@@ -17,13 +18,14 @@ pub mod circuit;
 pub mod connector;
 pub mod decide;
 pub mod headers;
+pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod select;
 pub mod tls;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use hyper::{Request, service::service_fn};
@@ -32,7 +34,8 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tokio_util::either::Either;
+use tracing::debug;
 
 pub use headers::ClientInfo;
 pub use proxy::{Carried, Ejection, ServiceProxy};
@@ -46,25 +49,41 @@ pub const BUFFER: usize = 64 * 1024;
 /// config they started with.
 pub type Current = Arc<ArcSwap<ServiceProxy>>;
 
-/// Accepts connections until the task is aborted.
+/// HTTP/2 connections are pinged this often when quiet, and closed when a ping goes unanswered
+/// for [`H2_PING_TIMEOUT`]: a vanished peer does not hold its connection.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a connection told to close (idle) may take to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Accepts connections until the task is aborted, at most `max_connections` at once.
 pub async fn serve(listener: TcpListener, current: Current) {
+    let mut accept_errors = limits::AcceptErrors::default();
     loop {
+        let proxy = current.load_full();
+        let connections = proxy.carried.connections.clone();
+        let slot = connections
+            .acquire(
+                || current.load().settings.max_connections,
+                || proxy.listener_full(),
+            )
+            .await;
         let (stream, client) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                accept_errors.back_off(&proxy.name, &e).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, client, current.clone()));
+        tokio::spawn(connection(stream, client, current.clone(), slot));
     }
 }
 
-async fn connection(stream: TcpStream, client: SocketAddr, current: Current) {
+async fn connection(stream: TcpStream, client: SocketAddr, current: Current, _slot: limits::Slot) {
     let proxy = current.load_full();
-    let info = Arc::new(ClientInfo::new(client));
+    let info = Arc::new(ClientInfo::new(client, &proxy.settings.trusted_proxies));
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let current = current.clone();
         let info = info.clone();
@@ -79,19 +98,44 @@ async fn connection(stream: TcpStream, client: SocketAddr, current: Current) {
         .max_buf_size(BUFFER)
         .timer(TokioTimer::new())
         .header_read_timeout(proxy.settings.header_timeout);
-    let served = match &proxy.tls {
-        None => {
-            builder
-                .serve_connection(TokioIo::new(stream), service)
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let io = match &proxy.tls {
+        None => Either::Left(stream),
+        Some(acceptor) => {
+            match tokio::time::timeout(proxy.settings.handshake_timeout, acceptor.accept(stream))
                 .await
-        }
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
-            Err(e) => {
-                debug!(%client, error = %e, "TLS handshake failed");
-                return;
+            {
+                Ok(Ok(tls)) => Either::Right(Box::new(tls)),
+                Ok(Err(e)) => {
+                    debug!(%client, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%client, "TLS handshake timed out");
+                    proxy.client_timeout("handshake");
+                    return;
+                }
             }
-        },
+        }
+    };
+    let last = limits::LastActivity::new();
+    let conn = builder.serve_connection(
+        TokioIo::new(limits::Activity::new(io, last.clone())),
+        service,
+    );
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        () = last.idle_for(proxy.settings.client_idle_timeout) => {
+            debug!(%client, "closing an idle client connection");
+            proxy.client_timeout("idle");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+        }
     };
     if let Err(e) = served {
         debug!(%client, error = %e, "connection ended with an error");

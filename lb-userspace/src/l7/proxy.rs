@@ -62,11 +62,13 @@ pub struct Ejection {
 /// Per-backend circuits of one service, kept across reloads.
 pub type Breakers = Arc<Mutex<HashMap<SocketAddr, Arc<Breaker>>>>;
 
-/// What a service keeps across reloads: its circuits and its retry budget.
+/// What a service keeps across reloads: its circuits, its retry budget and its count of open
+/// client connections.
 #[derive(Clone)]
 pub struct Carried {
     pub breakers: Breakers,
     pub budget: Arc<Budget>,
+    pub connections: Arc<super::limits::ConnectionCount>,
 }
 
 /// One HTTP service, ready to serve requests.
@@ -191,6 +193,7 @@ impl ServiceProxy {
                 settings.retry.budget_ratio,
                 settings.retry.budget_min_per_second,
             )),
+            connections: Arc::default(),
         });
         Ok(ServiceProxy {
             name: service.name.clone(),
@@ -241,9 +244,28 @@ impl ServiceProxy {
         let (mut parts, body) = req.into_parts();
         let version = parts.version;
         let repeatable = repeatable(&parts.method, policy);
+        let keep = body
+            .size_hint()
+            .upper()
+            .filter(|n| repeatable && !body.is_end_stream() && *n <= policy.buffer);
+        let reserved = match keep {
+            Some(n) => {
+                let r = super::limits::RETRY_BUFFERS.reserve(n);
+                if r.is_none() {
+                    self.counters
+                        .metrics()
+                        .buffer_full
+                        .get_or_create(&vec![("service".into(), self.name.clone())])
+                        .inc();
+                    debug!(service = %self.name, bytes = n, "retry buffers full: streaming without retry");
+                }
+                r
+            }
+            None => None,
+        };
         let body = if body.is_end_stream() {
             RequestBody::Kept(Default::default())
-        } else if repeatable && body.size_hint().upper().is_some_and(|n| n <= policy.buffer) {
+        } else if reserved.is_some() {
             let collect = LimitedBody::new(body, policy.buffer as usize).collect();
             match tokio::time::timeout_at(deadline.into(), collect).await {
                 Ok(Ok(b)) => RequestBody::Kept(b.to_bytes()),
@@ -441,6 +463,28 @@ impl ServiceProxy {
                 self.reply_error(StatusCode::SERVICE_UNAVAILABLE, why, attempts)
             }
         }
+    }
+
+    /// The listener reached `max_connections`: counted, and logged once each time.
+    pub fn listener_full(&self) {
+        warn!(service = %self.name, max_connections = self.settings.max_connections, open = self.carried.connections.open(), "listener full: not accepting until a client connection closes");
+        self.counters
+            .metrics()
+            .listener_full
+            .get_or_create(&vec![("service".into(), self.name.clone())])
+            .inc();
+    }
+
+    /// A client connection was closed by a timeout of `kind`.
+    pub fn client_timeout(&self, kind: &str) {
+        self.counters
+            .metrics()
+            .client_timeouts
+            .get_or_create(&vec![
+                ("service".into(), self.name.clone()),
+                ("kind".into(), kind.into()),
+            ])
+            .inc();
     }
 
     /// Sends one attempt. The per-try timer starts once the request body has gone out: until

@@ -32,8 +32,28 @@ impl Daemon {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let mut child = ns
-            .command_net_only(binary.to_str().expect("utf-8 path"))
+        Daemon::start_wrapped(ns, &[], binary, config, env)
+    }
+
+    /// As [`Daemon::start_with_env`], run through `wrapper` (a program and its arguments, such
+    /// as `setpriv` with a capability set), which gets the daemon's command line after it.
+    pub fn start_wrapped(
+        ns: &Netns,
+        wrapper: &[String],
+        binary: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let binary = binary.to_str().expect("utf-8 path");
+        let mut command = match wrapper.split_first() {
+            None => ns.command_net_only(binary),
+            Some((program, args)) => {
+                let mut c = ns.command_net_only(program);
+                c.args(args).arg(binary);
+                c
+            }
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(config)
             .env("NO_COLOR", "1")

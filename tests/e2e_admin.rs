@@ -394,3 +394,40 @@ fn a_web_page_cannot_drain_a_backend() {
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
 }
+
+/// A rotated token applies on reload, without a restart: the reload is not refused as an
+/// `[admin]` change, the old token stops working and the new one works.
+#[test]
+fn a_rotated_token_applies_on_reload() {
+    require_root("the token rotation test");
+    let topo = Topology::build(1);
+    let _servers = named_echo_servers(&topo);
+    let token_file = std::env::temp_dir().join(format!("{}.token", topo.lb.name()));
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let config = write_config(
+        &topo,
+        &format!(
+            "[admin]\nlisten = \"{ADMIN}\"\ntoken_file = \"{}\"",
+            token_file.display()
+        ),
+    );
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+    assert_eq!(
+        admin(&topo.lb, Some("first-token"), "GET", "/status").0,
+        200
+    );
+    std::fs::write(&token_file, "second-token\n").unwrap();
+    let (code, body) = admin(&topo.lb, Some("first-token"), "POST", "/reload");
+    assert_eq!(code, 200, "the reload is not refused: {body}");
+    assert_eq!(
+        admin(&topo.lb, Some("first-token"), "GET", "/status").0,
+        401
+    );
+    assert_eq!(
+        admin(&topo.lb, Some("second-token"), "GET", "/status").0,
+        200
+    );
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+    std::fs::remove_file(token_file).ok();
+}

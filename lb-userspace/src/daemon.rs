@@ -25,12 +25,12 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::{AdminState, serve},
+    admin::{AdminState, SharedToken, serve},
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach, resolve},
     ejection::Gate,
     failover::{Control, Writer},
-    health::{Board, Update, new_board, probe::Prober, task::BackendTask},
+    health::{Board, Epochs, Update, new_board, probe::Prober, task::BackendTask},
     l7::{listeners::Listeners, metrics::L7Metrics},
     passive::{Router, Signal, forward_events, route_ejections},
     plan::{Plan, plan},
@@ -48,6 +48,8 @@ struct Tasks {
     board: Board,
     /// Each service's passive-ejection cap, by name, kept across reloads.
     gates: HashMap<String, Arc<Gate>>,
+    /// Each backend id's current task epoch, shared with the writer.
+    epochs: Arc<Epochs>,
 }
 
 struct Task {
@@ -108,6 +110,8 @@ impl Tasks {
                 let (tx, rx) = mpsc::channel(64);
                 let task = BackendTask {
                     id,
+                    generation: plan.backends[id as usize].generation,
+                    epoch: self.epochs.start(id),
                     service: svc.name.clone(),
                     address: backend.address,
                     prober: prober.clone(),
@@ -198,7 +202,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let events = dp
         .take_events()
         .context("opening the passive-detection ring buffer")?;
-    let mut writer = Writer::with_health(dp, plan.clone(), healthy);
+    let epochs = Arc::new(Epochs::default());
+    let mut writer = Writer::with_health(dp, plan.clone(), healthy).with_epochs(epochs.clone());
     let started = writer
         .install()
         .context("writing the data-plane maps")
@@ -227,6 +232,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         updates,
         board: board.clone(),
         gates: HashMap::new(),
+        epochs: epochs.clone(),
     };
     tasks.reconcile(&config, &plan, &health_by_id)?;
     for (svc, planned) in config.services.iter().zip(&plan.services) {
@@ -260,6 +266,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (control, control_rx) = mpsc::channel(64);
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
     let reloads = Arc::new(Reloads::default());
+    let token: SharedToken = Arc::new(std::sync::RwLock::new(config.admin.token.clone()));
     if let Some(listen) = config.admin.listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -271,7 +278,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             board,
             pin_dir: Some(pin_dir.clone()),
             latency: writer.prometheus_latency(),
-            token: config.admin.token.clone(),
+            token: token.clone(),
             allowed_hosts: config.admin.allowed_hosts.clone(),
             l7: l7_metrics,
             flow_cache: Default::default(),
@@ -295,10 +302,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                let _ = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads).await;
+                let _ = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token).await;
             }
             Some(reply) = reload_rx.recv() => {
-                let result = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads).await;
+                let result = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token).await;
                 let _ = reply.send(result);
             }
         }
@@ -360,6 +367,7 @@ async fn reload(
     tasks: &mut Tasks,
     listeners: &mut Listeners,
     reloads: &Reloads,
+    token: &SharedToken,
 ) -> Result<String, String> {
     let mut reloading = vec![NotifyState::Reloading];
     reloading.extend(NotifyState::monotonic_usec_now().ok());
@@ -379,10 +387,14 @@ async fn reload(
                 config.file.display()
             ));
         }
-        if config.admin != current.admin {
+        // The token is re-read and swapped (a rotated token applies at once); where the
+        // listener is and which names it answers to need a restart.
+        if config.admin.listen != current.admin.listen
+            || config.admin.allowed_hosts != current.admin.allowed_hosts
+        {
             return Err(format!(
-                "{}: [admin] changed: it takes effect on a restart only; revert it to reload, \
-                 or restart understudy",
+                "{}: [admin] listen or allowed_hosts changed: they take effect on a restart \
+                 only; revert them to reload, or restart understudy",
                 config.file.display()
             ));
         }
@@ -408,6 +420,10 @@ async fn reload(
             config.file.display(),
             config.services.len()
         );
+        if config.admin.token != current.admin.token {
+            *token.write().unwrap_or_else(|p| p.into_inner()) = config.admin.token.clone();
+            info!(token = config.admin.token.is_some(), "admin token replaced");
+        }
         *current = config;
         Ok(summary)
     }

@@ -90,6 +90,10 @@ pub struct Writer {
     generations: Vec<u32>,
     /// What the L7 proxy reads: the HTTP services' members, active and eligible.
     availability: Availability,
+    /// The health tasks' epochs; without them (tests, benches) updates are not checked for it.
+    epochs: Option<Arc<crate::health::Epochs>>,
+    /// Updates dropped as stale: about an id's former owner, or from a replaced task.
+    stale: u64,
 }
 
 /// One service's installed state.
@@ -199,6 +203,8 @@ impl Writer {
             last,
             changes: 0,
             generations,
+            epochs: None,
+            stale: 0,
             availability: new_availability(),
         }
     }
@@ -549,13 +555,60 @@ impl Writer {
             services,
             datapath,
             changes: self.changes,
+            stale_updates: self.stale,
             decision_to_visible,
         }
     }
 
-    /// Applies one batch; returns how long the writes took.
+    /// Checks every update's epoch against `epochs` from now on.
+    pub fn with_epochs(mut self, epochs: Arc<crate::health::Epochs>) -> Writer {
+        self.epochs = Some(epochs);
+        self
+    }
+
+    /// The generation backend `id` holds in the installed plan.
+    pub fn generation_of(&self, id: u32) -> Option<u32> {
+        self.plan.backends.get(id as usize).map(|b| b.generation)
+    }
+
+    /// Whether `u` is about the id's current backend and from its current task.
+    fn current(&self, u: &Update) -> bool {
+        self.generation_of(u.backend) == Some(u.generation)
+            && self
+                .epochs
+                .as_ref()
+                .is_none_or(|e| e.is_current(u.backend, u.task))
+    }
+
+    /// Updates dropped as stale since start.
+    pub fn stale_updates(&self) -> u64 {
+        self.stale
+    }
+
+    /// Applies one batch; returns how long the writes took. Updates about an id's former owner
+    /// or from a replaced task are dropped (and counted), so a reload can never let an old
+    /// task's verdict stand for a backend that has not passed its own check.
     pub fn apply(&mut self, batch: &[Update]) -> Result<Duration, DataplaneError> {
         let started = Instant::now();
+        let kept: Vec<Update>;
+        let batch = if batch.iter().all(|u| self.current(u)) {
+            batch
+        } else {
+            let (current, stale): (Vec<&Update>, Vec<&Update>) =
+                batch.iter().partition(|u| self.current(u));
+            for u in &stale {
+                debug!(
+                    backend = u.backend,
+                    generation = u.generation,
+                    task = u.task,
+                    up = u.up,
+                    "stale health update dropped"
+                );
+            }
+            self.stale += stale.len() as u64;
+            kept = current.into_iter().cloned().collect();
+            &kept[..]
+        };
         let mut touched = BTreeSet::new();
         for u in batch {
             let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) else {

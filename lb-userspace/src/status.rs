@@ -67,6 +67,9 @@ pub struct Snapshot {
     pub datapath: BTreeMap<String, u64>,
     /// Health and drain changes applied since start.
     pub changes: u64,
+    /// Health updates dropped as stale (about an id's former owner, or from a replaced task).
+    #[serde(default)]
+    pub stale_updates: u64,
     /// Health decision to kernel-visible.
     pub decision_to_visible: Latency,
 }

@@ -57,9 +57,12 @@ fn id_of(backend: IpAddr) -> u32 {
 }
 
 fn set(bed: &mut Bed, backend: u32, up: bool) {
+    let generation = bed.writer.generation_of(backend).unwrap();
     bed.writer
         .apply(&[Update {
             backend,
+            generation,
+            task: 0,
             up,
             reason: "test".into(),
             decided: Instant::now(),
@@ -112,6 +115,8 @@ tier = 2
                 healthy[b] = rng.bool();
                 Update {
                     backend: b as u32,
+                    generation: writer.generation_of(b as u32).unwrap(),
+                    task: 0,
                     up: healthy[b],
                     reason: "test".into(),
                     decided: Instant::now(),
@@ -447,4 +452,52 @@ fn forged_and_path_mtu_icmp_are_not_evidence() {
         events(&mut bed),
         vec![(id_of(b), EventKind::IcmpUnreachable)]
     );
+}
+
+/// An update is about one backend and one task: after a reload gives an id to another backend,
+/// or replaces the id's task, what the old task decided is dropped (and counted), so a backend
+/// that must pass its own first check is never marked up by another's.
+#[test]
+fn stale_health_updates_are_dropped() {
+    let text = r#"
+[dataplane]
+interfaces = ["lo"]
+[[service]]
+name = "web"
+vip = "10.0.0.10:80"
+table_size = 101
+health = { kind = "tcp" }
+wait_for_first_check = true
+[[service.backend]]
+address = "10.0.11.2:8080"
+"#;
+    let config = understudy::config::Config::parse("t.toml".as_ref(), text).unwrap();
+    let p = understudy::plan::plan(&config);
+    let dp = understudy::dataplane::Dataplane::load().unwrap();
+    let epochs = std::sync::Arc::new(understudy::health::Epochs::default());
+    let mut writer = understudy::failover::Writer::new(dp, p.clone()).with_epochs(epochs.clone());
+    writer.install().unwrap();
+    let old_task = epochs.start(0);
+    let new_task = epochs.start(0);
+    let generation = writer.generation_of(0).unwrap();
+    let up = |generation, task| Update {
+        backend: 0,
+        generation,
+        task,
+        up: true,
+        reason: "check passed".into(),
+        decided: Instant::now(),
+    };
+    let healthy = |w: &understudy::failover::Writer| w.snapshot().services[0].backends[0].healthy;
+    assert!(!healthy(&writer), "waits for its first check");
+    writer.apply(&[up(generation, old_task)]).unwrap();
+    assert!(!healthy(&writer), "a replaced task's verdict is dropped");
+    writer.apply(&[up(generation + 1, new_task)]).unwrap();
+    assert!(
+        !healthy(&writer),
+        "a verdict about another generation is dropped"
+    );
+    assert_eq!(writer.stale_updates(), 2);
+    writer.apply(&[up(generation, new_task)]).unwrap();
+    assert!(healthy(&writer), "the current task's verdict applies");
 }

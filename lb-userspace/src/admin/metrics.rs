@@ -100,6 +100,13 @@ pub fn render(
         "Health and drain changes applied",
         changes.clone(),
     );
+    let stale = Counter::<u64>::default();
+    r.register(
+        "health_updates_stale",
+        "Health updates dropped: about a backend id's former owner, or from a replaced task",
+        stale.clone(),
+    );
+    stale.inc_by(s.stale_updates);
     let capped = Counter::<u64>::default();
     r.register(
         "passive_ejections_capped",

@@ -41,6 +41,9 @@ use crate::{
     status::Snapshot,
 };
 
+/// The admin token, shared with the daemon, which swaps it on reload.
+pub type SharedToken = Arc<std::sync::RwLock<Option<String>>>;
+
 /// What every request handler shares.
 pub struct AdminState {
     pub control: mpsc::Sender<Control>,
@@ -52,7 +55,9 @@ pub struct AdminState {
     /// Where the maps are pinned: `/metrics` opens `FLOWS` there to count it.
     pub pin_dir: Option<std::path::PathBuf>,
     pub latency: Histogram,
-    pub token: Option<String>,
+    /// The bearer token every request must carry; replaced when a reload re-reads
+    /// `token_file`, so a rotated token applies without a restart.
+    pub token: SharedToken,
     /// `[admin] allowed_hosts`: names a request's `Host` may carry besides IP literals.
     pub allowed_hosts: Vec<String>,
     /// The HTTP proxy's request, attempt, budget and ejection counters.
@@ -195,7 +200,12 @@ async fn handle(
     req: Request<Incoming>,
     state: Arc<AdminState>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if !authorized(&req, &state.token) {
+    let token = state
+        .token
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !authorized(&req, &token) {
         let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -207,7 +217,7 @@ async fn handle(
         req.method(),
         req.headers(),
         &state.allowed_hosts,
-        state.token.is_some(),
+        token.is_some(),
     ) {
         warn!(method = %req.method(), path = req.uri().path(), why = %refused.why, "admin request refused");
         return Ok(text(refused.status, refused.why));

@@ -49,8 +49,52 @@ pub fn new_board() -> Board {
 pub struct Update {
     /// Global backend id.
     pub backend: u32,
+    /// The generation of the backend the task checks: an update about an id's former owner
+    /// (the id was since given to another backend) is dropped by the writer.
+    pub generation: u32,
+    /// The epoch of the task that decided (see [`Epochs`]): an update from a task since
+    /// replaced is dropped, so a backend that must pass its new check is never marked up by
+    /// its old one.
+    pub task: u64,
     pub up: bool,
     pub reason: String,
     /// When the decision was taken: the writer measures decision-to-visible from here.
     pub decided: Instant,
+}
+
+/// The epoch of each backend id's current health task. A task gets a new epoch when it is
+/// started; the writer drops updates whose epoch is no longer the id's.
+#[derive(Debug)]
+pub struct Epochs {
+    by_id: Vec<std::sync::atomic::AtomicU64>,
+    next: AtomicU64,
+}
+
+impl Default for Epochs {
+    fn default() -> Self {
+        Epochs {
+            by_id: (0..lb_common::MAX_BACKENDS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Epochs {
+    /// A new epoch for a task about to start on backend `id`; it is current from now on.
+    pub fn start(&self, id: u32) -> u64 {
+        let epoch = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.by_id.get(id as usize) {
+            slot.store(epoch, Ordering::Release);
+        }
+        epoch
+    }
+
+    /// Whether `epoch` is the current task's for backend `id`.
+    pub fn is_current(&self, id: u32, epoch: u64) -> bool {
+        self.by_id
+            .get(id as usize)
+            .is_some_and(|e| e.load(Ordering::Acquire) == epoch)
+    }
 }

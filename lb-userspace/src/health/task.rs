@@ -25,6 +25,9 @@ use crate::{
 /// Everything one backend's task needs.
 pub struct BackendTask {
     pub id: u32,
+    /// The backend's generation, and this task's epoch: every update carries both.
+    pub generation: u32,
+    pub epoch: u64,
     pub service: String,
     pub address: SocketAddr,
     pub prober: Arc<Prober>,
@@ -155,6 +158,8 @@ impl BackendTask {
         let _ = updates
             .send(Update {
                 backend: self.id,
+                generation: self.generation,
+                task: self.epoch,
                 up,
                 reason,
                 decided: std::time::Instant::now(),

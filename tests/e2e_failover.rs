@@ -233,3 +233,45 @@ fn a_backend_refusing_connections_is_ejected_before_its_next_probe() {
     std::fs::remove_file(config).ok();
     std::fs::remove_dir_all(root).ok();
 }
+
+/// Passive evidence alone never empties a service whose checks pass: with both backends
+/// refusing connections on their traffic port (their health endpoints answer), the kernel's
+/// RST-to-SYN reports eject one backend, and the cap (`max_ejection_percent`, never the last
+/// backend in service) refuses the other's ejection, saying why.
+#[test]
+fn passive_evidence_never_ejects_every_backend() {
+    require_root("the passive ejection cap test");
+    let topo = Topology::build(2);
+    let root = web_root(&topo);
+    let mut backends: Vec<Backend> = (1..=2).map(Backend::new).collect();
+    for b in &mut backends {
+        b.start(&topo, &root, false);
+    }
+    for i in 1..=2 {
+        wait_listening(&topo.lb, SocketAddr::new(topo.backend_addr(i, false), 8081));
+    }
+    let config = write_config(&topo, "5s", "events_to_eject = 3");
+    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    topo.client.enter(|| {
+        while started.elapsed() < Duration::from_secs(2) {
+            let _ = short_connection(vip());
+        }
+    });
+    let output = daemon.output();
+    let ejected = output
+        .lines()
+        .filter(|l| l.contains("backend down") && l.contains("passive: rst_to_syn"))
+        .count();
+    assert_eq!(ejected, 1, "exactly one passive ejection:\n{output}");
+    assert!(
+        output.contains("passive ejection refused")
+            && output.contains("the service's last backend in service"),
+        "the refusal is logged with its reason:\n{output}"
+    );
+    assert!(daemon.stop());
+    drop(backends);
+    std::fs::remove_file(config).ok();
+    std::fs::remove_dir_all(root).ok();
+}

@@ -46,7 +46,8 @@ counters! {
     PassFibOther => "pass_fib_other",
     /// Translated a VLAN-tagged packet: the stack forwards it on the right VLAN device.
     PassVlan => "pass_vlan",
-    /// Translated, TTL or hop limit would expire: the stack answers with ICMP.
+    /// TTL or hop limit would expire here: passed untouched, before any rewrite, so the stack's
+    /// time-exceeded quotes the VIP, never a backend.
     PassTtl => "pass_ttl",
     /// Forwarded out of the interface it came in on.
     Tx => "tx",
@@ -77,6 +78,20 @@ counters! {
     /// from the backend itself, or a code that does not mean "nothing listens" (frag-needed,
     /// packet too big). Passed on to the stack untouched; no event.
     IcmpNotEvidence => "icmp_not_evidence",
+    /// A TCP packet that is not a SYN missed `FLOWS`: an established connection whose flow entry
+    /// was evicted (or a stray). It is re-hashed; if the table changed meanwhile it may land on
+    /// another backend. The flow loss operators need to see.
+    FlowMissEstablished => "flow_miss_established",
+    /// A `FLOWS` hit whose `NAT_REPLIES` entry was gone (evicted): re-created, so the replies are
+    /// still translated back to the VIP.
+    NatReplyRestored => "nat_reply_restored",
+    /// Two VLAN tags (QinQ): passed untouched.
+    PassQinq => "pass_qinq",
+    /// An IPv6 routing header with segments left: the destination is not final, passed untouched.
+    PassRoutingHeader => "pass_routing_header",
+    /// UDP over IPv6 with a zero checksum, which RFC 8200 forbids: passed untouched (the stack
+    /// discards it), never rewritten.
+    PassUdp6ZeroChecksum => "pass_udp6_zero_checksum",
 }
 
 #[cfg(test)]

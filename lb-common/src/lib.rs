@@ -160,6 +160,22 @@ pub struct FlowKey {
     pub _pad: u16,
 }
 
+impl FlowKey {
+    /// The key of the reply to this flow once it is sent to `addr`:`port` (network byte
+    /// order): the backend answering the client. It is how `NAT_REPLIES` is keyed.
+    pub const fn reply_to(&self, addr: [u32; 4], port: u16) -> FlowKey {
+        FlowKey {
+            src: addr,
+            dst: self.src,
+            src_port: port,
+            dst_port: self.src_port,
+            proto: self.proto,
+            family: self.family,
+            _pad: 0,
+        }
+    }
+}
+
 /// `FLOWS` value: the backend a client flow is pinned to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -50,6 +50,10 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         family: p.key.family,
     };
     if let Some(svc) = unsafe { SERVICES.get(&service_key) } {
+        // Before any state or rewrite: the stack's time-exceeded then quotes the VIP.
+        if p.ttl <= 1 {
+            return pass(Counter::PassTtl);
+        }
         let choice = match choose(&p, svc) {
             Ok(c) => c,
             Err(Miss::Reject) => return reject(&ctx, &p),
@@ -76,6 +80,9 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
     }
 
     if let Some(nat_ptr) = NAT_REPLIES.get_ptr_mut(&p.key) {
+        if p.ttl <= 1 {
+            return pass(Counter::PassTtl);
+        }
         observe_reply(&p, nat_ptr);
         let nat = unsafe { *nat_ptr };
         account(&BACKEND_STATS, nat.backend, bytes, false);

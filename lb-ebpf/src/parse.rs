@@ -1,6 +1,7 @@
 //! Header parsing: Ethernet, one VLAN tag, IPv4 (options allowed), IPv6 (hop-by-hop, routing and
 //! destination options headers skipped), TCP and UDP. Anything else is reported as a reason to
-//! pass the packet untouched.
+//! pass the packet untouched: two VLAN tags, a routing header with segments left (its
+//! destination is not final), UDP over IPv6 with the zero checksum RFC 8200 forbids.
 
 use core::mem::size_of;
 
@@ -29,6 +30,8 @@ pub struct Parsed {
     /// Offset of the TCP or UDP header.
     pub l4: usize,
     pub vlan: bool,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
     /// TCP flags (byte 13 of the header); 0 for UDP and ICMP.
     pub tcp_flags: u8,
     pub key: FlowKey,
@@ -86,7 +89,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
         ether_type = u16::from_be(tag.ether_type);
         l3 += VlanHdr::LEN;
         vlan = true;
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            return Err(Counter::PassQinq);
+        }
     }
+    let ttl;
     let mut key = FlowKey {
         src: [0; 4],
         dst: [0; 4],
@@ -110,6 +117,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
             }
             key.family = FAMILY_V4;
             key.proto = ip.proto;
+            ttl = ip.ttl;
             key.src[0] = u32::from_ne_bytes(ip.src_addr);
             key.dst[0] = u32::from_ne_bytes(ip.dst_addr);
             l3 + ihl
@@ -120,6 +128,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
                 return Err(Counter::PassUnsupported);
             }
             key.family = FAMILY_V6;
+            ttl = ip.hop_limit;
             key.src = words16(ip.src_addr);
             key.dst = words16(ip.dst_addr);
             let mut next = ip.next_hdr;
@@ -127,7 +136,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
             for _ in 0..IPV6_MAX_EXT {
                 match next {
                     IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                        let ext: [u8; 2] = load(ctx, off).ok_or(Counter::PassTruncated)?;
+                        let ext: [u8; 4] = load(ctx, off).ok_or(Counter::PassTruncated)?;
+                        // Segments left: the packet is still on its way through the route.
+                        if next == IPV6_ROUTING && ext[3] != 0 {
+                            return Err(Counter::PassRoutingHeader);
+                        }
                         next = ext[0];
                         off += (ext[1] as usize + 1) * 8;
                     }
@@ -153,6 +166,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
         }
         PROTO_UDP => {
             let hdr: [u8; 8] = load(ctx, l4).ok_or(Counter::PassTruncated)?;
+            if key.family == FAMILY_V6 && hdr[6] == 0 && hdr[7] == 0 {
+                return Err(Counter::PassUdp6ZeroChecksum);
+            }
             key.src_port = u16::from_ne_bytes([hdr[0], hdr[1]]);
             key.dst_port = u16::from_ne_bytes([hdr[2], hdr[3]]);
         }
@@ -166,6 +182,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
         l3,
         l4,
         vlan,
+        ttl,
         tcp_flags,
         key,
     })

@@ -85,15 +85,7 @@ pub fn client_syn(key: &FlowKey, backend: &lb_common::BackendInfo, timeout_ms: u
     let Some(flow) = crate::maps::FLOWS.get_ptr_mut(key) else {
         return;
     };
-    let reply = FlowKey {
-        src: backend.addr,
-        dst: key.src,
-        src_port: backend.port,
-        dst_port: key.src_port,
-        proto: key.proto,
-        family: key.family,
-        _pad: 0,
-    };
+    let reply = key.reply_to(backend.addr, backend.port);
     let Some(nat) = NAT_REPLIES.get_ptr_mut(&reply) else {
         return;
     };

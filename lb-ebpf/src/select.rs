@@ -5,9 +5,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, Counter, FlowKey, FlowValue, MAX_RING_SIZE, MAX_SERVICES,
-    NAT_OPENED_BY_SYN, NO_BACKEND, NatValue, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP,
-    ServiceInfo,
+    BACKEND_ALIVE, BackendInfo, Counter, FlowValue, MAX_RING_SIZE, MAX_SERVICES, NAT_OPENED_BY_SYN,
+    NAT_SYNACK_SEEN, NO_BACKEND, NatValue, PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS,
+    SERVICE_F_HASH_SRC_IP, ServiceInfo,
     hash::{flow_hash, source_hash},
     ring_index,
 };
@@ -51,6 +51,25 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
             if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                 client_syn(key, &backend, svc.syn_timeout_ms);
             }
+            // The two maps evict independently: a flow whose reply entry went must get it back,
+            // or its replies would leave with the backend's address.
+            let reply = key.reply_to(backend.addr, backend.port);
+            if unsafe { NAT_REPLIES.get(&reply) }.is_none() {
+                let nat = NatValue {
+                    vip: key.dst,
+                    vip_port: key.dst_port,
+                    _pad: 0,
+                    service: svc.id,
+                    backend: flow.backend,
+                    // Its history is lost: no passive report may come of it.
+                    state: NAT_SYNACK_SEEN,
+                };
+                count(if NAT_REPLIES.insert(&reply, &nat, 0).is_ok() {
+                    Counter::NatReplyRestored
+                } else {
+                    Counter::ErrFlowInsert
+                });
+            }
             return Ok(Choice {
                 id: flow.backend,
                 backend,
@@ -58,6 +77,8 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
             });
         }
         moved = true;
+    } else if key.proto == PROTO_TCP && p.tcp_flags & TCP_SYN == 0 {
+        count(Counter::FlowMissEstablished);
     }
 
     if svc.ring_size == 0 || svc.ring_size > MAX_RING_SIZE || svc.id >= MAX_SERVICES {
@@ -95,15 +116,7 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         generation: backend.generation,
         since_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let reply = FlowKey {
-        src: backend.addr,
-        dst: key.src,
-        src_port: backend.port,
-        dst_port: key.src_port,
-        proto: key.proto,
-        family: key.family,
-        _pad: 0,
-    };
+    let reply = key.reply_to(backend.addr, backend.port);
     let opened_by_syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let nat = NatValue {
         vip: key.dst,

@@ -354,13 +354,152 @@ fn a_service_with_an_empty_ring_drops_and_counts() {
 #[test]
 fn an_expiring_ttl_is_left_to_the_stack() {
     let mut bed = bed();
+    // Untouched, before any rewrite: the stack's time-exceeded then quotes the VIP, never a
+    // backend's address.
     let syn = Pkt {
         ttl: 1,
         ..Pkt::to_vip(CLIENT4, VIP4, 40011, 80, L4::Tcp { syn: true })
     };
     let (action, out) = bed.run(&syn.bytes(), bed.xc);
     assert_eq!(action, XDP_PASS);
+    assert_bytes("ttl 1", &out, &syn.bytes());
+    let syn6 = Pkt {
+        ttl: 1,
+        ..Pkt::to_vip(CLIENT6, VIP6, 40011, 80, L4::Tcp { syn: true })
+    };
+    let (action, out) = bed.run(&syn6.bytes(), bed.xc);
+    assert_eq!(action, XDP_PASS);
+    assert_bytes("hop limit 1", &out, &syn6.bytes());
+    // A backend's reply with TTL 1 too.
+    let live = Pkt::to_vip(CLIENT4, VIP4, 40012, 80, L4::Tcp { syn: true });
+    let (_, out) = bed.run(&live.bytes(), bed.xc);
     let (backend, _) = destination(&out);
-    assert_bytes("ttl 1", &out, &syn.translated_to(backend, 8080).bytes());
-    assert_eq!(bed.counter(Counter::PassTtl), 1);
+    let reply = Pkt {
+        eth_src: backend_mac(backend),
+        eth_dst: XB_MAC,
+        src: backend,
+        dst: CLIENT4.parse().unwrap(),
+        sport: 8080,
+        dport: 40012,
+        ttl: 1,
+        ..live.clone()
+    };
+    let (action, out) = bed.run(&reply.bytes(), bed.xb);
+    assert_eq!(action, XDP_PASS);
+    assert_bytes("reply ttl 1", &out, &reply.bytes());
+    assert_eq!(bed.counter(Counter::PassTtl), 3);
+}
+
+/// Packets the program does not fully understand pass byte for byte, each under its counter:
+/// two VLAN tags, an IPv6 routing header with segments left (the destination is not final yet),
+/// and UDP over IPv6 with the zero checksum RFC 8200 forbids.
+#[test]
+fn odd_packets_pass_untouched_and_are_counted() {
+    let mut bed = bed();
+    let tagged = Pkt {
+        vlan: Some(100),
+        ..Pkt::to_vip(CLIENT4, VIP4, 40020, 80, L4::Tcp { syn: true })
+    }
+    .bytes();
+    // QinQ: an 802.1ad outer tag in front of the 802.1Q one.
+    let mut qinq = tagged[..12].to_vec();
+    qinq.extend_from_slice(&[0x88, 0xa8, 0x00, 0xc8]);
+    qinq.extend_from_slice(&tagged[12..]);
+    let syn6 = Pkt::to_vip(CLIENT6, VIP6, 40021, 80, L4::Tcp { syn: true }).bytes();
+    // A type-0-style routing header (43) with one segment left.
+    let mut routed = syn6[..14 + 40].to_vec();
+    routed[14 + 6] = 43;
+    let payload_len = u16::from_be_bytes([syn6[18], syn6[19]]) + 8;
+    routed[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    routed.extend_from_slice(&[6, 0, 4, 1, 0, 0, 0, 0]);
+    routed.extend_from_slice(&syn6[14 + 40..]);
+    let mut udp6 = Pkt::to_vip(CLIENT6, VIP6, 40022, 80, L4::Udp).bytes();
+    udp6[14 + 40 + 6] = 0;
+    udp6[14 + 40 + 7] = 0;
+    let cases = [
+        ("QinQ", qinq, Counter::PassQinq),
+        (
+            "routing header, 1 segment left",
+            routed,
+            Counter::PassRoutingHeader,
+        ),
+        (
+            "UDP over IPv6, zero checksum",
+            udp6,
+            Counter::PassUdp6ZeroChecksum,
+        ),
+    ];
+    for (what, packet, counter) in cases {
+        let (action, out) = bed.run(&packet, bed.xc);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_bytes(what, &out, &packet);
+        assert_eq!(bed.counter(counter), 1, "{what} counted");
+    }
+}
+
+/// An established connection's packet (not a SYN) that misses `FLOWS` is still forwarded, and
+/// counted: the flow loss operators need to see. A SYN is not.
+#[test]
+fn an_established_packet_missing_its_flow_is_counted() {
+    let mut bed = bed();
+    let ack = Pkt::to_vip(CLIENT4, VIP4, 40030, 80, L4::Tcp { syn: false });
+    let (action, _) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let syn = Pkt::to_vip(CLIENT4, VIP4, 40031, 80, L4::Tcp { syn: true });
+    bed.run(&syn.bytes(), bed.xc);
+    assert_eq!(bed.counter(Counter::FlowMissEstablished), 1);
+}
+
+/// `FLOWS` and `NAT_REPLIES` evict independently. A flow whose reply entry is gone gets it back
+/// on its next packet, so the backend's replies are still translated to the VIP.
+#[test]
+fn a_flow_whose_reply_entry_was_evicted_gets_it_back() {
+    let mut bed = bed();
+    let syn = Pkt::to_vip(CLIENT4, VIP4, 40040, 80, L4::Tcp { syn: true });
+    let (_, out) = bed.run(&syn.bytes(), bed.xc);
+    let (backend, _) = destination(&out);
+    let IpAddr::V4(b) = backend else {
+        unreachable!()
+    };
+    let IpAddr::V4(client) = CLIENT4.parse::<IpAddr>().unwrap() else {
+        unreachable!()
+    };
+    let reply_key = lb_common::FlowKey {
+        src: [u32::from_ne_bytes(b.octets()), 0, 0, 0],
+        dst: [u32::from_ne_bytes(client.octets()), 0, 0, 0],
+        src_port: 8080u16.to_be(),
+        dst_port: 40040u16.to_be(),
+        proto: lb_common::PROTO_TCP,
+        family: lb_common::FAMILY_V4,
+        _pad: 0,
+    };
+    {
+        let map = bed.dp().ebpf_mut().map_mut("NAT_REPLIES").unwrap();
+        let mut nat: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::NatValue> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        nat.remove(&reply_key).expect("the reply entry existed");
+    }
+    let ack = Pkt::to_vip(CLIENT4, VIP4, 40040, 80, L4::Tcp { syn: false });
+    bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(bed.counter(Counter::NatReplyRestored), 1);
+    let reply = Pkt {
+        eth_src: backend_mac(backend),
+        eth_dst: XB_MAC,
+        src: backend,
+        dst: CLIENT4.parse().unwrap(),
+        sport: 8080,
+        dport: 40040,
+        ..syn.clone()
+    };
+    let (action, out) = bed.run(&reply.bytes(), bed.xb);
+    assert_eq!(action, XDP_REDIRECT);
+    let want = Pkt {
+        eth_src: XC_MAC,
+        eth_dst: CLIENT_MAC,
+        src: VIP4.parse().unwrap(),
+        sport: 80,
+        ttl: 63,
+        ..reply.clone()
+    };
+    assert_bytes("restored reply", &out, &want.bytes());
 }

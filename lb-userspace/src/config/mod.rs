@@ -528,6 +528,28 @@ fn validate_service(
                     "add mode = \"http\" to the service, or remove the section",
                 ));
             }
+            // A reply is matched to its flow in NAT_REPLIES by (backend, client, protocol): two NAT
+            // services on one backend address could not tell their replies apart.
+            for (j, b) in backends.iter().enumerate() {
+                let shared = earlier.iter().find(|e| {
+                    e.mode == ForwardingMode::Nat
+                        && e.protocol == svc.protocol
+                        && e.backends.iter().any(|eb| eb.address == b.address)
+                });
+                if let Some(other) = shared {
+                    return Err(at.error(
+                        Some(svc.backends[j].get_ref().address.span()),
+                        format!("service[{i}].backend[{j}].address"),
+                        format!(
+                            "backend {} is already a backend of the NAT service \"{}\": the replies \
+                             of two NAT services on one backend address cannot be told apart",
+                            b.address, other.name
+                        ),
+                        "give the backend a second port for this service (it may listen on both), \
+                         or serve both VIPs from one service",
+                    ));
+                }
+            }
             None
         }
     };

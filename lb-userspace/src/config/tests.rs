@@ -700,3 +700,39 @@ fn durations_are_bounded_and_zero_timeouts_refused() {
     );
     parse(&ok).unwrap();
 }
+
+#[test]
+fn two_nat_services_may_not_share_a_backend_address() {
+    let text = r#"
+[dataplane]
+interfaces = ["veth0"]
+
+[[service]]
+name = "a"
+vip = "10.0.0.10:80"
+[[service.backend]]
+address = "10.0.11.2:8080"
+
+[[service]]
+name = "b"
+vip = "10.0.0.11:80"
+[[service.backend]]
+address = "10.0.11.2:8080"
+"#;
+    fails(
+        text,
+        15,
+        "service[1].backend[0].address",
+        "already a backend of the NAT service \"a\"",
+        "second port",
+    );
+    // Other protocols, other ports, and HTTP services may share it.
+    parse(&text.replace("10.0.0.11:80\"", "10.0.0.11:80\"\nprotocol = \"udp\"")).unwrap();
+    let at = text.rfind("8080").unwrap();
+    parse(&format!("{}8081{}", &text[..at], &text[at + 4..])).unwrap();
+    parse(&text.replace(
+        "vip = \"10.0.0.11:80\"",
+        "vip = \"10.0.0.11:80\"\nmode = \"http\"",
+    ))
+    .unwrap();
+}

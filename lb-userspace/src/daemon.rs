@@ -175,12 +175,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     resolve(&config)?;
     let mut plan = plan(&config);
     let pin_dir = config.pin_dir();
-    let (mut dp, adopted) = Dataplane::load_pinned(&pin_dir).with_context(|| {
-        format!(
-            "loading the XDP program (pinned under {})",
-            pin_dir.display()
-        )
-    })?;
+    let (mut dp, adopted) =
+        Dataplane::load_pinned(&pin_dir, config.max_flows).with_context(|| {
+            format!(
+                "loading the XDP program (pinned under {})",
+                pin_dir.display()
+            )
+        })?;
+    log_flow_capacity(&dp, config.max_flows);
     let healthy = if adopted {
         info!(dir = %pin_dir.display(), "adopting the pinned state a previous daemon left");
         adopt(&mut dp, &mut plan)?
@@ -319,6 +321,55 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says how many flows the kernel can track and how the per-CPU LRU splits them: each possible
+/// CPU gets an equal share, and a flow takes its entry from the share of the CPU that saw its
+/// first packet. A pinned map adopted from a previous daemon keeps its size.
+fn log_flow_capacity(dp: &Dataplane, max_flows: u32) {
+    let capacity = dp.flows_capacity().unwrap_or(0);
+    let count = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| {
+                s.trim()
+                    .split(',')
+                    .map(|r| match r.split_once('-') {
+                        Some((a, b)) => {
+                            b.parse::<u32>().unwrap_or(0) - a.parse::<u32>().unwrap_or(0) + 1
+                        }
+                        None => 1,
+                    })
+                    .sum::<u32>()
+            })
+            .unwrap_or(1)
+            .max(1)
+    };
+    let possible = count("/sys/devices/system/cpu/possible");
+    let online = count("/sys/devices/system/cpu/online");
+    info!(
+        flows = capacity,
+        memory_mib = dp.flows_memory().unwrap_or(0) >> 20,
+        per_cpu = capacity / possible,
+        possible_cpus = possible,
+        online_cpus = online,
+        "flow tables (FLOWS, NAT_REPLIES)"
+    );
+    if capacity != max_flows {
+        warn!(
+            pinned = capacity,
+            configured = max_flows,
+            "the pinned FLOWS keeps its size: [dataplane] max_flows applies after `understudy clean` and a restart (which drops the tracked flows)"
+        );
+    }
+    if possible > online.saturating_mul(2) {
+        warn!(
+            possible_cpus = possible,
+            online_cpus = online,
+            usable = capacity / possible * online,
+            "most of the flow tables belong to CPUs that are not online: the per-CPU LRU gives each possible CPU an equal share; raise max_flows accordingly"
+        );
+    }
+}
+
 /// Takes over pinned state: each backend that kept its id and address keeps its generation (so
 /// its `FLOWS` entries stay valid) and its health; an id now held by another backend gets a new
 /// generation. Service entries not in the config are removed. Returns the health to start from.
@@ -380,10 +431,13 @@ async fn reload(
                 .map(|i| i.name.clone())
                 .collect::<Vec<_>>()
         };
-        if names(&config) != names(current) || config.xdp_mode != current.xdp_mode {
+        if names(&config) != names(current)
+            || config.xdp_mode != current.xdp_mode
+            || config.max_flows != current.max_flows
+        {
             return Err(format!(
-                "{}: [dataplane] changed: interfaces and xdp_mode take effect on a restart only; \
-                 revert them to reload, or restart understudy",
+                "{}: [dataplane] changed: interfaces, xdp_mode and max_flows take effect on a \
+                 restart only; revert them to reload, or restart understudy",
                 config.file.display()
             ));
         }

@@ -556,6 +556,7 @@ impl Writer {
             datapath,
             changes: self.changes,
             stale_updates: self.stale,
+            flows_capacity: self.dp.flows_capacity().unwrap_or(0),
             decision_to_visible,
         }
     }

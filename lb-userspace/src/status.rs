@@ -67,6 +67,9 @@ pub struct Snapshot {
     pub datapath: BTreeMap<String, u64>,
     /// Health and drain changes applied since start.
     pub changes: u64,
+    /// Entries `FLOWS` can hold (`[dataplane] max_flows`, or the size a pinned map kept).
+    #[serde(default)]
+    pub flows_capacity: u32,
     /// Health updates dropped as stale (about an id's former owner, or from a replaced task).
     #[serde(default)]
     pub stale_updates: u64,

@@ -503,3 +503,60 @@ fn a_flow_whose_reply_entry_was_evicted_gets_it_back() {
     };
     assert_bytes("restored reply", &out, &want.bytes());
 }
+
+/// How `BPF_F_NO_COMMON_LRU` splits the flow maps: each possible CPU owns an equal share, and a
+/// flow takes its entry from the share of the CPU that saw its first packet. Flows all seen on
+/// one CPU therefore fill only `max_flows / possible CPUs` entries before evicting each other.
+/// The memory the maps hold is measured too (both figures are in the README).
+#[test]
+fn the_per_cpu_lru_gives_each_cpu_an_equal_share_of_max_flows() {
+    const MAX_FLOWS: u32 = 8192;
+    let mut bed = support::bed_sized(CONFIG, MAX_FLOWS);
+    // SAFETY: a plain syscall on this thread's own affinity mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let possible: u32 = possible
+        .trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
+            None => 1,
+        })
+        .sum();
+    for port in 0..(2 * MAX_FLOWS) {
+        let syn = Pkt::to_vip(
+            CLIENT4,
+            VIP4,
+            10_000 + port as u16,
+            80,
+            L4::Tcp { syn: true },
+        );
+        bed.run(&syn.bytes(), bed.xc);
+    }
+    let flows = {
+        let map = bed.dp().ebpf_mut().map_mut("FLOWS").unwrap();
+        let m: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::FlowValue> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        m.keys().filter_map(Result::ok).count() as u32
+    };
+    let share = MAX_FLOWS / possible;
+    eprintln!(
+        "FLOWS of {MAX_FLOWS}, {possible} possible CPUs: {flows} entries after {} flows on one CPU; \
+         flow maps hold {} bytes ({} per flow)",
+        2 * MAX_FLOWS,
+        bed.dp().flows_memory().unwrap(),
+        bed.dp().flows_memory().unwrap() / u64::from(MAX_FLOWS)
+    );
+    assert!(
+        flows <= share && flows >= share * 9 / 10,
+        "{flows} entries; one CPU's share is {share}"
+    );
+    assert_eq!(bed.dp().flows_capacity().unwrap(), MAX_FLOWS);
+}

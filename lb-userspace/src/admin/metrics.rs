@@ -11,7 +11,7 @@ use prometheus_client::{
 use std::{collections::HashMap, path::Path};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use lb_common::{FLOWS_CAPACITY, FlowKey, FlowValue};
+use lb_common::{FlowKey, FlowValue};
 
 use crate::{daemon::Reloads, status::Snapshot};
 
@@ -156,7 +156,7 @@ pub fn render(
     changes
         .inner()
         .store(s.changes, std::sync::atomic::Ordering::Relaxed);
-    capacity.set(i64::from(FLOWS_CAPACITY));
+    capacity.set(i64::from(s.flows_capacity));
     if let Some(f) = flows {
         let tracked = Gauge::<i64>::default();
         tracked.set(f.total as i64);

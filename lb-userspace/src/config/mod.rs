@@ -60,8 +60,15 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Names the pinned state under `/sys/fs/bpf/understudy/<instance>`. Default "default".
     pub instance: String,
+    /// Entries of `FLOWS` and of `NAT_REPLIES`, set when the program is loaded. Default
+    /// [`DEFAULT_MAX_FLOWS`].
+    pub max_flows: u32,
     pub services: Vec<Service>,
 }
+
+/// `[dataplane] max_flows` when not given: a million tracked flows, about 250 MiB of kernel
+/// memory for the two flow maps (see the README's figure).
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 
 impl Config {
     /// Where this instance's maps and links are pinned.
@@ -287,12 +294,25 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             name.clone()
         }
     };
+    let max_flows = match &dataplane.max_flows {
+        None => DEFAULT_MAX_FLOWS,
+        Some(v) if (1024..=1 << 26).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            return Err(at.error(
+                Some(v.span()),
+                "dataplane.max_flows",
+                format!("{} is out of range", v.get_ref()),
+                "use a count from 1024 to 67108864 (each flow costs about 250 bytes of kernel memory)",
+            ));
+        }
+    };
     Ok(Config {
         file: at.file.to_path_buf(),
         admin: validate_admin(at, raw.admin.as_ref())?,
         interfaces,
         xdp_mode: dataplane.xdp_mode,
         instance,
+        max_flows,
         services,
     })
 }

@@ -28,6 +28,7 @@ pub struct RawDataplane {
     pub instance: Option<Spanned<String>>,
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    pub max_flows: Option<Spanned<u32>>,
 }
 
 /// How the XDP program is attached.

@@ -736,3 +736,18 @@ address = "10.0.11.2:8080"
     ))
     .unwrap();
 }
+
+#[test]
+fn max_flows_has_a_default_and_a_range() {
+    let base = "[dataplane]\ninterfaces = [\"veth0\"]\n\n[[service]]\nname = \"a\"\nvip = \"10.0.0.10:80\"\n[[service.backend]]\naddress = \"10.0.11.2:8080\"\n";
+    assert_eq!(parse(base).unwrap().max_flows, DEFAULT_MAX_FLOWS);
+    let sized = base.replace("[\"veth0\"]\n", "[\"veth0\"]\nmax_flows = 4000000\n");
+    assert_eq!(parse(&sized).unwrap().max_flows, 4_000_000);
+    fails(
+        &base.replace("[\"veth0\"]\n", "[\"veth0\"]\nmax_flows = 10\n"),
+        3,
+        "dataplane.max_flows",
+        "10 is out of range",
+        "from 1024 to 67108864",
+    );
+}

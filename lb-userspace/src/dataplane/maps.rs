@@ -88,17 +88,29 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
     T::try_from(take(ebpf, name)?).map_err(|source| DataplaneError::Map { name, source })
 }
 
+/// The flow maps, sized at load time.
+const FLOWS: &str = "FLOWS";
+const NAT_REPLIES: &str = "NAT_REPLIES";
+
 impl Dataplane {
     /// Loads the embedded object into the kernel (maps created, programs verified on first use).
     /// Nothing is attached.
     pub fn load() -> Result<Dataplane, DataplaneError> {
-        Dataplane::open(None)
+        Dataplane::open(None, lb_common::FLOWS_CAPACITY)
+    }
+
+    /// As [`Dataplane::load`], with `FLOWS` and `NAT_REPLIES` sized for `max_flows` entries.
+    pub fn load_sized(max_flows: u32) -> Result<Dataplane, DataplaneError> {
+        Dataplane::open(None, max_flows)
     }
 
     /// Loads with the persistent maps pinned in `dir`, reusing those already there (left by a
     /// daemon that was killed): then `FLOWS` and every other table survive the restart. Returns
     /// whether pinned state was adopted.
-    pub fn load_pinned(dir: &std::path::Path) -> Result<(Dataplane, bool), DataplaneError> {
+    pub fn load_pinned(
+        dir: &std::path::Path,
+        max_flows: u32,
+    ) -> Result<(Dataplane, bool), DataplaneError> {
         let pin_error = |why: String| DataplaneError::Pin {
             dir: dir.display().to_string(),
             why,
@@ -115,11 +127,14 @@ impl Dataplane {
         }
         std::fs::create_dir_all(dir).map_err(|e| pin_error(e.to_string()))?;
         let adopted = dir.join("FLOWS").exists();
-        Ok((Dataplane::open(Some(dir))?, adopted))
+        Ok((Dataplane::open(Some(dir), max_flows)?, adopted))
     }
 
-    fn open(pin: Option<&std::path::Path>) -> Result<Dataplane, DataplaneError> {
+    fn open(pin: Option<&std::path::Path>, max_flows: u32) -> Result<Dataplane, DataplaneError> {
         let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(FLOWS, max_flows)
+            .map_max_entries(NAT_REPLIES, max_flows);
         if let Some(dir) = pin {
             for name in PERSISTENT_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -149,6 +164,40 @@ impl Dataplane {
         };
         dp.program(XDP_PROGRAM)?;
         Ok(dp)
+    }
+
+    /// Entries `FLOWS` holds (a pinned map keeps the size it was created with).
+    pub fn flows_capacity(&self) -> Result<u32, DataplaneError> {
+        let Some(Map::LruHashMap(data)) = self.ebpf.map(FLOWS) else {
+            return Err(DataplaneError::MissingMap("FLOWS"));
+        };
+        data.info()
+            .map(|i| i.max_entries())
+            .map_err(|e| DataplaneError::Map {
+                name: "FLOWS",
+                source: e,
+            })
+    }
+
+    /// Kernel memory the two flow maps hold, in bytes (`memlock` in their fdinfo): LRU maps
+    /// allocate every entry when they are created.
+    pub fn flows_memory(&self) -> Option<u64> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut total = 0;
+        for name in [FLOWS, NAT_REPLIES] {
+            let Some(Map::LruHashMap(data)) = self.ebpf.map(name) else {
+                return None;
+            };
+            let fd = data.fd().as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()?;
+        }
+        Some(total)
     }
 
     /// Where maps and links are pinned, if they are.

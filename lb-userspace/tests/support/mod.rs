@@ -37,10 +37,15 @@ pub struct Bed {
 }
 
 pub fn bed(config: &str) -> Bed {
+    bed_sized(config, lb_common::FLOWS_CAPACITY)
+}
+
+/// As [`bed`], with flow maps of `max_flows` entries.
+pub fn bed_sized(config: &str, max_flows: u32) -> Bed {
     require_root("the XDP test_run tests");
     let FibNamespace { ns, xc, xb } = FibNamespace::build();
     let config = Config::parse("test.toml".as_ref(), config).unwrap();
-    let dp = Dataplane::load().expect("load the XDP object");
+    let dp = Dataplane::load_sized(max_flows).expect("load the XDP object");
     let mut writer = Writer::new(dp, plan(&config));
     writer.install().expect("install the plan");
     Bed { ns, writer, xc, xb }

@@ -117,7 +117,10 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
         daemon.output()
     );
     assert_eq!(value("understudy_backend_flows_tracked", &[]), sent as f64);
-    assert_eq!(value("understudy_flows_capacity", &[]), 262_144.0);
+    assert_eq!(
+        value("understudy_flows_capacity", &[]),
+        f64::from(understudy::config::DEFAULT_MAX_FLOWS)
+    );
     assert_eq!(value("understudy_backend_healthy", &[]), 2.0);
     assert_eq!(value("understudy_backend_active", &[]), 2.0);
     assert!(

@@ -2,9 +2,22 @@
 //! namespace (`nsenter --net`, so pinned state under /sys/fs/bpf stays visible).
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
 
 use understudy_testbed::{EchoServer, Netns, Topology};
+
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
@@ -53,3 +66,74 @@ pub fn named_echo_servers(topo: &Topology) -> Vec<EchoServer> {
         })
         .collect()
 }
+
+/// An HTTP server on port 8080 of a backend namespace: answers "NAME LEN" (LEN: the request
+/// body's length, counted as it streams) or the status it is told to.
+pub struct HttpBackend {
+    pub hits: Arc<AtomicU32>,
+    pub status: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpBackend {
+    pub fn start(ns: &Netns, addr: SocketAddr, name: String) -> HttpBackend {
+        let b = HttpBackend {
+            hits: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            stop: Arc::default(),
+        };
+        let (hits, status, stop) = (b.hits.clone(), b.status.clone(), b.stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        ns.thread(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                ready_tx.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Ok((stream, _))) =
+                        tokio::time::timeout(Duration::from_millis(200), listener.accept()).await
+                    else {
+                        continue;
+                    };
+                    let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
+                            async move {
+                                hits.fetch_add(1, Ordering::SeqCst);
+                                let mut body = req.into_body();
+                                let mut len = 0usize;
+                                while let Some(Ok(frame)) = body.frame().await {
+                                    len += frame.data_ref().map_or(0, |d| d.len());
+                                }
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from(format!("{name} {len}"))));
+                                *r.status_mut() =
+                                    hyper::StatusCode::from_u16(status.load(Ordering::SeqCst))
+                                        .unwrap();
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("backend listening");
+        b
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+

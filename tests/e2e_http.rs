@@ -8,92 +8,18 @@
 mod common;
 
 use std::{
-    convert::Infallible,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use common::{BIN, admin};
-use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, Response, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use common::{BIN, HttpBackend, admin};
 use understudy::status::Snapshot;
-use understudy_testbed::{Daemon, Netns, Topology, require_root};
-
-/// An HTTP server on port 8080 of a backend namespace: answers "NAME LEN" (LEN: the request
-/// body's length, counted as it streams) or the status it is told to.
-struct HttpBackend {
-    hits: Arc<AtomicU32>,
-    status: Arc<AtomicU16>,
-    stop: Arc<AtomicBool>,
-}
-
-impl HttpBackend {
-    fn start(ns: &Netns, addr: SocketAddr, name: String) -> HttpBackend {
-        let b = HttpBackend {
-            hits: Arc::default(),
-            status: Arc::new(AtomicU16::new(200)),
-            stop: Arc::default(),
-        };
-        let (hits, status, stop) = (b.hits.clone(), b.status.clone(), b.stop.clone());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        ns.thread(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-                ready_tx.send(()).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(Ok((stream, _))) =
-                        tokio::time::timeout(Duration::from_millis(200), listener.accept()).await
-                    else {
-                        continue;
-                    };
-                    let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
-                            async move {
-                                hits.fetch_add(1, Ordering::SeqCst);
-                                let mut body = req.into_body();
-                                let mut len = 0usize;
-                                while let Some(Ok(frame)) = body.frame().await {
-                                    len += frame.data_ref().map_or(0, |d| d.len());
-                                }
-                                let mut r =
-                                    Response::new(Full::new(Bytes::from(format!("{name} {len}"))));
-                                *r.status_mut() =
-                                    hyper::StatusCode::from_u16(status.load(Ordering::SeqCst))
-                                        .unwrap();
-                                Ok::<_, Infallible>(r)
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("backend listening");
-        b
-    }
-}
-
-impl Drop for HttpBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
+use understudy_testbed::{Daemon, Topology, require_root};
 
 /// One HTTP/1.1 request on its own connection; returns the status and body.
 fn request(to: SocketAddr, method: &str, body_len: usize) -> Result<(u16, String), String> {

@@ -10,8 +10,9 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 const BPF_LINKER_LLVM: u32 = 22;
 
 /// Debian packages the tests, demo and benchmarks call: ethtool (veth offloads), iproute2
-/// (namespaces), procps (sysctl), util-linux (setpriv), curl and python3 (the demo's client and
-/// HTTP backends), chromium (renders the status page in a test) and dpkg-dev (packaging).
+/// (namespaces), procps (sysctl), util-linux (setpriv, prlimit), curl and python3 (the demo's
+/// client and HTTP backends), chromium (renders the status page in a test), dpkg-dev
+/// (packaging) and wrk (the close-mode load test).
 const PACKAGES: &[&str] = &[
     "ethtool",
     "iproute2",
@@ -21,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "python3",
     "chromium",
     "dpkg-dev",
+    "wrk",
 ];
 
 pub fn run() -> anyhow::Result<()> {

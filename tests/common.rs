@@ -18,7 +18,6 @@ use hyper_util::rt::TokioIo;
 
 use understudy_testbed::{EchoServer, Netns, Topology};
 
-
 pub const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
 /// Runs `understudy ARGS` in `lb`; returns success, stdout and stderr.
@@ -136,4 +135,3 @@ impl Drop for HttpBackend {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
-

@@ -92,6 +92,9 @@ counters! {
     /// UDP over IPv6 with a zero checksum, which RFC 8200 forbids: passed untouched (the stack
     /// discards it), never rewritten.
     PassUdp6ZeroChecksum => "pass_udp6_zero_checksum",
+    /// A SYN unanswered past `syn_timeout` while its backend answered other SYNs since: the loss
+    /// is on the path (or the client's), not the backend's; no event.
+    SynTimeoutNotEvidence => "syn_timeout_not_evidence",
 }
 
 #[cfg(test)]

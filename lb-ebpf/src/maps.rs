@@ -35,6 +35,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);
 
+/// When each backend last answered a SYN (`bpf_ktime_get_ns`): a SYN timeout is evidence only
+/// when its backend has answered none since the flow began.
+#[map]
+pub static BACKEND_SYNACK: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Passive-detection reports to user space (`lb_common::BackendEvent`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, EVENTS, NAT_REPLIES, count},
+    maps::{BACKEND_SYNACK, BACKENDS, EVENTS, NAT_REPLIES, count},
     parse::{Parsed, TCP_ACK, TCP_RST, TCP_SYN, load},
 };
 
@@ -67,6 +67,9 @@ pub fn observe_reply(p: &Parsed, nat: *mut NatValue) {
     if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
         if state & NAT_SYNACK_SEEN == 0 {
             unsafe { (*nat).state = state | NAT_SYNACK_SEEN };
+            if let Some(at) = BACKEND_SYNACK.get_ptr_mut(unsafe { (*nat).backend }) {
+                unsafe { *at = bpf_ktime_get_ns() };
+            }
         }
     } else if p.tcp_flags & TCP_RST != 0
         && state & (NAT_SYNACK_SEEN | NAT_OPENED_BY_SYN) == NAT_OPENED_BY_SYN
@@ -78,8 +81,8 @@ pub fn observe_reply(p: &Parsed, nat: *mut NatValue) {
 /// Called for a client SYN on a flow already pinned to a backend. After a SYN-ACK it is a new
 /// connection reusing the 5-tuple (clients recycle ephemeral ports): the flow starts over, so the
 /// backend's answer to it counts again. Before any SYN-ACK it is a retransmission: past
-/// `timeout_ms` the backend is reported, and the clock restarts so one stuck flow reports at
-/// most once per timeout.
+/// `timeout_ms` the backend is reported (unless it answered other SYNs meanwhile), and the clock
+/// restarts so one stuck flow reports at most once per timeout.
 #[inline(always)]
 pub fn client_syn(key: &FlowKey, backend: &lb_common::BackendInfo, timeout_ms: u32) {
     let Some(flow) = crate::maps::FLOWS.get_ptr_mut(key) else {
@@ -101,9 +104,17 @@ pub fn client_syn(key: &FlowKey, backend: &lb_common::BackendInfo, timeout_ms: u
     if timeout_ms == 0 || state & NAT_OPENED_BY_SYN == 0 {
         return;
     }
-    if now.saturating_sub(unsafe { (*flow).since_ns }) >= timeout_ms as u64 * 1_000_000 {
+    let since = unsafe { (*flow).since_ns };
+    if now.saturating_sub(since) >= timeout_ms as u64 * 1_000_000 {
         unsafe { (*flow).since_ns = now };
-        report(unsafe { (*flow).backend }, EventKind::SynTimeout);
+        let backend = unsafe { (*flow).backend };
+        // A backend that answered other SYNs since this flow began is listening: this SYN (or
+        // its answer) was lost on the way, under load or by the client's network.
+        if BACKEND_SYNACK.get(backend).is_some_and(|&at| at > since) {
+            count(Counter::SynTimeoutNotEvidence);
+            return;
+        }
+        report(backend, EventKind::SynTimeout);
     }
 }
 

@@ -509,3 +509,29 @@ address = "10.0.11.2:8080"
     writer.apply(&[up(generation, new_task)]).unwrap();
     assert!(healthy(&writer), "the current task's verdict applies");
 }
+
+/// A SYN timeout is evidence only when the backend answered no other SYN since the flow began:
+/// one that answers others is listening, and the lost SYN (or SYN-ACK) is the path's or the
+/// client's doing, as under load.
+#[test]
+fn a_syn_timeout_is_no_evidence_while_the_backend_answers_other_syns() {
+    let mut bed = bed(CONFIG);
+    let (_, out) = bed.run(&syn(47200).bytes(), bed.xc);
+    let (b, _) = destination(&out);
+    // Another flow to the same backend, answered.
+    let other = (47201..48000)
+        .find(|&port| {
+            let (_, out) = bed.run(&syn(port).bytes(), bed.xc);
+            destination(&out).0 == b
+        })
+        .expect("a second flow to the same backend");
+    bed.run(&reply(b, other, L4::SynAck).bytes(), bed.xb);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    bed.run(&syn(47200).bytes(), bed.xc);
+    assert_eq!(bed.counter(Counter::SynTimeoutNotEvidence), 1);
+    assert_eq!(
+        events(&mut bed),
+        vec![],
+        "no event against a listening backend"
+    );
+}

@@ -1,6 +1,8 @@
 //! Reads the kernel's passive-detection events (`EVENTS` ring buffer) and hands each one to the
 //! task of the backend it is about. Events about a backend id whose generation has since changed
-//! are dropped. The L7 proxy's ejections arrive by backend address ([`route_ejections`]) and go
+//! are dropped, and each backend's events are rate-limited ([`EVENTS_PER_SECOND`]): a flood of
+//! evidence, genuine or forged, costs the daemon a bounded amount of work and can do no more
+//! than `events_to_eject` already does. The L7 proxy's ejections arrive by backend address ([`route_ejections`]) and go
 //! to every backend task with that address, in whatever service: one health engine.
 
 use std::{
@@ -13,6 +15,35 @@ use aya::maps::{MapData, RingBuf};
 use lb_common::{BackendEvent, EventKind};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, warn};
+
+/// Events per backend per second passed on to its task; the rest are counted and dropped.
+pub const EVENTS_PER_SECOND: u32 = 20;
+
+/// Events dropped by the per-backend rate limit since start (`/metrics`).
+static SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Passive events dropped by the per-backend rate limit since start.
+pub fn suppressed_events() -> u64 {
+    SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A fixed one-second window per backend id.
+#[derive(Default)]
+struct Limiter {
+    windows: std::collections::HashMap<u32, (std::time::Instant, u32)>,
+}
+
+impl Limiter {
+    fn admit(&mut self, id: u32, now: std::time::Instant) -> bool {
+        let (start, n) = self.windows.entry(id).or_insert((now, 0));
+        if now.duration_since(*start) >= std::time::Duration::from_secs(1) {
+            *start = now;
+            *n = 0;
+        }
+        *n += 1;
+        *n <= EVENTS_PER_SECOND
+    }
+}
 
 /// Where events go: `tasks[id]` is backend `id`'s event channel and `generations[id]` its
 /// current generation. Replaced whole on reload.
@@ -63,6 +94,7 @@ pub async fn forward_events(ring: RingBuf<MapData>, router: Arc<RwLock<Router>>)
             return;
         }
     };
+    let mut limiter = Limiter::default();
     loop {
         let mut guard = match ring.readable_mut().await {
             Ok(g) => g,
@@ -87,11 +119,36 @@ pub async fn forward_events(ring: RingBuf<MapData>, router: Arc<RwLock<Router>>)
             if router.generations.get(id) != Some(&event.generation) {
                 continue;
             }
+            if !limiter.admit(event.backend, std::time::Instant::now()) {
+                SUPPRESSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             if let Some(Some(tx)) = router.tasks.get(id) {
                 debug!(backend = id, kind = kind.name(), "passive event");
                 let _ = tx.try_send(Signal::Kernel(kind));
             }
         }
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_backend_gets_its_own_budget_per_second() {
+        let mut l = Limiter::default();
+        let t = std::time::Instant::now();
+        let passed = (0..100).filter(|_| l.admit(7, t)).count();
+        assert_eq!(passed, EVENTS_PER_SECOND as usize);
+        assert!(
+            l.admit(8, t),
+            "another backend is not limited by 7's events"
+        );
+        assert!(
+            l.admit(7, t + std::time::Duration::from_secs(1)),
+            "a new second"
+        );
     }
 }

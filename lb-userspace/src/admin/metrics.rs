@@ -107,6 +107,13 @@ pub fn render(
         stale.clone(),
     );
     stale.inc_by(s.stale_updates);
+    let suppressed = Counter::<u64>::default();
+    r.register(
+        "passive_events_suppressed",
+        "Kernel passive-detection events dropped by the per-backend rate limit",
+        suppressed.clone(),
+    );
+    suppressed.inc_by(crate::passive::suppressed_events());
     let capped = Counter::<u64>::default();
     r.register(
         "passive_ejections_capped",

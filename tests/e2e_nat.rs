@@ -138,3 +138,101 @@ fn ipv4_thousand_connections_spread_and_echo() {
 fn ipv6_thousand_connections_spread_and_echo() {
     thousand_connections(true);
 }
+
+/// Path-MTU discovery through the balancer: a router between the client and the balancer has a
+/// narrower link toward the client (1400 bytes for IPv4, 1280 for IPv6), so a backend's
+/// full-size replies make it send frag-needed or Packet Too Big to the VIP. The balancer must
+/// translate them to the backend, or the download black-holes. A 10 MB download through the VIP
+/// completes over each family.
+#[test]
+fn path_mtu_discovery_works_through_the_vip() {
+    use std::io::{Read as _, Write as _};
+    require_root("the path-MTU test");
+    const SIZE: usize = 10 << 20;
+    let topo = Topology::build(1);
+    // The standard client namespace becomes the router; the real client sits behind it.
+    let router = &topo.client;
+    let far = understudy_testbed::Netns::new("far");
+    router.ip(&[
+        "link",
+        "add",
+        "r-far",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        far.name(),
+    ]);
+    router.ip(&["addr", "add", "10.0.2.1/24", "dev", "r-far"]);
+    router.ip(&["-6", "addr", "add", "fd00:2::1/64", "dev", "r-far", "nodad"]);
+    router.ip(&["link", "set", "r-far", "up"]);
+    router.sysctl("net.ipv4.ip_forward", "1");
+    router.sysctl("net.ipv6.conf.all.forwarding", "1");
+    far.ip(&["addr", "add", "10.0.2.2/24", "dev", "eth0"]);
+    far.ip(&["-6", "addr", "add", "fd00:2::2/64", "dev", "eth0", "nodad"]);
+    far.ip(&["link", "set", "eth0", "up"]);
+    far.ip(&["link", "set", "lo", "up"]);
+    far.ip(&["route", "add", "default", "via", "10.0.2.1"]);
+    far.ip(&["-6", "route", "add", "default", "via", "fd00:2::1"]);
+    topo.lb
+        .ip(&["route", "add", "10.0.2.0/24", "via", "10.0.1.2"]);
+    topo.lb
+        .ip(&["-6", "route", "add", "fd00:2::/64", "via", "fd00:1::2"]);
+
+    // The backend sends 10 MB to whoever connects.
+    for v6 in [false, true] {
+        let addr = SocketAddr::new(topo.backend_addr(1, v6), BACKEND_PORT);
+        let listener = topo.backends[0]
+            .enter(|| std::net::TcpListener::bind(addr))
+            .unwrap();
+        std::thread::spawn(move || {
+            let data = vec![b'x'; SIZE];
+            for mut conn in listener.incoming().flatten().take(1) {
+                let _ = conn.write_all(&data);
+            }
+        });
+    }
+    let mut text = topo.dataplane_toml();
+    for (name, v6) in [("v4", false), ("v6", true)] {
+        text.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{}\"\n[[service.backend]]\naddress = \"{}\"\n",
+            SocketAddr::new(topo.vip(v6), 80),
+            SocketAddr::new(topo.backend_addr(1, v6), BACKEND_PORT)
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &path);
+
+    for (v6, mtu) in [(false, "1400"), (true, "1280")] {
+        router.ip(&["link", "set", "r-far", "mtu", mtu]);
+        let vip = SocketAddr::new(topo.vip(v6), 80);
+        let got = far.enter(|| -> Result<usize, String> {
+            let mut s =
+                std::net::TcpStream::connect_timeout(&vip, std::time::Duration::from_secs(3))
+                    .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+                .unwrap();
+            let mut total = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return Ok(total),
+                    Ok(n) => total += n,
+                    Err(e) => return Err(format!("after {total} bytes: {e}")),
+                }
+            }
+        });
+        assert_eq!(
+            got,
+            Ok(SIZE),
+            "the download over {} through a {mtu}-byte link completes\n{}",
+            if v6 { "IPv6" } else { "IPv4" },
+            daemon.output()
+        );
+    }
+    assert!(daemon.stop());
+    std::fs::remove_file(path).ok();
+}

@@ -95,6 +95,12 @@ counters! {
     /// A SYN unanswered past `syn_timeout` while its backend answered other SYNs since: the loss
     /// is on the path (or the client's), not the backend's; no event.
     SynTimeoutNotEvidence => "syn_timeout_not_evidence",
+    /// An ICMP error from a backend's side about a translated flow, translated (the VIP as its
+    /// source and in its quote) and sent on to the client.
+    IcmpToClient => "icmp_to_client",
+    /// An ICMP error from the client's side about a translated reply (frag-needed, Packet Too
+    /// Big...), translated and sent on to the backend.
+    IcmpToBackend => "icmp_to_backend",
 }
 
 #[cfg(test)]

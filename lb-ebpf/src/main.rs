@@ -8,6 +8,7 @@
 
 mod bench;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -25,10 +26,11 @@ use lb_common::{Counter, FlowKey, PROTO_ICMP, PROTO_ICMPV6, ServiceKey};
 
 use crate::{
     forward::{forward, pass},
+    icmp::icmp,
     maps::{BACKEND_STATS, NAT_REPLIES, SERVICE_STATS, SERVICES, account, count},
     nat::{Side, rewrite},
     parse::parse,
-    passive::{icmp, observe_reply},
+    passive::observe_reply,
     reject::reject,
     select::{Miss, choose},
 };

@@ -9,15 +9,15 @@
 //! client forging an unreachable about its own connection or a path-MTU message, is counted
 //! (`icmp_not_evidence`) and passed on without an event.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BackendEvent, Counter, EventKind, FAMILY_V4, FlowKey, NAT_OPENED_BY_SYN, NAT_SYNACK_SEEN,
-    NatValue, PROTO_TCP, PROTO_UDP,
+    NatValue, PROTO_TCP,
 };
 
 use crate::{
     maps::{BACKEND_SYNACK, BACKENDS, EVENTS, NAT_REPLIES, count},
-    parse::{Parsed, TCP_ACK, TCP_RST, TCP_SYN, load},
+    parse::{Parsed, TCP_ACK, TCP_RST, TCP_SYN},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -118,72 +118,20 @@ pub fn client_syn(key: &FlowKey, backend: &lb_common::BackendInfo, timeout_ms: u
     }
 }
 
-/// An ICMP error about a translated flow reports that flow's backend. The message itself goes to
-/// the stack untouched.
+/// An ICMP error quoting `quoted` (a packet the balancer sent client -> backend) is evidence
+/// against `backend` only when its outer source is the backend itself and it is a
+/// destination-unreachable that means nothing listens; anything else is counted and no event.
 #[inline(always)]
-pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
-    count(Counter::PassUnsupported);
-    // Type and code together: a one-byte packet load compiles to a bounds check the verifier
-    // cannot follow.
-    let Some([kind, code]) = load::<[u8; 2]>(ctx, p.l4) else {
-        return XDP_PASS;
-    };
-    let inner = p.l4 + 8;
-    // The quoted packet went client -> backend; its reply key is backend -> client.
-    let mut key = FlowKey {
-        src: [0; 4],
-        dst: [0; 4],
-        src_port: 0,
-        dst_port: 0,
-        proto: 0,
-        family: p.key.family,
-        _pad: 0,
-    };
+pub fn icmp_evidence(p: &Parsed, quoted: &FlowKey, kind: u8, code: u8, backend: u32) {
     let v4 = p.key.family == FAMILY_V4;
-    let ports_at = if v4 {
-        if kind != ICMP_DEST_UNREACH {
-            return XDP_PASS;
-        }
-        let Some(ip) = load::<[u8; 20]>(ctx, inner) else {
-            return XDP_PASS;
-        };
-        key.proto = ip[9];
-        key.dst[0] = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-        key.src[0] = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        inner + ((ip[0] & 0x0f) as usize) * 4
-    } else {
-        if kind != ICMPV6_DEST_UNREACH {
-            return XDP_PASS;
-        }
-        let Some(ip) = load::<[u32; 10]>(ctx, inner) else {
-            return XDP_PASS;
-        };
-        key.proto = (ip[1].to_ne_bytes())[2];
-        key.dst = [ip[2], ip[3], ip[4], ip[5]];
-        key.src = [ip[6], ip[7], ip[8], ip[9]];
-        inner + 40
-    };
-    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
-        return XDP_PASS;
-    }
-    let Some(ports) = load::<[u16; 2]>(ctx, ports_at) else {
-        return XDP_PASS;
-    };
-    key.dst_port = ports[0];
-    key.src_port = ports[1];
-    let Some(nat) = (unsafe { NAT_REPLIES.get(&key) }) else {
-        return XDP_PASS;
-    };
-    // `key.src` is the quoted destination: the backend.
     let listener = if v4 {
-        no_listener_v4(code)
+        kind == ICMP_DEST_UNREACH && no_listener_v4(code)
     } else {
-        no_listener_v6(code)
+        kind == ICMPV6_DEST_UNREACH && no_listener_v6(code)
     };
-    if p.key.src != key.src || !listener {
+    if p.key.src != quoted.dst || !listener {
         count(Counter::IcmpNotEvidence);
-        return XDP_PASS;
+        return;
     }
-    report(nat.backend, EventKind::IcmpUnreachable);
-    XDP_PASS
+    report(backend, EventKind::IcmpUnreachable);
 }

@@ -354,11 +354,10 @@ fn passive_detection_reports_rst_icmp_and_syn_timeout() {
         ))
         .write(&mut icmp, &out[14..14 + 28])
         .unwrap();
-    let (action, passed) = bed.run(&icmp, bed.xb);
+    let (action, _) = bed.run(&icmp, bed.xb);
     assert_eq!(
-        (action, passed),
-        (XDP_PASS, icmp.clone()),
-        "ICMP goes on untouched"
+        action, XDP_REDIRECT,
+        "the ICMP goes on to the client, translated"
     );
 
     // A SYN retransmitted after the service's 20 ms syn_timeout, never answered.
@@ -439,13 +438,17 @@ fn forged_and_path_mtu_icmp_are_not_evidence() {
             bed.xb,
         ),
     ];
-    for (what, packet, ifindex) in &cases {
-        let (action, passed) = bed.run(packet, *ifindex);
-        assert_eq!(
-            (action, &passed),
-            (XDP_PASS, packet),
-            "{what}: passed untouched"
-        );
+    for (i, (what, packet, ifindex)) in cases.iter().enumerate() {
+        let (action, out) = bed.run(packet, *ifindex);
+        if i == 0 {
+            assert_eq!(
+                (action, &out),
+                (XDP_PASS, packet),
+                "{what}: passed untouched"
+            );
+        } else {
+            assert_eq!(action, XDP_REDIRECT, "{what}: translated on to the client");
+        }
     }
     assert_eq!(bed.counter(Counter::IcmpNotEvidence), 3);
     // The backend's own port unreachable is evidence.
@@ -534,4 +537,89 @@ fn a_syn_timeout_is_no_evidence_while_the_backend_answers_other_syns() {
         vec![],
         "no event against a listening backend"
     );
+}
+
+/// `quoted` (an IPv4 header and at least 8 bytes of TCP or UDP) with its source or destination
+/// address and port replaced and its IPv4 checksum recomputed: what the program must leave in a
+/// translated ICMP error.
+fn requote(quoted: &[u8], src: Option<([u8; 4], u16)>, dst: Option<([u8; 4], u16)>) -> Vec<u8> {
+    let (mut ip, rest) = etherparse::Ipv4Header::from_slice(quoted).unwrap();
+    let mut l4 = rest.to_vec();
+    if let Some((addr, port)) = src {
+        ip.source = addr;
+        l4[0..2].copy_from_slice(&port.to_be_bytes());
+    }
+    if let Some((addr, port)) = dst {
+        ip.destination = addr;
+        l4[2..4].copy_from_slice(&port.to_be_bytes());
+    }
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = ip.to_bytes().to_vec();
+    out.extend_from_slice(&l4);
+    out
+}
+
+/// ICMP errors about translated flows are translated both ways, with every checksum whole (the
+/// expected packets are built by etherparse): the backend's port unreachable reaches the client
+/// from the VIP, quoting the client's own packet to the VIP; a router's frag-needed about a
+/// reply, addressed to the VIP, reaches the backend quoting the backend's own packet.
+#[test]
+fn icmp_errors_are_translated_both_ways() {
+    let mut bed = bed(CONFIG);
+    let client = [10, 0, 1, 2];
+    let vip = [10, 0, 0, 10];
+    let s = syn(47300);
+    let (_, out) = bed.run(&s.bytes(), bed.xc);
+    let (b, _) = destination(&out);
+    let IpAddr::V4(bv4) = b else { unreachable!() };
+
+    // The backend's port unreachable about the SYN it got.
+    let mut from_backend = Vec::new();
+    PacketBuilder::ethernet2(backend_mac(b), XB_MAC)
+        .ipv4(bv4.octets(), client, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ))
+        .write(&mut from_backend, &out[14..14 + 28])
+        .unwrap();
+    let (action, got) = bed.run(&from_backend, bed.xb);
+    assert_eq!(action, XDP_REDIRECT, "on to the client");
+    let mut want = Vec::new();
+    PacketBuilder::ethernet2(XC_MAC, CLIENT_MAC)
+        .ipv4(vip, client, 63)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ))
+        .write(
+            &mut want,
+            &requote(&out[14..14 + 28], None, Some((vip, 80))),
+        )
+        .unwrap();
+    assert_bytes("to the client", &got, &want);
+
+    // A router on the client's path cannot forward a reply: frag-needed, to the VIP.
+    let r = reply(b, 47300, L4::Tcp { syn: false });
+    let (_, translated) = bed.run(&r.bytes(), bed.xb);
+    let router = [10, 0, 1, 1];
+    let mtu = DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 };
+    let mut from_router = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, XC_MAC)
+        .ipv4(router, vip, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(mtu.clone()))
+        .write(&mut from_router, &translated[14..14 + 28])
+        .unwrap();
+    let (action, got) = bed.run(&from_router, bed.xc);
+    assert_eq!(action, XDP_REDIRECT, "on to the backend");
+    let mut want = Vec::new();
+    PacketBuilder::ethernet2(XB_MAC, backend_mac(b))
+        .ipv4(router, bv4.octets(), 63)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(mtu))
+        .write(
+            &mut want,
+            &requote(&translated[14..14 + 28], Some((bv4.octets(), 8080)), None),
+        )
+        .unwrap();
+    assert_bytes("to the backend", &got, &want);
+    assert_eq!(bed.counter(Counter::IcmpToClient), 1);
+    assert_eq!(bed.counter(Counter::IcmpToBackend), 1);
 }

@@ -560,3 +560,53 @@ fn the_per_cpu_lru_gives_each_cpu_an_equal_share_of_max_flows() {
     );
     assert_eq!(bed.dp().flows_capacity().unwrap(), MAX_FLOWS);
 }
+
+/// A Packet Too Big from a router on the client's path, about a translated IPv6 reply, reaches
+/// the backend quoting the backend's own packet, with the ICMPv6 checksum (pseudo-header
+/// included) whole: path-MTU discovery works over IPv6 through the balancer.
+#[test]
+fn an_ipv6_packet_too_big_reaches_the_backend() {
+    let mut bed = bed();
+    let syn = Pkt::to_vip(CLIENT6, VIP6, 40050, 80, L4::Tcp { syn: true });
+    let (_, out) = bed.run(&syn.bytes(), bed.xc);
+    let (backend, _) = destination(&out);
+    let IpAddr::V6(b6) = backend else {
+        unreachable!()
+    };
+    let reply = Pkt {
+        eth_src: backend_mac(backend),
+        eth_dst: XB_MAC,
+        src: backend,
+        dst: CLIENT6.parse().unwrap(),
+        sport: 8080,
+        dport: 40050,
+        l4: L4::Tcp { syn: false },
+        ..syn.clone()
+    };
+    let (_, translated) = bed.run(&reply.bytes(), bed.xb);
+    let router: std::net::Ipv6Addr = "fd00:1::1".parse().unwrap();
+    let vip: std::net::Ipv6Addr = VIP6.parse().unwrap();
+    let quoted = &translated[14..14 + 48];
+    let mut from_router = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, XC_MAC)
+        .ipv6(router.octets(), vip.octets(), 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut from_router, quoted)
+        .unwrap();
+    let (action, got) = bed.run(&from_router, bed.xc);
+    assert_eq!(action, XDP_REDIRECT, "on to the backend");
+    let (mut ip, rest) = etherparse::Ipv6Header::from_slice(quoted).unwrap();
+    ip.source = b6.octets();
+    let mut requoted = ip.to_bytes().to_vec();
+    let mut l4 = rest.to_vec();
+    l4[0..2].copy_from_slice(&8080u16.to_be_bytes());
+    requoted.extend_from_slice(&l4);
+    let mut want = Vec::new();
+    etherparse::PacketBuilder::ethernet2(XB_MAC, backend_mac(backend))
+        .ipv6(router.octets(), b6.octets(), 63)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut want, &requoted)
+        .unwrap();
+    assert_bytes("packet too big", &got, &want);
+    assert_eq!(bed.counter(Counter::IcmpToBackend), 1);
+}

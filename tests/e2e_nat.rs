@@ -236,3 +236,63 @@ fn path_mtu_discovery_works_through_the_vip() {
     assert!(daemon.stop());
     std::fs::remove_file(path).ok();
 }
+
+/// Fragmented datagrams through the VIP, both ways: a UDP service answers a 4,000-byte datagram
+/// (three fragments each way on 1500-byte links) over IPv4 and IPv6.
+#[test]
+fn a_udp_service_answers_a_fragmented_datagram() {
+    require_root("the fragments test");
+    let topo = Topology::build(1);
+    for v6 in [false, true] {
+        let addr = SocketAddr::new(topo.backend_addr(1, v6), 5353);
+        let socket = topo.backends[0]
+            .enter(|| std::net::UdpSocket::bind(addr))
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            for _ in 0..4 {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+    }
+    let mut text = topo.dataplane_toml();
+    for (name, v6) in [("dns", false), ("dns6", true)] {
+        text.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{}\"\nprotocol = \"udp\"\n\
+             [[service.backend]]\naddress = \"{}\"\n",
+            SocketAddr::new(topo.vip(v6), 53),
+            SocketAddr::new(topo.backend_addr(1, v6), 5353)
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &path);
+    for v6 in [false, true] {
+        let vip = SocketAddr::new(topo.vip(v6), 53);
+        let sent: Vec<u8> = (0..4000).map(|i| (i % 253) as u8).collect();
+        let got = topo.client.enter(|| -> Result<Vec<u8>, String> {
+            let local = if v6 { "[::]:0" } else { "0.0.0.0:0" };
+            let s = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
+            s.connect(vip).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            s.send(&sent).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 65536];
+            let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+            Ok(buf[..n].to_vec())
+        });
+        assert_eq!(
+            got.as_deref().map(<[u8]>::len),
+            Ok(sent.len()),
+            "over {}: the answer arrives whole\n{}",
+            if v6 { "IPv6" } else { "IPv4" },
+            daemon.output()
+        );
+        assert_eq!(got.unwrap(), sent);
+    }
+    assert!(daemon.stop());
+    std::fs::remove_file(path).ok();
+}

@@ -34,7 +34,8 @@ counters! {
     PassNotIp => "pass_not_ip",
     /// IP, but neither a VIP nor a reply of a translated flow.
     PassNotVip => "pass_not_vip",
-    /// An IPv4 fragment or an IPv6 fragment header: the stack reassembles.
+    /// No longer counted (fragments are tracked: `fragment_translated`,
+    /// `fragment_before_first`); kept so the indices of a pinned `COUNTERS` stay.
     PassFragment => "pass_fragment",
     /// A transport or extension header the program does not parse.
     PassUnsupported => "pass_unsupported",
@@ -101,6 +102,11 @@ counters! {
     /// An ICMP error from the client's side about a translated reply (frag-needed, Packet Too
     /// Big...), translated and sent on to the backend.
     IcmpToBackend => "icmp_to_backend",
+    /// A later fragment of a datagram whose first fragment was translated: translated alike.
+    FragmentTranslated => "fragment_translated",
+    /// A later fragment with no first fragment seen (it came first, or was never translated):
+    /// passed to the stack.
+    FragmentBeforeFirst => "fragment_before_first",
 }
 
 #[cfg(test)]

@@ -45,6 +45,12 @@ pub const NO_BACKEND: u32 = u32::MAX;
 /// A ring entry that rejects new flows: a TCP RST (or, for UDP, a counted drop) straight from
 /// XDP. Used for `on_all_down = "reject"`.
 pub const REJECT: u32 = u32::MAX - 1;
+/// Entries in the `FRAGS` LRU map: datagrams whose later fragments are being steered.
+pub const FRAGS_CAPACITY: u32 = 65_536;
+/// `FragValue::side`: later fragments get their destination rewritten (towards a backend).
+pub const FRAG_REWRITE_DST: u32 = 0;
+/// `FragValue::side`: later fragments get their source rewritten (a backend's reply, to the VIP).
+pub const FRAG_REWRITE_SRC: u32 = 1;
 /// Capacity of the `EVENTS` ring buffer, in bytes (a power of two, a multiple of the page).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -187,6 +193,32 @@ pub struct FlowValue {
     pub since_ns: u64,
 }
 
+/// `FRAGS` key: one IP datagram, as its fragments carry it (addresses before any rewrite, the
+/// IP identification: 16 bits for IPv4, 32 for IPv6).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// `FRAGS` value: what the first fragment's translation did, for the later ones to repeat. They
+/// have no ports, so only the address changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragValue {
+    /// The address that replaces the source or destination.
+    pub addr: [u32; 4],
+    /// [`FRAG_REWRITE_DST`] or [`FRAG_REWRITE_SRC`].
+    pub side: u32,
+    /// The backend the datagram belongs to, for its traffic counters.
+    pub backend: u32,
+}
+
 /// `NAT_REPLIES` value: how to make a backend's reply look as if the VIP sent it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,6 +311,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for BackendEvent {}
 }

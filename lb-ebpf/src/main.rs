@@ -8,6 +8,7 @@
 
 mod bench;
 mod forward;
+mod fragment;
 mod icmp;
 mod maps;
 mod nat;
@@ -22,7 +23,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use lb_common::{Counter, FlowKey, PROTO_ICMP, PROTO_ICMPV6, ServiceKey};
+use lb_common::{
+    Counter, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, PROTO_ICMP, PROTO_ICMPV6, ServiceKey,
+};
 
 use crate::{
     forward::{forward, pass},
@@ -41,6 +44,11 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         Ok(p) => p,
         Err(reason) => return pass(reason),
     };
+    if let Some(f) = p.frag
+        && !f.first
+    {
+        return fragment::follow(&ctx, &p, f.id);
+    }
     if p.key.proto == PROTO_ICMP || p.key.proto == PROTO_ICMPV6 {
         return icmp(&ctx, &p);
     }
@@ -73,6 +81,7 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         if rewrite(&ctx, &p, Side::Destination, &b.addr, b.port).is_none() {
             return pass(Counter::PassTruncated);
         }
+        fragment::remember(&p, FRAG_REWRITE_DST, &b.addr, choice.id);
         let out = FlowKey {
             dst: b.addr,
             dst_port: b.port,
@@ -91,6 +100,7 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         if rewrite(&ctx, &p, Side::Source, &nat.vip, nat.vip_port).is_none() {
             return pass(Counter::PassTruncated);
         }
+        fragment::remember(&p, FRAG_REWRITE_SRC, &nat.vip, nat.backend);
         count(Counter::ReplyTranslated);
         let out = FlowKey {
             src: nat.vip,

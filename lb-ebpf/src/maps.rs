@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    BackendInfo, Counter, EVENTS_BYTES, FLOWS_CAPACITY, FlowKey, FlowValue, MAX_BACKENDS,
-    MAX_SERVICES, NatValue, RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
+    BackendInfo, Counter, EVENTS_BYTES, FLOWS_CAPACITY, FRAGS_CAPACITY, FlowKey, FlowValue,
+    FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, NatValue, RINGS_CHUNKS, RingChunk, ServiceInfo,
+    ServiceKey, Traffic,
 };
 
 /// VIP (address, port, protocol) to service.
@@ -34,6 +35,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);
+
+/// The first fragment's translation, for a datagram's later fragments (see `fragment`).
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(FRAGS_CAPACITY, 0);
 
 /// When each backend last answered a SYN (`bpf_ktime_get_ns`): a SYN timeout is evidence only
 /// when its backend has answered none since the flow began.

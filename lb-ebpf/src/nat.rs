@@ -56,6 +56,27 @@ pub fn rewrite(ctx: &XdpContext, p: &Parsed, side: Side, addr: &[u32; 4], port: 
     Some(())
 }
 
+/// Replaces one end's address only, for a later fragment (it has no transport header): the IPv4
+/// header checksum follows; IPv6 has none.
+#[inline(always)]
+pub fn rewrite_address(ctx: &XdpContext, p: &Parsed, side: Side, addr: &[u32; 4]) -> Option<()> {
+    let old = match side {
+        Side::Source => p.key.src,
+        Side::Destination => p.key.dst,
+    };
+    if p.key.family == FAMILY_V4 {
+        store(
+            ctx,
+            p.l3 + if side == Side::Source { 12 } else { 16 },
+            addr[0],
+        )?;
+        let ip_check: u16 = load(ctx, p.l3 + 10)?;
+        store(ctx, p.l3 + 10, replace_u32(ip_check, old[0], addr[0]))
+    } else {
+        store(ctx, p.l3 + if side == Side::Source { 8 } else { 24 }, *addr)
+    }
+}
+
 /// Decrements the IPv4 TTL or IPv6 hop limit, as any router must. `None` if it would expire.
 #[inline(always)]
 pub fn decrement_ttl(ctx: &XdpContext, p: &Parsed) -> Option<()> {

@@ -23,6 +23,15 @@ const IPV6_DSTOPTS: u8 = 60;
 /// Extension headers skipped before giving up; real traffic rarely carries more than two.
 const IPV6_MAX_EXT: usize = 4;
 
+/// A fragment's place in its datagram.
+#[derive(Clone, Copy)]
+pub struct Fragment {
+    /// IP identification (16 bits for IPv4).
+    pub id: u32,
+    /// Offset 0: it carries the transport header, and its ports.
+    pub first: bool,
+}
+
 /// Where the headers of a parsed packet are, and its 5-tuple.
 pub struct Parsed {
     /// Offset of the IP header.
@@ -32,6 +41,9 @@ pub struct Parsed {
     pub vlan: bool,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
+    /// Set for a fragment. A later one (not `first`) has no transport header: its ports are 0
+    /// and `l4` is where its payload starts.
+    pub frag: Option<Fragment>,
     /// TCP flags (byte 13 of the header); 0 for UDP and ICMP.
     pub tcp_flags: u8,
     pub key: FlowKey,
@@ -94,6 +106,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
         }
     }
     let ttl;
+    let mut frag = None;
     let mut key = FlowKey {
         src: [0; 4],
         dst: [0; 4],
@@ -110,10 +123,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
                 return Err(Counter::PassUnsupported);
             }
-            // MF set or a non-zero offset: only the first fragment has ports, so the stack
-            // reassembles and none of them is touched here.
-            if (ip.frags[0] & 0x3f) != 0 || ip.frags[1] != 0 {
-                return Err(Counter::PassFragment);
+            // MF set or a non-zero offset: a fragment. Only the first has ports; the later ones
+            // follow it (see `fragment`).
+            let more = ip.frags[0] & 0x20 != 0;
+            let offset_nonzero = (ip.frags[0] & 0x1f) != 0 || ip.frags[1] != 0;
+            if more || offset_nonzero {
+                frag = Some(Fragment {
+                    id: u16::from_ne_bytes(ip.id) as u32,
+                    first: !offset_nonzero,
+                });
             }
             key.family = FAMILY_V4;
             key.proto = ip.proto;
@@ -148,13 +166,35 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
                 }
             }
             if next == IPV6_FRAGMENT {
-                return Err(Counter::PassFragment);
+                let hdr: [u8; 8] = load(ctx, off).ok_or(Counter::PassTruncated)?;
+                next = hdr[0];
+                let offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                frag = Some(Fragment {
+                    id: u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
+                    first: offset == 0,
+                });
+                off += 8;
             }
             key.proto = next;
             off
         }
         _ => return Err(Counter::PassNotIp),
     };
+    // A later fragment has no transport header to read.
+    if frag.is_some_and(|f| !f.first) {
+        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+            return Err(Counter::PassUnsupported);
+        }
+        return Ok(Parsed {
+            l3,
+            l4,
+            vlan,
+            ttl,
+            frag,
+            tcp_flags: 0,
+            key,
+        });
+    }
     // TCP needs its full fixed header (the checksum is at 16), UDP and ICMP their 8 bytes.
     let mut tcp_flags = 0;
     match key.proto {
@@ -183,6 +223,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
         l4,
         vlan,
         ttl,
+        frag,
         tcp_flags,
         key,
     })

@@ -1,0 +1,85 @@
+//! Fragments follow their first fragment, as Cilium's do. Only the first fragment of a datagram
+//! carries the transport header, so only it can be matched to a service or a flow. When it is
+//! translated, `FRAGS` records, under (source, destination, IP id, protocol), the address the
+//! translation put in; each later fragment is found there and gets the same address (its header
+//! checksum updated; it has no transport checksum of its own, since the first fragment's covers
+//! the whole datagram). A later fragment that arrives before its first, or whose first was not
+//! translated, goes to the stack untouched and is counted.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Counter, FRAG_REWRITE_DST, FlowKey, FragKey, FragValue};
+
+use crate::{
+    forward::{forward, pass},
+    maps::{BACKEND_STATS, FRAGS, account, count},
+    nat::{Side, rewrite_address},
+    parse::Parsed,
+};
+
+#[inline(always)]
+fn key(p: &Parsed, id: u32) -> FragKey {
+    FragKey {
+        src: p.key.src,
+        dst: p.key.dst,
+        id,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: 0,
+    }
+}
+
+/// Records how the first fragment of a datagram (`p`, before its rewrite) was translated: its
+/// `side` (`FRAG_REWRITE_*`) now holds `addr`. A packet that is not a first fragment records
+/// nothing.
+#[inline(always)]
+pub fn remember(p: &Parsed, side: u32, addr: &[u32; 4], backend: u32) {
+    let Some(f) = p.frag else {
+        return;
+    };
+    let value = FragValue {
+        addr: *addr,
+        side,
+        backend,
+    };
+    if FRAGS.insert(&key(p, f.id), &value, 0).is_err() {
+        count(Counter::ErrFlowInsert);
+    }
+}
+
+/// A later fragment: translated as its first fragment was, or passed.
+#[inline(always)]
+pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> u32 {
+    let Some(v) = (unsafe { FRAGS.get(&key(p, id)) }) else {
+        return pass(Counter::FragmentBeforeFirst);
+    };
+    let v = *v;
+    if p.ttl <= 1 {
+        return pass(Counter::PassTtl);
+    }
+    let side = if v.side == FRAG_REWRITE_DST {
+        Side::Destination
+    } else {
+        Side::Source
+    };
+    if rewrite_address(ctx, p, side, &v.addr).is_none() {
+        return pass(Counter::PassTruncated);
+    }
+    account(
+        &BACKEND_STATS,
+        v.backend,
+        (ctx.data_end() - ctx.data()) as u64,
+        false,
+    );
+    count(Counter::FragmentTranslated);
+    let out = match side {
+        Side::Destination => FlowKey {
+            dst: v.addr,
+            ..p.key
+        },
+        Side::Source => FlowKey {
+            src: v.addr,
+            ..p.key
+        },
+    };
+    forward(ctx, p, &out)
+}

@@ -53,7 +53,9 @@ pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
             Some(v) => v,
             None => return pass(Counter::PassTruncated),
         };
-        fib.__bindgen_anon_1.tot_len = u16::from_be(payload) + 40;
+        // Saturating: a payload length that lies near 65535 must fail the MTU check, not wrap
+        // round to a small length and pass it (the packet fuzzer found it).
+        fib.__bindgen_anon_1.tot_len = u16::from_be(payload).saturating_add(40);
         fib.__bindgen_anon_3.ipv6_src = key.src;
         fib.__bindgen_anon_4.ipv6_dst = key.dst;
     }

@@ -6,12 +6,8 @@
 //! with it the data plane) detaches the program.
 
 use std::{
-    collections::{HashMap, HashSet},
     os::fd::AsRawFd as _,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, RwLock, atomic::Ordering},
     time::Duration,
 };
 
@@ -25,131 +21,22 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::{AdminState, SharedToken, serve},
+    admin::{AdminState, Reloads, SharedToken, serve},
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach, resolve},
-    ejection::Gate,
     failover::{Control, Writer},
-    health::{Board, Epochs, Update, new_board, probe::Prober, task::BackendTask},
+    health::{
+        Epochs, new_board,
+        passive::{Router, forward_events, route_ejections},
+        supervisor::Supervisor,
+    },
     l7::{listeners::Listeners, metrics::L7Metrics},
-    passive::{Router, Signal, forward_events, route_ejections},
     plan::{Plan, plan},
     privileges,
 };
 
 /// How often the writer logs the data plane's counters (debug) and failover latency (info).
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
-
-/// The health tasks, one per backend id, and the router that feeds them kernel events.
-struct Tasks {
-    by_id: HashMap<u32, Task>,
-    router: Arc<RwLock<Router>>,
-    updates: mpsc::Sender<Update>,
-    board: Board,
-    /// Each service's passive-ejection cap, by name, kept across reloads.
-    gates: HashMap<String, Arc<Gate>>,
-    /// Each backend id's current task epoch, shared with the writer.
-    epochs: Arc<Epochs>,
-}
-
-struct Task {
-    abort: tokio::task::AbortHandle,
-    /// Everything the task was started from; a task whose fingerprint is unchanged is kept.
-    fingerprint: String,
-    events: mpsc::Sender<Signal>,
-}
-
-impl Tasks {
-    /// Brings the tasks in line with `plan`: keeps the unchanged, replaces the changed (starting
-    /// from the backend's current health), starts the new, stops the removed.
-    fn reconcile(
-        &mut self,
-        config: &Config,
-        plan: &Plan,
-        health: &[Option<bool>],
-    ) -> anyhow::Result<()> {
-        let mut router = Router {
-            tasks: vec![None; plan.backends.len()],
-            generations: plan.backends.iter().map(|b| b.generation).collect(),
-            addresses: vec![None; plan.backends.len()],
-        };
-        let mut keep = HashSet::new();
-        self.gates
-            .retain(|name, _| config.services.iter().any(|s| &s.name == name));
-        for (svc, planned) in config.services.iter().zip(&plan.services) {
-            let gate = self
-                .gates
-                .entry(svc.name.clone())
-                .or_insert_with(|| Gate::new(svc.passive.max_ejection_percent))
-                .clone();
-            gate.configure(svc.passive.max_ejection_percent, &planned.backend_ids);
-            let prober = Arc::new(
-                Prober::new(&svc.health)
-                    .map_err(|e| anyhow::anyhow!("service {}: health check: {e}", svc.name))?,
-            );
-            for (backend, &id) in svc.backends.iter().zip(&planned.backend_ids) {
-                let fingerprint = format!(
-                    "{}|{}|{}|{:?}|{:?}",
-                    svc.name,
-                    backend.address,
-                    plan.backends[id as usize].generation,
-                    svc.health,
-                    svc.passive
-                );
-                keep.insert(id);
-                router.addresses[id as usize] = Some(backend.address);
-                if let Some(t) = self.by_id.get(&id)
-                    && t.fingerprint == fingerprint
-                {
-                    router.tasks[id as usize] = Some(t.events.clone());
-                    continue;
-                }
-                if let Some(old) = self.by_id.remove(&id) {
-                    old.abort.abort();
-                }
-                let (tx, rx) = mpsc::channel(64);
-                let task = BackendTask {
-                    id,
-                    generation: plan.backends[id as usize].generation,
-                    epoch: self.epochs.start(id),
-                    service: svc.name.clone(),
-                    address: backend.address,
-                    prober: prober.clone(),
-                    check: svc.health.clone(),
-                    passive: svc.passive.clone(),
-                    initially_up: health
-                        .get(id as usize)
-                        .copied()
-                        .flatten()
-                        .unwrap_or(planned.initially_healthy),
-                    board: self.board.clone(),
-                    gate: gate.clone(),
-                };
-                let handle = tokio::spawn(task.run(self.updates.clone(), rx));
-                router.tasks[id as usize] = Some(tx.clone());
-                self.by_id.insert(
-                    id,
-                    Task {
-                        abort: handle.abort_handle(),
-                        fingerprint,
-                        events: tx,
-                    },
-                );
-            }
-        }
-        self.by_id.retain(|id, t| {
-            let kept = keep.contains(id);
-            if !kept {
-                t.abort.abort();
-            }
-            kept
-        });
-        if let Ok(mut r) = self.router.write() {
-            *r = router;
-        }
-        Ok(())
-    }
-}
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(why) = privileges::check() {
@@ -228,14 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (updates, updates_rx) = mpsc::channel(4096);
     let router = Arc::new(RwLock::new(Router::default()));
     let board = new_board();
-    let mut tasks = Tasks {
-        by_id: HashMap::new(),
-        router: router.clone(),
-        updates,
-        board: board.clone(),
-        gates: HashMap::new(),
-        epochs: epochs.clone(),
-    };
+    let mut tasks = Supervisor::new(router.clone(), updates, board.clone(), epochs.clone());
     tasks.reconcile(&config, &plan, &health_by_id)?;
     for (svc, planned) in config.services.iter().zip(&plan.services) {
         info!(
@@ -403,19 +283,12 @@ fn adopt(dp: &mut Dataplane, plan: &mut Plan) -> anyhow::Result<Vec<Vec<bool>>> 
     Ok(healthy)
 }
 
-/// Reloads counted for `/metrics`.
-#[derive(Default)]
-pub struct Reloads {
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
-}
-
 /// Re-reads and validates the config file, then applies the difference. Anything wrong (an
 /// invalid file, a change that needs a restart) leaves the running config untouched.
 async fn reload(
     current: &mut Config,
     control: &mpsc::Sender<Control>,
-    tasks: &mut Tasks,
+    tasks: &mut Supervisor,
     listeners: &mut Listeners,
     reloads: &Reloads,
     token: &SharedToken,

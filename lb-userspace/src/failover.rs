@@ -249,10 +249,6 @@ impl Writer {
         }
     }
 
-    pub fn latency(&self) -> Latency {
-        self.latency.clone()
-    }
-
     /// The latency histogram the metrics endpoint exports (shared, updated live).
     pub fn prometheus_latency(&self) -> prometheus_client::metrics::histogram::Histogram {
         self.prometheus_latency.clone()
@@ -599,7 +595,7 @@ impl Writer {
                 batch.iter().partition(|u| self.current(u));
             for u in &stale {
                 debug!(
-                    backend = u.backend,
+                    id = u.backend,
                     generation = u.generation,
                     task = u.task,
                     up = u.up,

@@ -13,7 +13,6 @@ pub mod fallback;
 pub mod health;
 pub mod l7;
 pub mod maglev;
-pub mod passive;
 pub mod plan;
 pub mod privileges;
 pub mod status;

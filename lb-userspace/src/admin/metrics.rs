@@ -13,7 +13,8 @@ use std::{collections::HashMap, path::Path};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{FlowKey, FlowValue};
 
-use crate::{daemon::Reloads, status::Snapshot};
+use super::Reloads;
+use crate::status::Snapshot;
 
 /// `FLOWS` entries in total and per backend id.
 pub struct FlowCount {
@@ -113,7 +114,7 @@ pub fn render(
         "Kernel passive-detection events dropped by the per-backend rate limit",
         suppressed.clone(),
     );
-    suppressed.inc_by(crate::passive::suppressed_events());
+    suppressed.inc_by(crate::health::passive::suppressed_events());
     let capped = Counter::<u64>::default();
     r.register(
         "passive_ejections_capped",

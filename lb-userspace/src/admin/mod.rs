@@ -13,7 +13,7 @@ mod page;
 
 use std::{
     convert::Infallible,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
@@ -34,12 +34,18 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    daemon::Reloads,
     failover::Control,
     health::Board,
     l7::limits::{AcceptErrors, Activity, ConnectionCount, LastActivity},
     status::Snapshot,
 };
+
+/// Reloads counted for `/metrics`.
+#[derive(Default)]
+pub struct Reloads {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
 
 /// The admin token, shared with the daemon, which swaps it on reload.
 pub type SharedToken = Arc<std::sync::RwLock<Option<String>>>;

@@ -13,13 +13,13 @@ use tracing::{info, warn};
 
 use super::{
     Board, LastCheck, Update,
+    passive::Signal,
     probe::{ProbeError, Prober, jittered},
     state::HealthState,
 };
 use crate::{
     config::{CheckKind, HealthCheck, Passive},
     ejection::{Backoff, Gate, Standing},
-    passive::Signal,
 };
 
 /// Everything one backend's task needs.

@@ -184,7 +184,8 @@ impl Breaker {
         )
     }
 
-    pub fn phase(&self) -> Phase {
+    #[cfg(test)]
+    fn phase(&self) -> Phase {
         self.lock().phase
     }
 }

@@ -124,7 +124,8 @@ pub async fn forward_events(ring: RingBuf<MapData>, router: Arc<RwLock<Router>>)
                 continue;
             }
             if let Some(Some(tx)) = router.tasks.get(id) {
-                debug!(backend = id, kind = kind.name(), "passive event");
+                let address = router.addresses.get(id).copied().flatten();
+                debug!(backend = ?address, id, kind = kind.name(), "passive event");
                 let _ = tx.try_send(Signal::Kernel(kind));
             }
         }

@@ -134,8 +134,13 @@ pub struct ServiceInfo {
     /// A SYN retransmitted this long after its flow began, with no SYN-ACK seen, reports the
     /// backend (passive detection). 0 turns it off.
     pub syn_timeout_ms: u32,
-    pub _pad: u32,
+    /// How packets reach the chosen backend: a `FORWARD_*` value (the kernel's `steer()`).
+    pub forwarding: u32,
 }
+
+/// `ServiceInfo::forwarding`: destination NAT, replies translated back (the zero value, so
+/// entries pinned before the field existed read as NAT).
+pub const FORWARD_NAT: u32 = 0;
 
 /// `BACKENDS` value, indexed by backend id.
 #[repr(C)]
@@ -321,6 +326,27 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+    #[test]
+    fn the_reply_key_swaps_the_ends_and_puts_the_backend_first() {
+        let client = FlowKey {
+            src: [1, 0, 0, 0],
+            dst: [10, 0, 0, 0],
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: 0,
+        };
+        let reply = client.reply_to([7, 0, 0, 0], 8080u16.to_be());
+        assert_eq!(reply.src, [7, 0, 0, 0]);
+        assert_eq!(reply.dst, client.src);
+        assert_eq!(reply.src_port, 8080u16.to_be());
+        assert_eq!(reply.dst_port, client.src_port);
+        assert_eq!(
+            (reply.proto, reply.family, reply._pad),
+            (PROTO_TCP, FAMILY_V4, 0)
+        );
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

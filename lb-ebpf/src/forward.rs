@@ -19,7 +19,8 @@ use lb_common::{Counter, FAMILY_V4, FlowKey};
 use crate::{
     maps::count,
     nat::decrement_ttl,
-    parse::{Parsed, load, store},
+    packet::{load, store},
+    parse::Parsed,
 };
 
 const AF_INET: u8 = 2;

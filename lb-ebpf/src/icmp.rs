@@ -25,7 +25,8 @@ use lb_common::{
 use crate::{
     forward::{forward, pass},
     maps::{BACKENDS, FLOWS, NAT_REPLIES, count},
-    parse::{Parsed, load, store},
+    packet::{load, store},
+    parse::Parsed,
     passive,
 };
 

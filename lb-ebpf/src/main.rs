@@ -1,8 +1,10 @@
 //! Understudy's kernel side: the XDP program `understudy_xdp`, attached to every interface that
-//! carries client or backend traffic. It steers packets addressed to a VIP to a backend (DNAT),
-//! translates the backends' replies back to the VIP, and leaves everything else to the stack
-//! untouched. User space owns the maps (see `lb-common`); this program only reads the service,
-//! backend and ring maps and writes flows and counters.
+//! carries client or backend traffic. It parses (`parse`), selects a backend for packets to a
+//! VIP (`select`), hands them to the service's forwarding mode (`steer`: `nat` so far), has NAT
+//! translate the backends' replies back, translates ICMP errors (`icmp`) and later fragments
+//! (`fragment`), and leaves everything else to the stack untouched. User space owns the maps
+//! (see `lb-common`); this program only reads the service, backend and ring maps and writes
+//! flows, fragments and counters.
 #![no_std]
 #![no_main]
 
@@ -12,10 +14,12 @@ mod fragment;
 mod icmp;
 mod maps;
 mod nat;
+mod packet;
 mod parse;
 mod passive;
 mod reject;
 mod select;
+mod steer;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -23,17 +27,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use lb_common::{
-    Counter, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, PROTO_ICMP, PROTO_ICMPV6, ServiceKey,
-};
+use lb_common::{Counter, PROTO_ICMP, PROTO_ICMPV6, ServiceKey};
 
 use crate::{
-    forward::{forward, pass},
+    forward::pass,
     icmp::icmp,
     maps::{BACKEND_STATS, NAT_REPLIES, SERVICE_STATS, SERVICES, account, count},
-    nat::{Side, rewrite},
     parse::parse,
-    passive::observe_reply,
     reject::reject,
     select::{Miss, choose},
 };
@@ -77,37 +77,12 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         };
         account(&SERVICE_STATS, svc.id, bytes, choice.new_flow);
         account(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
-        let b = &choice.backend;
-        if rewrite(&ctx, &p, Side::Destination, &b.addr, b.port).is_none() {
-            return pass(Counter::PassTruncated);
-        }
-        fragment::remember(&p, FRAG_REWRITE_DST, &b.addr, choice.id);
-        let out = FlowKey {
-            dst: b.addr,
-            dst_port: b.port,
-            ..p.key
-        };
-        return forward(&ctx, &p, &out);
+        return steer::steer(&ctx, &p, svc, &choice);
     }
 
-    if let Some(nat_ptr) = NAT_REPLIES.get_ptr_mut(&p.key) {
-        if p.ttl <= 1 {
-            return pass(Counter::PassTtl);
-        }
-        observe_reply(&p, nat_ptr);
-        let nat = unsafe { *nat_ptr };
-        account(&BACKEND_STATS, nat.backend, bytes, false);
-        if rewrite(&ctx, &p, Side::Source, &nat.vip, nat.vip_port).is_none() {
-            return pass(Counter::PassTruncated);
-        }
-        fragment::remember(&p, FRAG_REWRITE_SRC, &nat.vip, nat.backend);
-        count(Counter::ReplyTranslated);
-        let out = FlowKey {
-            src: nat.vip,
-            src_port: nat.vip_port,
-            ..p.key
-        };
-        return forward(&ctx, &p, &out);
+    // A backend's reply to a NAT flow.
+    if let Some(nat) = NAT_REPLIES.get_ptr_mut(&p.key) {
+        return nat::reply(&ctx, &p, nat, bytes);
     }
 
     count(Counter::PassNotVip);

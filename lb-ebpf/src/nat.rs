@@ -1,5 +1,8 @@
-//! Address and port rewriting with incremental checksum updates (IPv4 header, TCP/UDP over the
-//! pseudo-header). IPv6 has no header checksum; its addresses enter the L4 checksum only.
+//! `forwarding = FORWARD_NAT`: the destination becomes the backend, and the backend's replies
+//! are translated back to the VIP through `NAT_REPLIES`, which this mode owns ([`steer`]). Then
+//! the address and port rewriting itself, with incremental checksum updates (IPv4 header,
+//! TCP/UDP over the pseudo-header). IPv6 has no header checksum; its addresses enter the L4
+//! checksum only.
 //!
 //! The updates assume a complete checksum, as every packet off a wire carries. A locally sent
 //! packet on a veth with TX checksum offload carries a partial one, which no XDP program can fix;
@@ -7,11 +10,75 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, PROTO_TCP,
+    Counter, FAMILY_V4, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, NAT_OPENED_BY_SYN,
+    NAT_SYNACK_SEEN, NatValue, PROTO_TCP, ServiceInfo,
     checksum::{replace_addr, replace_u16, replace_u32, udp_fixup},
 };
 
-use crate::parse::{Parsed, load, store};
+use crate::{
+    forward::{forward, pass},
+    fragment,
+    maps::{BACKEND_STATS, NAT_REPLIES, account, count},
+    packet::{TCP_ACK, TCP_SYN, load, store},
+    parse::Parsed,
+    passive::{client_syn, observe_reply},
+    select::Choice,
+};
+
+/// Sends a client's packet to the chosen backend by destination NAT, keeping the reply entry
+/// that translates the backend's answers back: written with a new flow, re-created when the
+/// flow's entry was evicted, watched for passive evidence on a SYN.
+#[inline(always)]
+pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -> u32 {
+    let b = &choice.backend;
+    let reply = p.key.reply_to(b.addr, b.port);
+    let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if choice.new_flow {
+        let nat = NatValue {
+            vip: p.key.dst,
+            vip_port: p.key.dst_port,
+            _pad: 0,
+            service: svc.id,
+            backend: choice.id,
+            state: if syn { NAT_OPENED_BY_SYN } else { 0 },
+        };
+        if NAT_REPLIES.insert(&reply, &nat, 0).is_err() {
+            count(Counter::ErrFlowInsert);
+        }
+    } else {
+        if syn {
+            client_syn(&p.key, b, svc.syn_timeout_ms);
+        }
+        // The two maps evict independently: a flow whose reply entry went must get it back, or
+        // its replies would leave with the backend's address.
+        if unsafe { NAT_REPLIES.get(&reply) }.is_none() {
+            let nat = NatValue {
+                vip: p.key.dst,
+                vip_port: p.key.dst_port,
+                _pad: 0,
+                service: svc.id,
+                backend: choice.id,
+                // Its history is lost: no passive report may come of it.
+                state: NAT_SYNACK_SEEN,
+            };
+            count(if NAT_REPLIES.insert(&reply, &nat, 0).is_ok() {
+                Counter::NatReplyRestored
+            } else {
+                Counter::ErrFlowInsert
+            });
+        }
+    }
+    if rewrite(ctx, p, Side::Destination, &b.addr, b.port).is_none() {
+        return pass(Counter::PassTruncated);
+    }
+    fragment::remember(p, FRAG_REWRITE_DST, &b.addr, choice.id);
+    let out = FlowKey {
+        dst: b.addr,
+        dst_port: b.port,
+        ..p.key
+    };
+    forward(ctx, p, &out)
+}
 
 /// Which end of the 5-tuple a rewrite replaces.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -20,6 +87,29 @@ pub enum Side {
     Source,
     /// The destination: a client's packet to a VIP sent on to a backend.
     Destination,
+}
+
+/// Translates a backend's reply (its `NAT_REPLIES` entry is `nat`) back to the VIP, watching it
+/// for passive evidence first.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, p: &Parsed, nat: *mut NatValue, bytes: u64) -> u32 {
+    if p.ttl <= 1 {
+        return pass(Counter::PassTtl);
+    }
+    observe_reply(p, nat);
+    let nat = unsafe { *nat };
+    account(&BACKEND_STATS, nat.backend, bytes, false);
+    if rewrite(ctx, p, Side::Source, &nat.vip, nat.vip_port).is_none() {
+        return pass(Counter::PassTruncated);
+    }
+    fragment::remember(p, FRAG_REWRITE_SRC, &nat.vip, nat.backend);
+    count(Counter::ReplyTranslated);
+    let out = FlowKey {
+        src: nat.vip,
+        src_port: nat.vip_port,
+        ..p.key
+    };
+    forward(ctx, p, &out)
 }
 
 /// Replaces one end's address and port (`port` in network byte order) and fixes the checksums.

@@ -3,9 +3,9 @@
 //! pass the packet untouched: two VLAN tags, a routing header with segments left (its
 //! destination is not final), UDP over IPv6 with the zero checksum RFC 8200 forbids.
 
-use core::mem::size_of;
-
 use aya_ebpf::programs::XdpContext;
+
+use crate::packet::{load, ptr_at};
 use lb_common::{
     Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
@@ -47,36 +47,6 @@ pub struct Parsed {
     /// TCP flags (byte 13 of the header); 0 for UDP and ICMP.
     pub tcp_flags: u8,
     pub key: FlowKey,
-}
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
-/// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it. Keep `T` at two
-/// bytes or more: for one byte LLVM rewrites the check as `ptr >= end`, which the verifier does
-/// not accept as a bound.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
-
-/// Reads a `T` at `offset`, unaligned: IP headers sit at 2-byte boundaries behind Ethernet.
-#[inline(always)]
-pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
-}
-
-/// Writes a `T` at `offset`, unaligned.
-#[inline(always)]
-pub fn store<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
 
 #[inline(always)]

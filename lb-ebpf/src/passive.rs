@@ -17,7 +17,8 @@ use lb_common::{
 
 use crate::{
     maps::{BACKEND_SYNACK, BACKENDS, EVENTS, NAT_REPLIES, count},
-    parse::{Parsed, TCP_ACK, TCP_RST, TCP_SYN},
+    packet::{TCP_ACK, TCP_RST, TCP_SYN},
+    parse::Parsed,
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;

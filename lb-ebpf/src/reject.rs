@@ -12,7 +12,8 @@ use lb_common::{Counter, FAMILY_V4, PROTO_TCP, checksum::fold};
 
 use crate::{
     maps::count,
-    parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, load, store},
+    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, load, store},
+    parse::Parsed,
 };
 
 /// Length of the RST's TCP header: no options.

@@ -1,21 +1,22 @@
 //! Backend selection: an established flow keeps its backend while that backend is alive and is
 //! still the same backend (generation); otherwise, and for a new flow, the flow hashes into the
 //! service's active Maglev slot. A dead backend's flows thus move on their very next packet, with
-//! no map walk: failover for established flows is one state flip in `BACKENDS`.
+//! no map walk: failover for established flows is one state flip in `BACKENDS`. Selection only
+//! selects and remembers the flow; what a forwarding mode needs besides (NAT's reply entries) is
+//! the mode's own (`steer`).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, Counter, FlowValue, MAX_RING_SIZE, MAX_SERVICES, NAT_OPENED_BY_SYN,
-    NAT_SYNACK_SEEN, NO_BACKEND, NatValue, PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS,
-    SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    BACKEND_ALIVE, BackendInfo, Counter, FlowValue, MAX_RING_SIZE, MAX_SERVICES, NO_BACKEND,
+    PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
     hash::{flow_hash, source_hash},
     ring_index,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, NAT_REPLIES, RINGS, count},
-    parse::{Parsed, TCP_ACK, TCP_SYN},
-    passive::client_syn,
+    maps::{BACKENDS, FLOWS, RINGS, count},
+    packet::TCP_SYN,
+    parse::Parsed,
 };
 
 /// The backend chosen for a packet.
@@ -40,36 +41,13 @@ fn usable(id: u32, generation: u32) -> Option<BackendInfo> {
     (b.state & BACKEND_ALIVE != 0 && b.generation == generation).then_some(*b)
 }
 
-/// Picks the backend for packet `p` to the service `svc`, and remembers new flows in both
-/// directions.
+/// Picks the backend for packet `p` to the service `svc`, and remembers a new flow in `FLOWS`.
 #[inline(always)]
 pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
     let key = &p.key;
     let mut moved = false;
     if let Some(flow) = unsafe { FLOWS.get(key) } {
         if let Some(backend) = usable(flow.backend, flow.generation) {
-            if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-                client_syn(key, &backend, svc.syn_timeout_ms);
-            }
-            // The two maps evict independently: a flow whose reply entry went must get it back,
-            // or its replies would leave with the backend's address.
-            let reply = key.reply_to(backend.addr, backend.port);
-            if unsafe { NAT_REPLIES.get(&reply) }.is_none() {
-                let nat = NatValue {
-                    vip: key.dst,
-                    vip_port: key.dst_port,
-                    _pad: 0,
-                    service: svc.id,
-                    backend: flow.backend,
-                    // Its history is lost: no passive report may come of it.
-                    state: NAT_SYNACK_SEEN,
-                };
-                count(if NAT_REPLIES.insert(&reply, &nat, 0).is_ok() {
-                    Counter::NatReplyRestored
-                } else {
-                    Counter::ErrFlowInsert
-                });
-            }
             return Ok(Choice {
                 id: flow.backend,
                 backend,
@@ -116,19 +94,9 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         generation: backend.generation,
         since_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let reply = key.reply_to(backend.addr, backend.port);
-    let opened_by_syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let nat = NatValue {
-        vip: key.dst,
-        vip_port: key.dst_port,
-        _pad: 0,
-        service: svc.id,
-        backend: id,
-        state: if opened_by_syn { NAT_OPENED_BY_SYN } else { 0 },
-    };
     // A failed insert does not stop this packet: the next one is hashed to the same backend
     // anyway while the ring is unchanged.
-    if FLOWS.insert(key, &pinned, 0).is_err() || NAT_REPLIES.insert(&reply, &nat, 0).is_err() {
+    if FLOWS.insert(key, &pinned, 0).is_err() {
         count(Counter::ErrFlowInsert);
     }
     Ok(Choice {

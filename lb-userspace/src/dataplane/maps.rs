@@ -391,7 +391,8 @@ impl Dataplane {
             active_slot: slot,
             flags: svc.flags,
             syn_timeout_ms: svc.syn_timeout_ms,
-            _pad: 0,
+            // The only L4 mode so far; the next ones get a `FORWARD_*` and a kernel `steer()` arm.
+            forwarding: lb_common::FORWARD_NAT,
         };
         self.services
             .insert(svc.key, info, 0)

@@ -1,0 +1,36 @@
+//! Bounds-checked access to packet bytes, in the shapes the verifier accepts, and the header
+//! constants the modules share.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it. Keep `T` at two
+/// bytes or more: for one byte LLVM rewrites the check as `ptr >= end`, which the verifier does
+/// not accept as a bound.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Reads a `T` at `offset`, unaligned: IP headers sit at 2-byte boundaries behind Ethernet.
+#[inline(always)]
+pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+/// Writes a `T` at `offset`, unaligned.
+#[inline(always)]
+pub fn store<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
+}

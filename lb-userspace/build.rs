@@ -16,10 +16,19 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    // The bench wrapper programs go into the object only for `cargo xtask bench xdp`, which
+    // sets this; the daemon, the tests and the package carry the production programs alone.
+    println!("cargo:rerun-if-env-changed=UNDERSTUDY_BENCH_PROGRAMS");
+    let features: &[&str] = if std::env::var_os("UNDERSTUDY_BENCH_PROGRAMS").is_some() {
+        &["bench"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),
             root_dir: root.as_str(),
+            features,
             ..Default::default()
         }],
         Toolchain::default(),

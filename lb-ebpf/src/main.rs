@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "bench")]
 mod bench;
 mod forward;
 mod fragment;

@@ -668,3 +668,19 @@ fn an_ipv6_packet_too_big_reaches_the_backend() {
     assert_bytes("packet too big", &got, &want);
     assert_eq!(bed.counter(Counter::IcmpToBackend), 1);
 }
+
+/// The object operators load carries the production program alone: the bench wrappers (and
+/// their prog array) are built in only for `cargo xtask bench xdp`.
+#[test]
+fn the_production_object_has_no_bench_programs() {
+    understudy_testbed::require_root("the XDP object test");
+    let mut dp = understudy::dataplane::Dataplane::load().unwrap();
+    assert!(dp.program(understudy::dataplane::XDP_PROGRAM).is_ok());
+    for name in ["bench_wrapper", "bench_pass"] {
+        assert!(
+            dp.program(name).is_err(),
+            "{name} is in the production object"
+        );
+    }
+    assert!(dp.ebpf_mut().map("BENCH_TARGET").is_none());
+}

@@ -7,7 +7,7 @@
 use anyhow::bail;
 use clap::Args;
 
-use crate::util::{cmd, is_root};
+use crate::util::is_root;
 
 #[derive(Args)]
 pub struct Options {
@@ -29,10 +29,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         if bench == "l7" {
             crate::setup::packages(&["haproxy", "wrk"])?;
         }
-        cmd(
-            "cargo",
-            &["bench", "--package", "lb-userspace", "--bench", bench],
-        )?;
+        // Only the per-packet bench needs the wrapper programs in the object.
+        let mut c = std::process::Command::new("cargo");
+        c.args(["bench", "--package", "lb-userspace", "--bench", bench]);
+        if bench == "xdp" {
+            c.env("UNDERSTUDY_BENCH_PROGRAMS", "1");
+        }
+        println!("+ cargo bench --package lb-userspace --bench {bench}");
+        let status = c.status()?;
+        if !status.success() {
+            bail!("cargo bench --bench {bench} failed ({status})");
+        }
     }
     Ok(())
 }

@@ -430,6 +430,27 @@ fn a_rotated_token_applies_on_reload() {
         admin(&topo.lb, Some("second-token"), "GET", "/status").0,
         200
     );
+    // Each refusal has its status: an unknown service is a 404, a change that needs a restart
+    // a 409, a config that does not validate a 422.
+    let token = Some("second-token");
+    let (code, body) = admin(
+        &topo.lb,
+        token,
+        "POST",
+        "/drain?service=nope&backend=10.0.11.2:8080",
+    );
+    assert_eq!((code, body.trim()), (404, "no service named nope"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[admin]\n", "[admin]\nallowed_hosts = [\"lb.example\"]\n"),
+    )
+    .unwrap();
+    let (code, body) = admin(&topo.lb, token, "POST", "/reload");
+    assert_eq!(code, 409, "{body}");
+    std::fs::write(&config, "[dataplane]\n").unwrap();
+    let (code, body) = admin(&topo.lb, token, "POST", "/reload");
+    assert_eq!(code, 422, "{body}");
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
     std::fs::remove_file(token_file).ok();

@@ -21,7 +21,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::{AdminState, Reloads, SharedToken, serve},
+    admin::{AdminState, ReloadError, Reloads, SharedToken, serve},
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach, resolve},
     failover::{Control, Writer},
@@ -146,7 +146,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (control, control_rx) = mpsc::channel(64);
-    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
+    let (reload_tx, mut reload_rx) =
+        mpsc::channel::<oneshot::Sender<Result<String, ReloadError>>>(4);
     let reloads = Arc::new(Reloads::default());
     let token: SharedToken = Arc::new(std::sync::RwLock::new(config.admin.token.clone()));
     if let Some(listen) = config.admin.listen {
@@ -292,12 +293,13 @@ async fn reload(
     listeners: &mut Listeners,
     reloads: &Reloads,
     token: &SharedToken,
-) -> Result<String, String> {
+) -> Result<String, ReloadError> {
     let mut reloading = vec![NotifyState::Reloading];
     reloading.extend(NotifyState::monotonic_usec_now().ok());
     notify(&reloading);
     let result = async {
-        let config = Config::load(&current.file).map_err(|e| e.to_string())?;
+        let config =
+            Config::load(&current.file).map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let names = |c: &Config| {
             c.interfaces
                 .iter()
@@ -308,24 +310,27 @@ async fn reload(
             || config.xdp_mode != current.xdp_mode
             || config.max_flows != current.max_flows
         {
-            return Err(format!(
+            return Err(ReloadError::NeedsRestart(format!(
                 "{}: [dataplane] changed: interfaces, xdp_mode and max_flows take effect on a \
                  restart only; revert them to reload, or restart understudy",
                 config.file.display()
-            ));
+            )));
         }
         // The token is re-read and swapped (a rotated token applies at once); where the
         // listener is and which names it answers to need a restart.
         if config.admin.listen != current.admin.listen
             || config.admin.allowed_hosts != current.admin.allowed_hosts
         {
-            return Err(format!(
+            return Err(ReloadError::NeedsRestart(format!(
                 "{}: [admin] listen or allowed_hosts changed: they take effect on a restart \
                  only; revert them to reload, or restart understudy",
                 config.file.display()
-            ));
+            )));
         }
-        let prepared = listeners.prepare(&config).await?;
+        let prepared = listeners
+            .prepare(&config)
+            .await
+            .map_err(ReloadError::Invalid)?;
         let (tx, rx) = oneshot::channel();
         control
             .send(Control::Reload {
@@ -333,13 +338,14 @@ async fn reload(
                 reply: tx,
             })
             .await
-            .map_err(|_| "the map writer is not running".to_string())?;
+            .map_err(|_| ReloadError::Failed("the map writer is not running".into()))?;
         let (plan, health) = rx
             .await
-            .map_err(|_| "the map writer stopped".to_string())??;
+            .map_err(|_| ReloadError::Failed("the map writer stopped".into()))?
+            .map_err(ReloadError::Failed)?;
         tasks
             .reconcile(&config, &plan, &health)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| ReloadError::Failed(format!("{e:#}")))?;
         listeners.commit(prepared);
         let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
         let summary = format!(

@@ -61,8 +61,19 @@ pub enum Control {
         service: String,
         backend: String,
         drain: bool,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), DrainError>>,
     },
+}
+
+/// Why a drain or enable was not applied. The admin API answers each with its own status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    #[error("no service named {0}")]
+    UnknownService(String),
+    #[error("service {service} has no backend {backend}")]
+    UnknownBackend { service: String, backend: String },
+    #[error("writing the data plane failed: {0}")]
+    MapWrite(String),
 }
 
 pub fn new_latency() -> Latency {
@@ -443,22 +454,26 @@ impl Writer {
     }
 
     /// Drains or enables one backend (an operator's decision, applied like a health change).
-    pub fn drain(&mut self, service: &str, backend: &str, drain: bool) -> Result<(), String> {
+    pub fn drain(&mut self, service: &str, backend: &str, drain: bool) -> Result<(), DrainError> {
         let si = self
             .plan
             .services
             .iter()
             .position(|s| s.name == service)
-            .ok_or_else(|| format!("no service named {service}"))?;
+            .ok_or_else(|| DrainError::UnknownService(service.to_string()))?;
         let mi = self.plan.services[si]
             .addresses
             .iter()
             .position(|a| a.to_string() == backend)
-            .ok_or_else(|| format!("service {service} has no backend {backend}"))?;
+            .ok_or_else(|| DrainError::UnknownBackend {
+                service: service.to_string(),
+                backend: backend.to_string(),
+            })?;
         if self.plan.services[si].members[mi].drain != drain {
             self.plan.services[si].members[mi].drain = drain;
             self.changes += 1;
-            self.refresh(si).map_err(|e| e.to_string())?;
+            self.refresh(si)
+                .map_err(|e| DrainError::MapWrite(format!("{e:#}")))?;
         }
         info!(service, backend, drain, "operator changed draining");
         Ok(())

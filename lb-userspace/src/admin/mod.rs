@@ -34,7 +34,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    failover::Control,
+    failover::{Control, DrainError},
     health::Board,
     l7::limits::{AcceptErrors, Activity, ConnectionCount, LastActivity},
     status::Snapshot,
@@ -47,6 +47,29 @@ pub struct Reloads {
     pub failed: AtomicU64,
 }
 
+/// Why a reload was refused. The admin API answers each with its own status: 422 for a config
+/// that does not validate, 409 for a change the running daemon cannot take without a restart,
+/// 500 when applying it failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NeedsRestart(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ReloadError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ReloadError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ReloadError::NeedsRestart(_) => StatusCode::CONFLICT,
+            ReloadError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 /// The admin token, shared with the daemon, which swaps it on reload.
 pub type SharedToken = Arc<std::sync::RwLock<Option<String>>>;
 
@@ -54,7 +77,7 @@ pub type SharedToken = Arc<std::sync::RwLock<Option<String>>>;
 pub struct AdminState {
     pub control: mpsc::Sender<Control>,
     /// Asks the daemon to reload its config file; the answer says what happened.
-    pub reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+    pub reload: mpsc::Sender<oneshot::Sender<Result<String, ReloadError>>>,
     pub reloads: Arc<Reloads>,
     /// Every backend's last probe.
     pub board: Board,
@@ -291,7 +314,14 @@ async fn handle(
                         .await;
                     match (sent, rx.await) {
                         (Ok(()), Ok(Ok(()))) => text(StatusCode::OK, "ok"),
-                        (Ok(()), Ok(Err(why))) => text(StatusCode::NOT_FOUND, why),
+                        (Ok(()), Ok(Err(why))) => {
+                            let status = match why {
+                                DrainError::UnknownService(_)
+                                | DrainError::UnknownBackend { .. } => StatusCode::NOT_FOUND,
+                                DrainError::MapWrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                            };
+                            text(status, why.to_string())
+                        }
                         _ => unavailable(),
                     }
                 }
@@ -305,7 +335,7 @@ async fn handle(
             let (tx, rx) = oneshot::channel();
             match (state.reload.send(tx).await, rx.await) {
                 (Ok(()), Ok(Ok(summary))) => text(StatusCode::OK, summary),
-                (Ok(()), Ok(Err(why))) => text(StatusCode::UNPROCESSABLE_ENTITY, why),
+                (Ok(()), Ok(Err(why))) => text(why.status(), why.to_string()),
                 _ => unavailable(),
             }
         }

@@ -7,7 +7,6 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -82,22 +81,25 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         binary.display(),
         config.display()
     );
-    // nsenter --net, not ip netns exec: the daemon must see the host's /sys/fs/bpf to pin.
+    // nsenter --net, not ip netns exec: the daemon must see the host's /sys/fs/bpf to pin. It
+    // says it is ready as it would to systemd: READY=1 on a socket the demo owns.
+    let notify = understudy_testbed::NotifySocket::new();
     let mut daemon = unblocked(
         topo.lb
             .command_net_only(binary.to_str().context("binary path")?),
     )
     .args(["run", "--config"])
     .arg(&config)
+    .env("NOTIFY_SOCKET", &notify.path)
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
     .context("starting understudy")?;
-    let ready = relay_output(&mut daemon);
+    relay_output(&mut daemon);
     guards.push(Guard(daemon));
-    ready
-        .recv_timeout(Duration::from_secs(30))
-        .context("understudy did not report it was running within 30 s (its log is above)")?;
+    if !notify.wait_ready(Duration::from_secs(30)) {
+        bail!("understudy did not report it was ready within 30 s (its log is above)");
+    }
     wait_for_http(&topo)?;
 
     for (label, url) in [
@@ -278,25 +280,20 @@ fn wait_for_http(topo: &Topology) -> anyhow::Result<()> {
     bail!("the VIP did not answer HTTP within 10 s")
 }
 
-/// Prints the daemon's output with a prefix; the receiver fires once it says it is running.
-fn relay_output(child: &mut Child) -> mpsc::Receiver<()> {
-    let (tx, rx) = mpsc::channel();
+/// Prints the daemon's output with a prefix.
+fn relay_output(child: &mut Child) {
     let out = child.stdout.take().expect("piped stdout");
     let err = child.stderr.take().expect("piped stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            println!("  understudy | {line}");
-            if line.contains("understudy is running") {
-                let _ = tx.send(());
+    for stream in [
+        Box::new(out) as Box<dyn std::io::Read + Send>,
+        Box::new(err),
+    ] {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                println!("  understudy | {line}");
             }
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            println!("  understudy | {line}");
-        }
-    });
-    rx
+        });
+    }
 }
 
 /// The backends' web roots, removed on drop.

@@ -1,18 +1,92 @@
-//! The real `understudy` binary running in a namespace, stopped on drop.
+//! The real `understudy` binary running in a namespace, stopped on drop. Readiness is the
+//! daemon's own sd_notify `READY=1`, sent to a socket the harness owns (`NOTIFY_SOCKET`), as
+//! systemd would see it: no test matches a log line.
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
 use crate::Netns;
 
+/// An sd_notify socket: every datagram the daemon sends, in order. Removed on drop.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    messages: Arc<Mutex<mpsc::Receiver<String>>>,
+}
+
+impl NotifySocket {
+    pub fn new() -> NotifySocket {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "understudy-notify-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        NotifySocket {
+            path,
+            messages: Arc::new(Mutex::new(rx)),
+        }
+    }
+
+    /// The next message, waiting up to `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<String> {
+        self.messages.lock().unwrap().recv_timeout(timeout).ok()
+    }
+
+    /// Waits (up to `timeout`) for a message with `READY=1`.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.next(left) {
+                Some(m) if m.lines().any(|l| l == "READY=1") => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+        false
+    }
+}
+
+impl Default for NotifySocket {
+    fn default() -> Self {
+        NotifySocket::new()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Where the daemon's sd_notify messages arrive; the first `READY=1` was taken by start.
+    notify: Option<NotifySocket>,
     /// The instance's pinned state (named after the namespace, see `Topology::dataplane_toml`),
     /// removed when a failed test drops the daemon after killing it.
     pins: std::path::PathBuf,
@@ -53,10 +127,12 @@ impl Daemon {
                 c
             }
         };
+        let notify = NotifySocket::new();
         let mut child = command
             .args(["run", "--config"])
             .arg(config)
             .env("NO_COLOR", "1")
+            .env("NOTIFY_SOCKET", &notify.path)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -64,17 +140,13 @@ impl Daemon {
             .spawn()
             .expect("start understudy");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
-            let (log, tx) = (log.clone(), tx.clone());
+            let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("understudy is running") {
-                        let _ = tx.send(());
-                    }
                     log.lock().unwrap().push(line);
                 }
             });
@@ -82,9 +154,10 @@ impl Daemon {
         let mut d = Daemon {
             child: Some(child),
             log,
+            notify: Some(notify),
             pins: Path::new("/sys/fs/bpf/understudy").join(ns.name()),
         };
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if !d.notify().wait_ready(Duration::from_secs(30)) {
             let status = d.child.as_mut().unwrap().try_wait().ok().flatten();
             panic!(
                 "understudy did not start (exit: {status:?}); its output:\n{}",
@@ -105,7 +178,22 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and returns whether it exited successfully within 10 s.
-    pub fn stop(mut self) -> bool {
+    pub fn stop(self) -> bool {
+        self.stop_keeping_notify().0
+    }
+
+    /// As [`Daemon::stop`], handing back the notify socket for what came after.
+    pub fn stop_keeping_notify(mut self) -> (bool, NotifySocket) {
+        let ok = self.terminate();
+        (ok, self.notify.take().expect("the notify socket"))
+    }
+
+    /// The daemon's sd_notify messages after its first `READY=1`.
+    pub fn notify(&self) -> &NotifySocket {
+        self.notify.as_ref().expect("the notify socket")
+    }
+
+    fn terminate(&mut self) -> bool {
         let mut child = self.child.take().unwrap();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         for _ in 0..500 {

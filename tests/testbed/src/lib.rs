@@ -13,7 +13,7 @@ mod sniff;
 mod topology;
 pub mod traffic;
 
-pub use daemon::Daemon;
+pub use daemon::{Daemon, NotifySocket};
 pub use echo::{EchoServer, echo_roundtrip};
 pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
 pub use netns::{Netns, run, run_ok};

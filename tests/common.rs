@@ -34,6 +34,37 @@ pub fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Debian's headless Chromium in `ns` (from its own fresh profile), dumping the DOM of `url`
+/// after `extra` flags; returns the DOM. Panics with Chromium's stderr when it fails.
+pub fn chromium_dom(ns: &Netns, url: &str, extra: &[&str]) -> String {
+    let profile =
+        std::env::temp_dir().join(format!("{}-chromium-{}", ns.name(), std::process::id()));
+    let out = ns
+        .command("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .args(extra)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", url])
+        .output()
+        .expect("run chromium (installed by cargo xtask setup)");
+    std::fs::remove_dir_all(&profile).ok();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One admin request to the default listener, from inside `lb` (its loopback).
 pub fn admin(lb: &Netns, token: Option<&str>, method: &str, path: &str) -> (u16, String) {
     lb.enter(|| {
@@ -75,6 +106,19 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
+    /// One on port 8080 of every backend of `topo`, answering "beI LEN".
+    pub fn on_every_backend(topo: &Topology) -> Vec<HttpBackend> {
+        (1..=topo.backends.len())
+            .map(|i| {
+                HttpBackend::start(
+                    &topo.backends[i - 1],
+                    SocketAddr::new(topo.backend_addr(i, false), 8080),
+                    format!("be{i}"),
+                )
+            })
+            .collect()
+    }
+
     pub fn start(ns: &Netns, addr: SocketAddr, name: String) -> HttpBackend {
         let b = HttpBackend {
             hits: Arc::default(),

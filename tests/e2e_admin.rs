@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::atomic::Ordering, time::Duration,
 };
 
-use common::{BIN, admin, cli, named_echo_servers};
+use common::{BIN, admin, chromium_dom, cli, named_echo_servers};
 use understudy::status::Snapshot;
 use understudy_testbed::{
     Daemon, EchoServer, Topology, echo_roundtrip, require_root,
@@ -262,31 +262,7 @@ fn the_status_page_renders_in_headless_chromium() {
     let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
     std::thread::sleep(Duration::from_millis(1000));
 
-    let profile = std::env::temp_dir().join(format!("{}-chromium", topo.lb.name()));
-    let out = topo
-        .lb
-        .command("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--dump-dom", &format!("http://{ADMIN}/")])
-        .output()
-        .expect("run chromium (installed by cargo xtask setup)");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    std::fs::remove_dir_all(&profile).ok();
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dom = chromium_dom(&topo.lb, &format!("http://{ADMIN}/"), &[]);
     assert!(dom.contains("<title>Understudy status</title>"), "{dom}");
     let row = |backend: &str| -> String {
         let at = dom
@@ -351,31 +327,10 @@ fn a_web_page_cannot_drain_a_backend() {
             );
         }
     });
-    let profile = std::env::temp_dir().join(format!("{}-csrf-chromium", topo.lb.name()));
-    let out = topo
-        .lb
-        .command("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--dump-dom", &format!("http://{origin}/")])
-        .output()
-        .expect("run chromium (installed by cargo xtask setup)");
-    std::fs::remove_dir_all(&profile).ok();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let dom = chromium_dom(
+        &topo.lb,
+        &format!("http://{origin}/"),
+        &["--virtual-time-budget=5000"],
     );
     assert!(
         dom.contains("refused"),

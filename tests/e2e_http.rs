@@ -79,15 +79,7 @@ fn setup() -> Setup {
 /// As [`setup`], with the daemon started through `wrapper`.
 fn setup_wrapped(wrapper: &[String]) -> Setup {
     let topo = Topology::build(2);
-    let backends = (1..=2)
-        .map(|i| {
-            HttpBackend::start(
-                &topo.backends[i - 1],
-                SocketAddr::new(topo.backend_addr(i, false), 8080),
-                format!("be{i}"),
-            )
-        })
-        .collect();
+    let backends = HttpBackend::on_every_backend(&topo);
     // The proxy listens on the VIP: it must be an address of the balancer.
     topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
     let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
@@ -422,15 +414,7 @@ fn the_units_capabilities_serve_http_on_port_80() {
 fn a_flood_of_idle_connections_leaves_probes_and_admin_working() {
     require_root("the connection-flood test");
     let topo = Topology::build(2);
-    let _backends: Vec<HttpBackend> = (1..=2)
-        .map(|i| {
-            HttpBackend::start(
-                &topo.backends[i - 1],
-                SocketAddr::new(topo.backend_addr(i, false), 8080),
-                format!("be{i}"),
-            )
-        })
-        .collect();
+    let _backends: Vec<HttpBackend> = HttpBackend::on_every_backend(&topo);
     topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
     let check =
         "health = { kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", fall = 1 }\n";

@@ -7,7 +7,7 @@
 #[path = "common.rs"]
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use common::{BIN, HttpBackend, admin};
 use understudy::status::Snapshot;
@@ -50,15 +50,7 @@ fn parse_wrk(out: &str) -> WrkSummary {
 fn close_mode_load_ejects_no_healthy_backend_and_loses_no_request() {
     require_root("the close-mode load test");
     let topo = Topology::build(2);
-    let _backends: Vec<HttpBackend> = (1..=2)
-        .map(|i| {
-            HttpBackend::start(
-                &topo.backends[i - 1],
-                SocketAddr::new(topo.backend_addr(i, false), 8080),
-                format!("be{i}"),
-            )
-        })
-        .collect();
+    let _backends: Vec<HttpBackend> = HttpBackend::on_every_backend(&topo);
     for (key, value) in [
         ("net.ipv4.tcp_tw_reuse", "1"),
         ("net.ipv4.ip_local_port_range", "1024 65000"),

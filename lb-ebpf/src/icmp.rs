@@ -25,18 +25,13 @@ use lb_common::{
 use crate::{
     forward::{forward, pass},
     maps::{BACKENDS, FLOWS, NAT_REPLIES, count},
-    packet::{load, store},
+    packet::{
+        ICMP_DEST_UNREACH, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
+        ICMPV6_PACKET_TOO_BIG, ICMPV6_PARAMETER_PROBLEM, ICMPV6_TIME_EXCEEDED, load, store,
+    },
     parse::Parsed,
     passive,
 };
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETER_PROBLEM: u8 = 12;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_TIME_EXCEEDED: u8 = 3;
-const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
 
 /// Where the quoted packet's headers are, and its 5-tuple.
 struct Quote {

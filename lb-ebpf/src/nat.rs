@@ -33,16 +33,17 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
     let b = &choice.backend;
     let reply = p.key.reply_to(b.addr, b.port);
     let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let nat = |state| NatValue {
+        vip: p.key.dst,
+        vip_port: p.key.dst_port,
+        _pad: 0,
+        service: svc.id,
+        backend: choice.id,
+        state,
+    };
     if choice.new_flow {
-        let nat = NatValue {
-            vip: p.key.dst,
-            vip_port: p.key.dst_port,
-            _pad: 0,
-            service: svc.id,
-            backend: choice.id,
-            state: if syn { NAT_OPENED_BY_SYN } else { 0 },
-        };
-        if NAT_REPLIES.insert(&reply, &nat, 0).is_err() {
+        let state = if syn { NAT_OPENED_BY_SYN } else { 0 };
+        if NAT_REPLIES.insert(&reply, &nat(state), 0).is_err() {
             count(Counter::ErrFlowInsert);
         }
     } else {
@@ -50,22 +51,16 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
             client_syn(&p.key, b, svc.syn_timeout_ms);
         }
         // The two maps evict independently: a flow whose reply entry went must get it back, or
-        // its replies would leave with the backend's address.
+        // its replies would leave with the backend's address. Its history is lost: no passive
+        // report may come of it.
         if unsafe { NAT_REPLIES.get(&reply) }.is_none() {
-            let nat = NatValue {
-                vip: p.key.dst,
-                vip_port: p.key.dst_port,
-                _pad: 0,
-                service: svc.id,
-                backend: choice.id,
-                // Its history is lost: no passive report may come of it.
-                state: NAT_SYNACK_SEEN,
-            };
-            count(if NAT_REPLIES.insert(&reply, &nat, 0).is_ok() {
-                Counter::NatReplyRestored
-            } else {
-                Counter::ErrFlowInsert
-            });
+            count(
+                if NAT_REPLIES.insert(&reply, &nat(NAT_SYNACK_SEEN), 0).is_ok() {
+                    Counter::NatReplyRestored
+                } else {
+                    Counter::ErrFlowInsert
+                },
+            );
         }
     }
     if rewrite(ctx, p, Side::Destination, &b.addr, b.port).is_none() {
@@ -131,19 +126,7 @@ pub fn rewrite(ctx: &XdpContext, p: &Parsed, side: Side, addr: &[u32; 4], port: 
     }
     store(ctx, check_at, check)?;
     store(ctx, p.l4 + if side == Side::Source { 0 } else { 2 }, port)?;
-
-    if v4 {
-        store(
-            ctx,
-            p.l3 + if side == Side::Source { 12 } else { 16 },
-            addr[0],
-        )?;
-        let ip_check: u16 = load(ctx, p.l3 + 10)?;
-        store(ctx, p.l3 + 10, replace_u32(ip_check, old_addr[0], addr[0]))?;
-    } else {
-        store(ctx, p.l3 + if side == Side::Source { 8 } else { 24 }, *addr)?;
-    }
-    Some(())
+    rewrite_address(ctx, p, side, addr)
 }
 
 /// Replaces one end's address only, for a later fragment (it has no transport header): the IPv4

@@ -34,3 +34,12 @@ pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 pub fn store<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
+
+/// ICMP and ICMPv6 error types the program reads.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;

@@ -17,12 +17,9 @@ use lb_common::{
 
 use crate::{
     maps::{BACKEND_SYNACK, BACKENDS, EVENTS, NAT_REPLIES, count},
-    packet::{TCP_ACK, TCP_RST, TCP_SYN},
+    packet::{ICMP_DEST_UNREACH, ICMPV6_DEST_UNREACH, TCP_ACK, TCP_RST, TCP_SYN},
     parse::Parsed,
 };
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMPV6_DEST_UNREACH: u8 = 1;
 
 /// ICMPv4 destination-unreachable codes that say nothing listens: host (1), protocol (2), port
 /// (3), and the administratively prohibited ones (9, 10, 13). Not frag-needed (4).

@@ -18,45 +18,6 @@ use std::{
 use lb_common::checksum::{replace_addr, replace_u16, replace_u32, udp_fixup};
 use support::*;
 
-const CONFIG: &str = r#"
-[dataplane]
-interfaces = ["xc", "xb"]
-
-[[service]]
-name = "web"
-vip = "10.0.0.10:80"
-table_size = 307
-[[service.backend]]
-address = "10.0.11.2:8080"
-[[service.backend]]
-address = "10.0.11.3:8080"
-[[service.backend]]
-address = "10.0.11.4:8080"
-
-[[service]]
-name = "dns"
-vip = "10.0.0.10:53"
-protocol = "udp"
-[[service.backend]]
-address = "10.0.11.3:5353"
-
-[[service]]
-name = "web6"
-vip = "[fd00::10]:80"
-table_size = 211
-[[service.backend]]
-address = "[fd00:11::2]:8080"
-[[service.backend]]
-address = "[fd00:11::3]:8080"
-
-[[service]]
-name = "dns6"
-vip = "[fd00::10]:53"
-protocol = "udp"
-[[service.backend]]
-address = "[fd00:11::2]:5353"
-"#;
-
 type Tuple = (IpAddr, u16, IpAddr, u16, u8);
 /// A VIP (address, port, protocol) and its backends.
 type ServiceEntry = ((IpAddr, u16, u8), Vec<(IpAddr, u16)>);

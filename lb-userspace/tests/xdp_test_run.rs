@@ -11,45 +11,6 @@ use lb_common::Counter;
 use support::*;
 use understudy::{config::Config, plan::plan};
 
-const CONFIG: &str = r#"
-[dataplane]
-interfaces = ["xc", "xb"]
-
-[[service]]
-name = "web"
-vip = "10.0.0.10:80"
-table_size = 307
-[[service.backend]]
-address = "10.0.11.2:8080"
-[[service.backend]]
-address = "10.0.11.3:8080"
-[[service.backend]]
-address = "10.0.11.4:8080"
-
-[[service]]
-name = "dns"
-vip = "10.0.0.10:53"
-protocol = "udp"
-[[service.backend]]
-address = "10.0.11.2:5353"
-
-[[service]]
-name = "web6"
-vip = "[fd00::10]:80"
-table_size = 211
-[[service.backend]]
-address = "[fd00:11::2]:8080"
-[[service.backend]]
-address = "[fd00:11::3]:8080"
-
-[[service]]
-name = "dns6"
-vip = "[fd00::10]:53"
-protocol = "udp"
-[[service.backend]]
-address = "[fd00:11::2]:5353"
-"#;
-
 fn bed() -> Bed {
     support::bed(CONFIG)
 }

@@ -170,24 +170,51 @@ fn failover_to_the_backup_and_back_under_load() {
     std::fs::remove_dir_all(root).ok();
 }
 
-#[test]
-fn a_backend_refusing_connections_is_ejected_before_its_next_probe() {
-    require_root("the passive-detection end-to-end test");
+/// Two backends whose health endpoints answer (probed every 5 s, so the next probe after
+/// start-up is far beyond what a test waits), with the traffic port of those in `refusing` closed
+/// (SYNs get RSTs), and the daemon with passive detection at 3 events, started once both pass
+/// their first probe.
+struct PassiveSetup {
+    topo: Topology,
+    root: PathBuf,
+    backends: Vec<Backend>,
+    config: PathBuf,
+    daemon: Daemon,
+}
+
+fn passive_setup(refusing: &[usize]) -> PassiveSetup {
     let topo = Topology::build(2);
     let root = web_root(&topo);
-    // be1's health endpoint answers, but nothing listens on its traffic port: SYNs get RSTs.
-    let mut be1 = Backend::new(1);
-    be1.start(&topo, &root, false);
-    let mut be2 = Backend::new(2);
-    be2.start(&topo, &root, true);
-    // Probes every 5 s: the next one after start-up is far beyond what the test waits. Both
-    // health endpoints listen before the daemon starts, so both pass their first probe.
+    let mut backends: Vec<Backend> = (1..=2).map(Backend::new).collect();
+    for (i, b) in backends.iter_mut().enumerate() {
+        b.start(&topo, &root, !refusing.contains(&(i + 1)));
+    }
     for i in 1..=2 {
         wait_listening(&topo.lb, SocketAddr::new(topo.backend_addr(i, false), 8081));
     }
     let config = write_config(&topo, "5s", "events_to_eject = 3");
     let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
     std::thread::sleep(Duration::from_millis(300));
+    PassiveSetup {
+        topo,
+        root,
+        backends,
+        config,
+        daemon,
+    }
+}
+
+#[test]
+fn a_backend_refusing_connections_is_ejected_before_its_next_probe() {
+    require_root("the passive-detection end-to-end test");
+    // be1's traffic port refuses: SYNs get RSTs.
+    let PassiveSetup {
+        topo,
+        root,
+        backends,
+        config,
+        daemon,
+    } = passive_setup(&[1]);
     let started = Instant::now();
     let results: Vec<(Instant, Result<String, String>)> = topo.client.enter(|| {
         let mut v = Vec::new();
@@ -229,7 +256,7 @@ fn a_backend_refusing_connections_is_ejected_before_its_next_probe() {
         results.len()
     );
     assert!(daemon.stop());
-    drop((be1, be2));
+    drop(backends);
     std::fs::remove_file(config).ok();
     std::fs::remove_dir_all(root).ok();
 }
@@ -241,18 +268,13 @@ fn a_backend_refusing_connections_is_ejected_before_its_next_probe() {
 #[test]
 fn passive_evidence_never_ejects_every_backend() {
     require_root("the passive ejection cap test");
-    let topo = Topology::build(2);
-    let root = web_root(&topo);
-    let mut backends: Vec<Backend> = (1..=2).map(Backend::new).collect();
-    for b in &mut backends {
-        b.start(&topo, &root, false);
-    }
-    for i in 1..=2 {
-        wait_listening(&topo.lb, SocketAddr::new(topo.backend_addr(i, false), 8081));
-    }
-    let config = write_config(&topo, "5s", "events_to_eject = 3");
-    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
-    std::thread::sleep(Duration::from_millis(300));
+    let PassiveSetup {
+        topo,
+        root,
+        backends,
+        config,
+        daemon,
+    } = passive_setup(&[1, 2]);
     let started = Instant::now();
     topo.client.enter(|| {
         while started.elapsed() < Duration::from_secs(2) {

@@ -128,14 +128,8 @@ fn an_ipv6_vip_both_ways() {
     assert_bytes("v6 syn", &out, &syn.forwarded_to(backend, port).bytes());
 
     let reply = Pkt {
-        eth_src: backend_mac(backend),
-        eth_dst: XB_MAC,
-        src: backend,
-        dst: CLIENT6.parse().unwrap(),
-        sport: 8080,
-        dport: 40004,
         l4: L4::Tcp { syn: false },
-        ..syn.clone()
+        ..syn.reply_from(backend)
     };
     let (action, out) = bed.run(&reply.bytes(), bed.xb);
     assert_eq!(action, XDP_REDIRECT);
@@ -394,14 +388,8 @@ fn an_expiring_ttl_is_left_to_the_stack() {
     let (_, out) = bed.run(&live.bytes(), bed.xc);
     let (backend, _) = destination(&out);
     let reply = Pkt {
-        eth_src: backend_mac(backend),
-        eth_dst: XB_MAC,
-        src: backend,
-        dst: CLIENT4.parse().unwrap(),
-        sport: 8080,
-        dport: 40012,
         ttl: 1,
-        ..live.clone()
+        ..live.reply_from(backend)
     };
     let (action, out) = bed.run(&reply.bytes(), bed.xb);
     assert_eq!(action, XDP_PASS);
@@ -501,15 +489,7 @@ fn a_flow_whose_reply_entry_was_evicted_gets_it_back() {
     let ack = Pkt::to_vip(CLIENT4, VIP4, 40040, 80, L4::Tcp { syn: false });
     bed.run(&ack.bytes(), bed.xc);
     assert_eq!(bed.counter(Counter::NatReplyRestored), 1);
-    let reply = Pkt {
-        eth_src: backend_mac(backend),
-        eth_dst: XB_MAC,
-        src: backend,
-        dst: CLIENT4.parse().unwrap(),
-        sport: 8080,
-        dport: 40040,
-        ..syn.clone()
-    };
+    let reply = syn.reply_from(backend);
     let (action, out) = bed.run(&reply.bytes(), bed.xb);
     assert_eq!(action, XDP_REDIRECT);
     let want = Pkt {
@@ -593,14 +573,8 @@ fn an_ipv6_packet_too_big_reaches_the_backend() {
         unreachable!()
     };
     let reply = Pkt {
-        eth_src: backend_mac(backend),
-        eth_dst: XB_MAC,
-        src: backend,
-        dst: CLIENT6.parse().unwrap(),
-        sport: 8080,
-        dport: 40050,
         l4: L4::Tcp { syn: false },
-        ..syn.clone()
+        ..syn.reply_from(backend)
     };
     let (_, translated) = bed.run(&reply.bytes(), bed.xb);
     let router: std::net::Ipv6Addr = "fd00:1::1".parse().unwrap();

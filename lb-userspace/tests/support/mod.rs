@@ -234,6 +234,20 @@ impl Pkt {
         }
     }
 
+    /// The backend's answer to this client packet as it arrives on `xb`: from `backend`, port
+    /// 8080, to the client's address and port.
+    pub fn reply_from(&self, backend: IpAddr) -> Pkt {
+        Pkt {
+            eth_src: backend_mac(backend),
+            eth_dst: XB_MAC,
+            src: backend,
+            dst: self.src,
+            sport: 8080,
+            dport: self.sport,
+            ..self.clone()
+        }
+    }
+
     /// What the program should send to the backend itself: DNAT, TTL - 1, next-hop MACs.
     pub fn forwarded_to(&self, backend: IpAddr, port: u16) -> Pkt {
         Pkt {

@@ -20,7 +20,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use understudy::{
-    config::Config, dataplane::Dataplane, failover::Writer, health::Update, plan::plan,
+    config::Config, dataplane::Dataplane, health::Update, plan::plan, writer::Writer,
 };
 use understudy_testbed::{
     Daemon, Topology, require_root,

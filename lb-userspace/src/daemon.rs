@@ -24,7 +24,6 @@ use crate::{
     admin::{AdminState, ReloadError, Reloads, SharedToken, serve},
     config::{Config, kind_name, protocol_name},
     dataplane::{Dataplane, attach, resolve},
-    failover::{Control, Writer},
     health::{
         Epochs, new_board,
         passive::{Router, forward_events, route_ejections},
@@ -33,6 +32,7 @@ use crate::{
     l7::{listeners::Listeners, metrics::L7Metrics},
     plan::{Plan, plan},
     privileges,
+    writer::{Control, Writer},
 };
 
 /// How often the writer logs the data plane's counters (debug) and failover latency (info).

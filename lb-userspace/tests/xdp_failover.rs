@@ -102,7 +102,7 @@ tier = 2
     let config = understudy::config::Config::parse("t.toml".as_ref(), text).unwrap();
     let p = understudy::plan::plan(&config);
     let dp = understudy::dataplane::Dataplane::load().unwrap();
-    let mut writer = understudy::failover::Writer::new(dp, p.clone());
+    let mut writer = understudy::writer::Writer::new(dp, p.clone());
     writer.install().unwrap();
     let svc = &p.services[0];
     let mut healthy = vec![true; 6];
@@ -486,7 +486,7 @@ address = "10.0.11.2:8080"
     let p = understudy::plan::plan(&config);
     let dp = understudy::dataplane::Dataplane::load().unwrap();
     let epochs = std::sync::Arc::new(understudy::health::Epochs::default());
-    let mut writer = understudy::failover::Writer::new(dp, p.clone()).with_epochs(epochs.clone());
+    let mut writer = understudy::writer::Writer::new(dp, p.clone()).with_epochs(epochs.clone());
     writer.install().unwrap();
     let old_task = epochs.start(0);
     let new_task = epochs.start(0);
@@ -499,7 +499,7 @@ address = "10.0.11.2:8080"
         reason: "check passed".into(),
         decided: Instant::now(),
     };
-    let healthy = |w: &understudy::failover::Writer| w.snapshot().services[0].backends[0].healthy;
+    let healthy = |w: &understudy::writer::Writer| w.snapshot().services[0].backends[0].healthy;
     assert!(!healthy(&writer), "waits for its first check");
     writer.apply(&[up(generation, old_task)]).unwrap();
     assert!(!healthy(&writer), "a replaced task's verdict is dropped");

@@ -34,10 +34,10 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    failover::{Control, DrainError},
     health::Board,
     l7::limits::{AcceptErrors, Activity, ConnectionCount, LastActivity},
     status::Snapshot,
+    writer::{Control, DrainError},
 };
 
 /// Reloads counted for `/metrics`.

@@ -1,7 +1,7 @@
 //! The health engine: one task per backend ([`task`]) runs active probes ([`probe`]) through a
 //! rise/fall machine ([`state`]) and takes passive-detection events from the kernel and the L7
 //! proxy ([`passive`]). [`supervisor`] keeps one task per backend id as the plan changes. Every
-//! state change goes on one channel to the single map writer (`failover::Writer`).
+//! state change goes on one channel to the single map writer (`writer::Writer`).
 
 pub mod passive;
 pub mod probe;

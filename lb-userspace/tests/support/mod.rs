@@ -12,8 +12,8 @@ use lb_common::Counter;
 use understudy::{
     config::Config,
     dataplane::{Dataplane, XDP_PROGRAM},
-    failover::Writer,
     plan::plan,
+    writer::Writer,
 };
 pub use understudy_testbed::{CLIENT_MAC, XB_MAC, XC_MAC, backend_mac};
 use understudy_testbed::{FibNamespace, Netns, require_root};

@@ -1,0 +1,98 @@
+//! The writer's status picture: every service, backend and counter, consistent at one moment.
+
+use super::*;
+
+impl Writer {
+    /// One consistent picture of every service, backend and counter.
+    pub fn snapshot(&self) -> Snapshot {
+        let traffic = |t: Result<lb_common::Traffic, DataplaneError>| {
+            let t = t.unwrap_or_default();
+            status::Traffic {
+                packets: t.packets,
+                bytes: t.bytes,
+                new_flows: t.new_flows,
+            }
+        };
+        let services = self
+            .plan
+            .services
+            .iter()
+            .enumerate()
+            .map(|(si, svc)| {
+                let active = match &self.views[si].active {
+                    Active::Members(set) => set.clone(),
+                    _ => vec![false; svc.members.len()],
+                };
+                let state = match (&self.views[si].active, svc.on_all_down) {
+                    (Active::Drop, _) => "drop",
+                    (Active::Reject, _) => "reject",
+                    (_, crate::config::OnAllDown::FailOpen)
+                        if !self.healthy[si].iter().any(|&h| h) =>
+                    {
+                        "fail_open"
+                    }
+                    _ => "serving",
+                };
+                let backends = (0..svc.members.len())
+                    .map(|mi| BackendStatus {
+                        id: svc.backend_ids[mi],
+                        address: svc.addresses[mi].to_string(),
+                        tier: svc.members[mi].tier,
+                        weight: svc.members[mi].weight,
+                        healthy: self.healthy[si][mi],
+                        draining: svc.members[mi].drain,
+                        active: active[mi],
+                        alive: self.alive[si][mi],
+                        last_change: self.last[si][mi].as_ref().map(|(r, _)| r.clone()),
+                        last_change_at: self.last[si][mi].as_ref().map(|(_, t)| *t),
+                        // Filled by the admin API from the health board.
+                        last_check_ok: None,
+                        last_check: None,
+                        last_check_at: None,
+                        traffic: traffic(self.dp.backend_traffic(svc.backend_ids[mi])),
+                    })
+                    .collect();
+                ServiceStatus {
+                    name: svc.name.clone(),
+                    vip: svc.vip.to_string(),
+                    // HTTP services are served by the proxy: say so, not just "tcp".
+                    protocol: if svc.l7 { "http" } else { svc.protocol }.to_string(),
+                    state: state.to_string(),
+                    tier_in_use: (0..svc.members.len())
+                        .filter(|&mi| active[mi])
+                        .map(|mi| svc.members[mi].tier)
+                        .max(),
+                    traffic: traffic(self.dp.service_traffic(svc.id)),
+                    backends,
+                }
+            })
+            .collect();
+        let datapath: BTreeMap<String, u64> = self
+            .dp
+            .counters()
+            .map(|c| {
+                c.0.iter()
+                    .map(|(k, v)| (k.name().to_string(), *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let decision_to_visible = self
+            .latency
+            .lock()
+            .map(|h| status::Latency {
+                count: h.len(),
+                p50_us: h.value_at_quantile(0.5) / 1000,
+                p99_us: h.value_at_quantile(0.99) / 1000,
+                max_us: h.max() / 1000,
+            })
+            .unwrap_or_default();
+        Snapshot {
+            services,
+            datapath,
+            changes: self.changes,
+            stale_updates: self.stale,
+            flows_capacity: self.dp.flows_capacity().unwrap_or(0),
+            decision_to_visible,
+        }
+    }
+}

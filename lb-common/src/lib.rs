@@ -251,35 +251,75 @@ pub struct BackendEvent {
     pub time_ns: u64,
 }
 
-/// Kinds of [`BackendEvent`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// The backend answered a SYN with a RST: nothing listens.
-    RstToSyn = 1,
-    /// An ICMP destination-unreachable about a flow to the backend.
-    IcmpUnreachable = 2,
-    /// A client retransmitted its SYN after the service's `syn_timeout` with no SYN-ACK seen.
-    SynTimeout = 3,
+/// Declares [`EventKind`], its wire values and its names from one list, so they cannot drift
+/// apart.
+macro_rules! event_kinds {
+    ($($(#[doc = $doc:literal])* $variant:ident = $value:literal => $name:literal,)+) => {
+        /// Kinds of [`BackendEvent`].
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum EventKind {
+            $($(#[doc = $doc])* $variant = $value,)+
+        }
+
+        impl EventKind {
+            /// Every kind.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$variant,)+];
+
+            pub const fn from_u32(v: u32) -> Option<EventKind> {
+                match v {
+                    $($value => Some(EventKind::$variant),)+
+                    _ => None,
+                }
+            }
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $name,)+
+                }
+            }
+        }
+    };
 }
 
-impl EventKind {
-    pub const fn from_u32(v: u32) -> Option<EventKind> {
-        match v {
-            1 => Some(EventKind::RstToSyn),
-            2 => Some(EventKind::IcmpUnreachable),
-            3 => Some(EventKind::SynTimeout),
-            _ => None,
-        }
-    }
+event_kinds! {
+    /// The backend answered a SYN with a RST: nothing listens.
+    RstToSyn = 1 => "rst_to_syn",
+    /// An ICMP destination-unreachable from the backend about a flow to it.
+    IcmpUnreachable = 2 => "icmp_unreachable",
+    /// A client retransmitted its SYN after the service's `syn_timeout` with no SYN-ACK seen, and
+    /// the backend answered no other SYN meanwhile.
+    SynTimeout = 3 => "syn_timeout",
+}
 
-    pub const fn name(self) -> &'static str {
-        match self {
-            EventKind::RstToSyn => "rst_to_syn",
-            EventKind::IcmpUnreachable => "icmp_unreachable",
-            EventKind::SynTimeout => "syn_timeout",
-        }
-    }
+/// Names of the maps both sides use: user space opens them by these names, and a host test
+/// checks each against the object the kernel side builds.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RINGS: &str = "RINGS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    pub const FRAGS: &str = "FRAGS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const BACKEND_SYNACK: &str = "BACKEND_SYNACK";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    /// Every map of the production object.
+    pub const ALL: &[&str] = &[
+        SERVICES,
+        BACKENDS,
+        RINGS,
+        FLOWS,
+        NAT_REPLIES,
+        FRAGS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        BACKEND_SYNACK,
+        COUNTERS,
+        EVENTS,
+    ];
 }
 
 /// Per-CPU traffic counters, one per service and one per backend.
@@ -326,6 +366,15 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+    #[test]
+    fn event_kinds_round_trip_and_have_distinct_names() {
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(EventKind::from_u32(*k as u32), Some(*k));
+            assert!(EventKind::ALL[..i].iter().all(|o| o.name() != k.name()));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+    }
+
     #[test]
     fn the_reply_key_swaps_the_ends_and_puts_the_backend_first() {
         let client = FlowKey {

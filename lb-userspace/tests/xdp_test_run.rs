@@ -619,3 +619,21 @@ fn the_production_object_has_no_bench_programs() {
     }
     assert!(dp.ebpf_mut().map("BENCH_TARGET").is_none());
 }
+
+/// The map names user space uses (`lb_common::map_names`) are exactly the maps of the object the
+/// kernel side builds (besides aya-log's own), so the two lists cannot drift.
+#[test]
+fn the_shared_map_names_are_the_objects_maps() {
+    understudy_testbed::require_root("the map names test");
+    let ebpf = aya::Ebpf::load(understudy::dataplane::EBPF_OBJECT).unwrap();
+    let mut in_object: Vec<&str> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        // aya-log's maps and the compiler's data sections (.rodata) are not ours to name.
+        .filter(|name| !name.starts_with("AYA_") && !name.starts_with('.'))
+        .collect();
+    in_object.sort_unstable();
+    let mut shared = lb_common::map_names::ALL.to_vec();
+    shared.sort_unstable();
+    assert_eq!(in_object, shared);
+}

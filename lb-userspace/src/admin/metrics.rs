@@ -25,7 +25,7 @@ pub struct FlowCount {
 /// Counts the pinned `FLOWS` map (an LRU: entries are tracked flows, not necessarily open
 /// connections).
 pub fn count_flows(pin_dir: &Path) -> Result<FlowCount, String> {
-    let path = pin_dir.join("FLOWS");
+    let path = pin_dir.join(lb_common::map_names::FLOWS);
     let data = MapData::from_pin(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let flows: BpfHashMap<_, FlowKey, FlowValue> =
         BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| e.to_string())?;

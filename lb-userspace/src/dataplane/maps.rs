@@ -12,7 +12,12 @@ use aya::{
 use aya_log::EbpfLogger;
 use lb_common::{
     BackendInfo, MAX_RING_SIZE, NO_BACKEND, RING_SLOTS, RINGS_CHUNKS, RingChunk, ServiceInfo,
-    ServiceKey, Traffic, ring_index,
+    ServiceKey, Traffic,
+    map_names::{
+        BACKEND_STATS, BACKENDS, COUNTERS, EVENTS, FLOWS, NAT_REPLIES, RINGS, SERVICE_STATS,
+        SERVICES,
+    },
+    ring_index,
 };
 use memmap2::{MmapMut, MmapOptions};
 
@@ -66,15 +71,15 @@ pub struct Dataplane {
 
 /// Maps that outlive the daemon when pinned: everything with state worth keeping.
 const PERSISTENT_MAPS: &[&str] = &[
-    "SERVICES",
-    "BACKENDS",
-    "RINGS",
-    "FLOWS",
-    "NAT_REPLIES",
-    "SERVICE_STATS",
-    "BACKEND_STATS",
-    "COUNTERS",
-    "EVENTS",
+    SERVICES,
+    BACKENDS,
+    RINGS,
+    FLOWS,
+    NAT_REPLIES,
+    SERVICE_STATS,
+    BACKEND_STATS,
+    COUNTERS,
+    EVENTS,
 ];
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -87,10 +92,6 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 ) -> Result<T, DataplaneError> {
     T::try_from(take(ebpf, name)?).map_err(|source| DataplaneError::Map { name, source })
 }
-
-/// The flow maps, sized at load time.
-const FLOWS: &str = "FLOWS";
-const NAT_REPLIES: &str = "NAT_REPLIES";
 
 impl Dataplane {
     /// Loads the embedded object into the kernel (maps created, programs verified on first use).
@@ -126,7 +127,7 @@ impl Dataplane {
             ));
         }
         std::fs::create_dir_all(dir).map_err(|e| pin_error(e.to_string()))?;
-        let adopted = dir.join("FLOWS").exists();
+        let adopted = dir.join(FLOWS).exists();
         Ok((Dataplane::open(Some(dir), max_flows)?, adopted))
     }
 
@@ -144,17 +145,17 @@ impl Dataplane {
         // The logger owns the log ring buffer; it must outlive the programs' use of it.
         let logger = EbpfLogger::init(&mut ebpf).ok();
         // RINGS stays reachable through its memory mapping only.
-        let rings_map = match take(&mut ebpf, "RINGS")? {
+        let rings_map = match take(&mut ebpf, RINGS)? {
             Map::Array(data) => data,
-            _ => return Err(DataplaneError::MissingMap("RINGS")),
+            _ => return Err(DataplaneError::MissingMap(RINGS)),
         };
         let rings = map_rings(&rings_map)?;
         let mut dp = Dataplane {
-            services: typed(&mut ebpf, "SERVICES")?,
-            backends: typed(&mut ebpf, "BACKENDS")?,
-            counters: typed(&mut ebpf, "COUNTERS")?,
-            service_stats: typed(&mut ebpf, "SERVICE_STATS")?,
-            backend_stats: typed(&mut ebpf, "BACKEND_STATS")?,
+            services: typed(&mut ebpf, SERVICES)?,
+            backends: typed(&mut ebpf, BACKENDS)?,
+            counters: typed(&mut ebpf, COUNTERS)?,
+            service_stats: typed(&mut ebpf, SERVICE_STATS)?,
+            backend_stats: typed(&mut ebpf, BACKEND_STATS)?,
             rings,
             logger,
             ebpf,
@@ -169,12 +170,12 @@ impl Dataplane {
     /// Entries `FLOWS` holds (a pinned map keeps the size it was created with).
     pub fn flows_capacity(&self) -> Result<u32, DataplaneError> {
         let Some(Map::LruHashMap(data)) = self.ebpf.map(FLOWS) else {
-            return Err(DataplaneError::MissingMap("FLOWS"));
+            return Err(DataplaneError::MissingMap(FLOWS));
         };
         data.info()
             .map(|i| i.max_entries())
             .map_err(|e| DataplaneError::Map {
-                name: "FLOWS",
+                name: FLOWS,
                 source: e,
             })
     }
@@ -222,7 +223,7 @@ impl Dataplane {
                 self.services
                     .remove(&key)
                     .map_err(|source| DataplaneError::Map {
-                        name: "SERVICES",
+                        name: SERVICES,
                         source,
                     })?;
             }
@@ -240,7 +241,7 @@ impl Dataplane {
 
     /// The passive-detection ring buffer, for the daemon's event reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DataplaneError> {
-        typed(&mut self.ebpf, "EVENTS")
+        typed(&mut self.ebpf, EVENTS)
     }
 
     /// Writes one backend entry.
@@ -248,7 +249,7 @@ impl Dataplane {
         self.backends
             .set(id, info, 0)
             .map_err(|source| DataplaneError::Map {
-                name: "BACKENDS",
+                name: BACKENDS,
                 source,
             })
     }
@@ -334,7 +335,7 @@ impl Dataplane {
             self.services
                 .remove(key)
                 .map_err(|source| DataplaneError::Map {
-                    name: "SERVICES",
+                    name: SERVICES,
                     source,
                 })?;
         }
@@ -397,7 +398,7 @@ impl Dataplane {
         self.services
             .insert(svc.key, info, 0)
             .map_err(|source| DataplaneError::Map {
-                name: "SERVICES",
+                name: SERVICES,
                 source,
             })?;
         self.installed.insert(svc.key, info);

@@ -43,17 +43,28 @@ impl Dataplane {
     pub fn counters(&self) -> Result<CounterSnapshot, DataplaneError> {
         let mut out = Vec::with_capacity(Counter::ALL.len());
         for &c in Counter::ALL {
-            let per_cpu = self.counters.get(&(c as u32), 0).map_err(err("COUNTERS"))?;
+            let per_cpu = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(err(lb_common::map_names::COUNTERS))?;
             out.push((c, per_cpu.iter().sum()));
         }
         Ok(CounterSnapshot(out))
     }
 
     pub fn service_traffic(&self, service_id: u32) -> Result<Traffic, DataplaneError> {
-        sum_traffic(&self.service_stats, service_id, "SERVICE_STATS")
+        sum_traffic(
+            &self.service_stats,
+            service_id,
+            lb_common::map_names::SERVICE_STATS,
+        )
     }
 
     pub fn backend_traffic(&self, backend_id: u32) -> Result<Traffic, DataplaneError> {
-        sum_traffic(&self.backend_stats, backend_id, "BACKEND_STATS")
+        sum_traffic(
+            &self.backend_stats,
+            backend_id,
+            lb_common::map_names::BACKEND_STATS,
+        )
     }
 }

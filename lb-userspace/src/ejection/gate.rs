@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::max_ejected;
+use super::{max_ejected, may_eject};
 
 /// Where one backend stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +89,8 @@ impl Gate {
             .filter(|m| **m == Standing::Ejected)
             .count();
         let up = s.members.values().filter(|m| **m == Standing::Up).count();
-        let cap = max_ejected(s.members.len(), s.percent);
-        if ejected >= cap || up <= 1 {
+        if !may_eject(s.members.len(), ejected, up, s.percent) {
+            let cap = max_ejected(s.members.len(), s.percent);
             return Err(Refused { ejected, cap, up });
         }
         s.members.insert(id, Standing::Ejected);

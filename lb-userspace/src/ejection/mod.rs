@@ -26,6 +26,13 @@ pub fn max_ejected(n: usize, percent: u32) -> usize {
     (n * percent as usize / 100).max(1).min(n - 1)
 }
 
+/// Whether passive evidence may hold out one more of a service's `members` backends, when
+/// `ejected` of them are out on passive evidence already and `in_service` are up and not
+/// ejected: fewer than [`max_ejected`] are out, and another backend stays in service.
+pub fn may_eject(members: usize, ejected: usize, in_service: usize, percent: u32) -> bool {
+    ejected < max_ejected(members, percent) && in_service > 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

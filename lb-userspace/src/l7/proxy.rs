@@ -536,8 +536,12 @@ impl ServiceProxy {
             .iter()
             .filter(|m| m.eligible && !out(&m.address))
             .count();
-        ejected < crate::ejection::max_ejected(pool.members.len(), self.max_ejection_percent)
-            && serving > 1
+        crate::ejection::may_eject(
+            pool.members.len(),
+            ejected,
+            serving,
+            self.max_ejection_percent,
+        )
     }
 
     fn failure(&self, breaker: &Breaker, address: SocketAddr, pool: &PoolView, what: &Outcome) {

@@ -218,56 +218,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
     }
 }
 
-/// The process-wide budget for retry buffers.
+/// The process-wide budget for retry buffers: a semaphore of bytes, so a reservation is given
+/// back when its guard drops.
 #[derive(Debug)]
 pub struct BufferBudget {
-    held: AtomicU64,
+    bytes: tokio::sync::Semaphore,
     limit: u64,
 }
 
 /// Bytes reserved in a [`BufferBudget`], given back on drop.
-#[derive(Debug)]
-pub struct Reserved<'a> {
-    budget: &'a BufferBudget,
-    bytes: u64,
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
+pub type Reserved<'a> = tokio::sync::SemaphorePermit<'a>;
 
 impl BufferBudget {
     pub const fn new(limit: u64) -> BufferBudget {
         BufferBudget {
-            held: AtomicU64::new(0),
+            bytes: tokio::sync::Semaphore::const_new(limit as usize),
             limit,
         }
     }
 
     /// Reserves `bytes`, or `None` when the budget cannot hold them.
     pub fn reserve(&self, bytes: u64) -> Option<Reserved<'_>> {
-        let mut held = self.held.load(Ordering::Acquire);
-        loop {
-            let next = held.checked_add(bytes).filter(|n| *n <= self.limit)?;
-            match self
-                .held
-                .compare_exchange_weak(held, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    return Some(Reserved {
-                        budget: self,
-                        bytes,
-                    });
-                }
-                Err(now) => held = now,
-            }
-        }
+        let n = u32::try_from(bytes).ok()?;
+        self.bytes.try_acquire_many(n).ok()
     }
 
     pub fn held(&self) -> u64 {
-        self.held.load(Ordering::Acquire)
+        self.limit - self.bytes.available_permits() as u64
     }
 }
 

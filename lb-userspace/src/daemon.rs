@@ -207,25 +207,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// first packet. A pinned map adopted from a previous daemon keeps its size.
 fn log_flow_capacity(dp: &Dataplane, max_flows: u32) {
     let capacity = dp.flows_capacity().unwrap_or(0);
-    let count = |path: &str| {
-        std::fs::read_to_string(path)
-            .ok()
-            .map(|s| {
-                s.trim()
-                    .split(',')
-                    .map(|r| match r.split_once('-') {
-                        Some((a, b)) => {
-                            b.parse::<u32>().unwrap_or(0) - a.parse::<u32>().unwrap_or(0) + 1
-                        }
-                        None => 1,
-                    })
-                    .sum::<u32>()
-            })
-            .unwrap_or(1)
-            .max(1)
-    };
-    let possible = count("/sys/devices/system/cpu/possible");
-    let online = count("/sys/devices/system/cpu/online");
+    let possible = crate::dataplane::possible_cpus();
+    let online = crate::dataplane::online_cpus();
     info!(
         flows = capacity,
         memory_mib = dp.flows_memory().unwrap_or(0) >> 20,

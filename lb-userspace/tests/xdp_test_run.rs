@@ -96,14 +96,7 @@ fn a_reply_from_the_backend_is_rewritten_to_the_vip() {
     };
     let (action, out) = bed.run(&reply.bytes(), bed.xb);
     assert_eq!(action, XDP_REDIRECT);
-    let want = Pkt {
-        eth_src: XC_MAC,
-        eth_dst: CLIENT_MAC,
-        src: VIP4.parse().unwrap(),
-        sport: 80,
-        ttl: 63,
-        ..reply.clone()
-    };
+    let want = reply.returned_from(VIP4, 80);
     assert_bytes("reply", &out, &want.bytes());
     assert_eq!(bed.counter(Counter::ReplyTranslated), 1);
 
@@ -133,14 +126,7 @@ fn an_ipv6_vip_both_ways() {
     };
     let (action, out) = bed.run(&reply.bytes(), bed.xb);
     assert_eq!(action, XDP_REDIRECT);
-    let want = Pkt {
-        eth_src: XC_MAC,
-        eth_dst: CLIENT_MAC,
-        src: VIP6.parse().unwrap(),
-        sport: 80,
-        ttl: 63,
-        ..reply.clone()
-    };
+    let want = reply.returned_from(VIP6, 80);
     assert_bytes("v6 reply", &out, &want.bytes());
 }
 
@@ -492,14 +478,7 @@ fn a_flow_whose_reply_entry_was_evicted_gets_it_back() {
     let reply = syn.reply_from(backend);
     let (action, out) = bed.run(&reply.bytes(), bed.xb);
     assert_eq!(action, XDP_REDIRECT);
-    let want = Pkt {
-        eth_src: XC_MAC,
-        eth_dst: CLIENT_MAC,
-        src: VIP4.parse().unwrap(),
-        sport: 80,
-        ttl: 63,
-        ..reply.clone()
-    };
+    let want = reply.returned_from(VIP4, 80);
     assert_bytes("restored reply", &out, &want.bytes());
 }
 
@@ -520,15 +499,7 @@ fn the_per_cpu_lru_gives_each_cpu_an_equal_share_of_max_flows() {
             0
         );
     }
-    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
-    let possible: u32 = possible
-        .trim()
-        .split(',')
-        .map(|r| match r.split_once('-') {
-            Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
-            None => 1,
-        })
-        .sum();
+    let possible = understudy::dataplane::possible_cpus();
     for port in 0..(2 * MAX_FLOWS) {
         let syn = Pkt::to_vip(
             CLIENT4,

@@ -248,6 +248,19 @@ impl Pkt {
         }
     }
 
+    /// What the program should send to the client for this backend reply: the VIP `vip`:`port`
+    /// as its source, TTL - 1, the client's next-hop MACs.
+    pub fn returned_from(&self, vip: &str, port: u16) -> Pkt {
+        Pkt {
+            eth_src: XC_MAC,
+            eth_dst: CLIENT_MAC,
+            src: vip.parse().unwrap(),
+            sport: port,
+            ttl: self.ttl - 1,
+            ..self.clone()
+        }
+    }
+
     /// What the program should send to the backend itself: DNAT, TTL - 1, next-hop MACs.
     pub fn forwarded_to(&self, backend: IpAddr, port: u16) -> Pkt {
         Pkt {

@@ -172,6 +172,11 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The same flow as the other direction's packets carry it: ends swapped.
+    pub const fn reversed(&self) -> FlowKey {
+        self.reply_to(self.dst, self.dst_port)
+    }
+
     /// The key of the reply to this flow once it is sent to `addr`:`port` (network byte
     /// order): the backend answering the client. It is how `NAT_REPLIES` is keyed.
     pub const fn reply_to(&self, addr: [u32; 4], port: u16) -> FlowKey {

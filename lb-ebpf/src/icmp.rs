@@ -98,20 +98,6 @@ fn quote(ctx: &XdpContext, p: &Parsed, v4: bool) -> Option<Quote> {
     Some(Quote { ip, l4, key })
 }
 
-/// The reverse of a 5-tuple: how the other direction's packets carry it.
-#[inline(always)]
-fn reversed(k: &FlowKey) -> FlowKey {
-    FlowKey {
-        src: k.dst,
-        dst: k.src,
-        src_port: k.dst_port,
-        dst_port: k.src_port,
-        proto: k.proto,
-        family: k.family,
-        _pad: 0,
-    }
-}
-
 /// Which end of the quoted packet (and of the outer header) a translation replaces.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -223,7 +209,7 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
         return pass(Counter::PassUnsupported);
     };
     // From the backend's side: the quoted packet went client -> backend.
-    if let Some(nat) = unsafe { NAT_REPLIES.get(&reversed(&q.key)) } {
+    if let Some(nat) = unsafe { NAT_REPLIES.get(&q.key.reversed()) } {
         let nat = *nat;
         passive::icmp_evidence(p, &q.key, kind, code, nat.backend);
         // Not on its way to the flow's client (a client forging one to the VIP): untouched.
@@ -255,7 +241,7 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
         return forward(ctx, p, &out);
     }
     // From the client's side, to the VIP: the quoted packet went VIP -> client.
-    let flow_key = reversed(&q.key);
+    let flow_key = q.key.reversed();
     if p.key.dst == q.key.src
         && let Some(flow) = unsafe { FLOWS.get(&flow_key) }
         && let Some(b) = BACKENDS.get(flow.backend)

@@ -16,7 +16,10 @@
 
 use lb_common::{NO_BACKEND, REJECT};
 
-use crate::config::{MinHealthy, OnAllDown};
+use crate::{
+    config::{MinHealthy, OnAllDown},
+    rendezvous,
+};
 
 /// One backend of a service, as fallback sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,23 +83,9 @@ pub fn active_set(
     }
 }
 
-/// SplitMix64's finalizer: a fast, fixed 64-bit mix.
-const fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Rendezvous rank of member `m` for table entry `slot`. With equal weights the raw hash ranks;
-/// with weights, `-w / ln(u)` (u uniform in (0, 1]) makes each member's chance of ranking first
-/// proportional to its weight.
+/// Rendezvous rank of member `m` for table entry `slot`.
 fn rank(m: &Member, slot: u64, weighted: bool) -> f64 {
-    let h = mix(m.identity_hash ^ slot.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    if !weighted {
-        return h as f64;
-    }
-    let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    -(m.weight as f64) / u.ln()
+    rendezvous::score(m.identity_hash, m.weight, slot, weighted)
 }
 
 /// No member: a tier with nobody but the entry's base owner.
@@ -255,7 +244,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &tier)| Member {
-                identity_hash: mix(i as u64 + 1),
+                identity_hash: crate::rendezvous::mix(i as u64 + 1),
                 weight: 1,
                 tier,
                 drain: false,

@@ -14,5 +14,6 @@ pub mod l7;
 pub mod maglev;
 pub mod plan;
 pub mod privileges;
+pub mod rendezvous;
 pub mod status;
 pub mod writer;

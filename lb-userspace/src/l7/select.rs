@@ -6,6 +6,7 @@
 //! spread over the pool instead of piling onto one backend.
 
 use super::availability::PoolView;
+use crate::rendezvous;
 
 /// What the first choice is drawn from.
 #[derive(Debug, Clone, Copy)]
@@ -14,13 +15,6 @@ pub enum Key {
     RoundRobin(u64),
     /// A hash of the client address: affinity.
     Hash(u64),
-}
-
-/// SplitMix64's finalizer.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Member indices, best first: every eligible backend exactly once.
@@ -44,9 +38,8 @@ pub fn order(pool: &PoolView, key: Key) -> Vec<usize> {
             let mut scored: Vec<(f64, usize)> = (0..n)
                 .filter(|&i| eligible(i))
                 .map(|i| {
-                    let r = mix(h ^ mix(pool.members[i].identity_hash));
-                    let u = ((r >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-                    (-(pool.members[i].weight as f64) / u.ln(), i)
+                    let m = &pool.members[i];
+                    (rendezvous::score(m.identity_hash, m.weight, h, true), i)
                 })
                 .collect();
             scored.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -109,7 +109,7 @@ fn disruption() -> (f64, f64, f64) {
         healthy[b] = false;
         let t = svc.table_for(&healthy);
         let moved = all.iter().zip(&t).filter(|(x, y)| x != y).count();
-        let own = all.iter().filter(|&&x| x == svc.backend_ids[b]).count();
+        let own = all.iter().filter(|&&x| x == svc.members[b].id).count();
         excess += moved - own;
         shares.push(moved as f64 / all.len() as f64);
     }
@@ -241,7 +241,7 @@ fn reload_planning() -> (f64, f64) {
         let p = understudy::plan::plan_update(&after, Some(&previous), &mut generations);
         plan_ms.push(t.elapsed().as_secs_f64() * 1e3);
         assert_eq!(
-            p.services[0].backend_ids.len(),
+            p.services[0].members.len(),
             lb_common::MAX_BACKENDS as usize
         );
     }

@@ -81,8 +81,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut health_by_id = vec![None; plan.backends.len()];
     for (s, h) in plan.services.iter().zip(&healthy) {
-        for (&id, &up) in s.backend_ids.iter().zip(h) {
-            health_by_id[id as usize] = Some(up);
+        for (m, &up) in s.members.iter().zip(h) {
+            health_by_id[m.id as usize] = Some(up);
         }
     }
     if let Some(logger) = dp.take_logger() {
@@ -241,8 +241,8 @@ fn adopt(dp: &mut Dataplane, plan: &mut Plan) -> anyhow::Result<Vec<Vec<bool>>> 
     let mut healthy = Vec::new();
     for si in 0..plan.services.len() {
         let mut h = Vec::new();
-        for mi in 0..plan.services[si].backend_ids.len() {
-            let id = plan.services[si].backend_ids[mi] as usize;
+        for mi in 0..plan.services[si].members.len() {
+            let id = plan.services[si].members[mi].id as usize;
             let new = plan.backends[id];
             let same = match dp.backend_entry(id as u32) {
                 Some(old) if old.family != 0 => {

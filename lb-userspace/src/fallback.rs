@@ -31,6 +31,12 @@ pub struct Member {
     pub drain: bool,
 }
 
+impl AsRef<Member> for Member {
+    fn as_ref(&self) -> &Member {
+        self
+    }
+}
+
 /// Who takes new flows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Active {
@@ -44,19 +50,19 @@ pub enum Active {
 
 /// The active set for the given health (`healthy[i]` for member `i`).
 pub fn active_set(
-    members: &[Member],
+    members: &[impl AsRef<Member>],
     healthy: &[bool],
     min_healthy: MinHealthy,
     on_all_down: OnAllDown,
 ) -> Active {
-    let mut tiers: Vec<u32> = members.iter().map(|m| m.tier).collect();
+    let mut tiers: Vec<u32> = members.iter().map(|m| m.as_ref().tier).collect();
     tiers.sort_unstable();
     tiers.dedup();
-    let eligible = |i: usize| healthy[i] && !members[i].drain;
+    let eligible = |i: usize| healthy[i] && !members[i].as_ref().drain;
     let mut set = vec![false; members.len()];
     for tier in tiers {
         let in_tier: Vec<usize> = (0..members.len())
-            .filter(|&i| members[i].tier == tier)
+            .filter(|&i| members[i].as_ref().tier == tier)
             .collect();
         let up = in_tier.iter().filter(|&&i| eligible(i)).count();
         for &i in &in_tier {
@@ -73,7 +79,7 @@ pub fn active_set(
         OnAllDown::Drop => Active::Drop,
         OnAllDown::Reject => Active::Reject,
         OnAllDown::FailOpen => {
-            let all: Vec<bool> = members.iter().map(|m| !m.drain).collect();
+            let all: Vec<bool> = members.iter().map(|m| !m.as_ref().drain).collect();
             if all.iter().any(|&a| a) {
                 Active::Members(all)
             } else {
@@ -101,16 +107,18 @@ pub struct Preferences {
 }
 
 impl Preferences {
-    pub fn new(base: &[u32], members: &[Member]) -> Preferences {
-        let weighted = members.windows(2).any(|w| w[0].weight != w[1].weight);
-        let mut tiers: Vec<u32> = members.iter().map(|m| m.tier).collect();
+    pub fn new(base: &[u32], members: &[impl AsRef<Member>]) -> Preferences {
+        let weighted = members
+            .windows(2)
+            .any(|w| w[0].as_ref().weight != w[1].as_ref().weight);
+        let mut tiers: Vec<u32> = members.iter().map(|m| m.as_ref().tier).collect();
         tiers.sort_unstable();
         tiers.dedup();
         let tiers = tiers
             .into_iter()
             .map(|t| {
                 let in_tier: Vec<usize> = (0..members.len())
-                    .filter(|&i| members[i].tier == t)
+                    .filter(|&i| members[i].as_ref().tier == t)
                     .collect();
                 let best = base
                     .iter()
@@ -135,14 +143,14 @@ impl Preferences {
 /// The candidate ranking first for `slot`.
 fn top(
     candidates: impl Iterator<Item = usize>,
-    members: &[Member],
+    members: &[impl AsRef<Member>],
     slot: usize,
     weighted: bool,
 ) -> Option<usize> {
     let mut best = None;
     let mut best_rank = f64::MIN;
     for c in candidates {
-        let r = rank(&members[c], slot as u64, weighted);
+        let r = rank(members[c].as_ref(), slot as u64, weighted);
         if r > best_rank {
             best_rank = r;
             best = Some(c);
@@ -157,7 +165,7 @@ pub fn derive_slot(
     slot: usize,
     base: &[u32],
     prefs: &Preferences,
-    members: &[Member],
+    members: &[impl AsRef<Member>],
     set: &[bool],
     tier_active: &[bool],
 ) -> u32 {
@@ -182,7 +190,7 @@ pub fn derive_slot(
         if single {
             return c as u32;
         }
-        let r = rank(&members[c as usize], slot as u64, prefs.weighted);
+        let r = rank(members[c as usize].as_ref(), slot as u64, prefs.weighted);
         if r > best_rank {
             best_rank = r;
             best = Some(c as u32);
@@ -192,17 +200,26 @@ pub fn derive_slot(
 }
 
 /// Which tiers of `prefs` have an active member.
-pub fn tier_activity(prefs: &Preferences, members: &[Member], set: &[bool]) -> Vec<bool> {
+pub fn tier_activity(
+    prefs: &Preferences,
+    members: &[impl AsRef<Member>],
+    set: &[bool],
+) -> Vec<bool> {
     prefs
         .tiers
         .iter()
-        .map(|(t, _)| (0..members.len()).any(|i| set[i] && members[i].tier == *t))
+        .map(|(t, _)| (0..members.len()).any(|i| set[i] && members[i].as_ref().tier == *t))
         .collect()
 }
 
 /// The active table: `base` holds member indices; the result holds member indices, or
 /// [`NO_BACKEND`]/[`REJECT`] in every entry when nobody is active.
-pub fn derive(base: &[u32], prefs: &Preferences, members: &[Member], active: &Active) -> Vec<u32> {
+pub fn derive(
+    base: &[u32],
+    prefs: &Preferences,
+    members: &[impl AsRef<Member>],
+    active: &Active,
+) -> Vec<u32> {
     let set = match active {
         Active::Drop => return vec![NO_BACKEND; base.len()],
         Active::Reject => return vec![REJECT; base.len()],
@@ -216,13 +233,15 @@ pub fn derive(base: &[u32], prefs: &Preferences, members: &[Member], active: &Ac
 
 /// The reference derivation: every reassigned entry ranks every active member. [`derive`] must
 /// give the same table; the tests hold it to that.
-pub fn derive_reference(base: &[u32], members: &[Member], active: &Active) -> Vec<u32> {
+pub fn derive_reference(base: &[u32], members: &[impl AsRef<Member>], active: &Active) -> Vec<u32> {
     let set = match active {
         Active::Drop => return vec![NO_BACKEND; base.len()],
         Active::Reject => return vec![REJECT; base.len()],
         Active::Members(set) => set,
     };
-    let weighted = members.windows(2).any(|w| w[0].weight != w[1].weight);
+    let weighted = members
+        .windows(2)
+        .any(|w| w[0].as_ref().weight != w[1].as_ref().weight);
     base.iter()
         .enumerate()
         .map(|(slot, &b)| {

@@ -28,8 +28,6 @@ pub struct PlannedService {
     pub name: String,
     pub vip: SocketAddr,
     pub protocol: &'static str,
-    /// Backend addresses, in config order.
-    pub addresses: Vec<SocketAddr>,
     pub id: u32,
     pub key: ServiceKey,
     pub flags: u32,
@@ -37,22 +35,36 @@ pub struct PlannedService {
     /// The table to install: backend ids (or `NO_BACKEND`/`REJECT`), one per Maglev entry.
     /// [`plan`] fills it for "every backend healthy"; see [`PlannedService::table_for`].
     pub ring: Vec<u32>,
-    /// The ids of this service's backends, in config order.
-    pub backend_ids: Vec<u32>,
-    /// The same backends as fallback sees them.
-    pub members: Vec<Member>,
+    /// The service's backends, in config order.
+    pub members: Vec<PlannedMember>,
     /// Maglev table of the primary tier, as member indices.
     pub base: Vec<u32>,
     /// Each entry's first-ranked member per tier, for fast reassignment.
     pub prefs: Preferences,
-    /// Per member, the entries it owns in `base` (ascending).
-    pub base_slots: Vec<Vec<u32>>,
     pub min_healthy: MinHealthy,
     pub on_all_down: OnAllDown,
     /// Each backend's health before its first check: up, unless it must pass one first.
     pub initially_healthy: bool,
     /// Served by the L7 proxy: no `SERVICES` entry, the proxy reads the health view instead.
     pub l7: bool,
+}
+
+/// One backend of a planned service: where it is, its id in the maps, and how fallback ranks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedMember {
+    pub address: SocketAddr,
+    /// Its index in `BACKENDS`.
+    pub id: u32,
+    /// As fallback sees it: identity hash, weight, tier and drain.
+    pub rank: Member,
+    /// The entries it owns in the service's base table (ascending).
+    pub base_slots: Vec<u32>,
+}
+
+impl AsRef<Member> for PlannedMember {
+    fn as_ref(&self) -> &Member {
+        &self.rank
+    }
 }
 
 impl PlannedService {
@@ -64,10 +76,17 @@ impl PlannedService {
 
     /// Member indices to backend ids; the `NO_BACKEND`/`REJECT` markers pass through.
     pub fn ids(&self, table: Vec<u32>) -> Vec<u32> {
-        table
-            .into_iter()
-            .map(|i| self.backend_ids.get(i as usize).copied().unwrap_or(i))
-            .collect()
+        table.into_iter().map(|i| self.backend_id(i)).collect()
+    }
+
+    /// Member index `m` to its backend id; the `NO_BACKEND`/`REJECT` markers pass through.
+    pub fn backend_id(&self, m: u32) -> u32 {
+        self.members.get(m as usize).map_or(m, |member| member.id)
+    }
+
+    /// The member with this address, by index.
+    pub fn member_at(&self, address: SocketAddr) -> Option<usize> {
+        self.members.iter().position(|m| m.address == address)
     }
 
     /// Whether established flows may stay on member `i`: it is healthy, or the service failed
@@ -103,7 +122,7 @@ fn backend_info(address: SocketAddr) -> BackendInfo {
 
 fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService {
     let identities: Vec<String> = svc.backends.iter().map(|b| b.address.to_string()).collect();
-    let members: Vec<Member> = svc
+    let ranks: Vec<Member> = svc
         .backends
         .iter()
         .zip(&identities)
@@ -140,7 +159,6 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
         name: svc.name.clone(),
         vip: svc.vip,
         protocol: crate::config::protocol_name(svc.protocol),
-        addresses: svc.backends.iter().map(|b| b.address).collect(),
         id,
         key: service_key(svc.vip, svc.protocol),
         flags: match svc.hash {
@@ -149,16 +167,8 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
         },
         syn_timeout_ms: svc.passive.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
         ring: Vec::new(),
-        prefs: Preferences::new(&base, &members),
-        base_slots: {
-            let mut slots = vec![Vec::new(); members.len()];
-            for (slot, &owner) in base.iter().enumerate() {
-                slots[owner as usize].push(slot as u32);
-            }
-            slots
-        },
-        backend_ids,
-        members,
+        prefs: Preferences::new(&base, &ranks),
+        members: members(svc, backend_ids, ranks, &base),
         base,
         min_healthy: svc.min_healthy,
         on_all_down: svc.on_all_down,
@@ -167,6 +177,26 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
     };
     planned.ring = planned.table_for(&vec![true; svc.backends.len()]);
     planned
+}
+
+/// The service's members, each with the base entries it owns.
+fn members(svc: &Service, ids: Vec<u32>, ranks: Vec<Member>, base: &[u32]) -> Vec<PlannedMember> {
+    let mut members: Vec<PlannedMember> = svc
+        .backends
+        .iter()
+        .zip(ids)
+        .zip(ranks)
+        .map(|((b, id), rank)| PlannedMember {
+            address: b.address,
+            id,
+            rank,
+            base_slots: Vec::new(),
+        })
+        .collect();
+    for (slot, &owner) in base.iter().enumerate() {
+        members[owner as usize].base_slots.push(slot as u32);
+    }
+    members
 }
 
 /// Service ids follow config order; backend ids are handed out service by service.
@@ -186,8 +216,8 @@ pub fn plan_update(config: &Config, previous: Option<&Plan>, generations: &mut V
         .unwrap_or_default();
     let mut kept_backends: HashMap<(ServiceKey, SocketAddr), u32> = HashMap::new();
     for s in old_services.values() {
-        for (addr, id) in s.addresses.iter().zip(&s.backend_ids) {
-            kept_backends.insert((s.key, *addr), *id);
+        for m in &s.members {
+            kept_backends.insert((s.key, m.address), m.id);
         }
     }
     // Ids already spoken for by what this config keeps.
@@ -315,6 +345,10 @@ mod tests {
 
     use super::*;
 
+    fn ids(s: &PlannedService) -> Vec<u32> {
+        s.members.iter().map(|m| m.id).collect()
+    }
+
     const TEXT: &str = r#"
 [dataplane]
 interfaces = ["eth0"]
@@ -341,8 +375,8 @@ address = "[2001:db8::11]:5353"
         let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();
         let p = plan(&config);
         assert_eq!(p.backends.len(), 3);
-        assert_eq!(p.services[0].backend_ids, vec![0, 1]);
-        assert_eq!(p.services[1].backend_ids, vec![2]);
+        assert_eq!(ids(&p.services[0]), vec![0, 1]);
+        assert_eq!(ids(&p.services[1]), vec![2]);
         assert_eq!(p.services[0].ring.len(), 307);
         assert!(p.services[0].ring.iter().all(|&b| b < 2));
         assert!(
@@ -393,7 +427,7 @@ address = "[2001:db8::11]:5353"
         assert_eq!(second.services[0].id, first.services[0].id);
         // 10.0.12.2 keeps id 1; the newcomer avoids the ids the first plan used (0-2), so the
         // removed backends keep their entries and flows: it gets id 3.
-        assert_eq!(second.services[0].backend_ids, vec![3, 1]);
+        assert_eq!(ids(&second.services[0]), vec![3, 1]);
         assert_eq!(second.backends[1].generation, first.backends[1].generation);
         assert_eq!(second.backends[3].generation, 1);
         assert_eq!(second.backends[3].port, 8080u16.to_be());
@@ -401,8 +435,8 @@ address = "[2001:db8::11]:5353"
         // have changed owner in between, so they carry new generations: old flows cannot match.
         let third = plan_update(&config, Some(&second), &mut generations);
         assert_eq!(third.services.len(), 2);
-        assert_eq!(third.services[0].backend_ids, vec![0, 1]);
-        assert_eq!(third.services[1].backend_ids, vec![2]);
+        assert_eq!(ids(&third.services[0]), vec![0, 1]);
+        assert_eq!(ids(&third.services[1]), vec![2]);
         assert_eq!(
             third.backends[0].generation,
             first.backends[0].generation + 1

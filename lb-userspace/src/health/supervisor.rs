@@ -75,12 +75,17 @@ impl Supervisor {
                 .entry(svc.name.clone())
                 .or_insert_with(|| Gate::new(svc.passive.max_ejection_percent))
                 .clone();
-            gate.configure(svc.passive.max_ejection_percent, &planned.backend_ids);
+            let ids: Vec<u32> = planned.members.iter().map(|m| m.id).collect();
+            gate.configure(svc.passive.max_ejection_percent, &ids);
             let prober = Arc::new(
                 Prober::new(&svc.health)
                     .map_err(|e| anyhow::anyhow!("service {}: health check: {e}", svc.name))?,
             );
-            for (backend, &id) in svc.backends.iter().zip(&planned.backend_ids) {
+            for (backend, id) in svc
+                .backends
+                .iter()
+                .zip(planned.members.iter().map(|m| m.id))
+            {
                 let fingerprint = format!(
                     "{}|{}|{}|{:?}|{:?}",
                     svc.name,

@@ -14,11 +14,15 @@
 //! sends flows to it; a backend going away leaves the table first and loses `ALIVE` after, at
 //! which point its pinned flows re-select on their next packet.
 //!
+//! - [`state`]: one [`MemberState`] per backend.
 //! - [`reload`]: moving to a new config, carrying health, drains and flows over; draining.
 //! - [`snapshot`]: the status picture for `/status`, `/metrics` and the page.
 
 mod reload;
 mod snapshot;
+mod state;
+
+pub use state::{Change, MemberState};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -91,17 +95,14 @@ pub fn new_latency() -> Latency {
 pub struct Writer {
     dp: Dataplane,
     plan: Plan,
-    /// Per service, per member.
-    healthy: Vec<Vec<bool>>,
-    alive: Vec<Vec<bool>>,
+    /// Per service, per member (in the plan's order).
+    states: Vec<Vec<MemberState>>,
     /// Per service: what is installed.
     views: Vec<View>,
     /// Global backend id to (service index, member index); `None` for ids no backend holds.
     owner: Vec<Option<(usize, usize)>>,
     latency: Latency,
     prometheus_latency: prometheus_client::metrics::histogram::Histogram,
-    /// Per service, per member: the last health change's reason and Unix time.
-    last: Vec<Vec<Option<(String, u64)>>>,
     changes: u64,
     /// The last generation each backend id has had (see `plan::plan_update`).
     generations: Vec<u32>,
@@ -126,8 +127,8 @@ struct View {
 fn owners(plan: &Plan) -> Vec<Option<(usize, usize)>> {
     let mut owner = vec![None; plan.backends.len()];
     for (si, s) in plan.services.iter().enumerate() {
-        for (mi, &id) in s.backend_ids.iter().enumerate() {
-            owner[id as usize] = Some((si, mi));
+        for (mi, m) in s.members.iter().enumerate() {
+            owner[m.id as usize] = Some((si, mi));
         }
     }
     owner
@@ -143,11 +144,11 @@ fn update_table(svc: &PlannedService, view: &mut View, next: Active) -> Vec<usiz
             // only the base entries of those members are visited.
             let tier_active = tier_activity(&svc.prefs, &svc.members, new);
             let mut delta = Vec::new();
-            for (m, slots) in svc.base_slots.iter().enumerate() {
+            for (m, member) in svc.members.iter().enumerate() {
                 if old[m] && new[m] {
                     continue;
                 }
-                for &slot in slots {
+                for &slot in &member.base_slots {
                     let slot = slot as usize;
                     let value =
                         derive_slot(slot, &svc.base, &svc.prefs, &svc.members, new, &tier_active);
@@ -187,7 +188,10 @@ impl Writer {
     /// previous daemon's pinned state).
     pub fn with_health(dp: Dataplane, plan: Plan, healthy: Vec<Vec<bool>>) -> Writer {
         let owner = owners(&plan);
-        let alive = healthy.clone();
+        let states = healthy
+            .iter()
+            .map(|h| h.iter().map(|&up| MemberState::new(up)).collect())
+            .collect();
         let views = plan
             .services
             .iter()
@@ -202,22 +206,15 @@ impl Writer {
                 }
             })
             .collect();
-        let last = plan
-            .services
-            .iter()
-            .map(|s| vec![None; s.members.len()])
-            .collect();
         let generations = plan.backends.iter().map(|b| b.generation).collect();
         Writer {
             dp,
             plan,
-            healthy,
-            alive,
+            states,
             views,
             owner,
             latency: new_latency(),
             prometheus_latency: new_prometheus_latency(),
-            last,
             changes: 0,
             generations,
             epochs: None,
@@ -241,14 +238,18 @@ impl Writer {
             Active::Members(set) => set.clone(),
             Active::Drop | Active::Reject => vec![false; svc.members.len()],
         };
-        let members = (0..svc.members.len())
-            .map(|mi| {
+        let members = svc
+            .members
+            .iter()
+            .zip(&self.states[si])
+            .zip(active)
+            .map(|((m, state), active)| {
                 MemberView::new(
-                    svc.addresses[mi],
-                    svc.members[mi].tier,
-                    svc.members[mi].weight,
-                    active[mi],
-                    self.healthy[si][mi] && !svc.members[mi].drain,
+                    m.address,
+                    m.rank.tier,
+                    m.rank.weight,
+                    active,
+                    state.healthy && !m.rank.drain,
                 )
             })
             .collect();
@@ -283,10 +284,11 @@ impl Writer {
     pub fn install(&mut self) -> Result<(), DataplaneError> {
         for si in 0..self.plan.services.len() {
             let svc = &self.plan.services[si];
+            let health = state::health(&self.states[si]);
             for mi in 0..svc.members.len() {
-                let alive = svc.alive(&self.healthy[si], mi);
-                self.alive[si][mi] = alive;
-                let id = svc.backend_ids[mi];
+                let alive = svc.alive(&health, mi);
+                self.states[si][mi].alive = alive;
+                let id = svc.members[mi].id;
                 let info = self.backend_info(id, alive);
                 self.dp.set_backend(id, &info)?;
             }
@@ -307,9 +309,9 @@ impl Writer {
     }
 
     fn set_alive(&mut self, si: usize, mi: usize, alive: bool) -> Result<(), DataplaneError> {
-        if self.alive[si][mi] != alive {
-            self.alive[si][mi] = alive;
-            let id = self.plan.services[si].backend_ids[mi];
+        if self.states[si][mi].alive != alive {
+            self.states[si][mi].alive = alive;
+            let id = self.plan.services[si].members[mi].id;
             let info = self.backend_info(id, alive);
             self.dp.set_backend(id, &info)?;
         }
@@ -319,8 +321,9 @@ impl Writer {
     /// Brings one service's table and backend states in line with its health and drains.
     fn refresh(&mut self, si: usize) -> Result<(), DataplaneError> {
         let n = self.plan.services[si].members.len();
+        let health = state::health(&self.states[si]);
         let wanted: Vec<bool> = (0..n)
-            .map(|mi| self.plan.services[si].alive(&self.healthy[si], mi))
+            .map(|mi| self.plan.services[si].alive(&health, mi))
             .collect();
         for (mi, &alive) in wanted.iter().enumerate() {
             if alive {
@@ -329,14 +332,9 @@ impl Writer {
         }
         let svc = &self.plan.services[si];
         let view = &mut self.views[si];
-        let next = active_set(
-            &svc.members,
-            &self.healthy[si],
-            svc.min_healthy,
-            svc.on_all_down,
-        );
+        let next = active_set(&svc.members, &health, svc.min_healthy, svc.on_all_down);
         let delta = update_table(svc, view, next);
-        let id = |m: u32| svc.backend_ids.get(m as usize).copied().unwrap_or(m);
+        let id = |m: u32| svc.backend_id(m);
         match view.last_delta.take() {
             None => self.dp.install_table(svc, &svc.ids(view.table.clone()))?,
             Some(previous) => {
@@ -409,8 +407,8 @@ impl Writer {
             let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) else {
                 continue;
             };
-            if self.healthy[si][mi] != u.up {
-                self.healthy[si][mi] = u.up;
+            if self.states[si][mi].healthy != u.up {
+                self.states[si][mi].healthy = u.up;
                 touched.insert(si);
             }
         }
@@ -427,7 +425,10 @@ impl Writer {
                 h.saturating_record(took.as_nanos() as u64);
                 self.prometheus_latency.observe(took.as_secs_f64());
                 if let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) {
-                    self.last[si][mi] = Some((u.reason.clone(), now));
+                    self.states[si][mi].last = Some(Change {
+                        reason: u.reason.clone(),
+                        at: now,
+                    });
                 }
             }
         }

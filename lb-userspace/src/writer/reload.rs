@@ -11,52 +11,38 @@ impl Writer {
         let next = crate::plan::plan_update(config, Some(&self.plan), &mut self.generations);
         // What each kept backend (same service key, same address, so same id) carries over.
         let mut carried = std::collections::HashMap::new();
-        for (si, svc) in self.plan.services.iter().enumerate() {
-            for (mi, &id) in svc.backend_ids.iter().enumerate() {
-                let state = (
-                    self.healthy[si][mi],
-                    self.alive[si][mi],
-                    self.last[si][mi].clone(),
-                );
-                carried.insert((svc.key, svc.addresses[mi], id), state);
+        for (svc, states) in self.plan.services.iter().zip(&self.states) {
+            for (m, state) in svc.members.iter().zip(states) {
+                carried.insert((svc.key, m.address, m.id), state.clone());
             }
         }
-        let mut healthy = Vec::new();
-        let mut alive = Vec::new();
-        let mut last = Vec::new();
-        for svc in &next.services {
-            let (mut h, mut a, mut l) = (Vec::new(), Vec::new(), Vec::new());
-            for (mi, &id) in svc.backend_ids.iter().enumerate() {
-                match carried.get(&(svc.key, svc.addresses[mi], id)) {
-                    Some((hh, aa, ll)) => {
-                        h.push(*hh);
-                        a.push(*aa);
-                        l.push(ll.clone());
-                    }
-                    None => {
-                        h.push(svc.initially_healthy);
-                        a.push(svc.initially_healthy);
-                        l.push(None);
-                    }
-                }
-            }
-            healthy.push(h);
-            alive.push(a);
-            last.push(l);
-        }
+        let mut states: Vec<Vec<MemberState>> = next
+            .services
+            .iter()
+            .map(|svc| {
+                svc.members
+                    .iter()
+                    .map(|m| match carried.remove(&(svc.key, m.address, m.id)) {
+                        Some(state) => state,
+                        None => MemberState::new(svc.initially_healthy),
+                    })
+                    .collect()
+            })
+            .collect();
         // Backends: new and kept entries (kept ones are rewritten unchanged). A removed backend's
         // entry stays as it was: it is in no table, so it takes no new flows, and its established
         // flows keep going until its id is given to another backend (whose new generation makes
         // them re-select).
         let mut health_by_id = vec![None; next.backends.len()];
-        for (si, svc) in next.services.iter().enumerate() {
-            for (mi, &id) in svc.backend_ids.iter().enumerate() {
-                let alive_now = svc.alive(&healthy[si], mi);
-                alive[si][mi] = alive_now;
-                let mut info = next.backends[id as usize];
+        for (svc, states) in next.services.iter().zip(&mut states) {
+            let health = state::health(states);
+            for (mi, m) in svc.members.iter().enumerate() {
+                let alive_now = svc.alive(&health, mi);
+                states[mi].alive = alive_now;
+                let mut info = next.backends[m.id as usize];
                 info.state = if alive_now { BACKEND_ALIVE } else { 0 };
-                self.dp.set_backend(id, &info)?;
-                health_by_id[id as usize] = Some(healthy[si][mi]);
+                self.dp.set_backend(m.id, &info)?;
+                health_by_id[m.id as usize] = Some(health[mi]);
             }
         }
         let keys: std::collections::HashSet<_> = next.services.iter().map(|s| s.key).collect();
@@ -67,8 +53,9 @@ impl Writer {
         }
         // Tables: written (into both slots) only where they differ from what is installed.
         let mut views = Vec::new();
-        for (si, svc) in next.services.iter().enumerate() {
-            let active = active_set(&svc.members, &healthy[si], svc.min_healthy, svc.on_all_down);
+        for (svc, states) in next.services.iter().zip(&states) {
+            let health = state::health(states);
+            let active = active_set(&svc.members, &health, svc.min_healthy, svc.on_all_down);
             let table = derive(&svc.base, &svc.prefs, &svc.members, &active);
             let old = self
                 .plan
@@ -98,9 +85,7 @@ impl Writer {
         }
         self.owner = owners(&next);
         self.plan = next;
-        self.healthy = healthy;
-        self.alive = alive;
-        self.last = last;
+        self.states = states;
         self.views = views;
         self.publish_all();
         info!(services = self.plan.services.len(), "config reloaded");
@@ -116,15 +101,15 @@ impl Writer {
             .position(|s| s.name == service)
             .ok_or_else(|| DrainError::UnknownService(service.to_string()))?;
         let mi = self.plan.services[si]
-            .addresses
+            .members
             .iter()
-            .position(|a| a.to_string() == backend)
+            .position(|m| m.address.to_string() == backend)
             .ok_or_else(|| DrainError::UnknownBackend {
                 service: service.to_string(),
                 backend: backend.to_string(),
             })?;
-        if self.plan.services[si].members[mi].drain != drain {
-            self.plan.services[si].members[mi].drain = drain;
+        if self.plan.services[si].members[mi].rank.drain != drain {
+            self.plan.services[si].members[mi].rank.drain = drain;
             self.changes += 1;
             self.refresh(si)
                 .map_err(|e| DrainError::MapWrite(format!("{e:#}")))?;

@@ -27,29 +27,33 @@ impl Writer {
                     (Active::Drop, _) => "drop",
                     (Active::Reject, _) => "reject",
                     (_, crate::config::OnAllDown::FailOpen)
-                        if !self.healthy[si].iter().any(|&h| h) =>
+                        if !self.states[si].iter().any(|m| m.healthy) =>
                     {
                         "fail_open"
                     }
                     _ => "serving",
                 };
-                let backends = (0..svc.members.len())
-                    .map(|mi| BackendStatus {
-                        id: svc.backend_ids[mi],
-                        address: svc.addresses[mi].to_string(),
-                        tier: svc.members[mi].tier,
-                        weight: svc.members[mi].weight,
-                        healthy: self.healthy[si][mi],
-                        draining: svc.members[mi].drain,
-                        active: active[mi],
-                        alive: self.alive[si][mi],
-                        last_change: self.last[si][mi].as_ref().map(|(r, _)| r.clone()),
-                        last_change_at: self.last[si][mi].as_ref().map(|(_, t)| *t),
+                let backends = svc
+                    .members
+                    .iter()
+                    .zip(&self.states[si])
+                    .zip(&active)
+                    .map(|((m, state), &active)| BackendStatus {
+                        id: m.id,
+                        address: m.address.to_string(),
+                        tier: m.rank.tier,
+                        weight: m.rank.weight,
+                        healthy: state.healthy,
+                        draining: m.rank.drain,
+                        active,
+                        alive: state.alive,
+                        last_change: state.last.as_ref().map(|c| c.reason.clone()),
+                        last_change_at: state.last.as_ref().map(|c| c.at),
                         // Filled by the admin API from the health board.
                         last_check_ok: None,
                         last_check: None,
                         last_check_at: None,
-                        traffic: traffic(self.dp.backend_traffic(svc.backend_ids[mi])),
+                        traffic: traffic(self.dp.backend_traffic(m.id)),
                     })
                     .collect();
                 ServiceStatus {
@@ -58,9 +62,12 @@ impl Writer {
                     // HTTP services are served by the proxy: say so, not just "tcp".
                     protocol: if svc.l7 { "http" } else { svc.protocol }.to_string(),
                     state: state.to_string(),
-                    tier_in_use: (0..svc.members.len())
-                        .filter(|&mi| active[mi])
-                        .map(|mi| svc.members[mi].tier)
+                    tier_in_use: svc
+                        .members
+                        .iter()
+                        .zip(&active)
+                        .filter(|(_, a)| **a)
+                        .map(|(m, _)| m.rank.tier)
                         .max(),
                     traffic: traffic(self.dp.service_traffic(svc.id)),
                     backends,

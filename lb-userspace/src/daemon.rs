@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{AdminState, ReloadError, Reloads, SharedToken, serve},
-    config::{Config, kind_name, protocol_name},
+    config::Config,
     dataplane::{Dataplane, attach, resolve},
     health::{
         Epochs, new_board,
@@ -45,7 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let wanted: usize = config
         .services
         .iter()
-        .filter_map(|s| s.http.as_ref())
+        .filter_map(|s| s.mode.http())
         .map(|h| h.max_connections * 2)
         .sum();
     match privileges::raise_nofile() {
@@ -121,10 +121,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(
             service = %svc.name,
             vip = %svc.vip,
-            protocol = protocol_name(svc.protocol),
+            protocol = %svc.protocol,
+            mode = %svc.mode,
             backends = svc.backends.len(),
             table_size = planned.base.len(),
-            check = kind_name(svc.health.kind),
+            check = %svc.health.check,
             "service ready"
         );
     }

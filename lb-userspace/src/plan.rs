@@ -5,12 +5,12 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, MAX_BACKENDS, PROTO_TCP, PROTO_UDP, SERVICE_F_HASH_SRC_IP,
-    ServiceKey, addr_words,
+    BACKEND_ALIVE, BackendInfo, FORWARD_NAT, MAX_BACKENDS, PROTO_TCP, PROTO_UDP,
+    SERVICE_F_HASH_SRC_IP, ServiceKey, addr_words,
 };
 
 use crate::{
-    config::{CheckKind, Config, HashMode, MinHealthy, OnAllDown, Protocol, Service},
+    config::{Check, Config, HashMode, MinHealthy, Mode, OnAllDown, Protocol, Service},
     fallback::{Member, Preferences, active_set, derive},
     maglev,
 };
@@ -27,14 +27,11 @@ pub struct Plan {
 pub struct PlannedService {
     pub name: String,
     pub vip: SocketAddr,
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub id: u32,
     pub key: ServiceKey,
-    pub flags: u32,
-    pub syn_timeout_ms: u32,
-    /// The table to install: backend ids (or `NO_BACKEND`/`REJECT`), one per Maglev entry.
-    /// [`plan`] fills it for "every backend healthy"; see [`PlannedService::table_for`].
-    pub ring: Vec<u32>,
+    /// The L4 part (the kernel's entry and ring) or the L7 part.
+    pub serving: Serving,
     /// The service's backends, in config order.
     pub members: Vec<PlannedMember>,
     /// Maglev table of the primary tier, as member indices.
@@ -45,8 +42,51 @@ pub struct PlannedService {
     pub on_all_down: OnAllDown,
     /// Each backend's health before its first check: up, unless it must pass one first.
     pub initially_healthy: bool,
-    /// Served by the L7 proxy: no `SERVICES` entry, the proxy reads the health view instead.
-    pub l7: bool,
+}
+
+/// Who serves a planned service. Kernel code matches on it once; it never tests for HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Serving {
+    /// The XDP program: a `SERVICES` entry and a Maglev ring.
+    Kernel(KernelService),
+    /// The daemon's HTTP proxy, which reads the health view: no `SERVICES` entry, so the VIP's
+    /// packets reach the stack and the proxy's sockets.
+    Proxy,
+}
+
+/// The L4 part of a plan: what the `SERVICES` entry says and the ring it points to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelService {
+    pub entry: EntrySettings,
+    /// The table to install: backend ids (or `NO_BACKEND`/`REJECT`), one per Maglev entry.
+    /// [`plan`] fills it for "every backend healthy"; see [`PlannedService::table_for`].
+    pub ring: Vec<u32>,
+}
+
+/// The `SERVICES` entry's settings, other than its ring: a reload that changes none of them (nor
+/// the table) rewrites nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntrySettings {
+    /// `lb_common::FORWARD_*`: which `steer()` the kernel runs.
+    pub forwarding: u32,
+    /// `lb_common::SERVICE_F_*`.
+    pub flags: u32,
+    pub syn_timeout_ms: u32,
+}
+
+impl Serving {
+    /// The kernel's part, for an L4 service.
+    pub fn kernel(&self) -> Option<&KernelService> {
+        match self {
+            Serving::Kernel(k) => Some(k),
+            Serving::Proxy => None,
+        }
+    }
+
+    /// The entry settings, for an L4 service.
+    pub fn entry(&self) -> Option<EntrySettings> {
+        self.kernel().map(|k| k.entry)
+    }
 }
 
 /// One backend of a planned service: where it is, its id in the maps, and how fallback ranks it.
@@ -147,7 +187,7 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
         .collect();
     // An HTTP service's proxy picks backends from the health view, not from a table: building
     // one (65,537 entries by default, and its per-tier preferences) would be wasted.
-    let base: Vec<u32> = if svc.http.is_some() {
+    let base: Vec<u32> = if let Mode::Http(_) = svc.mode {
         Vec::new()
     } else {
         maglev::build(&entries, svc.table_size)
@@ -158,24 +198,30 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
     let mut planned = PlannedService {
         name: svc.name.clone(),
         vip: svc.vip,
-        protocol: crate::config::protocol_name(svc.protocol),
+        protocol: svc.protocol,
         id,
         key: service_key(svc.vip, svc.protocol),
-        flags: match svc.hash {
-            HashMode::FiveTuple => 0,
-            HashMode::SourceIp => SERVICE_F_HASH_SRC_IP,
-        },
-        syn_timeout_ms: svc.passive.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
-        ring: Vec::new(),
+        serving: Serving::Proxy,
         prefs: Preferences::new(&base, &ranks),
         members: members(svc, backend_ids, ranks, &base),
         base,
         min_healthy: svc.min_healthy,
         on_all_down: svc.on_all_down,
-        initially_healthy: svc.health.kind == CheckKind::None || !svc.wait_for_first_check,
-        l7: svc.http.is_some(),
+        initially_healthy: svc.health.check == Check::None || !svc.wait_for_first_check,
     };
-    planned.ring = planned.table_for(&vec![true; svc.backends.len()]);
+    if let Mode::Nat = svc.mode {
+        planned.serving = Serving::Kernel(KernelService {
+            entry: EntrySettings {
+                forwarding: FORWARD_NAT,
+                flags: match svc.hash {
+                    HashMode::FiveTuple => 0,
+                    HashMode::SourceIp => SERVICE_F_HASH_SRC_IP,
+                },
+                syn_timeout_ms: svc.passive.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
+            },
+            ring: planned.table_for(&vec![true; svc.backends.len()]),
+        });
+    }
     planned
 }
 
@@ -377,18 +423,37 @@ address = "[2001:db8::11]:5353"
         assert_eq!(p.backends.len(), 3);
         assert_eq!(ids(&p.services[0]), vec![0, 1]);
         assert_eq!(ids(&p.services[1]), vec![2]);
-        assert_eq!(p.services[0].ring.len(), 307);
-        assert!(p.services[0].ring.iter().all(|&b| b < 2));
+        assert_eq!(p.services[0].serving.kernel().unwrap().ring.len(), 307);
+        assert!(
+            p.services[0]
+                .serving
+                .kernel()
+                .unwrap()
+                .ring
+                .iter()
+                .all(|&b| b < 2)
+        );
         assert!(
             p.services[0].initially_healthy,
             "no check: up from the start"
         );
-        assert!(p.services[1].ring.iter().all(|&b| b == 2));
+        assert!(
+            p.services[1]
+                .serving
+                .kernel()
+                .unwrap()
+                .ring
+                .iter()
+                .all(|&b| b == 2)
+        );
         assert_eq!(p.services[0].key.port, 80u16.to_be());
         assert_eq!(p.services[0].key.proto, PROTO_TCP);
         assert_eq!(p.services[1].key.proto, PROTO_UDP);
         assert_eq!(p.services[1].key.family, lb_common::FAMILY_V6);
-        assert_eq!(p.services[1].flags, SERVICE_F_HASH_SRC_IP);
+        assert_eq!(
+            p.services[1].serving.entry().unwrap().flags,
+            SERVICE_F_HASH_SRC_IP
+        );
         assert_eq!(p.backends[2].port, 5353u16.to_be());
         assert_eq!(p.backends[2].state, BACKEND_ALIVE);
         assert_eq!(p, plan(&config), "planning is deterministic");

@@ -1,14 +1,14 @@
 //! Validation of `[service.health]` and `[service.passive]`: the active check and passive
 //! detection of one service, applied to each of its backends by its own task.
 
-use std::{ops::Range, path::PathBuf, time::Duration};
+use std::{fmt, ops::Range, path::PathBuf, time::Duration};
 
 use toml::Spanned;
 
 use super::{
     ConfigError,
     error::Locator,
-    raw::{CheckKind, RawHealth, RawPassive},
+    raw::{RawCheckKind, RawHealth, RawPassive},
 };
 
 /// Defaults follow HAProxy's `inter 2s`, `rise 2`, `fall 3`, with Envoy-style 10% jitter so that
@@ -22,7 +22,7 @@ pub const DEFAULT_FALL: u32 = 3;
 /// The active health check of a service's backends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
-    pub kind: CheckKind,
+    pub check: Check,
     pub interval: Duration,
     pub timeout: Duration,
     /// Each wait is `interval` times a random factor in `1 ± jitter`.
@@ -33,24 +33,46 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Probe this port instead of the backend's.
     pub port: Option<u16>,
-    pub http: Option<HttpCheck>,
-    pub tls: Option<TlsCheck>,
-    pub udp: Option<UdpCheck>,
+}
+
+/// What an active check does, with exactly the settings its kind needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// No active check: backends are up unless passive detection ejects them. The default.
+    None,
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP/1.1 request; the status (and optionally the body) decide.
+    Http(HttpCheck),
+    /// The same over TLS.
+    Https(HttpCheck, TlsCheck),
+    /// A datagram sent; the reply must match.
+    Udp(UdpCheck),
+}
+
+impl fmt::Display for Check {
+    /// The config's word for the kind (`kind = "..."`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Check::None => "none",
+            Check::Tcp => "tcp",
+            Check::Http(_) => "http",
+            Check::Https(..) => "https",
+            Check::Udp(_) => "udp",
+        })
+    }
 }
 
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
-            kind: CheckKind::None,
+            check: Check::None,
             interval: DEFAULT_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             jitter: DEFAULT_JITTER,
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
             port: None,
-            http: None,
-            tls: None,
-            udp: None,
         }
     }
 }
@@ -189,15 +211,15 @@ fn count(
 }
 
 /// A field only some check kinds use: its name, where it was given, those kinds, and their names.
-type KindSpecific<'a> = (&'a str, Option<Range<usize>>, &'a [CheckKind], &'a str);
+type KindSpecific<'a> = (&'a str, Option<Range<usize>>, &'a [RawCheckKind], &'a str);
 
-pub fn kind_name(k: CheckKind) -> &'static str {
+fn kind_name(k: RawCheckKind) -> &'static str {
     match k {
-        CheckKind::None => "none",
-        CheckKind::Tcp => "tcp",
-        CheckKind::Http => "http",
-        CheckKind::Https => "https",
-        CheckKind::Udp => "udp",
+        RawCheckKind::None => "none",
+        RawCheckKind::Tcp => "tcp",
+        RawCheckKind::Http => "http",
+        RawCheckKind::Https => "https",
+        RawCheckKind::Udp => "udp",
     }
 }
 
@@ -230,7 +252,7 @@ pub(super) fn validate_health(
     let h = raw.get_ref();
     let f = |name: &str| format!("{prefix}.{name}");
     let kind = h.kind;
-    let http_kinds = [CheckKind::Http, CheckKind::Https];
+    let http_kinds = [RawCheckKind::Http, RawCheckKind::Https];
     // Fields that only some check kinds use: (name, where it was given, kinds, kinds in words).
     let specific: [KindSpecific<'_>; 11] = [
         (
@@ -266,37 +288,37 @@ pub(super) fn validate_health(
         (
             "ca_file",
             h.ca_file.as_ref().map(Spanned::span),
-            &[CheckKind::Https],
+            &[RawCheckKind::Https],
             "https",
         ),
         (
             "sni",
             h.sni.as_ref().map(Spanned::span),
-            &[CheckKind::Https],
+            &[RawCheckKind::Https],
             "https",
         ),
         (
             "insecure_skip_verify",
             h.insecure_skip_verify.as_ref().map(Spanned::span),
-            &[CheckKind::Https],
+            &[RawCheckKind::Https],
             "https",
         ),
         (
             "send",
             h.send.as_ref().map(Spanned::span),
-            &[CheckKind::Udp],
+            &[RawCheckKind::Udp],
             "udp",
         ),
         (
             "expect",
             h.expect.as_ref().map(Spanned::span),
-            &[CheckKind::Udp],
+            &[RawCheckKind::Udp],
             "udp",
         ),
         (
             "expect_prefix",
             h.expect_prefix.as_ref().map(Spanned::span),
-            &[CheckKind::Udp],
+            &[RawCheckKind::Udp],
             "udp",
         ),
     ];
@@ -346,124 +368,132 @@ pub(super) fn validate_health(
         }
     };
 
-    let http = if http_kinds.contains(&kind) {
-        let method = h
-            .method
-            .as_ref()
-            .map_or("GET".to_string(), |m| m.get_ref().clone());
-        if hyper::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
-            return Err(at.error(
-                h.method.as_ref().map(Spanned::span),
-                f("method"),
-                format!("\"{method}\" is not an HTTP method"),
-                "use GET, HEAD or another method token",
-            ));
+    let check = match kind {
+        RawCheckKind::None => Check::None,
+        RawCheckKind::Tcp => Check::Tcp,
+        RawCheckKind::Http => Check::Http(http_settings(at, prefix, h)?),
+        RawCheckKind::Https => {
+            Check::Https(http_settings(at, prefix, h)?, tls_settings(at, prefix, h)?)
         }
-        let path = h
-            .path
-            .as_ref()
-            .map_or("/".to_string(), |p| p.get_ref().clone());
-        if !path.starts_with('/') {
-            return Err(at.error(
-                h.path.as_ref().map(Spanned::span),
-                f("path"),
-                format!("\"{path}\" does not start with '/'"),
-                "write an absolute path such as \"/healthz\"",
-            ));
-        }
-        let expect_status = match &h.expect_status {
-            None => vec![(200, 399)],
-            Some(list) => list
-                .get_ref()
-                .iter()
-                .enumerate()
-                .map(|(i, v)| status_range(at, v, format!("{prefix}.expect_status[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        Some(HttpCheck {
-            method,
-            path,
-            host: h.host.as_ref().map(|v| v.get_ref().clone()),
-            expect_status,
-            expect_body: h.expect_body.as_ref().map(|v| v.get_ref().clone()),
-        })
-    } else {
-        None
+        RawCheckKind::Udp => Check::Udp(udp_settings(at, prefix, raw)?),
     };
-
-    let tls = if kind == CheckKind::Https {
-        let ca_file = match &h.ca_file {
-            None => None,
-            Some(path) => {
-                let p = PathBuf::from(path.get_ref());
-                let certs = std::fs::read(&p).map_err(|e| {
-                    at.error(
-                        Some(path.span()),
-                        f("ca_file"),
-                        format!("cannot read {}: {e}", p.display()),
-                        "give the path of a readable PEM file of CA certificates",
-                    )
-                })?;
-                if !String::from_utf8_lossy(&certs).contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(at.error(
-                        Some(path.span()),
-                        f("ca_file"),
-                        format!("{} holds no PEM certificate", p.display()),
-                        "give a PEM file with at least one -----BEGIN CERTIFICATE----- block",
-                    ));
-                }
-                Some(p)
-            }
-        };
-        Some(TlsCheck {
-            ca_file,
-            sni: h.sni.as_ref().map(|v| v.get_ref().clone()),
-            insecure_skip_verify: h
-                .insecure_skip_verify
-                .as_ref()
-                .is_some_and(|v| *v.get_ref()),
-        })
-    } else {
-        None
-    };
-
-    let udp = if kind == CheckKind::Udp {
-        let (Some(send), Some(expect)) = (&h.send, &h.expect) else {
-            return Err(at.error(
-                Some(raw.span()),
-                prefix.to_string(),
-                "a udp check needs `send` and `expect`",
-                "add send = \"...\" (the request) and expect = \"...\" (the reply, or its start with expect_prefix = true)",
-            ));
-        };
-        if send.get_ref().is_empty() {
-            return Err(at.error(
-                Some(send.span()),
-                f("send"),
-                "the request is empty",
-                "give the bytes to send, such as \"ping\"",
-            ));
-        }
-        Some(UdpCheck {
-            send: send.get_ref().as_bytes().to_vec(),
-            expect: expect.get_ref().as_bytes().to_vec(),
-            prefix: h.expect_prefix.as_ref().is_some_and(|v| *v.get_ref()),
-        })
-    } else {
-        None
-    };
-
     Ok(HealthCheck {
-        kind,
+        check,
         interval,
         timeout,
         jitter,
         rise: count(at, &h.rise, f("rise"), DEFAULT_RISE)?,
         fall: count(at, &h.fall, f("fall"), DEFAULT_FALL)?,
         port: h.port.as_ref().map(|p| *p.get_ref()),
-        http,
-        tls,
-        udp,
+    })
+}
+
+fn http_settings(at: &Locator<'_>, prefix: &str, h: &RawHealth) -> Result<HttpCheck, ConfigError> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    let method = h
+        .method
+        .as_ref()
+        .map_or("GET".to_string(), |m| m.get_ref().clone());
+    if hyper::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+        return Err(at.error(
+            h.method.as_ref().map(Spanned::span),
+            f("method"),
+            format!("\"{method}\" is not an HTTP method"),
+            "use GET, HEAD or another method token",
+        ));
+    }
+    let path = h
+        .path
+        .as_ref()
+        .map_or("/".to_string(), |p| p.get_ref().clone());
+    if !path.starts_with('/') {
+        return Err(at.error(
+            h.path.as_ref().map(Spanned::span),
+            f("path"),
+            format!("\"{path}\" does not start with '/'"),
+            "write an absolute path such as \"/healthz\"",
+        ));
+    }
+    let expect_status = match &h.expect_status {
+        None => vec![(200, 399)],
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| status_range(at, v, format!("{prefix}.expect_status[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(HttpCheck {
+        method,
+        path,
+        host: h.host.as_ref().map(|v| v.get_ref().clone()),
+        expect_status,
+        expect_body: h.expect_body.as_ref().map(|v| v.get_ref().clone()),
+    })
+}
+
+fn tls_settings(at: &Locator<'_>, prefix: &str, h: &RawHealth) -> Result<TlsCheck, ConfigError> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    let ca_file = match &h.ca_file {
+        None => None,
+        Some(path) => {
+            let p = PathBuf::from(path.get_ref());
+            let certs = std::fs::read(&p).map_err(|e| {
+                at.error(
+                    Some(path.span()),
+                    f("ca_file"),
+                    format!("cannot read {}: {e}", p.display()),
+                    "give the path of a readable PEM file of CA certificates",
+                )
+            })?;
+            if !String::from_utf8_lossy(&certs).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(at.error(
+                    Some(path.span()),
+                    f("ca_file"),
+                    format!("{} holds no PEM certificate", p.display()),
+                    "give a PEM file with at least one -----BEGIN CERTIFICATE----- block",
+                ));
+            }
+            Some(p)
+        }
+    };
+    Ok(TlsCheck {
+        ca_file,
+        sni: h.sni.as_ref().map(|v| v.get_ref().clone()),
+        insecure_skip_verify: h
+            .insecure_skip_verify
+            .as_ref()
+            .is_some_and(|v| *v.get_ref()),
+    })
+}
+
+fn udp_settings(
+    at: &Locator<'_>,
+    prefix: &str,
+    raw: &Spanned<RawHealth>,
+) -> Result<UdpCheck, ConfigError> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    let h = raw.get_ref();
+    let (Some(send), Some(expect)) = (&h.send, &h.expect) else {
+        return Err(at.error(
+            Some(raw.span()),
+            prefix.to_string(),
+            "a udp check needs `send` and `expect`",
+            "add send = \"...\" (the request) and expect = \"...\" (the reply, or its start with expect_prefix = true)",
+        ));
+    };
+    if send.get_ref().is_empty() {
+        return Err(at.error(
+            Some(send.span()),
+            f("send"),
+            "the request is empty",
+            "give the bytes to send, such as \"ping\"",
+        ));
+    }
+    Ok(UdpCheck {
+        send: send.get_ref().as_bytes().to_vec(),
+        expect: expect.get_ref().as_bytes().to_vec(),
+        prefix: h.expect_prefix.as_ref().is_some_and(|v| *v.get_ref()),
     })
 }
 

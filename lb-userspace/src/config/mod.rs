@@ -4,6 +4,7 @@
 mod error;
 mod health;
 mod http;
+mod model;
 mod raw;
 
 use std::{
@@ -18,12 +19,12 @@ use crate::maglev::{is_prime, next_prime};
 use toml::Spanned;
 
 pub use error::ConfigError;
-pub use health::{HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, kind_name};
+pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck};
 pub use http::{Certificate, CircuitPolicy, HttpService, RetryPolicy};
-pub use raw::{CheckKind, ForwardingMode, HashMode, OnAllDown, Protocol, XdpMode};
+pub use model::{HashMode, Mode, OnAllDown, Protocol, XdpMode};
 
 use error::Locator;
-use raw::{RawBackend, RawConfig, RawService};
+use raw::{RawBackend, RawConfig, RawMode, RawService};
 
 /// Maglev table size when a service does not set `table_size`.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -96,7 +97,7 @@ pub struct Service {
     pub name: String,
     pub vip: SocketAddr,
     pub protocol: Protocol,
-    pub mode: ForwardingMode,
+    pub mode: Mode,
     pub hash: HashMode,
     /// Maglev table size, a prime.
     pub table_size: u32,
@@ -107,8 +108,6 @@ pub struct Service {
     pub wait_for_first_check: bool,
     pub health: HealthCheck,
     pub passive: Passive,
-    /// The proxy's settings when `mode = "http"`.
-    pub http: Option<HttpService>,
     pub backends: Vec<Backend>,
 }
 
@@ -436,7 +435,7 @@ fn validate_service(
             f("vip"),
             format!(
                 "{vip}/{} is already the VIP of service \"{other}\" (line {other_line})",
-                protocol_name(svc.protocol)
+                svc.protocol
             ),
             "give each service its own address, port or protocol",
         ));
@@ -502,11 +501,11 @@ fn validate_service(
     };
     let health = health::validate_health(at, &f("health"), svc.health.as_ref())?;
     let passive = health::validate_passive(at, &f("passive"), svc.passive.as_ref())?;
-    if svc.protocol == Protocol::Udp && matches!(health.kind, CheckKind::Http | CheckKind::Https) {
+    if svc.protocol == Protocol::Udp && matches!(health.check, Check::Http(_) | Check::Https(..)) {
         return Err(at.error(
             svc.health.as_ref().map(Spanned::span),
             f("health.kind"),
-            format!("an {} check on a UDP service", kind_name(health.kind)),
+            format!("an {} check on a UDP service", health.check),
             "use kind = \"udp\" (or \"tcp\" against a TCP port given with `port`)",
         ));
     }
@@ -517,8 +516,8 @@ fn validate_service(
         ("retry", svc.retry.as_ref().map(Spanned::span)),
         ("circuit", svc.circuit.as_ref().map(Spanned::span)),
     ];
-    let http = match svc.mode {
-        ForwardingMode::Http => {
+    let mode = match svc.mode {
+        RawMode::Http => {
             if svc.protocol == Protocol::Udp {
                 return Err(at.error(
                     Some(svc.vip.span()),
@@ -527,7 +526,7 @@ fn validate_service(
                     "remove protocol = \"udp\" (HTTP services are TCP), or use mode = \"nat\"",
                 ));
             }
-            Some(http::validate_http(
+            Mode::Http(Box::new(http::validate_http(
                 at,
                 &format!("service[{i}]"),
                 http::RawSections {
@@ -537,9 +536,9 @@ fn validate_service(
                     retry: svc.retry.as_ref(),
                     circuit: svc.circuit.as_ref(),
                 },
-            )?)
+            )?))
         }
-        ForwardingMode::Nat => {
+        RawMode::Nat => {
             if let Some((section, span)) = http_sections.iter().find(|(_, s)| s.is_some()) {
                 return Err(at.error(
                     span.clone(),
@@ -552,7 +551,7 @@ fn validate_service(
             // services on one backend address could not tell their replies apart.
             for (j, b) in backends.iter().enumerate() {
                 let shared = earlier.iter().find(|e| {
-                    e.mode == ForwardingMode::Nat
+                    e.mode == Mode::Nat
                         && e.protocol == svc.protocol
                         && e.backends.iter().any(|eb| eb.address == b.address)
                 });
@@ -570,15 +569,14 @@ fn validate_service(
                     ));
                 }
             }
-            None
+            Mode::Nat
         }
     };
     Ok(Service {
         name,
         vip,
         protocol: svc.protocol,
-        mode: svc.mode,
-        http,
+        mode,
         hash: svc.hash,
         table_size,
         min_healthy,
@@ -669,13 +667,6 @@ fn socket_addr(
             format!("\"{text}\" is not an address with a port"),
             format!("write an IP address and a port, such as {example}"),
         )),
-    }
-}
-
-pub fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
     }
 }
 

@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::model::{HashMode, OnAllDown, Protocol, XdpMode};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -31,19 +33,6 @@ pub struct RawDataplane {
     pub max_flows: Option<Spanned<u32>>,
 }
 
-/// How the XDP program is attached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum XdpMode {
-    /// In the driver (fastest); fails where the driver has no XDP support.
-    Native,
-    /// In the generic (skb) path: works everywhere, slower.
-    Generic,
-    /// Native, falling back to generic per interface. The default.
-    #[default]
-    Auto,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
@@ -52,7 +41,7 @@ pub struct RawService {
     #[serde(default)]
     pub protocol: Protocol,
     #[serde(default)]
-    pub mode: ForwardingMode,
+    pub mode: RawMode,
     #[serde(default)]
     pub hash: HashMode,
     pub table_size: Option<Spanned<u32>>,
@@ -76,7 +65,7 @@ pub struct RawService {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
-    pub kind: CheckKind,
+    pub kind: RawCheckKind,
     pub interval: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub jitter: Option<Spanned<f64>>,
@@ -110,10 +99,10 @@ pub struct RawPassive {
     pub max_ejection_percent: Option<Spanned<u32>>,
 }
 
-/// The active health check's protocol.
+/// `kind` as written; validation turns it into [`Check`](super::Check), with its settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CheckKind {
+pub enum RawCheckKind {
     /// No active check: backends are up unless passive detection ejects them. The default.
     #[default]
     None,
@@ -127,19 +116,6 @@ pub enum CheckKind {
     Udp,
 }
 
-/// What a service does when no backend is available.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnAllDown {
-    /// Drop new flows (counted). The default: nothing is sent to a backend known to be down.
-    #[default]
-    Drop,
-    /// Answer new TCP flows with a RST from XDP, so clients fail fast.
-    Reject,
-    /// Use every backend, healthy or not: better a chance than certain failure.
-    FailOpen,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
@@ -150,18 +126,10 @@ pub struct RawBackend {
     pub drain: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    #[default]
-    Tcp,
-    Udp,
-}
-
-/// How traffic reaches a backend.
+/// `mode` as written; validation turns it into [`Mode`](super::Mode), with its settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ForwardingMode {
+pub enum RawMode {
     /// Destination NAT to the backend, with the replies translated back to the VIP. Backends
     /// must route their replies through the balancer.
     #[default]
@@ -232,15 +200,4 @@ pub struct RawCircuit {
     pub failure_statuses: Option<Spanned<Vec<Spanned<u16>>>>,
     pub base_ejection: Option<Spanned<String>>,
     pub max_ejection: Option<Spanned<String>>,
-}
-
-/// What a new flow's position in the Maglev table is hashed from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HashMode {
-    /// Addresses, ports and protocol: flows spread independently. The default.
-    #[default]
-    FiveTuple,
-    /// The client address only: one client's flows share a backend (affinity).
-    SourceIp,
 }

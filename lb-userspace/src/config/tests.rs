@@ -55,7 +55,7 @@ fn accepts_a_good_config_with_defaults() {
     let web = &c.services[0];
     assert_eq!(web.vip, "10.0.0.10:80".parse().unwrap());
     assert_eq!(web.protocol, Protocol::Tcp);
-    assert_eq!(web.mode, ForwardingMode::Nat);
+    assert_eq!(web.mode, Mode::Nat);
     assert_eq!(web.hash, HashMode::FiveTuple);
     assert_eq!(web.table_size, 1021);
     assert_eq!(web.backends[0].weight, DEFAULT_WEIGHT);
@@ -372,10 +372,11 @@ fn accepts_health_tiers_and_passive_settings() {
     assert_eq!(s.min_healthy, MinHealthy::Count(2));
     assert_eq!(s.on_all_down, OnAllDown::Reject);
     assert!(s.wait_for_first_check);
-    assert_eq!(s.health.kind, CheckKind::Http);
     assert_eq!(s.health.interval, std::time::Duration::from_millis(100));
     assert_eq!(s.health.fall, 2);
-    let http = s.health.http.as_ref().unwrap();
+    let Check::Http(http) = &s.health.check else {
+        panic!("an http check, not {}", s.health.check);
+    };
     assert_eq!(http.path, "/healthz");
     assert_eq!(http.expect_status, vec![(200, 299), (301, 301)]);
     assert_eq!(s.passive.events_to_eject, 3);
@@ -569,7 +570,7 @@ address = "10.0.11.2:8080"
 #[test]
 fn accepts_an_http_service_with_defaults_filled() {
     let c = parse(HTTP).unwrap();
-    let h = c.services[0].http.as_ref().expect("an HTTP service");
+    let h = c.services[0].mode.http().expect("an HTTP service");
     assert_eq!(h.retry.attempts, 2);
     assert_eq!(
         h.retry.per_try_timeout,
@@ -586,7 +587,7 @@ fn accepts_an_http_service_with_defaults_filled() {
             .unwrap()
             .services
             .iter()
-            .all(|s| s.http.is_none())
+            .all(|s| s.mode == Mode::Nat)
     );
 }
 

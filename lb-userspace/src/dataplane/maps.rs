@@ -22,7 +22,7 @@ use lb_common::{
 use memmap2::{MmapMut, MmapOptions};
 
 use super::{EBPF_OBJECT, XDP_PROGRAM};
-use crate::plan::{Plan, PlannedService};
+use crate::plan::{Plan, PlannedService, Serving};
 
 /// Anything that went wrong between user space and the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -296,7 +296,10 @@ impl Dataplane {
 
     /// Fills the service's idle ring slot with its planned ring, then makes it active.
     pub fn install_service(&mut self, svc: &PlannedService) -> Result<(), DataplaneError> {
-        self.install_table(svc, &svc.ring)
+        match &svc.serving {
+            Serving::Kernel(k) => self.install_table(svc, &k.ring),
+            Serving::Proxy => Ok(()),
+        }
     }
 
     /// Fills the service's idle ring slot with `ring`, then makes it active.
@@ -362,11 +365,11 @@ impl Dataplane {
         len: usize,
         write: impl FnOnce(&mut [u8]),
     ) -> Result<(), DataplaneError> {
-        // An HTTP service is served by the daemon's sockets: its VIP must reach the stack, so
+        // A proxied service is served by the daemon's sockets: its VIP must reach the stack, so
         // it gets no `SERVICES` entry (its backends' entries are still written).
-        if svc.l7 {
+        let Some(entry) = svc.serving.entry() else {
             return Ok(());
-        }
+        };
         if len > MAX_RING_SIZE as usize {
             return Err(DataplaneError::RingTooLarge {
                 service: svc.name.clone(),
@@ -390,10 +393,9 @@ impl Dataplane {
             id: svc.id,
             ring_size,
             active_slot: slot,
-            flags: svc.flags,
-            syn_timeout_ms: svc.syn_timeout_ms,
-            // The only L4 mode so far; the next ones get a `FORWARD_*` and a kernel `steer()` arm.
-            forwarding: lb_common::FORWARD_NAT,
+            flags: entry.flags,
+            syn_timeout_ms: entry.syn_timeout_ms,
+            forwarding: entry.forwarding,
         };
         self.services
             .insert(svc.key, info, 0)

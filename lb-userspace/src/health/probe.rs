@@ -17,7 +17,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use crate::config::{CheckKind, HealthCheck, HttpCheck, TlsCheck, UdpCheck};
+use crate::config::{Check, HealthCheck, HttpCheck, TlsCheck, UdpCheck};
 
 /// Most of a response body an HTTP check reads for `expect_body`.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -25,14 +25,15 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// What a check needs prepared once, not per probe.
 pub struct Prober {
     check: HealthCheck,
-    tls: Option<(TlsConnector, Option<String>)>,
+    /// An HTTPS check's connector, built once.
+    tls: Option<TlsConnector>,
 }
 
 impl Prober {
     pub fn new(check: &HealthCheck) -> Result<Prober, String> {
-        let tls = match &check.tls {
-            Some(t) => Some((TlsConnector::from(Arc::new(tls_config(t)?)), t.sni.clone())),
-            None => None,
+        let tls = match &check.check {
+            Check::Https(_, t) => Some(TlsConnector::from(Arc::new(tls_config(t)?))),
+            _ => None,
         };
         Ok(Prober {
             check: check.clone(),
@@ -40,8 +41,9 @@ impl Prober {
         })
     }
 
-    pub fn kind(&self) -> CheckKind {
-        self.check.kind
+    /// Whether there is an active check at all.
+    pub fn is_active(&self) -> bool {
+        self.check.check != Check::None
     }
 
     /// Probes `backend` (or its check port) once, within the check's timeout.
@@ -57,40 +59,21 @@ impl Prober {
     }
 
     async fn run(&self, target: SocketAddr) -> Result<(), ProbeError> {
-        match self.check.kind {
-            CheckKind::None => Ok(()),
-            CheckKind::Tcp => connect(target).await.map(drop),
-            CheckKind::Http => {
-                let http = self
-                    .check
-                    .http
-                    .as_ref()
-                    .ok_or("http check without settings")?;
-                Ok(http_check(connect(target).await?, http, target).await?)
-            }
-            CheckKind::Https => {
-                let http = self
-                    .check
-                    .http
-                    .as_ref()
-                    .ok_or("https check without settings")?;
-                let (connector, sni) = self.tls.as_ref().ok_or("https check without TLS")?;
-                let name = server_name(sni.as_deref().or(http.host.as_deref()), target)?;
+        match &self.check.check {
+            Check::None => Ok(()),
+            Check::Tcp => connect(target).await.map(drop),
+            Check::Http(http) => Ok(http_check(connect(target).await?, http, target).await?),
+            Check::Https(http, tls) => {
+                let connector = self.tls.as_ref().ok_or("https check without TLS")?;
+                let name = server_name(tls.sni.as_deref().or(http.host.as_deref()), target)?;
                 let tcp = connect(target).await?;
-                let tls = connector
+                let stream = connector
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
-                Ok(http_check(tls, http, target).await?)
+                Ok(http_check(stream, http, target).await?)
             }
-            CheckKind::Udp => {
-                let udp = self
-                    .check
-                    .udp
-                    .as_ref()
-                    .ok_or("udp check without settings")?;
-                Ok(udp_check(udp, target).await?)
-            }
+            Check::Udp(udp) => Ok(udp_check(udp, target).await?),
         }
     }
 }

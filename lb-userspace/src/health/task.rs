@@ -18,7 +18,7 @@ use super::{
     state::HealthState,
 };
 use crate::{
-    config::{CheckKind, HealthCheck, Passive},
+    config::{HealthCheck, Passive},
     ejection::{Backoff, Gate, Standing},
 };
 
@@ -41,7 +41,7 @@ pub struct BackendTask {
 
 impl BackendTask {
     pub async fn run(self, updates: mpsc::Sender<Update>, mut events: mpsc::Receiver<Signal>) {
-        let active = self.prober.kind() != CheckKind::None;
+        let active = self.prober.is_active();
         let mut state = HealthState::new(self.initially_up, self.check.rise, self.check.fall);
         let mut next_probe = Instant::now();
         let mut ejected_until: Option<Instant> = None;

@@ -57,7 +57,7 @@ impl Listeners {
     /// Builds every HTTP service's proxy and binds the addresses not bound yet.
     pub async fn prepare(&self, config: &Config) -> Result<Prepared, String> {
         let mut services = Vec::new();
-        for svc in config.services.iter().filter(|s| s.http.is_some()) {
+        for svc in config.services.iter().filter(|s| s.mode.http().is_some()) {
             let running = self.running.get(&svc.name);
             let carried = running.map(|r| r.current.load().carried.clone());
             let proxy = ServiceProxy::new(

@@ -167,8 +167,9 @@ impl ServiceProxy {
         metrics: L7Metrics,
     ) -> Result<ServiceProxy, String> {
         let settings = service
-            .http
-            .clone()
+            .mode
+            .http()
+            .cloned()
             .ok_or_else(|| format!("service {} is not an HTTP service", service.name))?;
         let tls = match &settings.tls {
             None => None,

@@ -40,7 +40,7 @@ use crate::{
     fallback::{Active, active_set, derive, derive_slot, tier_activity},
     health::Update,
     l7::availability::{Availability, MemberView, PoolView, new_availability},
-    plan::{Plan, PlannedService},
+    plan::{Plan, PlannedService, Serving},
     status::{self, BackendStatus, ServiceStatus, Snapshot},
 };
 
@@ -231,7 +231,7 @@ impl Writer {
     /// Publishes an HTTP service's members as the fallback ordering sees them now.
     fn publish(&self, si: usize) {
         let svc = &self.plan.services[si];
-        if !svc.l7 {
+        if svc.serving != Serving::Proxy {
             return;
         }
         let active = match &self.views[si].active {
@@ -260,7 +260,12 @@ impl Writer {
 
     fn publish_all(&self) {
         if let Ok(mut a) = self.availability.write() {
-            a.retain(|name, _| self.plan.services.iter().any(|s| s.l7 && &s.name == name));
+            a.retain(|name, _| {
+                self.plan
+                    .services
+                    .iter()
+                    .any(|s| s.serving == Serving::Proxy && &s.name == name)
+            });
         }
         for si in 0..self.plan.services.len() {
             self.publish(si);

@@ -65,8 +65,7 @@ impl Writer {
             let unchanged = old.is_some_and(|oi| {
                 let o = &self.plan.services[oi];
                 o.ids(self.views[oi].table.clone()) == svc.ids(table.clone())
-                    && o.flags == svc.flags
-                    && o.syn_timeout_ms == svc.syn_timeout_ms
+                    && o.serving.entry() == svc.serving.entry()
             });
             let last_delta = match old {
                 Some(oi) if unchanged => self.views[oi].last_delta.take(),

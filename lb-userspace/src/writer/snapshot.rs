@@ -60,7 +60,10 @@ impl Writer {
                     name: svc.name.clone(),
                     vip: svc.vip.to_string(),
                     // HTTP services are served by the proxy: say so, not just "tcp".
-                    protocol: if svc.l7 { "http" } else { svc.protocol }.to_string(),
+                    protocol: match svc.serving {
+                        Serving::Proxy => "http".to_string(),
+                        Serving::Kernel(_) => svc.protocol.to_string(),
+                    },
                     state: state.to_string(),
                     tier_in_use: svc
                         .members

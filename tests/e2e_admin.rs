@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::{BIN, admin, chromium_dom, cli, named_echo_servers};
-use understudy::status::Snapshot;
+use understudy::status::{ServiceState, Snapshot};
 use understudy_testbed::{
     Daemon, EchoServer, Topology, echo_roundtrip, require_root,
     traffic::{close, open_streams, rounds, short_connection},
@@ -138,7 +138,7 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
     assert_eq!(code, 200);
     let status: Snapshot = serde_json::from_str(&body).expect("/status is the snapshot's JSON");
     assert_eq!(status.services[0].name, "echo");
-    assert_eq!(status.services[0].state, "serving");
+    assert_eq!(status.services[0].state, ServiceState::Serving);
     assert_eq!(status.services[0].traffic.new_flows, sent as u64);
     let per_backend: BTreeMap<String, u64> = status.services[0]
         .backends

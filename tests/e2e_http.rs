@@ -165,8 +165,8 @@ fn an_http_ejection_takes_the_backend_out_of_the_l4_service_too() {
         let snap: Snapshot = serde_json::from_str(&body).unwrap();
         let api = snap.services.iter().find(|x| x.name == "api").unwrap();
         assert_eq!(
-            (api.vip.as_str(), api.protocol.as_str()),
-            ("10.0.0.10:80", "http")
+            (api.vip.as_str(), api.protocol),
+            ("10.0.0.10:80", understudy::status::ServedProtocol::Http)
         );
         let tcp = snap.services.iter().find(|x| x.name == "tcp").unwrap();
         let be1 = tcp

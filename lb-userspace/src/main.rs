@@ -167,7 +167,7 @@ fn print_status(s: &Snapshot) {
                     String::new()
                 },
                 if first {
-                    svc.state.clone()
+                    svc.state.to_string()
                 } else {
                     String::new()
                 },
@@ -176,7 +176,7 @@ fn print_status(s: &Snapshot) {
                 health.to_string(),
                 if b.active { "yes" } else { "no" }.to_string(),
                 // The proxy's requests are in /metrics; XDP counts no flows for it.
-                if svc.protocol == "http" {
+                if svc.protocol == understudy::status::ServedProtocol::Http {
                     "-".to_string()
                 } else {
                     b.traffic.new_flows.to_string()

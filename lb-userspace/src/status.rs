@@ -2,7 +2,7 @@
 //! (`GET /metrics`), and the CLI prints as tables. The map writer builds it, so it is one
 //! consistent picture of health, tables and counters.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,13 +43,51 @@ pub struct BackendStatus {
 pub struct ServiceStatus {
     pub name: String,
     pub vip: String,
-    pub protocol: String,
-    /// "serving", or what `on_all_down` does now: "drop", "reject".
-    pub state: String,
+    pub protocol: ServedProtocol,
+    pub state: ServiceState,
     /// The highest tier taking new flows.
     pub tier_in_use: Option<u32>,
     pub traffic: Traffic,
     pub backends: Vec<BackendStatus>,
+}
+
+/// What a service's clients speak to it: TCP or UDP forwarded by XDP, or HTTP to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServedProtocol {
+    Tcp,
+    Udp,
+    Http,
+}
+
+/// Whether a service takes new flows, and if not, what `on_all_down` does with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Some backend takes new flows.
+    Serving,
+    /// No backend is healthy and `on_all_down = "fail_open"`: every backend takes them.
+    FailOpen,
+    /// No backend: new flows are dropped (counted).
+    Drop,
+    /// No backend: new TCP flows are answered with a RST.
+    Reject,
+}
+
+/// The same words as the JSON (and the config): `tcp`, `fail_open`...
+macro_rules! display_as_serde {
+    ($($ty:ty { $($variant:ident => $word:literal),* })*) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$variant => $word),* })
+            }
+        }
+    )*};
+}
+
+display_as_serde! {
+    ServedProtocol { Tcp => "tcp", Udp => "udp", Http => "http" }
+    ServiceState { Serving => "serving", FailOpen => "fail_open", Drop => "drop", Reject => "reject" }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,4 +113,31 @@ pub struct Snapshot {
     pub stale_updates: u64,
     /// Health decision to kernel-visible.
     pub decision_to_visible: Latency,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_matches_the_json() {
+        for state in [
+            ServiceState::Serving,
+            ServiceState::FailOpen,
+            ServiceState::Drop,
+            ServiceState::Reject,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{state}\"")
+            );
+        }
+        for p in [
+            ServedProtocol::Tcp,
+            ServedProtocol::Udp,
+            ServedProtocol::Http,
+        ] {
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
+    }
 }

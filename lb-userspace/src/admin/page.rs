@@ -44,9 +44,9 @@ pub fn render(s: &Snapshot) -> String {
              <table><tr><th>Backend</th><th>Tier</th><th>Weight</th><th>Health</th><th>New flows</th>\
              <th>Packets</th><th>Last check</th><th>Last change</th></tr>",
             name = esc(&svc.name),
-            state = esc(&svc.state),
+            state = svc.state,
             vip = esc(&svc.vip),
-            proto = esc(&svc.protocol),
+            proto = svc.protocol,
             flows = svc.traffic.new_flows,
             packets = svc.traffic.packets,
         );

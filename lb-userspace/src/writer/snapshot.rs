@@ -1,6 +1,10 @@
 //! The writer's status picture: every service, backend and counter, consistent at one moment.
 
 use super::*;
+use crate::{
+    config::Protocol,
+    status::{ServedProtocol, ServiceState},
+};
 
 impl Writer {
     /// One consistent picture of every service, backend and counter.
@@ -24,14 +28,14 @@ impl Writer {
                     _ => vec![false; svc.members.len()],
                 };
                 let state = match (&self.views[si].active, svc.on_all_down) {
-                    (Active::Drop, _) => "drop",
-                    (Active::Reject, _) => "reject",
+                    (Active::Drop, _) => ServiceState::Drop,
+                    (Active::Reject, _) => ServiceState::Reject,
                     (_, crate::config::OnAllDown::FailOpen)
                         if !self.states[si].iter().any(|m| m.healthy) =>
                     {
-                        "fail_open"
+                        ServiceState::FailOpen
                     }
-                    _ => "serving",
+                    _ => ServiceState::Serving,
                 };
                 let backends = svc
                     .members
@@ -60,11 +64,12 @@ impl Writer {
                     name: svc.name.clone(),
                     vip: svc.vip.to_string(),
                     // HTTP services are served by the proxy: say so, not just "tcp".
-                    protocol: match svc.serving {
-                        Serving::Proxy => "http".to_string(),
-                        Serving::Kernel(_) => svc.protocol.to_string(),
+                    protocol: match (&svc.serving, svc.protocol) {
+                        (Serving::Proxy, _) => ServedProtocol::Http,
+                        (Serving::Kernel(_), Protocol::Tcp) => ServedProtocol::Tcp,
+                        (Serving::Kernel(_), Protocol::Udp) => ServedProtocol::Udp,
                     },
-                    state: state.to_string(),
+                    state,
                     tier_in_use: svc
                         .members
                         .iter()

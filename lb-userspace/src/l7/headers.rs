@@ -113,6 +113,36 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// The header rewrite as a request filter: the last step of every service's chain.
+pub struct Forwarding {
+    /// The listener terminates TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    pub via: Option<String>,
+}
+
+impl super::filter::RequestFilter for Forwarding {
+    fn name(&self) -> &'static str {
+        "forwarding"
+    }
+
+    fn on_request(
+        &self,
+        head: &mut hyper::http::request::Parts,
+        client: &ClientInfo,
+    ) -> super::filter::Verdict {
+        let authority = head.uri.authority().map(|a| a.as_str().to_string());
+        forward_request(
+            &mut head.headers,
+            head.version,
+            authority.as_deref(),
+            client,
+            self.tls,
+            self.via.as_deref(),
+        );
+        super::filter::Verdict::Continue
+    }
+}
+
 /// Rewrites a client's request headers for the upstream.
 pub fn forward_request(
     headers: &mut HeaderMap,

@@ -29,6 +29,8 @@ pub struct L7Metrics {
     /// Requests whose body would have been kept for retries but streamed, because the retry
     /// buffers' memory cap was reached.
     pub buffer_full: Family<Labels, Counter>,
+    /// Requests a request filter answered itself, by service, filter and status.
+    pub filter_refusals: Family<Labels, Counter>,
 }
 
 impl L7Metrics {
@@ -73,6 +75,11 @@ impl L7Metrics {
             "http_retry_buffer_full",
             "Request bodies streamed without retry because the retry buffers' memory cap was reached",
             self.buffer_full.clone(),
+        );
+        r.register(
+            "http_filter_refusals",
+            "Requests a request filter (such as authentication or a rate limit) answered without choosing a backend",
+            self.filter_refusals.clone(),
         );
     }
 }

@@ -4,6 +4,8 @@
 //! L4 services through [`availability`], which the map writer publishes, and it reports the
 //! backends its circuits eject to the same health engine.
 //!
+//! - [`filter`]: the request-filter chain that runs before a backend is chosen (auth and rate
+//!   limits plug in here).
 //! - [`select`]: the order a request tries backends in.
 //! - [`decide`]: what an attempt's outcome means: retry, and evidence against the backend.
 //! - [`proxy`]: the retry loop and the errors clients see.
@@ -17,6 +19,7 @@ pub mod budget;
 pub mod circuit;
 pub mod connector;
 pub mod decide;
+pub mod filter;
 pub mod headers;
 pub mod limits;
 pub mod listeners;

@@ -45,6 +45,7 @@ use super::{
     circuit::{Breaker, Failed, Refusal},
     connector::{Limited, is_pending_full},
     decide::{Outcome, decide, repeatable},
+    filter::Chain,
     headers::{self, ClientInfo},
     metrics::{L7Metrics, ServiceCounters},
     select::{Candidates, Key},
@@ -86,6 +87,8 @@ pub struct ServiceProxy {
     counters: ServiceCounters,
     /// `[service.passive] max_ejection_percent`: the circuits obey the same cap.
     max_ejection_percent: u32,
+    /// What every request passes through before a backend is chosen.
+    filters: Chain,
 }
 
 /// How one attempt ended.
@@ -196,6 +199,7 @@ impl ServiceProxy {
             )),
             connections: Arc::default(),
         });
+        let tls_on = tls.is_some();
         Ok(ServiceProxy {
             name: service.name.clone(),
             vip: service.vip,
@@ -208,6 +212,7 @@ impl ServiceProxy {
             ejections,
             counters: ServiceCounters::new(&service.name, metrics),
             max_ejection_percent: service.passive.max_ejection_percent,
+            filters: Chain::for_service(&settings, tls_on),
             settings,
         })
     }
@@ -244,6 +249,20 @@ impl ServiceProxy {
         let deadline = started + policy.deadline;
         let (mut parts, body) = req.into_parts();
         let version = parts.version;
+        // Filters first: a request they answer reads no body and touches no backend.
+        if let Err(refused) = self.filters.run(&mut parts, client) {
+            self.counters
+                .metrics()
+                .filter_refusals
+                .get_or_create(&vec![
+                    ("service".into(), self.name.clone()),
+                    ("filter".into(), refused.filter.into()),
+                    ("code".into(), refused.status.as_u16().to_string()),
+                ])
+                .inc();
+            debug!(service = %self.name, client = %client.addr, filter = refused.filter, status = refused.status.as_u16(), reason = %refused.reason, "request refused by a filter");
+            return self.reply_error(refused.status, &refused.reason, 0);
+        }
         let repeatable = repeatable(&parts.method, policy);
         let keep = body
             .size_hint()
@@ -288,14 +307,6 @@ impl ServiceProxy {
         } else {
             RequestBody::stream(body)
         };
-        headers::forward_request(
-            &mut parts.headers,
-            version,
-            parts.uri.authority().map(|a| a.as_str()),
-            client,
-            self.tls.is_some(),
-            self.settings.via.as_deref(),
-        );
         let path = parts
             .uri
             .path_and_query()

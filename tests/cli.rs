@@ -139,3 +139,17 @@ fn run_without_privileges_names_the_missing_capabilities() {
     );
     std::fs::remove_file(path).ok();
 }
+
+/// The test harness's admin client speaks to the daemon's default listener, and sends the header
+/// the admin guard asks of state-changing requests.
+#[test]
+fn the_harness_admin_client_matches_the_daemon() {
+    assert_eq!(
+        understudy_testbed::ADMIN_LISTEN,
+        understudy::config::DEFAULT_ADMIN_LISTEN
+    );
+    assert_eq!(
+        understudy_testbed::ADMIN_CLIENT_HEADER,
+        understudy::admin::guard::CLIENT_HEADER
+    );
+}

@@ -1,19 +1,18 @@
 //! End to end, operations: the admin listener's metrics against real traffic, its token, and
 //! draining through the `understudy` CLI while long-lived streams run.
 
-#[path = "common.rs"]
-mod common;
-
 use std::{
     collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::atomic::Ordering, time::Duration,
 };
 
-use common::{BIN, admin, chromium_dom, cli, named_echo_servers};
 use understudy::status::{ServiceState, Snapshot};
 use understudy_testbed::{
     Daemon, EchoServer, Topology, echo_roundtrip, require_root,
     traffic::{close, open_streams, rounds, short_connection},
 };
+use understudy_testbed::{admin, chromium_dom, cli, named_echo_servers};
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
 const ADMIN: &str = understudy::config::DEFAULT_ADMIN_LISTEN;
 const TOKEN: &str = "s3cret-token";
@@ -169,7 +168,7 @@ fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
         "no stream on be1 to watch"
     );
 
-    let (ok, stdout, stderr) = cli(&topo.lb, &["drain", "echo", "10.0.11.2:8080"]);
+    let (ok, stdout, stderr) = cli(BIN, &topo.lb, &["drain", "echo", "10.0.11.2:8080"]);
     assert!(ok, "drain failed: {stderr}");
     assert!(stdout.contains("echo 10.0.11.2:8080: drained"), "{stdout}");
     let before = rounds(&streams);
@@ -198,7 +197,7 @@ fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
         );
     }
 
-    let (ok, json, _) = cli(&topo.lb, &["status", "--json"]);
+    let (ok, json, _) = cli(BIN, &topo.lb, &["status", "--json"]);
     assert!(ok);
     let status: Snapshot = serde_json::from_str(&json).unwrap();
     let be1 = &status.services[0].backends[0];
@@ -206,7 +205,7 @@ fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
         (be1.address.as_str(), be1.draining, be1.active, be1.alive),
         ("10.0.11.2:8080", true, false, true)
     );
-    let (ok, table, _) = cli(&topo.lb, &["status"]);
+    let (ok, table, _) = cli(BIN, &topo.lb, &["status"]);
     assert!(ok);
     assert!(
         table
@@ -215,7 +214,7 @@ fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
         "{table}"
     );
 
-    let (ok, stdout, stderr) = cli(&topo.lb, &["enable", "echo", "10.0.11.2:8080"]);
+    let (ok, stdout, stderr) = cli(BIN, &topo.lb, &["enable", "echo", "10.0.11.2:8080"]);
     assert!(ok && stdout.contains("enabled"), "{stdout}{stderr}");
     let landed: Vec<String> = topo
         .client
@@ -226,7 +225,7 @@ fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
     );
 
     // Errors are plain: an unknown backend is named.
-    let (ok, _, stderr) = cli(&topo.lb, &["drain", "echo", "10.9.9.9:80"]);
+    let (ok, _, stderr) = cli(BIN, &topo.lb, &["drain", "echo", "10.9.9.9:80"]);
     assert!(!ok);
     assert!(
         stderr.contains("service echo has no backend 10.9.9.9:80"),
@@ -347,7 +346,7 @@ fn a_web_page_cannot_drain_a_backend() {
         "the page drained the backend"
     );
     // The CLI, which sends the header, still drains.
-    let (ok, stdout, stderr) = cli(&topo.lb, &["drain", "echo", "10.0.11.2:8080"]);
+    let (ok, stdout, stderr) = cli(BIN, &topo.lb, &["drain", "echo", "10.0.11.2:8080"]);
     assert!(ok && stdout.contains("drained"), "{stdout}{stderr}");
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();

@@ -4,9 +4,6 @@
 //!   engine takes it out of the L4 service too.
 //! - A 100 MB upload streams through without the daemon's memory growing by more than a few MB.
 
-#[path = "common.rs"]
-mod common;
-
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -17,9 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BIN, HttpBackend, admin};
 use understudy::status::Snapshot;
 use understudy_testbed::{Daemon, Topology, require_root};
+use understudy_testbed::{HttpBackend, admin};
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
 /// One HTTP/1.1 request on its own connection; returns the status and body.
 fn request(to: SocketAddr, method: &str, body_len: usize) -> Result<(u16, String), String> {

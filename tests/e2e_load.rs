@@ -4,14 +4,13 @@
 //! machine gives, for 20 s, on flow tables small enough to evict during the run. Nothing a
 //! healthy backend does under load may eject it, and no client may see an error.
 
-#[path = "common.rs"]
-mod common;
-
 use std::time::Duration;
 
-use common::{BIN, HttpBackend, admin};
 use understudy::status::Snapshot;
 use understudy_testbed::{Daemon, Topology, require_root};
+use understudy_testbed::{HttpBackend, admin};
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
 /// What wrk printed, as numbers.
 #[derive(Debug, Default)]

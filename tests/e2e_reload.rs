@@ -2,9 +2,6 @@
 //! with SIGHUP under long-lived streams, and invalid reloads refused through the CLI while the
 //! running config stays.
 
-#[path = "common.rs"]
-mod common;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -12,12 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BIN, admin, cli, named_echo_servers};
 use understudy::status::Snapshot;
 use understudy_testbed::{
     Daemon, Netns, Topology, require_root,
     traffic::{Stream, close, open_streams, rounds, short_connection},
 };
+use understudy_testbed::{admin, cli, named_echo_servers};
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
 fn vip() -> SocketAddr {
     "10.0.0.10:80".parse().unwrap()
@@ -94,7 +93,7 @@ fn a_reload_adds_and_removes_backends_without_breaking_streams_and_refuses_bad_c
     let good = std::fs::read_to_string(&path).unwrap();
     config(&topo, &[1, 2, 3], "weight = 0\n");
     let before = rounds(&streams);
-    let (ok, _, stderr) = cli(&topo.lb, &["reload"]);
+    let (ok, _, stderr) = cli(BIN, &topo.lb, &["reload"]);
     assert!(!ok, "an invalid reload was accepted");
     assert!(
         stderr.contains(&format!("{}:", path.display()))
@@ -103,13 +102,13 @@ fn a_reload_adds_and_removes_backends_without_breaking_streams_and_refuses_bad_c
     );
     // 3. So is a change that needs a restart.
     write(&path, &good.replace("\"lb-client\", ", ""));
-    let (ok, _, stderr) = cli(&topo.lb, &["reload"]);
+    let (ok, _, stderr) = cli(BIN, &topo.lb, &["reload"]);
     assert!(!ok);
     assert!(stderr.contains("take effect on a restart only"), "{stderr}");
 
     std::thread::sleep(Duration::from_millis(300));
     assert_going(&streams, "be2", &before, "after the refused reloads");
-    let (ok, json, _) = cli(&topo.lb, &["status", "--json"]);
+    let (ok, json, _) = cli(BIN, &topo.lb, &["status", "--json"]);
     assert!(ok);
     let status: Snapshot = serde_json::from_str(&json).unwrap();
     let addresses: Vec<&str> = status.services[0]
@@ -127,7 +126,7 @@ fn a_reload_adds_and_removes_backends_without_breaking_streams_and_refuses_bad_c
 
     // 4. The good file again, through the CLI: accepted.
     write(&path, &good);
-    let (ok, stdout, stderr) = cli(&topo.lb, &["reload"]);
+    let (ok, stdout, stderr) = cli(BIN, &topo.lb, &["reload"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("1 services, 2 backends"), "{stdout}");
 
@@ -220,7 +219,7 @@ fn after_kill_9_the_pinned_program_serves_and_the_successor_adopts_it() {
     close(&streams);
     assert!(second.stop());
     assert!(!pinned.exists(), "a clean stop leaves nothing pinned");
-    let (ok, stdout, _) = cli(&topo.lb, &["clean", "--instance", topo.lb.name()]);
+    let (ok, stdout, _) = cli(BIN, &topo.lb, &["clean", "--instance", topo.lb.name()]);
     assert!(ok && stdout.contains("nothing pinned"), "{stdout}");
     drop(first);
     std::fs::remove_file(path).ok();

@@ -15,6 +15,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use lb_common::Counter;
 use lb_common::checksum::{replace_addr, replace_u16, replace_u32, udp_fixup};
 use support::*;
 
@@ -513,10 +514,14 @@ fn the_program_agrees_with_the_model_on_generated_and_mutated_packets() {
         frags: HashMap::new(),
     };
     let (mut passed, mut rewritten) = (0usize, 0usize);
+    // Actions as the program returned them, to hold its counters to.
+    let (mut tx, mut redirected) = (0u64, 0u64);
     for n in 0..count {
         let (packet, from_client) = generate(&mut rng, &m);
         let ifindex = if from_client { bed.xc } else { bed.xb };
         let (action, out) = bed.run(&packet, ifindex);
+        tx += u64::from(action == XDP_TX);
+        redirected += u64::from(action == XDP_REDIRECT);
         let out = out[..out.len().min(packet.len() + 64)].to_vec();
         // The program's choice for a new flow, read from its output (checked below).
         let chosen = (out != packet)
@@ -568,5 +573,17 @@ fn the_program_agrees_with_the_model_on_generated_and_mutated_packets() {
     assert!(
         rewritten > count / 10,
         "enough packets were translated to mean something"
+    );
+    // Nothing is sent uncounted: every XDP_TX is a forward or a RST, every redirect counted.
+    let counters = bed.dp().counters().unwrap();
+    assert_eq!(
+        counters.get(Counter::Redirect),
+        redirected,
+        "seed {seed}: redirects"
+    );
+    assert_eq!(
+        bed.counter(Counter::Tx) + bed.counter(Counter::RejectRst),
+        tx,
+        "seed {seed}: transmits"
     );
 }

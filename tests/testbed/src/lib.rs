@@ -1,6 +1,10 @@
-//! Test hosts for Understudy: network namespaces joined by veth pairs, built with `ip` and torn
-//! down on drop, plus small traffic helpers (echo servers, a packet sniffer). The end-to-end tests,
-//! the kernel `test_run` tests and the `cargo xtask run` demo all build their networks with it.
+//! The one test harness of Understudy: network namespaces joined by veth pairs, built with `ip`
+//! and torn down on drop; the daemon under test with its readiness socket ([`Daemon`]); traffic
+//! helpers (echo and HTTP backends, a packet sniffer); the CLI, admin API and status page as an
+//! operator reaches them ([`cli`], [`admin`], [`chromium_dom`]); and crafted packets for the
+//! kernel `test_run` tests ([`packet`]). The end-to-end tests, the kernel tests and the
+//! `cargo xtask run` demo all build on it. Only the kernel tests' `Bed`, which needs the daemon's
+//! library, stays beside them in `lb-userspace/tests/support`.
 //!
 //! Every namespace gets a name unique to this process and call, so tests run in parallel, and is
 //! deleted when its guard drops, even when a test panics.
@@ -9,6 +13,8 @@ mod daemon;
 mod echo;
 mod fib;
 mod netns;
+mod ops;
+pub mod packet;
 mod sniff;
 mod topology;
 pub mod traffic;
@@ -17,6 +23,9 @@ pub use daemon::{Daemon, NotifySocket};
 pub use echo::{EchoServer, echo_roundtrip};
 pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
 pub use netns::{Netns, run, run_ok};
+pub use ops::{
+    ADMIN_CLIENT_HEADER, ADMIN_LISTEN, HttpBackend, admin, chromium_dom, cli, named_echo_servers,
+};
 pub use sniff::Sniffer;
 pub use topology::{CLIENT_V4, CLIENT_V6, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};
 

@@ -1,6 +1,6 @@
-//! Helpers the operations tests share: the CLI and the admin API, run from the balancer's
-//! namespace (`nsenter --net`, so pinned state under /sys/fs/bpf stays visible).
-#![allow(dead_code)]
+//! What the operations tests do from outside the daemon: the CLI and the admin API from the
+//! balancer's namespace (`nsenter --net`, so pinned state under /sys/fs/bpf stays visible), the
+//! status page in headless Chromium, and backends that say who answered.
 
 use std::{
     convert::Infallible,
@@ -12,18 +12,16 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{Request, Response, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 
-use understudy_testbed::{EchoServer, Netns, Topology};
+use crate::{EchoServer, Netns, Topology};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_understudy");
-
-/// Runs `understudy ARGS` in `lb`; returns success, stdout and stderr.
-pub fn cli(lb: &Netns, args: &[&str]) -> (bool, String, String) {
+/// Runs `BIN ARGS` (the `understudy` binary) in `lb`; returns success, stdout and stderr.
+pub fn cli(bin: &str, lb: &Netns, args: &[&str]) -> (bool, String, String) {
     let out = lb
-        .command_net_only(BIN)
+        .command_net_only(bin)
         .args(args)
         .output()
         .expect("run the CLI");
@@ -72,15 +70,41 @@ pub fn admin(lb: &Netns, token: Option<&str>, method: &str, path: &str) -> (u16,
             .enable_all()
             .build()
             .unwrap()
-            .block_on(understudy::admin::client::request(
-                understudy::config::DEFAULT_ADMIN_LISTEN.parse().unwrap(),
-                token,
-                method,
-                path,
-            ))
+            .block_on(admin_request(token, method, path))
     })
-    .map(|(s, b)| (s.as_u16(), b))
     .expect("admin request")
+}
+
+/// The admin listener's default address (`understudy::config::DEFAULT_ADMIN_LISTEN`).
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9180";
+
+/// The header the admin guard asks of state-changing requests (`understudy::admin::guard`).
+pub const ADMIN_CLIENT_HEADER: &str = "x-understudy-client";
+
+/// One request as the CLI makes it: with the client header the admin guard asks of POSTs, and
+/// the token as a bearer credential.
+async fn admin_request(
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(ADMIN_LISTEN).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, ADMIN_LISTEN)
+        .header(ADMIN_CLIENT_HEADER, "understudy-tests");
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let response = sender
+        .send_request(req.body(Empty::<Bytes>::new())?)
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// An echo server on port 8080 of every backend, greeting each connection with "beI\n", so a

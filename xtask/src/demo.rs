@@ -1,11 +1,12 @@
 //! `cargo xtask run`: the demo. It builds a client, the balancer and three backends in network
 //! namespaces, serves a page naming each backend (Python's http.server), starts `understudy` in
 //! the balancer namespace with `config/demo.toml`, and shows the client's requests to the VIP
-//! answered by different backends, then one backend dying and coming back. It runs until Ctrl-C (or once, with `--once`), and removes
-//! everything it made on every exit path: guards kill the processes and delete the namespaces.
+//! answered by different backends, then one backend dying and coming back. It runs until Ctrl-C
+//! (or once, with `--once`), and removes everything it made on every exit path: the daemon is the
+//! test harness's `Daemon` (ready on its sd_notify, stopped with SIGTERM on drop), guards kill the
+//! web servers, and the namespaces delete themselves.
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Child, Stdio},
     time::Duration,
 };
@@ -71,7 +72,6 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         )?;
         web_servers.push(Some(web_server(be, &dir)?));
     }
-    let mut guards = Vec::new();
     // The HTTP service listens on the VIP itself: make it an address of the balancer.
     topo.lb
         .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
@@ -83,23 +83,18 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     );
     // nsenter --net, not ip netns exec: the daemon must see the host's /sys/fs/bpf to pin. It
     // says it is ready as it would to systemd: READY=1 on a socket the demo owns.
-    let notify = understudy_testbed::NotifySocket::new();
-    let mut daemon = unblocked(
-        topo.lb
-            .command_net_only(binary.to_str().context("binary path")?),
+    let daemon = understudy_testbed::Daemon::launch(
+        &topo.lb,
+        &binary,
+        &config,
+        understudy_testbed::Launch {
+            relay: true,
+            graceful: true,
+            pins: Some(std::path::PathBuf::from("/sys/fs/bpf/understudy/demo")),
+            ..Default::default()
+        },
     )
-    .args(["run", "--config"])
-    .arg(&config)
-    .env("NOTIFY_SOCKET", &notify.path)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .context("starting understudy")?;
-    relay_output(&mut daemon);
-    guards.push(Guard(daemon));
-    if !notify.wait_ready(Duration::from_secs(30)) {
-        bail!("understudy did not report it was ready within 30 s (its log is above)");
-    }
+    .map_err(|e| anyhow::anyhow!(e))?;
     wait_for_http(&topo)?;
 
     for (label, url) in [
@@ -180,7 +175,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         wait_for(&signals);
         println!("\ndemo: stopping and cleaning up");
     }
-    drop(guards);
+    drop(daemon);
     drop(web_servers);
     drop(topo);
     drop(site);
@@ -278,22 +273,6 @@ fn wait_for_http(topo: &Topology) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("the VIP did not answer HTTP within 10 s")
-}
-
-/// Prints the daemon's output with a prefix.
-fn relay_output(child: &mut Child) {
-    let out = child.stdout.take().expect("piped stdout");
-    let err = child.stderr.take().expect("piped stderr");
-    for stream in [
-        Box::new(out) as Box<dyn std::io::Read + Send>,
-        Box::new(err),
-    ] {
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                println!("  understudy | {line}");
-            }
-        });
-    }
 }
 
 /// The backends' web roots, removed on drop.

@@ -90,6 +90,22 @@ pub struct Daemon {
     /// The instance's pinned state (named after the namespace, see `Topology::dataplane_toml`),
     /// removed when a failed test drops the daemon after killing it.
     pins: std::path::PathBuf,
+    /// Dropped with SIGTERM (a clean stop that detaches XDP), not SIGKILL.
+    graceful: bool,
+}
+
+/// How to start the daemon, beyond its binary and config.
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// A program and its arguments to run the daemon through (such as `setpriv`).
+    pub wrapper: &'a [String],
+    pub env: &'a [(&'a str, &'a str)],
+    /// Print each line of its output as `  understudy | LINE`, as it comes (the demo).
+    pub relay: bool,
+    /// Stop it with SIGTERM on drop, as a user's Ctrl-C would, instead of killing it.
+    pub graceful: bool,
+    /// Its pinned state, removed if it is killed; `/sys/fs/bpf/understudy/<namespace>` if unset.
+    pub pins: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -118,8 +134,19 @@ impl Daemon {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let binary = binary.to_str().expect("utf-8 path");
-        let mut command = match wrapper.split_first() {
+        let how = Launch {
+            wrapper,
+            env,
+            ..Launch::default()
+        };
+        Daemon::launch(ns, binary, config, how).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `binary run --config <config>` in `ns` as `how` says, and waits until it reports
+    /// it is ready. An error carries its exit status and output.
+    pub fn launch(ns: &Netns, binary: &Path, config: &Path, how: Launch) -> Result<Daemon, String> {
+        let binary = binary.to_str().ok_or("the binary's path is not UTF-8")?;
+        let mut command = match how.wrapper.split_first() {
             None => ns.command_net_only(binary),
             Some((program, args)) => {
                 let mut c = ns.command_net_only(program);
@@ -127,26 +154,31 @@ impl Daemon {
                 c
             }
         };
+        unblock_stop_signals(&mut command);
         let notify = NotifySocket::new();
         let mut child = command
             .args(["run", "--config"])
             .arg(config)
             .env("NO_COLOR", "1")
             .env("NOTIFY_SOCKET", &notify.path)
-            .envs(env.iter().copied())
+            .envs(how.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start understudy");
+            .map_err(|e| format!("starting {binary}: {e}"))?;
         let log = Arc::new(Mutex::new(Vec::new()));
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let log = log.clone();
+            let relay = how.relay;
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if relay {
+                        println!("  understudy | {line}");
+                    }
                     log.lock().unwrap().push(line);
                 }
             });
@@ -155,16 +187,19 @@ impl Daemon {
             child: Some(child),
             log,
             notify: Some(notify),
-            pins: Path::new("/sys/fs/bpf/understudy").join(ns.name()),
+            pins: how
+                .pins
+                .unwrap_or_else(|| Path::new("/sys/fs/bpf/understudy").join(ns.name())),
+            graceful: how.graceful,
         };
         if !d.notify().wait_ready(Duration::from_secs(30)) {
             let status = d.child.as_mut().unwrap().try_wait().ok().flatten();
-            panic!(
-                "understudy did not start (exit: {status:?}); its output:\n{}",
+            return Err(format!(
+                "understudy did not report it was ready within 30 s (exit: {status:?}); its output:\n{}",
                 d.output()
-            );
+            ));
         }
-        d
+        Ok(d)
     }
 
     /// The daemon's process id (for signals).
@@ -208,8 +243,29 @@ impl Daemon {
     }
 }
 
+/// The child must not inherit blocked SIGINT/SIGTERM (the demo blocks them to `sigwait`): the
+/// daemon stops cleanly on SIGTERM.
+fn unblock_stop_signals(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.graceful && self.child.is_some() {
+            self.terminate();
+            return;
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

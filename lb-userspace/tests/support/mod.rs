@@ -11,7 +11,6 @@ use understudy::{
     writer::Writer,
 };
 pub use understudy_testbed::packet::*;
-pub use understudy_testbed::{CLIENT_MAC, XB_MAC, XC_MAC, backend_mac};
 use understudy_testbed::{FibNamespace, Netns, require_root};
 
 /// The data plane, loaded and filled from `config`, driven through the map writer.

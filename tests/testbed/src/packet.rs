@@ -8,7 +8,7 @@ use etherparse::{
     PacketBuilder, SlicedPacket, TransportSlice, VlanId,
 };
 
-use crate::fib::{CLIENT_MAC, XB_MAC, XC_MAC, backend_mac};
+pub use crate::fib::{CLIENT_MAC, XB_MAC, XC_MAC, backend_mac};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

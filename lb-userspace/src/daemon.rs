@@ -341,14 +341,19 @@ async fn reload(
             *token.write().unwrap_or_else(|p| p.into_inner()) = config.admin.token.clone();
             info!(token = config.admin.token.is_some(), "admin token replaced");
         }
+        info!(
+            file = %config.file.display(),
+            services = config.services.len(),
+            backends,
+            "config reloaded"
+        );
         *current = config;
         Ok(summary)
     }
     .await;
     match &result {
-        Ok(summary) => {
+        Ok(_) => {
             reloads.ok.fetch_add(1, Ordering::Relaxed);
-            info!("{summary}");
         }
         Err(e) => {
             reloads.failed.fetch_add(1, Ordering::Relaxed);

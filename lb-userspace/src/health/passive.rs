@@ -124,8 +124,9 @@ pub async fn forward_events(ring: RingBuf<MapData>, router: Arc<RwLock<Router>>)
                 continue;
             }
             if let Some(Some(tx)) = router.tasks.get(id) {
-                let address = router.addresses.get(id).copied().flatten();
-                debug!(backend = ?address, id, kind = kind.name(), "passive event");
+                if let Some(address) = router.addresses.get(id).copied().flatten() {
+                    debug!(backend = %address, backend_id = id, kind = kind.name(), "passive event");
+                }
                 let _ = tx.try_send(Signal::Kernel(kind));
             }
         }

@@ -395,8 +395,9 @@ impl Writer {
             let (current, stale): (Vec<&Update>, Vec<&Update>) =
                 batch.iter().partition(|u| self.current(u));
             for u in &stale {
+                // By id: the update is about the id's former owner, whose address is gone.
                 debug!(
-                    id = u.backend,
+                    backend_id = u.backend,
                     generation = u.generation,
                     task = u.task,
                     up = u.up,

@@ -87,7 +87,10 @@ impl Writer {
         self.states = states;
         self.views = views;
         self.publish_all();
-        info!(services = self.plan.services.len(), "config reloaded");
+        debug!(
+            services = self.plan.services.len(),
+            "data plane moved to the new config"
+        );
         Ok((self.plan.clone(), health_by_id))
     }
 

@@ -153,18 +153,7 @@ fn path_mtu_discovery_works_through_the_vip() {
     // The standard client namespace becomes the router; the real client sits behind it.
     let router = &topo.client;
     let far = understudy_testbed::Netns::new("far");
-    router.ip(&[
-        "link",
-        "add",
-        "r-far",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        far.name(),
-    ]);
+    router.veth_to("r-far", &far, "eth0");
     router.ip(&["addr", "add", "10.0.2.1/24", "dev", "r-far"]);
     router.ip(&["-6", "addr", "add", "fd00:2::1/64", "dev", "r-far", "nodad"]);
     router.ip(&["link", "set", "r-far", "up"]);

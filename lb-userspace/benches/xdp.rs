@@ -31,17 +31,11 @@ const ROUNDS: usize = 7;
 const IPV4_SRC: u32 = 14 + 12;
 
 const CONFIG: &str = r#"
-[dataplane]
-interfaces = ["xc", "xb"]
+dataplane = { interfaces = ["xc", "xb"] }
 [[service]]
 name = "web"
 vip = "10.0.0.10:80"
-[[service.backend]]
-address = "10.0.11.2:8080"
-[[service.backend]]
-address = "10.0.11.3:8080"
-[[service.backend]]
-address = "10.0.11.4:8080"
+backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.11.3:8080" }, { address = "10.0.11.4:8080" }]
 "#;
 
 fn tcp(

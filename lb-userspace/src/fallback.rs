@@ -346,15 +346,7 @@ mod tests {
     fn fast_derivation_matches_the_reference_across_tiers_and_weights() {
         let mut m = members(&[0, 0, 0, 1, 1, 2]);
         m[4].weight = 3;
-        let names: Vec<String> = (0..3).map(|i| format!("10.0.{i}.2:80")).collect();
-        let entries: Vec<crate::maglev::Entry<'_>> = names
-            .iter()
-            .map(|n| crate::maglev::Entry {
-                identity: n,
-                weight: 1,
-            })
-            .collect();
-        let base = crate::maglev::build(&entries, 1009);
+        let (_, base) = table_of(3, 1009);
         for bits in 0u32..64 {
             let healthy: Vec<bool> = (0..6).map(|i| bits & (1 << i) != 0).collect();
             for min in [MinHealthy::Count(1), MinHealthy::Count(3)] {
@@ -365,6 +357,11 @@ mod tests {
     }
 
     fn table(n: usize) -> (Vec<Member>, Vec<u32>) {
+        table_of(n, 65537)
+    }
+
+    /// `n` equal members of tier 0 and their Maglev table of `size` entries.
+    fn table_of(n: usize, size: u32) -> (Vec<Member>, Vec<u32>) {
         let names: Vec<String> = (0..n).map(|i| format!("10.0.{i}.2:80")).collect();
         let entries: Vec<crate::maglev::Entry<'_>> = names
             .iter()
@@ -373,7 +370,7 @@ mod tests {
                 weight: 1,
             })
             .collect();
-        (members(&vec![0; n]), crate::maglev::build(&entries, 65537))
+        (members(&vec![0; n]), crate::maglev::build(&entries, size))
     }
 
     #[test]

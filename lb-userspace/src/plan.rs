@@ -396,24 +396,19 @@ mod tests {
     }
 
     const TEXT: &str = r#"
-[dataplane]
-interfaces = ["eth0"]
+dataplane = { interfaces = ["eth0"] }
 [[service]]
 name = "a"
 vip = "10.0.0.10:80"
 table_size = 307
-[[service.backend]]
-address = "10.0.11.2:8080"
-[[service.backend]]
-address = "10.0.12.2:8080"
+backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.12.2:8080" }]
 [[service]]
 name = "b"
 vip = "[2001:db8::10]:53"
 protocol = "udp"
 hash = "source_ip"
 table_size = 101
-[[service.backend]]
-address = "[2001:db8::11]:5353"
+backend = [{ address = "[2001:db8::11]:5353" }]
 "#;
 
     #[test]

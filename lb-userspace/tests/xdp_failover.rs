@@ -14,37 +14,32 @@ use support::*;
 use understudy::health::Update;
 
 const CONFIG: &str = r#"
-[dataplane]
-interfaces = ["xc", "xb"]
+dataplane = { interfaces = ["xc", "xb"] }
 
 [[service]]
 name = "web"
 vip = "10.0.0.10:80"
 table_size = 307
 passive = { syn_timeout = "20ms" }
-[[service.backend]]
-address = "10.0.11.2:8080"
-[[service.backend]]
-address = "10.0.11.3:8080"
-[[service.backend]]
-address = "10.0.11.4:8080"
-tier = 1
+backend = [
+    { address = "10.0.11.2:8080" },
+    { address = "10.0.11.3:8080" },
+    { address = "10.0.11.4:8080", tier = 1 },
+]
 
 [[service]]
 name = "reject"
 vip = "10.0.0.10:81"
 on_all_down = "reject"
 table_size = 101
-[[service.backend]]
-address = "10.0.11.2:8081"
+backend = [{ address = "10.0.11.2:8081" }]
 
 [[service]]
 name = "reject6"
 vip = "[fd00::10]:81"
 on_all_down = "reject"
 table_size = 101
-[[service.backend]]
-address = "[fd00:11::2]:8081"
+backend = [{ address = "[fd00:11::2]:8081" }]
 "#;
 
 /// Backend ids in plan order.

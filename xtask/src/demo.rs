@@ -201,7 +201,9 @@ fn show_attempts(client: &Netns, url: &str) -> anyhow::Result<()> {
 
 /// A backend's web server: Python's http.server on port 8080, serving `dir`.
 fn web_server(ns: &Netns, dir: &std::path::Path) -> anyhow::Result<Guard> {
-    let child = unblocked(ns.command("python3"))
+    let mut command = ns.command("python3");
+    understudy_testbed::unblock_stop_signals(&mut command);
+    let child = command
         .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
         .arg(dir)
         .stdout(Stdio::null())
@@ -301,23 +303,6 @@ fn block_signals() -> libc::sigset_t {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
-}
-
-/// Children must not inherit the blocked signals: the daemon stops cleanly on SIGTERM.
-fn unblocked(mut cmd: std::process::Command) -> std::process::Command {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-    cmd
 }
 
 fn wait_for(set: &libc::sigset_t) {

@@ -245,7 +245,7 @@ impl Daemon {
 
 /// The child must not inherit blocked SIGINT/SIGTERM (the demo blocks them to `sigwait`): the
 /// daemon stops cleanly on SIGTERM.
-fn unblock_stop_signals(command: &mut std::process::Command) {
+pub fn unblock_stop_signals(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt as _;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {

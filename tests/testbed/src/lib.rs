@@ -19,7 +19,7 @@ mod sniff;
 mod topology;
 pub mod traffic;
 
-pub use daemon::{Daemon, Launch, NotifySocket};
+pub use daemon::{Daemon, Launch, NotifySocket, unblock_stop_signals};
 pub use echo::{EchoServer, echo_roundtrip};
 pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
 pub use netns::{Netns, run, run_ok};

@@ -59,6 +59,22 @@ impl Netns {
         run_ok("ip", &all)
     }
 
+    /// A veth pair: `dev` here, `peer_dev` in `peer`, both still down.
+    pub fn veth_to(&self, dev: &str, peer: &Netns, peer_dev: &str) {
+        self.ip(&[
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_dev,
+            "netns",
+            peer.name(),
+        ]);
+    }
+
     /// Runs a command inside the namespace, panicking on failure.
     pub fn exec(&self, args: &[&str]) -> String {
         let mut all = vec!["netns", "exec", &self.name];

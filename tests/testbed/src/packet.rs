@@ -23,42 +23,32 @@ pub const VIP6: &str = "fd00::10";
 /// The services most kernel tests run against: TCP and UDP VIPs over IPv4 and IPv6, with
 /// backends the namespace's neighbour table knows.
 pub const CONFIG: &str = r#"
-[dataplane]
-interfaces = ["xc", "xb"]
+dataplane = { interfaces = ["xc", "xb"] }
 
+# Backends as inline tables: the same config as [[service.backend]] sections, denser.
 [[service]]
 name = "web"
 vip = "10.0.0.10:80"
 table_size = 307
-[[service.backend]]
-address = "10.0.11.2:8080"
-[[service.backend]]
-address = "10.0.11.3:8080"
-[[service.backend]]
-address = "10.0.11.4:8080"
+backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.11.3:8080" }, { address = "10.0.11.4:8080" }]
 
 [[service]]
 name = "dns"
 vip = "10.0.0.10:53"
 protocol = "udp"
-[[service.backend]]
-address = "10.0.11.2:5353"
+backend = [{ address = "10.0.11.2:5353" }]
 
 [[service]]
 name = "web6"
 vip = "[fd00::10]:80"
 table_size = 211
-[[service.backend]]
-address = "[fd00:11::2]:8080"
-[[service.backend]]
-address = "[fd00:11::3]:8080"
+backend = [{ address = "[fd00:11::2]:8080" }, { address = "[fd00:11::3]:8080" }]
 
 [[service]]
 name = "dns6"
 vip = "[fd00::10]:53"
 protocol = "udp"
-[[service.backend]]
-address = "[fd00:11::2]:5353"
+backend = [{ address = "[fd00:11::2]:5353" }]
 "#;
 
 #[derive(Clone, Copy, Debug)]

@@ -47,18 +47,7 @@ fn host_link(ns: &Netns, dev: &str) {
 /// Joins `lb` (interface `lb_dev`, gateway addresses `gw`) to `host` (interface `eth0`, addresses
 /// `addrs`, default routes through `gw`), both /24 and /64, both ends up.
 fn link(lb: &Netns, lb_dev: &str, gw: (&str, &str), host: &Netns, addrs: (Ipv4Addr, Ipv6Addr)) {
-    lb.ip(&[
-        "link",
-        "add",
-        lb_dev,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        host.name(),
-    ]);
+    lb.veth_to(lb_dev, host, "eth0");
     lb.ip(&["addr", "add", &format!("{}/24", gw.0), "dev", lb_dev]);
     lb.ip(&[
         "-6",

@@ -2,7 +2,11 @@
 //! draining through the `understudy` CLI while long-lived streams run.
 
 use std::{
-    collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::atomic::Ordering, time::Duration,
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
 };
 
 use understudy::status::{ServiceState, Snapshot};
@@ -278,7 +282,9 @@ fn the_status_page_renders_in_headless_chromium() {
     );
     let be2 = row("10.0.12.2:8080");
     assert!(
-        be2.contains("data-health=\"down\"") && be2.contains("connect"),
+        be2.contains("data-health=\"down\"")
+            && be2.contains("connect")
+            && be2.contains("waiting for first check"),
         "{be2}"
     );
     let drained = row("10.0.11.2:9090");
@@ -408,4 +414,81 @@ fn a_rotated_token_applies_on_reload() {
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
     std::fs::remove_file(token_file).ok();
+}
+
+/// A backend that answers on the wrong address family (IPv6 only, checked on IPv4) never passes
+/// its first check. The log says so with the reason, repeated with backoff rather than every
+/// probe; `understudy status` shows it waiting, and /metrics counts it.
+#[test]
+fn a_backend_that_never_passes_its_first_check_is_explained() {
+    require_root("the first-check warning test");
+    let topo = Topology::build(2);
+    let _v6_only = EchoServer::start(
+        &topo.backends[0],
+        SocketAddr::new(topo.backend_addr(1, true), 8080),
+    );
+    let _be2 = EchoServer::start(
+        &topo.backends[1],
+        SocketAddr::new(topo.backend_addr(2, false), 8080),
+    );
+    let config = topo.echo_config(
+        "",
+        "table_size = 1021\n[service.health]\nkind = \"tcp\"\ninterval = \"100ms\"\n\
+         timeout = \"50ms\"\nrise = 2",
+        &[(1, ""), (2, "")],
+    );
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+    let warning = "backend has not passed its first check";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.output().contains(warning) {
+        assert!(
+            Instant::now() < deadline,
+            "no warning:\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Some 25 probes fail in 2.5 s; the warning comes after 2, 4, 8 and 16 of them.
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = daemon.output();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(warning)).collect();
+    assert!(
+        (2..=5).contains(&lines.len()),
+        "{} warnings, not repeated with backoff:\n{log}",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("10.0.11.2:8080") && l.contains("refused")),
+        "each warning names the backend and the reason:\n{log}"
+    );
+    let be2 = format!("{}:8080", topo.backend_addr(2, false));
+    assert!(
+        !lines.iter().any(|l| l.contains(&be2)),
+        "be2 passes its checks:\n{log}"
+    );
+
+    let (ok, table, _) = cli(BIN, &topo.lb, &["status"]);
+    assert!(ok, "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains("10.0.11.2:8080"))
+        .unwrap_or_else(|| panic!("no row for be1:\n{table}"));
+    assert!(
+        row.contains("waiting for first check:") && row.contains("refused"),
+        "{row}"
+    );
+    let (_, metrics) = admin(&topo.lb, None, "GET", "/metrics");
+    let gauge = |backend: &str, v: u8| {
+        format!(
+            "understudy_backend_waiting_first_check{{service=\"echo\",backend=\"{backend}\"}} {v}"
+        )
+    };
+    assert!(
+        metrics.contains(&gauge("10.0.11.2:8080", 1)) && metrics.contains(&gauge(&be2, 0)),
+        "{metrics}"
+    );
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
 }

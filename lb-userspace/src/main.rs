@@ -151,9 +151,13 @@ fn print_status(s: &Snapshot) {
         for (i, b) in svc.backends.iter().enumerate() {
             let first = i == 0;
             let health = match (b.healthy, b.draining) {
-                (_, true) => "draining",
-                (true, false) => "up",
-                (false, false) => "down",
+                (_, true) => "draining".to_string(),
+                (true, false) => "up".to_string(),
+                (false, false) if b.waiting_for_first_check => format!(
+                    "waiting for first check: {}",
+                    b.last_check.as_deref().unwrap_or("no check yet")
+                ),
+                (false, false) => "down".to_string(),
             };
             rows.push(vec![
                 if first {

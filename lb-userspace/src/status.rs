@@ -36,6 +36,10 @@ pub struct BackendStatus {
     pub last_check_ok: Option<bool>,
     pub last_check: Option<String>,
     pub last_check_at: Option<u64>,
+    /// Started down (`wait_for_first_check`) and has not passed a check yet: `last_check`
+    /// says why.
+    #[serde(default)]
+    pub waiting_for_first_check: bool,
     pub traffic: Traffic,
 }
 

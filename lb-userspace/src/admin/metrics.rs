@@ -92,6 +92,11 @@ pub fn render(
     );
     let draining = gauge(&mut r, "backend_draining", "1 if drained by the operator");
     let active = gauge(&mut r, "backend_active", "1 if the backend takes new flows");
+    let waiting = gauge(
+        &mut r,
+        "backend_waiting_first_check",
+        "1 if the backend has not passed its first check yet (wait_for_first_check), so takes no traffic",
+    );
     let datapath = counter(&mut r, "datapath_packets", "XDP outcomes by reason");
     let reload = counter(&mut r, "reloads", "Config reloads by result");
     // Unlabelled metrics are plain metrics: an empty label set would print as `name{}`.
@@ -152,6 +157,9 @@ pub fn render(
             healthy.get_or_create(&l).set(i64::from(b.healthy));
             draining.get_or_create(&l).set(i64::from(b.draining));
             active.get_or_create(&l).set(i64::from(b.active));
+            waiting
+                .get_or_create(&l)
+                .set(i64::from(b.waiting_for_first_check));
         }
     }
     for (reason, v) in &s.datapath {

@@ -219,6 +219,8 @@ async fn snapshot(state: &AdminState) -> Option<Snapshot> {
                 b.last_check_ok = Some(check.ok);
                 b.last_check = Some(check.reason.clone());
                 b.last_check_at = Some(check.at);
+                // Only while the writer still holds it down: the board lags a health change.
+                b.waiting_for_first_check = check.waiting && !b.healthy;
             }
         }
     }

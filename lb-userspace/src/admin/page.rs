@@ -67,7 +67,12 @@ pub fn render(s: &Snapshot) -> String {
                 active = b.active,
                 tier = b.tier,
                 weight = b.weight,
-                taking = if b.active { "" } else { " (no new flows)" },
+                // A drain is the operator's word: it outranks a pending first check.
+                taking = match (b.draining, b.waiting_for_first_check, b.active) {
+                    (false, true, _) => " (waiting for first check)",
+                    (false, false, true) => "",
+                    _ => " (no new flows)",
+                },
                 flows = b.traffic.new_flows,
                 packets = b.traffic.packets,
                 check = match (&b.last_check_ok, &b.last_check) {

@@ -38,6 +38,8 @@ pub struct LastCheck {
     pub reason: String,
     /// Unix time.
     pub at: u64,
+    /// The backend started down (`wait_for_first_check`) and has not passed its first check.
+    pub waiting: bool,
 }
 
 /// Every backend's last probe, indexed by backend id. Tasks write their own entry.

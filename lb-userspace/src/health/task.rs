@@ -54,6 +54,13 @@ impl BackendTask {
         };
         self.gate.set(self.id, standing(state.up, false));
         let mut recent: VecDeque<Instant> = VecDeque::new();
+        // A backend that must pass a first check and has not: it takes no traffic, so say why,
+        // after `rise` failed checks and again after 2x, 4x... as many (a stuck state is never
+        // silent, and never floods the log).
+        let mut waiting = active && !state.up;
+        let mut first_failures = 0u32;
+        let mut warn_at = self.check.rise.max(1);
+        let started = Instant::now();
         let far = Duration::from_secs(86_400);
         loop {
             let wake = if active {
@@ -90,7 +97,21 @@ impl BackendTask {
                         if let Ok(mut board) = self.board.write()
                             && let Some(slot) = board.get_mut(self.id as usize)
                         {
-                            *slot = Some(LastCheck { ok, reason: reason.clone(), at });
+                            *slot = Some(LastCheck { ok, reason: reason.clone(), at, waiting });
+                        }
+                    }
+                    if waiting && !ok {
+                        first_failures += 1;
+                        if first_failures == warn_at {
+                            warn_at = warn_at.saturating_mul(2);
+                            warn!(
+                                service = %self.service,
+                                backend = %self.address,
+                                %reason,
+                                failed_checks = first_failures,
+                                waited_ms = started.elapsed().as_millis() as u64,
+                                "backend has not passed its first check: it takes no traffic until it does"
+                            );
                         }
                     }
                     let changed = if active {
@@ -105,6 +126,7 @@ impl BackendTask {
                     if let Some(up) = changed {
                         if up {
                             backoff.back(now.into_std());
+                            waiting = false;
                         }
                         self.report(&updates, up, reason).await;
                     }

@@ -57,6 +57,7 @@ impl Writer {
                         last_check_ok: None,
                         last_check: None,
                         last_check_at: None,
+                        waiting_for_first_check: false,
                         traffic: traffic(self.dp.backend_traffic(m.id)),
                     })
                     .collect();

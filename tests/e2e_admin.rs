@@ -52,6 +52,16 @@ fn metrics_match_the_traffic_and_the_token_is_enforced() {
         ),
     );
     let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+    // The topology's interfaces are veths: the daemon says once, per interface, what the peer
+    // needs so that redirected frames are not dropped.
+    for interface in topo.lb_interfaces() {
+        let said = daemon.output().lines().any(|l| {
+            l.contains("what the interface's peer needs")
+                && l.contains(&interface)
+                && l.contains("GRO")
+        });
+        assert!(said, "nothing said about {interface}:\n{}", daemon.output());
+    }
 
     let sent = 100;
     topo.client.enter(|| {

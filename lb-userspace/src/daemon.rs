@@ -110,6 +110,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     for a in &attachments {
         info!(interface = %a.interface, ifindex = a.ifindex, mode = a.mode, "XDP attached");
+        let driver = crate::dataplane::driver::driver(&a.interface);
+        if let Some(needs) = driver.as_deref().and_then(crate::dataplane::driver::needs) {
+            info!(interface = %a.interface, driver = driver.as_deref().unwrap_or(""), needs, "what the interface's peer needs");
+        }
     }
 
     let (updates, updates_rx) = mpsc::channel(4096);

@@ -2,6 +2,7 @@
 //! the maps from a [`Plan`](crate::plan::Plan), and reading the counters back.
 
 mod attach;
+pub mod driver;
 mod maps;
 mod stats;
 

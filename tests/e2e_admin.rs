@@ -502,3 +502,67 @@ fn a_backend_that_never_passes_its_first_check_is_explained() {
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
 }
+
+/// The first silent failure users met: a backend's veth peer with GRO off and no XDP program.
+/// The kernel drops every frame the program redirects into it. The daemon counts those drops per
+/// interface, warns naming the interface and the cause, and `status` and /metrics show them.
+#[test]
+fn frames_the_kernel_drops_after_a_redirect_are_counted_and_explained() {
+    require_root("the redirect-drop test");
+    let topo = Topology::build(2);
+    let _servers = named_echo_servers(&topo);
+    topo.backends[0].exec(&["ethtool", "-K", "eth0", "gro", "off"]);
+    let config = write_config(&topo, "");
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+    let vip = SocketAddr::new(topo.vip(false), 80);
+    let failed = topo.client.enter(|| {
+        (0..12)
+            .filter(|_| {
+                std::net::TcpStream::connect_timeout(&vip, Duration::from_millis(400)).is_err()
+            })
+            .count()
+    });
+    assert!(
+        failed > 0,
+        "every connection reached a backend: be1 took none?"
+    );
+    let warning = "frames redirected into the interface were dropped by the kernel";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.output().contains(warning) {
+        assert!(
+            Instant::now() < deadline,
+            "no warning:\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = daemon.output();
+    let line = log.lines().find(|l| l.contains(warning)).unwrap();
+    assert!(
+        line.contains("lb-be1") && line.contains("veth") && line.contains("GRO"),
+        "{line}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(warning) && l.contains("lb-be2")),
+        "{log}"
+    );
+
+    let (_, metrics) = admin(&topo.lb, None, "GET", "/metrics");
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("understudy_redirect_drops_total{interface=\"lb-be1\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no redirect-drop counter for lb-be1:\n{metrics}"));
+    assert!(
+        dropped >= failed as u64,
+        "{dropped} drops for {failed} failed connections"
+    );
+    let (ok, table, _) = cli(BIN, &topo.lb, &["status"]);
+    assert!(
+        ok && table.contains("redirected into lb-be1 were dropped"),
+        "{table}"
+    );
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+}

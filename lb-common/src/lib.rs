@@ -51,6 +51,23 @@ pub const FRAGS_CAPACITY: u32 = 65_536;
 pub const FRAG_REWRITE_DST: u32 = 0;
 /// `FragValue::side`: later fragments get their source rewritten (a backend's reply, to the VIP).
 pub const FRAG_REWRITE_SRC: u32 = 1;
+/// Interfaces `REDIRECT_DROPS` tracks (by index): far more than a balancer attaches to.
+pub const REDIRECT_DROPS_INTERFACES: u32 = 1024;
+
+/// The `xdp:xdp_devmap_xmit` tracepoint's record (see its `format` in tracefs): where frames
+/// redirected by XDP were transmitted at flush time, and how many the target driver refused. The
+/// layout has been stable since kernel 5.8.
+pub mod devmap_xmit {
+    pub const TO_IFINDEX: usize = 16;
+    pub const DROPS: usize = 20;
+}
+
+/// The `xdp:xdp_redirect_err` tracepoint's record: one redirect the kernel refused at enqueue
+/// time (for a veth, `-EOPNOTSUPP` while its peer can take no XDP frames). Stable since 4.x.
+pub mod redirect_err {
+    pub const TO_IFINDEX: usize = 24;
+}
+
 /// Capacity of the `EVENTS` ring buffer, in bytes (a power of two, a multiple of the page).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -311,6 +328,7 @@ pub mod map_names {
     pub const BACKEND_SYNACK: &str = "BACKEND_SYNACK";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
+    pub const REDIRECT_DROPS: &str = "REDIRECT_DROPS";
     /// Every map of the production object.
     pub const ALL: &[&str] = &[
         SERVICES,
@@ -324,6 +342,7 @@ pub mod map_names {
         BACKEND_SYNACK,
         COUNTERS,
         EVENTS,
+        REDIRECT_DROPS,
     ];
 }
 

@@ -18,6 +18,7 @@ mod nat;
 mod packet;
 mod parse;
 mod passive;
+mod redirect_drops;
 mod reject;
 mod select;
 mod steer;

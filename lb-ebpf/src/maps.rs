@@ -3,13 +3,19 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use lb_common::{
     BackendInfo, Counter, EVENTS_BYTES, FLOWS_CAPACITY, FRAGS_CAPACITY, FlowKey, FlowValue,
-    FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, NatValue, RINGS_CHUNKS, RingChunk, ServiceInfo,
-    ServiceKey, Traffic,
+    FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, NatValue, REDIRECT_DROPS_INTERFACES,
+    RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
 };
+
+/// Target interface index to frames its driver refused after XDP redirected them into it
+/// (`redirect_drops.rs`). Not pinned: a counter that restarts with the daemon.
+#[map]
+pub static REDIRECT_DROPS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(REDIRECT_DROPS_INTERFACES, 0);
 
 /// VIP (address, port, protocol) to service.
 #[map]

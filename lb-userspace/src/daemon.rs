@@ -108,6 +108,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if let Err(e) = writer.dataplane_mut().count_redirect_drops() {
+        warn!(error = %e, "frames the kernel drops after a redirect will not be counted");
+    }
     for a in &attachments {
         info!(interface = %a.interface, ifindex = a.ifindex, mode = a.mode, "XDP attached");
         let driver = crate::dataplane::driver::driver(&a.interface);

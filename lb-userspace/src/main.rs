@@ -195,6 +195,11 @@ fn print_status(s: &Snapshot) {
         "\n{} health changes; decision to visible p50 {} us, p99 {} us",
         s.changes, l.p50_us, l.p99_us
     );
+    for (interface, n) in s.redirect_drops.iter().filter(|(_, n)| **n > 0) {
+        println!(
+            "{n} frames redirected into {interface} were dropped by the kernel (the daemon's log says why)"
+        );
+    }
 }
 
 /// Default log filter. aya warns at every load that the kernel refused the object's BTF (Rust

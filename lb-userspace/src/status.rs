@@ -117,6 +117,9 @@ pub struct Snapshot {
     pub stale_updates: u64,
     /// Health decision to kernel-visible.
     pub decision_to_visible: Latency,
+    /// Frames the kernel dropped after the program redirected them, by target interface.
+    #[serde(default)]
+    pub redirect_drops: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -98,6 +98,11 @@ pub fn render(
         "1 if the backend has not passed its first check yet (wait_for_first_check), so takes no traffic",
     );
     let datapath = counter(&mut r, "datapath_packets", "XDP outcomes by reason");
+    let redirect_drops = counter(
+        &mut r,
+        "redirect_drops",
+        "Frames the kernel dropped after XDP redirected them, by target interface",
+    );
     let reload = counter(&mut r, "reloads", "Config reloads by result");
     // Unlabelled metrics are plain metrics: an empty label set would print as `name{}`.
     let changes = Counter::<u64>::default();
@@ -164,6 +169,10 @@ pub fn render(
     }
     for (reason, v) in &s.datapath {
         set(&datapath, vec![("reason".to_string(), reason.clone())], *v);
+    }
+    for (interface, v) in &s.redirect_drops {
+        let l = vec![("interface".to_string(), interface.clone())];
+        set(&redirect_drops, l, *v);
     }
     for (result, n) in [("ok", &reloads.ok), ("error", &reloads.failed)] {
         let v = n.load(std::sync::atomic::Ordering::Relaxed);

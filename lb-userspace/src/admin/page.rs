@@ -33,6 +33,13 @@ pub fn render(s: &Snapshot) -> String {
          <p class=\"muted\">{} health changes; decision to visible p50 {} µs, p99 {} µs</p>",
         s.changes, s.decision_to_visible.p50_us, s.decision_to_visible.p99_us
     );
+    for (interface, n) in s.redirect_drops.iter().filter(|(_, n)| **n > 0) {
+        let _ = write!(
+            h,
+            "<p class=\"alert\" data-redirect-drops=\"{interface}\"><b>{n} frames redirected into              {interface} were dropped by the kernel</b> (the daemon's log says why)</p>",
+            interface = esc(interface),
+        );
+    }
     for svc in &s.services {
         let tier = svc
             .tier_in_use

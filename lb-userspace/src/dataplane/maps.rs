@@ -277,6 +277,11 @@ impl Dataplane {
         Ok(prog)
     }
 
+    /// The object itself, read-only.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     /// The object itself, for benchmarks that reach bench-only maps.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

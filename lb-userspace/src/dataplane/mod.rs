@@ -4,6 +4,7 @@
 mod attach;
 pub mod driver;
 mod maps;
+pub mod redirect_drops;
 mod stats;
 
 pub use attach::{Attachment, attach, resolve};

@@ -3,6 +3,7 @@
 use super::*;
 use crate::{
     config::Protocol,
+    dataplane::redirect_drops::interface_name,
     status::{ServedProtocol, ServiceState},
 };
 
@@ -109,6 +110,12 @@ impl Writer {
             stale_updates: self.stale,
             flows_capacity: self.dp.flows_capacity().unwrap_or(0),
             decision_to_visible,
+            redirect_drops: self
+                .dp
+                .redirect_drops()
+                .into_iter()
+                .map(|(ifindex, n)| (interface_name(ifindex), n))
+                .collect(),
         }
     }
 }

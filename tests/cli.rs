@@ -153,3 +153,35 @@ fn the_harness_admin_client_matches_the_daemon() {
         understudy::admin::guard::CLIENT_HEADER
     );
 }
+
+/// `explain --config` plans a config offline: no daemon, no kernel, no root.
+#[test]
+fn explain_offline_names_the_backend_and_the_entry() {
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(demo_config())
+        .args(["web", "198.51.100.7:43122"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("service web: flow 198.51.100.7:43122 -> 10.0.0.10:80 tcp"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("a new flow goes to 10.0.11."), "{stdout}");
+    assert!(stdout.contains("offline"), "{stdout}");
+    // An HTTP service has no per-flow answer, and says why.
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(demo_config())
+        .args(["api", "198.51.100.7:43122"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP service"));
+}

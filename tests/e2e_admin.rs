@@ -566,3 +566,123 @@ fn frames_the_kernel_drops_after_a_redirect_are_counted_and_explained() {
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
 }
+
+/// `understudy explain` agrees with where 200 real connections went (each backend greets with
+/// its name), finds each one tracked in FLOWS, and explains a drained and a down backend.
+#[test]
+fn explain_agrees_with_where_connections_went() {
+    require_root("the explain test");
+    let topo = Topology::build(3);
+    let mut servers = named_echo_servers(&topo);
+    let config = topo.echo_config(
+        "",
+        "table_size = 1021\nhealth = { kind = \"tcp\", interval = \"100ms\", timeout = \"50ms\", rise = 1, fall = 1 }",
+        &[(1, ""), (2, ""), (3, "")],
+    );
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
+    std::thread::sleep(Duration::from_millis(800));
+    let vip = SocketAddr::new(topo.vip(false), 80);
+    let landed: Vec<(u16, String)> = topo.client.enter(|| {
+        (0..200)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2))
+                    .expect("connect to the VIP");
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let port = s.local_addr().unwrap().port();
+                (
+                    port,
+                    understudy_testbed::traffic::read_name(&mut s).unwrap(),
+                )
+            })
+            .collect()
+    });
+    let address = |name: &str| {
+        let i: usize = name.trim_start_matches("be").parse().unwrap();
+        format!("{}:8080", topo.backend_addr(i, false))
+    };
+    let explain = |port: u16| -> understudy::explain::Explanation {
+        let (code, body) = admin(
+            &topo.lb,
+            None,
+            "GET",
+            &format!(
+                "/explain?service=echo&client={}:{port}",
+                understudy_testbed::CLIENT_V4
+            ),
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let mut per_backend = BTreeMap::<String, usize>::new();
+    for (port, name) in &landed {
+        let e = explain(*port);
+        let want = address(name);
+        assert_eq!(
+            e.chosen.as_ref().map(|c| &c.address),
+            Some(&want),
+            "port {port}: {e:?}"
+        );
+        let tracked = e
+            .tracked
+            .as_ref()
+            .unwrap_or_else(|| panic!("port {port} not tracked"));
+        assert_eq!(
+            (tracked.backend.as_ref(), tracked.holds),
+            (Some(&want), true)
+        );
+        *per_backend.entry(want).or_default() += 1;
+    }
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+
+    // Drained: new flows pass it over, saying why; its tracked flows stay.
+    let be1 = address("be1");
+    let port1 = landed.iter().find(|(_, n)| n == "be1").unwrap().0;
+    let (ok, _, stderr) = cli(BIN, &topo.lb, &["drain", "echo", &be1]);
+    assert!(ok, "{stderr}");
+    let e = explain(port1);
+    assert_eq!(e.skipped.len(), 1, "{e:?}");
+    assert!(
+        e.skipped[0].0 == be1 && e.skipped[0].1.starts_with("draining"),
+        "{e:?}"
+    );
+    assert_ne!(e.chosen.as_ref().unwrap().address, be1);
+    assert!(
+        e.tracked.as_ref().unwrap().holds,
+        "a drain keeps established flows"
+    );
+    let (ok, stdout, _) = cli(
+        BIN,
+        &topo.lb,
+        &[
+            "explain",
+            "echo",
+            &format!("{}:{port1}", understudy_testbed::CLIENT_V4),
+        ],
+    );
+    assert!(
+        ok && stdout.contains(&format!("skipped {be1}: draining"))
+            && stdout.contains("tracked in FLOWS"),
+        "{stdout}"
+    );
+
+    // Down: its check fails; new flows pass it over, and its pins no longer hold.
+    let be2 = address("be2");
+    let port2 = landed.iter().find(|(_, n)| n == "be2").unwrap().0;
+    drop(servers.remove(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        let e = explain(port2);
+        if e.skipped.iter().any(|(a, why)| *a == be2 && why == "down") {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "be2 never explained as down: {e:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(e.chosen.as_ref().unwrap().address, be2);
+    assert!(!e.tracked.as_ref().unwrap().holds, "{e:?}");
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
+}

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod ejection;
+pub mod explain;
 pub mod fallback;
 pub mod health;
 pub mod l7;

@@ -70,6 +70,19 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Where a new flow from CLIENT ("IP:port", the client's address and source port) to the
+    /// service goes, and why: the table entry, its owner, the backends passed over, and the
+    /// backend `FLOWS` pins the flow to, if it does. With `--config`, offline from a config,
+    /// every backend taken as healthy.
+    Explain {
+        service: String,
+        client: std::net::SocketAddr,
+        /// Plan this config instead of asking the running daemon.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Let a drained backend take new flows again.
     Enable {
         service: String,
@@ -114,6 +127,39 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<Str
     } else {
         anyhow::bail!("{status}: {}", body.trim())
     }
+}
+
+/// `understudy explain`: from the running daemon, or offline from a config.
+fn explain(
+    service: &str,
+    client: std::net::SocketAddr,
+    config: Option<&std::path::Path>,
+    admin: &AdminArgs,
+) -> anyhow::Result<()> {
+    let e = match config {
+        Some(file) => {
+            let config = Config::load(file)?;
+            understudy::explain::offline(&config, service, client)?
+        }
+        None => {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("service", service)
+                .append_pair("client", &client.to_string())
+                .finish();
+            serde_json::from_str(&admin_call(admin, "GET", &format!("/explain?{query}"))?)?
+        }
+    };
+    let e: understudy::explain::Explanation = e;
+    for line in e.lines() {
+        // Offline there is no FLOWS to read.
+        if config.is_none() || !line.starts_with("not tracked") {
+            println!("{line}");
+        }
+    }
+    if config.is_some() {
+        println!("(offline: every backend taken as healthy)");
+    }
+    Ok(())
 }
 
 /// Prints rows as left-aligned columns.
@@ -267,6 +313,12 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Explain {
+            service,
+            client,
+            config,
+            admin,
+        } => Some(explain(service, *client, config.as_deref(), admin)),
         Command::Reload { admin } => Some(admin_call(admin, "POST", "/reload").map(|body| {
             println!("{}", body.trim());
         })),
@@ -304,6 +356,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status { .. }
+        | Command::Explain { .. }
         | Command::Drain { .. }
         | Command::Enable { .. }
         | Command::Reload { .. }

@@ -333,6 +333,46 @@ async fn handle(
                 ),
             }
         }
+        (&Method::GET, "/explain") => {
+            let client = param("client").and_then(|c| c.parse::<std::net::SocketAddr>().ok());
+            match (param("service"), client) {
+                (Some(service), Some(client)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let sent = state
+                        .control
+                        .send(Control::Explain {
+                            service,
+                            client,
+                            reply: tx,
+                        })
+                        .await;
+                    match (sent, rx.await) {
+                        (Ok(()), Ok(Ok(e))) => reply(
+                            StatusCode::OK,
+                            "application/json",
+                            serde_json::to_string_pretty(&e).unwrap_or_default(),
+                        ),
+                        (Ok(()), Ok(Err(why))) => {
+                            let status = match why {
+                                crate::explain::ExplainError::UnknownService(_) => {
+                                    StatusCode::NOT_FOUND
+                                }
+                                crate::explain::ExplainError::Proxied(_) => StatusCode::CONFLICT,
+                                crate::explain::ExplainError::Family { .. } => {
+                                    StatusCode::BAD_REQUEST
+                                }
+                            };
+                            text(status, why.to_string())
+                        }
+                        _ => unavailable(),
+                    }
+                }
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "give ?service=NAME&client=IP:PORT (the client's address and source port)",
+                ),
+            }
+        }
         (&Method::POST, "/reload") => {
             let (tx, rx) = oneshot::channel();
             match (state.reload.send(tx).await, rx.await) {
@@ -341,12 +381,12 @@ async fn handle(
                 _ => unavailable(),
             }
         }
-        (_, "/metrics" | "/status" | "/drain" | "/enable" | "/reload") => {
+        (_, "/metrics" | "/status" | "/explain" | "/drain" | "/enable" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try GET /, GET /metrics, GET /status, POST /drain, POST /enable, POST /reload",
+            "not found: try GET /, GET /metrics, GET /status, GET /explain, POST /drain, POST /enable, POST /reload",
         ),
     };
     Ok(response)

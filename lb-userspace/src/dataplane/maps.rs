@@ -206,6 +206,13 @@ impl Dataplane {
         self.pin_dir.as_deref()
     }
 
+    /// The flow `key` as `FLOWS` pins it, if it does.
+    pub fn flow(&self, key: &lb_common::FlowKey) -> Option<lb_common::FlowValue> {
+        let map = self.ebpf.map(FLOWS)?;
+        let flows = HashMap::<_, lb_common::FlowKey, lb_common::FlowValue>::try_from(map).ok()?;
+        flows.get(key, 0).ok()
+    }
+
     /// A backend entry as the kernel holds it (after adoption: as the previous daemon left it).
     pub fn backend_entry(&self, id: u32) -> Option<BackendInfo> {
         self.backends.get(&id, 0).ok()

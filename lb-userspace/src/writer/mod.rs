@@ -66,6 +66,12 @@ pub enum Control {
         config: Box<crate::config::Config>,
         reply: oneshot::Sender<Result<Reloaded, String>>,
     },
+    /// Where a new flow from `client` to the service goes now, and why.
+    Explain {
+        service: String,
+        client: std::net::SocketAddr,
+        reply: oneshot::Sender<Result<crate::explain::Explanation, crate::explain::ExplainError>>,
+    },
     /// Drain (`drain: true`) or enable a backend, named by service and "IP:port".
     Drain {
         service: String,
@@ -477,6 +483,9 @@ impl Writer {
                     Control::Reload { config, reply } => {
                         let _ = reply.send(self.reload(&config).map_err(|e| e.to_string()));
                     }
+                    Control::Explain { service, client, reply } => {
+                        let _ = reply.send(self.explain(&service, client));
+                    }
                     Control::Drain { service, backend, drain, reply } => {
                         let _ = reply.send(self.drain(&service, &backend, drain));
                     }
@@ -496,6 +505,36 @@ impl Writer {
         }
         self.log_stats();
         self
+    }
+
+    /// [`crate::explain`] against the installed table, each backend's health, and `FLOWS`.
+    pub fn explain(
+        &self,
+        service: &str,
+        client: std::net::SocketAddr,
+    ) -> Result<crate::explain::Explanation, crate::explain::ExplainError> {
+        let si = self
+            .plan
+            .services
+            .iter()
+            .position(|s| s.name == service)
+            .ok_or_else(|| crate::explain::ExplainError::UnknownService(service.to_string()))?;
+        let svc = &self.plan.services[si];
+        let health = state::health(&self.states[si]);
+        let mut e = crate::explain::explain(svc, &self.views[si].table, &health, client)?;
+        let key = crate::explain::flow_key(svc, client);
+        e.tracked = self.dp.flow(&key).map(|flow| {
+            let owner = self.owner.get(flow.backend as usize).copied().flatten();
+            let entry = self.dp.backend_entry(flow.backend);
+            crate::explain::Tracked {
+                backend: owner.map(|(s, m)| self.plan.services[s].members[m].address.to_string()),
+                age_ms: monotonic_ns().saturating_sub(flow.since_ns) / 1_000_000,
+                holds: entry.is_some_and(|b| {
+                    b.state & BACKEND_ALIVE != 0 && b.generation == flow.generation
+                }),
+            }
+        });
+        Ok(e)
     }
 
     fn log_stats(&self) {
@@ -558,4 +597,15 @@ impl DropWatch {
             *warned = Some(now);
         }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so `FLOWS` ages compare.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

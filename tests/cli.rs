@@ -185,3 +185,45 @@ fn explain_offline_names_the_backend_and_the_entry() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP service"));
 }
+
+/// The shell completions and the man page come from the command line's own definition, so they
+/// name every subcommand (the .deb ships them; `cargo xtask package` checks they are there).
+#[test]
+fn completions_and_the_man_page_name_every_subcommand() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subcommands = [
+        "run", "check", "status", "drain", "enable", "reload", "explain", "clean",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        for sub in subcommands {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH understudy 1"), "{man}");
+    for sub in subcommands {
+        assert!(man.contains(sub), "the man page lacks {sub}");
+    }
+}
+
+/// Exit codes as the README documents them: 2 for an invalid config or a usage error, 1 for a
+/// failed admin request (here: no daemon listening).
+#[test]
+fn exit_codes() {
+    let bad = write("exit-bad", "[dataplane]\ninterfaces = []\n");
+    let code = |args: &[&str]| Command::new(BIN).args(args).output().unwrap().status.code();
+    assert_eq!(code(&["check", bad.to_str().unwrap()]), Some(2));
+    assert_eq!(code(&["no-such-command"]), Some(2));
+    assert_eq!(code(&["status", "--admin", "127.0.0.1:1"]), Some(1));
+    assert_eq!(code(&["check", demo_config().to_str().unwrap()]), Some(0));
+    std::fs::remove_file(bad).ok();
+}

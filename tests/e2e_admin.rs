@@ -211,6 +211,12 @@ fn drain_through_the_cli_stops_new_flows_and_lets_streams_finish() {
         );
     }
 
+    // `status --watch` redraws in place: cursor home and clear, then the table, each time.
+    let (ok, watched, stderr) = cli(BIN, &topo.lb, &["status", "--watch", "0.1", "--count", "3"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(watched.matches("\x1b[H\x1b[2J").count(), 3, "{watched}");
+    assert_eq!(watched.matches("SERVICE").count(), 3, "{watched}");
+
     let (ok, json, _) = cli(BIN, &topo.lb, &["status", "--json"]);
     assert!(ok);
     let status: Snapshot = serde_json::from_str(&json).unwrap();

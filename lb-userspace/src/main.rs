@@ -49,7 +49,17 @@ enum Command {
         /// Print the JSON the admin API returns instead of tables.
         #[arg(long)]
         json: bool,
+        /// Redraw the table in place every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many redraws (for scripts and tests).
+        #[arg(long, requires = "watch", hide = true)]
+        count: Option<u64>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to standard output.
+    Man,
     /// Stop new flows to a backend; its established flows finish.
     Drain {
         service: String,
@@ -127,6 +137,31 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<Str
     } else {
         anyhow::bail!("{status}: {}", body.trim())
     }
+}
+
+/// `understudy status --watch`: the table redrawn in place (cursor home, clear) every `every`
+/// seconds, `count` times or until interrupted. A failed request is shown and retried: a
+/// restarting daemon does not end the watch.
+fn watch_status(admin: &AdminArgs, every: f64, count: Option<u64>) -> anyhow::Result<()> {
+    if !(every.is_finite() && every > 0.0) {
+        anyhow::bail!("--watch takes a positive number of seconds");
+    }
+    let mut drawn = 0u64;
+    while count.is_none_or(|c| drawn < c) {
+        print!("\x1b[H\x1b[2J");
+        match admin_call(admin, "GET", "/status")
+            .and_then(|body| Ok(serde_json::from_str::<Snapshot>(&body)?))
+        {
+            Ok(s) => print_status(&s),
+            Err(e) => println!("error: {e:#}"),
+        }
+        println!("\n(every {every} s; Ctrl-C to stop)");
+        drawn += 1;
+        if count.is_none_or(|c| drawn < c) {
+            std::thread::sleep(std::time::Duration::from_secs_f64(every));
+        }
+    }
+    Ok(())
 }
 
 /// `understudy explain`: from the running daemon, or offline from a config.
@@ -268,15 +303,37 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let admin_result = match &cli.command {
-        Command::Status { admin, json } => {
-            Some(admin_call(admin, "GET", "/status").and_then(|body| {
-                if *json {
-                    println!("{body}");
-                } else {
-                    print_status(&serde_json::from_str(&body)?);
-                }
-                Ok(())
-            }))
+        Command::Status {
+            admin,
+            json,
+            watch: None,
+            ..
+        } => Some(admin_call(admin, "GET", "/status").and_then(|body| {
+            if *json {
+                println!("{body}");
+            } else {
+                print_status(&serde_json::from_str(&body)?);
+            }
+            Ok(())
+        })),
+        Command::Status {
+            admin,
+            watch: Some(every),
+            count,
+            ..
+        } => Some(watch_status(admin, *every, *count)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "understudy", &mut std::io::stdout());
+            Some(Ok(()))
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            Some(
+                clap_mangen::Man::new(command)
+                    .render(&mut std::io::stdout())
+                    .map_err(Into::into),
+            )
         }
         Command::Drain {
             service,
@@ -356,6 +413,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status { .. }
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Explain { .. }
         | Command::Drain { .. }
         | Command::Enable { .. }

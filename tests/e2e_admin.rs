@@ -455,15 +455,7 @@ fn a_backend_that_never_passes_its_first_check_is_explained() {
     );
     let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
     let warning = "backend has not passed its first check";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.output().contains(warning) {
-        assert!(
-            Instant::now() < deadline,
-            "no warning:\n{}",
-            daemon.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_for_line(warning, Duration::from_secs(10));
     // Some 25 probes fail in 2.5 s; the warning comes after 2, 4, 8 and 16 of them.
     std::thread::sleep(Duration::from_millis(2500));
     let log = daemon.output();
@@ -533,15 +525,7 @@ fn frames_the_kernel_drops_after_a_redirect_are_counted_and_explained() {
         "every connection reached a backend: be1 took none?"
     );
     let warning = "frames redirected into the interface were dropped by the kernel";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !daemon.output().contains(warning) {
-        assert!(
-            Instant::now() < deadline,
-            "no warning:\n{}",
-            daemon.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.wait_for_line(warning, Duration::from_secs(5));
     let log = daemon.output();
     let line = log.lines().find(|l| l.contains(warning)).unwrap();
     assert!(

@@ -395,20 +395,13 @@ mod tests {
         s.members.iter().map(|m| m.id).collect()
     }
 
+    // Services as one inline array; service "b" is the last line, so a test can cut it off.
     const TEXT: &str = r#"
 dataplane = { interfaces = ["eth0"] }
-[[service]]
-name = "a"
-vip = "10.0.0.10:80"
-table_size = 307
-backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.12.2:8080" }]
-[[service]]
-name = "b"
-vip = "[2001:db8::10]:53"
-protocol = "udp"
-hash = "source_ip"
-table_size = 101
-backend = [{ address = "[2001:db8::11]:5353" }]
+service = [
+  { name = "a", vip = "10.0.0.10:80", table_size = 307, backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.12.2:8080" }] },
+  { name = "b", vip = "[2001:db8::10]:53", protocol = "udp", hash = "source_ip", table_size = 101, backend = [{ address = "[2001:db8::11]:5353" }] },
+]
 "#;
 
     #[test]
@@ -475,12 +468,13 @@ backend = [{ address = "[2001:db8::11]:5353" }]
         let mut generations = Vec::new();
         let first = plan_update(&config, None, &mut generations);
         // Drop backend 10.0.11.2 from "a", add 10.0.13.2, and drop service "b".
-        let changed = TEXT
-            .replace("10.0.11.2:8080", "10.0.13.2:8080")
-            .split("[[service]]\nname = \"b\"")
-            .next()
-            .unwrap()
-            .to_string();
+        let changed: Vec<&str> = TEXT
+            .lines()
+            .filter(|l| !l.contains("name = \"b\""))
+            .collect();
+        let changed = changed
+            .join("\n")
+            .replace("10.0.11.2:8080", "10.0.13.2:8080");
         let config2 = Config::parse(Path::new("t.toml"), &changed).unwrap();
         let second = plan_update(&config2, Some(&first), &mut generations);
         assert_eq!(second.services.len(), 1);

@@ -29,20 +29,9 @@ pub fn driver(interface: &str) -> Option<String> {
     if interface.len() >= libc::IFNAMSIZ {
         return None;
     }
-    let mut info = DrvInfo {
-        cmd: ETHTOOL_GDRVINFO,
-        driver: [0; 32],
-        version: [0; 32],
-        fw_version: [0; 32],
-        bus_info: [0; 32],
-        erom_version: [0; 32],
-        reserved2: [0; 12],
-        n_priv_flags: 0,
-        n_stats: 0,
-        testinfo_len: 0,
-        eedump_len: 0,
-        regdump_len: 0,
-    };
+    // SAFETY: plain integers and byte arrays: all zeros is a valid value.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
     // SAFETY: an all-zero ifreq is valid; the name fits (checked above) and stays NUL-terminated.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(interface.bytes()) {

@@ -207,6 +207,20 @@ impl Daemon {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// Waits up to `timeout` for a line of the daemon's output containing `text`; panics with
+    /// the output if none comes.
+    pub fn wait_for_line(&self, text: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.output().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no line with {text:?} within {timeout:?}; the daemon's output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the daemon printed so far.
     pub fn output(&self) -> String {
         self.log.lock().unwrap().join("\n")

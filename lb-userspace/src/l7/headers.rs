@@ -130,11 +130,11 @@ impl super::filter::RequestFilter for Forwarding {
         head: &mut hyper::http::request::Parts,
         client: &ClientInfo,
     ) -> super::filter::Verdict {
-        let authority = head.uri.authority().map(|a| a.as_str().to_string());
+        // Disjoint fields of the head: the authority is borrowed, not copied, per request.
         forward_request(
             &mut head.headers,
             head.version,
-            authority.as_deref(),
+            head.uri.authority().map(|a| a.as_str()),
             client,
             self.tls,
             self.via.as_deref(),

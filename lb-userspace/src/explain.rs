@@ -90,6 +90,16 @@ pub fn flow_key(svc: &PlannedService, client: SocketAddr) -> FlowKey {
     }
 }
 
+/// The hash the kernel places a new flow from `client` by: the flow hash of its key, or the
+/// source hash when the service hashes by source address (`lb-ebpf/src/select.rs`).
+pub fn placement_hash(svc: &PlannedService, client: SocketAddr) -> u32 {
+    let key = flow_key(svc, client);
+    match svc.serving.entry() {
+        Some(e) if e.flags & lb_common::SERVICE_F_HASH_SRC_IP != 0 => source_hash(&key),
+        _ => flow_hash(&key),
+    }
+}
+
 /// The explanation for a new flow from `client`, given the installed table (member indices or
 /// the `NO_BACKEND`/`REJECT` markers) and each member's health.
 pub fn explain(
@@ -98,21 +108,16 @@ pub fn explain(
     healthy: &[bool],
     client: SocketAddr,
 ) -> Result<Explanation, ExplainError> {
-    let Serving::Kernel(kernel) = &svc.serving else {
+    if svc.serving == Serving::Proxy {
         return Err(ExplainError::Proxied(svc.name.clone()));
-    };
+    }
     if client.is_ipv4() != svc.vip.is_ipv4() {
         return Err(ExplainError::Family {
             client,
             vip: svc.vip,
         });
     }
-    let key = flow_key(svc, client);
-    let hash = if kernel.entry.flags & lb_common::SERVICE_F_HASH_SRC_IP != 0 {
-        source_hash(&key)
-    } else {
-        flow_hash(&key)
-    };
+    let hash = placement_hash(svc, client);
     let size = table.len().max(1) as u32;
     let entry = hash % size;
     let candidate = |m: usize| {
@@ -170,10 +175,7 @@ pub fn offline(
         .find(|s| s.name == service)
         .ok_or_else(|| ExplainError::UnknownService(service.to_string()))?;
     let healthy = vec![true; svc.members.len()];
-    let active =
-        crate::fallback::active_set(&svc.members, &healthy, svc.min_healthy, svc.on_all_down);
-    let table = crate::fallback::derive(&svc.base, &svc.prefs, &svc.members, &active);
-    explain(svc, &table, &healthy, client)
+    explain(svc, &svc.member_table(&healthy), &healthy, client)
 }
 
 impl Explanation {
@@ -249,9 +251,7 @@ backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.11.3:8080" }, { add
     }
 
     fn table(svc: &PlannedService, healthy: &[bool]) -> Vec<u32> {
-        let active =
-            crate::fallback::active_set(&svc.members, healthy, svc.min_healthy, svc.on_all_down);
-        crate::fallback::derive(&svc.base, &svc.prefs, &svc.members, &active)
+        svc.member_table(healthy)
     }
 
     #[test]
@@ -286,7 +286,11 @@ backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.11.3:8080" }, { add
             .chosen
             .unwrap()
             .address;
-        let m = svc.member_at(owner.parse().unwrap()).unwrap();
+        let m = svc
+            .members
+            .iter()
+            .position(|m| m.address.to_string() == owner)
+            .unwrap();
         let mut healthy = all;
         healthy[m] = false;
         let e = explain(&svc, &table(&svc, &healthy), &healthy, client).unwrap();

@@ -110,8 +110,13 @@ impl AsRef<Member> for PlannedMember {
 impl PlannedService {
     /// The table for a health view (`healthy[i]` for member `i`), as backend ids.
     pub fn table_for(&self, healthy: &[bool]) -> Vec<u32> {
+        self.ids(self.member_table(healthy))
+    }
+
+    /// The same table as member indices (or the markers), as the writer holds it.
+    pub fn member_table(&self, healthy: &[bool]) -> Vec<u32> {
         let active = active_set(&self.members, healthy, self.min_healthy, self.on_all_down);
-        self.ids(derive(&self.base, &self.prefs, &self.members, &active))
+        derive(&self.base, &self.prefs, &self.members, &active)
     }
 
     /// Member indices to backend ids; the `NO_BACKEND`/`REJECT` markers pass through.
@@ -122,11 +127,6 @@ impl PlannedService {
     /// Member index `m` to its backend id; the `NO_BACKEND`/`REJECT` markers pass through.
     pub fn backend_id(&self, m: u32) -> u32 {
         self.members.get(m as usize).map_or(m, |member| member.id)
-    }
-
-    /// The member with this address, by index.
-    pub fn member_at(&self, address: SocketAddr) -> Option<usize> {
-        self.members.iter().position(|m| m.address == address)
     }
 
     /// Whether established flows may stay on member `i`: it is healthy, or the service failed

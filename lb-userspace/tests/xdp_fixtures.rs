@@ -1,17 +1,15 @@
 //! The XDP program's behaviour as a table, in the manner of Katran's test fixtures: each row is
 //! a name, an input packet, the interface it arrives on, the action expected and the exact output
 //! packet expected. Where a row goes to a backend, the backend is *predicted*, from the plan's
-//! ring and `lb_common::hash` as the kernel computes them, never read back from the output: a
+//! ring and the placement hash as the kernel computes it (`understudy::explain::placement_hash`,
+//! over `lb_common::hash`), never read back from the output: a
 //! packet sent to the wrong backend fails its row.
 
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb_common::{
-    Counter, FlowKey, PROTO_TCP, PROTO_UDP, SERVICE_F_HASH_SRC_IP, addr_words,
-    hash::{flow_hash, source_hash},
-};
+use lb_common::{Counter, PROTO_TCP, PROTO_UDP};
 use support::*;
 use understudy::{
     config::Config,
@@ -204,22 +202,9 @@ fn predicted(plan: &Plan, config: &Config, p: &Pkt) -> Option<SocketAddr> {
     })?;
     let svc = &plan.services[si];
     let kernel = svc.serving.kernel()?;
-    let (src, family) = addr_words(p.src);
-    let (dst, _) = addr_words(p.dst);
-    let key = FlowKey {
-        src,
-        dst,
-        src_port: p.sport.to_be(),
-        dst_port: p.dport.to_be(),
-        proto,
-        family,
-        _pad: 0,
-    };
-    let hash = if kernel.entry.flags & SERVICE_F_HASH_SRC_IP != 0 {
-        source_hash(&key)
-    } else {
-        flow_hash(&key)
-    };
+    // The placement as user space models it (`understudy explain` uses the same): the kernel's
+    // output must agree.
+    let hash = understudy::explain::placement_hash(svc, SocketAddr::new(p.src, p.sport));
     let id = kernel.ring[(hash % kernel.ring.len() as u32) as usize];
     svc.members.iter().find(|m| m.id == id).map(|m| m.address)
 }

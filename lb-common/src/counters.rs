@@ -43,7 +43,7 @@ counters! {
     PassTruncated => "pass_truncated",
     /// Translated, but the next hop's MAC is not resolved: the stack forwards and resolves it.
     PassNoNeighbour => "pass_no_neighbour",
-    /// Translated, but the FIB did not give a next hop (local, no route, MTU): the stack decides.
+    /// Translated, but the FIB did not give a next hop (no route, MTU): the stack decides.
     PassFibOther => "pass_fib_other",
     /// Translated a VLAN-tagged packet: the stack forwards it on the right VLAN device.
     PassVlan => "pass_vlan",
@@ -107,6 +107,24 @@ counters! {
     /// A later fragment with no first fragment seen (it came first, or was never translated):
     /// passed to the stack.
     FragmentBeforeFirst => "fragment_before_first",
+    /// Dropped: an access list or a rate limit refused the packet (per service and reason in
+    /// `SERVICE_DROPS`).
+    DropRefused => "drop_refused",
+    /// An access list or a rate limit refused a TCP packet and the service answers with a RST.
+    RefuseRst => "refuse_rst",
+    /// A CPU entered flood mode: its new-flow rate passed `[dataplane] flood_threshold`.
+    FloodEnter => "flood_enter",
+    /// A CPU left flood mode: a whole window stayed under the threshold.
+    FloodLeave => "flood_leave",
+    /// A new flow in flood mode, sent by the ring alone and not written to the flow tables.
+    FloodUnwritten => "flood_unwritten",
+    /// A backend reply translated back to the VIP through `REVERSE`, with no per-flow entry.
+    ReplyStateless => "reply_stateless",
+    /// The FIB does not forward to the destination: it is this host, or there is no route. A
+    /// packet from a backend's address and port to this host is the balancer's own connection (a
+    /// health check, the L7 proxy), not a reply of a VIP flow: passed untouched. A translated
+    /// packet (a backend on this host) goes to the stack too.
+    PassNotForwarded => "pass_not_forwarded",
 }
 
 #[cfg(test)]

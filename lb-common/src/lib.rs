@@ -14,6 +14,7 @@ extern crate std;
 
 pub mod checksum;
 pub mod counters;
+pub mod edge;
 pub mod hash;
 
 pub use counters::Counter;
@@ -329,6 +330,14 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const REDIRECT_DROPS: &str = "REDIRECT_DROPS";
+    pub const ACL_V4: &str = "ACL_V4";
+    pub const ACL_V6: &str = "ACL_V6";
+    pub const RATE_LIMITS: &str = "RATE_LIMITS";
+    pub const RATE_BUCKETS: &str = "RATE_BUCKETS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const FLOOD: &str = "FLOOD";
+    pub const SERVICE_DROPS: &str = "SERVICE_DROPS";
+    pub const REVERSE: &str = "REVERSE";
     /// Every map of the production object.
     pub const ALL: &[&str] = &[
         SERVICES,
@@ -343,6 +352,14 @@ pub mod map_names {
         COUNTERS,
         EVENTS,
         REDIRECT_DROPS,
+        ACL_V4,
+        ACL_V6,
+        RATE_LIMITS,
+        RATE_BUCKETS,
+        SETTINGS,
+        FLOOD,
+        SERVICE_DROPS,
+        REVERSE,
     ];
 }
 

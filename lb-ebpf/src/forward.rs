@@ -8,7 +8,8 @@ use core::mem::{size_of, zeroed};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams,
         xdp_action::{XDP_PASS, XDP_TX},
     },
     helpers::{bpf_fib_lookup, bpf_redirect},
@@ -29,10 +30,20 @@ const AF_INET6: u8 = 10;
 /// Forwards the packet whose (already rewritten) 5-tuple is `key`.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
+    match route(ctx, p, key) {
+        Ok(fib) => transmit(ctx, p, &fib),
+        Err(reason) => pass(reason),
+    }
+}
+
+/// The FIB's next hop for a packet that will carry the 5-tuple `key`, or why the stack must
+/// forward it instead. It reads only the IP length from the packet, so it may run before the
+/// rewrite (the stateless reply path asks first whether the packet is for this host).
+#[inline(always)]
+pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, Counter> {
     // A tagged frame must leave on the right VLAN device, which XDP cannot redirect to.
     if p.vlan {
-        count(Counter::PassVlan);
-        return XDP_PASS;
+        return Err(Counter::PassVlan);
     }
     let mut fib: FibParams = unsafe { zeroed() };
     fib.l4_protocol = key.proto;
@@ -41,19 +52,13 @@ pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
     fib.ifindex = ctx.ingress_ifindex() as u32;
     if key.family == FAMILY_V4 {
         fib.family = AF_INET;
-        let tot_len: u16 = match load(ctx, p.l3 + 2) {
-            Some(v) => v,
-            None => return pass(Counter::PassTruncated),
-        };
+        let tot_len: u16 = load(ctx, p.l3 + 2).ok_or(Counter::PassTruncated)?;
         fib.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
         fib.__bindgen_anon_3.ipv4_src = key.src[0];
         fib.__bindgen_anon_4.ipv4_dst = key.dst[0];
     } else {
         fib.family = AF_INET6;
-        let payload: u16 = match load(ctx, p.l3 + 4) {
-            Some(v) => v,
-            None => return pass(Counter::PassTruncated),
-        };
+        let payload: u16 = load(ctx, p.l3 + 4).ok_or(Counter::PassTruncated)?;
         // Saturating: a payload length that lies near 65535 must fail the MTU check, not wrap
         // round to a small length and pass it (the packet fuzzer found it).
         fib.__bindgen_anon_1.tot_len = u16::from_be(payload).saturating_add(40);
@@ -68,13 +73,17 @@ pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
             0,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return pass(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-            Counter::PassNoNeighbour
-        } else {
-            Counter::PassFibOther
-        });
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(fib),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Counter::PassNoNeighbour),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassNotForwarded),
+        _ => Err(Counter::PassFibOther),
     }
+}
+
+/// Sends a translated packet to the next hop `fib` gave: TTL, MACs, then out of the interface.
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, p: &Parsed, fib: &FibParams) -> u32 {
     if decrement_ttl(ctx, p).is_none() {
         return pass(Counter::PassTtl);
     }

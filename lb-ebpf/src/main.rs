@@ -1,15 +1,19 @@
 //! Understudy's kernel side: the XDP program `understudy_xdp`, attached to every interface that
-//! carries client or backend traffic. It parses (`parse`), selects a backend for packets to a
-//! VIP (`select`), hands them to the service's forwarding mode (`steer`: `nat` so far), has NAT
-//! translate the backends' replies back, translates ICMP errors (`icmp`) and later fragments
+//! carries client or backend traffic. It parses (`parse`), refuses sources the access lists
+//! deny (`acl`), selects a backend for packets to a VIP (`select`, with the per-source
+//! `rate_limit` and the SYN-`flood` guard), hands them to the service's forwarding mode (`steer`: `nat` so far), has NAT
+//! translate the backends' replies back (through `NAT_REPLIES`, or statelessly through
+//! `REVERSE`), translates ICMP errors (`icmp`) and later fragments
 //! (`fragment`), and leaves everything else to the stack untouched. User space owns the maps
 //! (see `lb-common`); this program only reads the service, backend and ring maps and writes
 //! flows, fragments and counters.
 #![no_std]
 #![no_main]
 
+mod acl;
 #[cfg(feature = "bench")]
 mod bench;
+mod flood;
 mod forward;
 mod fragment;
 mod icmp;
@@ -18,6 +22,7 @@ mod nat;
 mod packet;
 mod parse;
 mod passive;
+mod rate_limit;
 mod redirect_drops;
 mod reject;
 mod select;
@@ -29,14 +34,19 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use lb_common::{Counter, PROTO_ICMP, PROTO_ICMPV6, ServiceKey};
+use lb_common::{
+    Counter, PROTO_ICMP, PROTO_ICMPV6, ServiceInfo, ServiceKey,
+    edge::{DropReason, ReverseKey, SERVICE_F_RATE_RST, SERVICE_F_REFUSE_RST},
+};
 
 use crate::{
     forward::pass,
     icmp::icmp,
-    maps::{BACKEND_STATS, NAT_REPLIES, SERVICE_STATS, SERVICES, account, count},
-    parse::parse,
-    reject::reject,
+    maps::{
+        BACKEND_STATS, NAT_REPLIES, REVERSE, SERVICE_STATS, SERVICES, account, count, count_refusal,
+    },
+    parse::{Parsed, parse},
+    reject::{answer, reject},
     select::{Miss, choose},
 };
 
@@ -66,9 +76,13 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         if p.ttl <= 1 {
             return pass(Counter::PassTtl);
         }
+        if let Some(reason) = acl::refused(&p, svc) {
+            return refuse(&ctx, &p, svc, reason);
+        }
         let choice = match choose(&p, svc) {
             Ok(c) => c,
             Err(Miss::Reject) => return reject(&ctx, &p),
+            Err(Miss::Refuse(reason)) => return refuse(&ctx, &p, svc, reason),
             Err(Miss::Drop(reason)) => {
                 if reason == Counter::DropBadBackend {
                     warn!(&ctx, "service {}: ring names a missing backend", svc.id);
@@ -82,13 +96,40 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
         return steer::steer(&ctx, &p, svc, &choice);
     }
 
-    // A backend's reply to a NAT flow.
-    if let Some(nat) = NAT_REPLIES.get_ptr_mut(&p.key) {
-        return nat::reply(&ctx, &p, nat, bytes);
+    // A backend's reply to a NAT flow: only packets from a backend's address and port can be
+    // one, so everything else passes after one small lookup, never touching the flow table.
+    let backend = ReverseKey {
+        addr: p.key.src,
+        port: p.key.src_port,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
+    if let Some(rev) = unsafe { REVERSE.get(&backend) } {
+        return match NAT_REPLIES.get_ptr_mut(&p.key) {
+            Some(nat) => nat::reply(&ctx, &p, nat, bytes),
+            None => nat::reply_stateless(&ctx, &p, rev, bytes),
+        };
     }
 
     count(Counter::PassNotVip);
     XDP_PASS
+}
+
+/// Refuses a packet to `svc` for `reason`: counted per service, then a RST or a drop.
+#[inline(always)]
+fn refuse(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, reason: DropReason) -> u32 {
+    count_refusal(svc.id, reason);
+    let rst = if reason == DropReason::RateLimited {
+        SERVICE_F_RATE_RST
+    } else {
+        SERVICE_F_REFUSE_RST
+    };
+    if svc.flags & rst != 0 {
+        answer(ctx, p, Counter::RefuseRst, Counter::DropRefused)
+    } else {
+        count(Counter::DropRefused);
+        XDP_DROP
+    }
 }
 
 #[cfg(not(test))]

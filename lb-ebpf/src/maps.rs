@@ -3,12 +3,16 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use lb_common::{
     BackendInfo, Counter, EVENTS_BYTES, FLOWS_CAPACITY, FRAGS_CAPACITY, FlowKey, FlowValue,
     FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, NatValue, REDIRECT_DROPS_INTERFACES,
     RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
+    edge::{
+        ACL_CAPACITY, AclV4, AclV6, Bucket, BucketKey, DropReason, Flood, RATE_BUCKETS_CAPACITY,
+        RateLimit, ReverseKey, ReverseValue, ServiceDrops, Settings,
+    },
 };
 
 /// Target interface index to frames its driver refused after XDP redirected them into it
@@ -55,6 +59,39 @@ pub static BACKEND_SYNACK: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0)
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Source prefixes allowed or denied, per scope (`edge::ACL_*`): IPv4 and IPv6.
+#[map]
+pub static ACL_V4: LpmTrie<AclV4, u32> = LpmTrie::with_max_entries(ACL_CAPACITY, 0);
+#[map]
+pub static ACL_V6: LpmTrie<AclV6, u32> = LpmTrie::with_max_entries(ACL_CAPACITY, 0);
+
+/// Per service: its new-connection rate limit per source, when `SERVICE_F_RATE_LIMIT` is set.
+#[map]
+pub static RATE_LIMITS: Array<RateLimit> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Per (service, source prefix): its token bucket. A common LRU: one source's bucket must be
+/// the same bucket whichever CPU its packets land on.
+#[map]
+pub static RATE_BUCKETS: LruHashMap<BucketKey, Bucket> =
+    LruHashMap::with_max_entries(RATE_BUCKETS_CAPACITY, 0);
+
+/// Node-wide settings (`SETTINGS[0]`), written by user space.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// The flood guard's window and state, per CPU.
+#[map]
+pub static FLOOD: PerCpuArray<Flood> = PerCpuArray::with_max_entries(1, 0);
+
+/// Refusals per service and reason.
+#[map]
+pub static SERVICE_DROPS: PerCpuArray<ServiceDrops> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// A NAT backend (address, port, protocol) to the VIP its replies come from.
+#[map]
+pub static REVERSE: HashMap<ReverseKey, ReverseValue> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
@@ -83,5 +120,15 @@ pub fn account(stats: &PerCpuArray<Traffic>, index: u32, bytes: u64, new_flow: b
                 (*t).new_flows += 1;
             }
         }
+    }
+}
+
+/// Counts one refusal of a packet to service `id`.
+#[inline(always)]
+pub fn count_refusal(id: u32, reason: DropReason) {
+    if let Some(d) = SERVICE_DROPS.get_ptr_mut(id)
+        && let Some(n) = unsafe { (*d).by_reason.get_mut(reason as usize) }
+    {
+        *n += 1;
     }
 }

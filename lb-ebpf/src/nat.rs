@@ -13,10 +13,11 @@ use lb_common::{
     Counter, FAMILY_V4, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, NAT_OPENED_BY_SYN,
     NAT_SYNACK_SEEN, NatValue, PROTO_TCP, ServiceInfo,
     checksum::{replace_addr, replace_u16, replace_u32, udp_fixup},
+    edge::{ReverseValue, SERVICE_F_STATELESS_REPLY},
 };
 
 use crate::{
-    forward::{forward, pass},
+    forward::{forward, pass, route, transmit},
     fragment,
     maps::{BACKEND_STATS, NAT_REPLIES, account, count},
     packet::{TCP_ACK, TCP_SYN, load, store},
@@ -27,10 +28,13 @@ use crate::{
 
 /// Sends a client's packet to the chosen backend by destination NAT, keeping the reply entry
 /// that translates the backend's answers back: written with a new flow, re-created when the
-/// flow's entry was evicted, watched for passive evidence on a SYN.
+/// flow's entry was evicted, watched for passive evidence on a SYN. `REVERSE` translates the
+/// replies of a service that wants no passive evidence, and of a flow the flood guard left
+/// unwritten: they need no entry.
 #[inline(always)]
 pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -> u32 {
     let b = &choice.backend;
+    let stateless = svc.flags & SERVICE_F_STATELESS_REPLY != 0;
     let reply = p.key.reply_to(b.addr, b.port);
     let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let nat = |state| NatValue {
@@ -41,7 +45,9 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
         backend: choice.id,
         state,
     };
-    if choice.new_flow {
+    if stateless || !choice.written {
+        // No reply entry to keep.
+    } else if choice.new_flow {
         let state = if syn { NAT_OPENED_BY_SYN } else { 0 };
         if NAT_REPLIES.insert(&reply, &nat(state), 0).is_err() {
             count(Counter::ErrFlowInsert);
@@ -105,6 +111,35 @@ pub fn reply(ctx: &XdpContext, p: &Parsed, nat: *mut NatValue, bytes: u64) -> u3
         ..p.key
     };
     forward(ctx, p, &out)
+}
+
+/// Translates a backend's reply that has no `NAT_REPLIES` entry back to the VIP `REVERSE`
+/// names. The FIB is asked first: a packet to this host itself is the balancer's own
+/// connection to the backend (a health check, the L7 proxy) and passes untouched.
+#[inline(always)]
+pub fn reply_stateless(ctx: &XdpContext, p: &Parsed, rev: &ReverseValue, bytes: u64) -> u32 {
+    let out = FlowKey {
+        src: rev.vip,
+        src_port: rev.vip_port,
+        ..p.key
+    };
+    let next = route(ctx, p, &out);
+    if let Err(Counter::PassNotForwarded) = next {
+        return pass(Counter::PassNotForwarded);
+    }
+    if p.ttl <= 1 {
+        return pass(Counter::PassTtl);
+    }
+    account(&BACKEND_STATS, rev.backend, bytes, false);
+    if rewrite(ctx, p, Side::Source, &rev.vip, rev.vip_port).is_none() {
+        return pass(Counter::PassTruncated);
+    }
+    fragment::remember(p, FRAG_REWRITE_SRC, &rev.vip, rev.backend);
+    count(Counter::ReplyStateless);
+    match next {
+        Ok(fib) => transmit(ctx, p, &fib),
+        Err(reason) => pass(reason),
+    }
 }
 
 /// Replaces one end's address and port (`port` in network byte order) and fixes the checksums.

@@ -19,24 +19,26 @@ use crate::{
 /// Length of the RST's TCP header: no options.
 const TCP_LEN: usize = 20;
 
-#[inline(always)]
-fn drop() -> u32 {
-    count(Counter::DropReject);
-    XDP_DROP
-}
-
+/// `on_all_down = "reject"`: a RST, counted `reject_rst`, or a drop, counted `drop_reject`.
 #[inline(always)]
 pub fn reject(ctx: &XdpContext, p: &Parsed) -> u32 {
+    answer(ctx, p, Counter::RejectRst, Counter::DropReject)
+}
+
+/// Answers the packet with a RST, counted under `sent`, or drops it, counted under `dropped`.
+#[inline(always)]
+pub fn answer(ctx: &XdpContext, p: &Parsed, sent: Counter, dropped: Counter) -> u32 {
     let v4 = p.key.family == FAMILY_V4;
-    if p.key.proto != PROTO_TCP || p.tcp_flags & TCP_RST != 0 || (!v4 && p.l4 != p.l3 + 40) {
-        return drop();
-    }
-    match build_rst(ctx, p, v4) {
-        Some(()) => {
-            count(Counter::RejectRst);
-            XDP_TX
-        }
-        None => drop(),
+    let answered = p.key.proto == PROTO_TCP
+        && p.tcp_flags & TCP_RST == 0
+        && (v4 || p.l4 == p.l3 + 40)
+        && build_rst(ctx, p, v4).is_some();
+    if answered {
+        count(sent);
+        XDP_TX
+    } else {
+        count(dropped);
+        XDP_DROP
     }
 }
 

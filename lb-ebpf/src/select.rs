@@ -3,20 +3,24 @@
 //! service's active Maglev slot. A dead backend's flows thus move on their very next packet, with
 //! no map walk: failover for established flows is one state flip in `BACKENDS`. Selection only
 //! selects and remembers the flow; what a forwarding mode needs besides (NAT's reply entries) is
-//! the mode's own (`steer`).
+//! the mode's own (`steer`). A connection start is first charged to its source's rate limit
+//! (`rate_limit`) and counted by the flood guard (`flood`), which may leave it unwritten.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BACKEND_ALIVE, BackendInfo, Counter, FlowValue, MAX_RING_SIZE, MAX_SERVICES, NO_BACKEND,
     PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    edge::{DropReason, SERVICE_F_RATE_LIMIT},
     hash::{flow_hash, source_hash},
     ring_index,
 };
 
 use crate::{
+    flood,
     maps::{BACKENDS, FLOWS, RINGS, count},
-    packet::TCP_SYN,
+    packet::{TCP_ACK, TCP_SYN},
     parse::Parsed,
+    rate_limit,
 };
 
 /// The backend chosen for a packet.
@@ -25,6 +29,8 @@ pub struct Choice {
     pub backend: BackendInfo,
     /// True when this packet started (or re-started) the flow.
     pub new_flow: bool,
+    /// False for a new flow the flood guard left out of `FLOWS`.
+    pub written: bool,
 }
 
 /// Why no backend was chosen.
@@ -33,6 +39,8 @@ pub enum Miss {
     Drop(Counter),
     /// Answer it with a reject (`on_all_down = "reject"`).
     Reject,
+    /// Refused by the service's edge protection, for this reason.
+    Refuse(DropReason),
 }
 
 #[inline(always)]
@@ -52,11 +60,20 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
                 id: flow.backend,
                 backend,
                 new_flow: false,
+                written: true,
             });
         }
         moved = true;
     } else if key.proto == PROTO_TCP && p.tcp_flags & TCP_SYN == 0 {
         count(Counter::FlowMissEstablished);
+    }
+    let tcp = key.proto == PROTO_TCP;
+    // A connection start: a SYN, or a datagram of no known flow. An evicted TCP flow's packets
+    // are not charged to anything.
+    let start = !tcp || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if start && svc.flags & SERVICE_F_RATE_LIMIT != 0 && rate_limit::over(p, svc, now) {
+        return Err(Miss::Refuse(DropReason::RateLimited));
     }
 
     if svc.ring_size == 0 || svc.ring_size > MAX_RING_SIZE || svc.id >= MAX_SERVICES {
@@ -89,19 +106,27 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         count(Counter::Reselected);
     }
 
-    let pinned = FlowValue {
-        backend: id,
-        generation: backend.generation,
-        since_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    // A failed insert does not stop this packet: the next one is hashed to the same backend
-    // anyway while the ring is unchanged.
-    if FLOWS.insert(key, &pinned, 0).is_err() {
-        count(Counter::ErrFlowInsert);
+    // Only SYNs feed the guard: UDP flows and ACKs of unwritten flows would keep it on by
+    // themselves.
+    let written = !(tcp && start && flood::syn(now));
+    if written {
+        let pinned = FlowValue {
+            backend: id,
+            generation: backend.generation,
+            since_ns: now,
+        };
+        // A failed insert does not stop this packet: the next one is hashed to the same backend
+        // anyway while the ring is unchanged.
+        if FLOWS.insert(key, &pinned, 0).is_err() {
+            count(Counter::ErrFlowInsert);
+        }
+    } else {
+        count(Counter::FloodUnwritten);
     }
     Ok(Choice {
         id,
         backend,
         new_flow: true,
+        written,
     })
 }

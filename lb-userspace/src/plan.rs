@@ -11,6 +11,7 @@ use lb_common::{
 
 use crate::{
     config::{Check, Config, HashMode, MinHealthy, Mode, OnAllDown, Protocol, Service},
+    edge::{self, EdgePlan},
     fallback::{Member, Preferences, active_set, derive},
     maglev,
 };
@@ -21,6 +22,8 @@ pub struct Plan {
     pub services: Vec<PlannedService>,
     /// Indexed by backend id.
     pub backends: Vec<BackendInfo>,
+    /// Access lists, rate limits, the flood guard and the stateless reply path.
+    pub edge: EdgePlan,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,7 +163,7 @@ fn backend_info(address: SocketAddr) -> BackendInfo {
     }
 }
 
-fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService {
+fn plan_service(config: &Config, id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService {
     let identities: Vec<String> = svc.backends.iter().map(|b| b.address.to_string()).collect();
     let ranks: Vec<Member> = svc
         .backends
@@ -213,10 +216,11 @@ fn plan_service(id: u32, svc: &Service, backend_ids: Vec<u32>) -> PlannedService
         planned.serving = Serving::Kernel(KernelService {
             entry: EntrySettings {
                 forwarding: FORWARD_NAT,
-                flags: match svc.hash {
-                    HashMode::FiveTuple => 0,
-                    HashMode::SourceIp => SERVICE_F_HASH_SRC_IP,
-                },
+                flags: edge::service_flags(config, svc)
+                    | match svc.hash {
+                        HashMode::FiveTuple => 0,
+                        HashMode::SourceIp => SERVICE_F_HASH_SRC_IP,
+                    },
                 syn_timeout_ms: svc.passive.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
             },
             ring: planned.table_for(&vec![true; svc.backends.len()]),
@@ -317,9 +321,13 @@ pub fn plan_update(config: &Config, previous: Option<&Plan>, generations: &mut V
             info.generation = generations[bid as usize];
             backends[bid as usize] = info;
         }
-        services.push(plan_service(id, svc, ids));
+        services.push(plan_service(config, id, svc, ids));
     }
-    Plan { services, backends }
+    Plan {
+        edge: edge::plan(config, &services),
+        services,
+        backends,
+    }
 }
 
 /// Hands out the lowest free ids, preferring those not marked `avoid`. Ids only ever become

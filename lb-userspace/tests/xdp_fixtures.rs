@@ -34,6 +34,8 @@ enum Want {
     TranslatedToStack,
     /// Passed byte for byte.
     Untouched,
+    /// A backend's reply translated back to the row's VIP and redirected out of `xc`.
+    Returned,
 }
 
 struct Row {
@@ -179,9 +181,21 @@ fn rows() -> Vec<Row> {
             Want::Untouched,
             &[Counter::PassTtl],
         ),
+        // A backend's reply with no NAT_REPLIES entry (a stateless service, an evicted entry,
+        // a flow the flood guard left unwritten): REVERSE still knows the backend's VIP.
         row(
-            "a backend's packet for no flow",
+            "a backend's reply for no tracked flow",
             syn(CLIENT4, VIP4, 43015, 80).reply_from("10.0.11.2".parse().unwrap()),
+            From::Backend,
+            Want::Returned,
+            &[Counter::ReplyStateless, Counter::Redirect],
+        ),
+        row(
+            "a backend's packet from a port no service uses",
+            Pkt {
+                sport: 9999,
+                ..syn(CLIENT4, VIP4, 43016, 80).reply_from("10.0.11.2".parse().unwrap())
+            },
             From::Backend,
             Want::Untouched,
             &[Counter::PassNotVip],
@@ -230,6 +244,7 @@ fn every_row_of_the_table() {
         }
         let (want_action, want_bytes) = match row.want {
             Want::Untouched => (XDP_PASS, input.clone()),
+            Want::Returned => (XDP_REDIRECT, row.packet.returned_from(VIP4, 80).bytes()),
             Want::Forwarded | Want::TranslatedToStack => {
                 let backend = predicted(&plan, &config, &row.packet)
                     .unwrap_or_else(|| panic!("{}: no service for the row's packet", row.name));

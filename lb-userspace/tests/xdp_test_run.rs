@@ -100,14 +100,41 @@ fn a_reply_from_the_backend_is_rewritten_to_the_vip() {
     assert_bytes("reply", &out, &want.bytes());
     assert_eq!(bed.counter(Counter::ReplyTranslated), 1);
 
-    // The same backend packet to a client port with no flow is not ours: untouched.
-    let stray = Pkt {
+    // The same backend's packet to a client port with no tracked flow (its entry evicted, or
+    // never written in flood mode) is still its service's reply: `REVERSE` translates it.
+    let untracked = Pkt {
         dport: 40999,
+        ..reply.clone()
+    };
+    let (action, out) = bed.run(&untracked.bytes(), bed.xb);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_bytes(
+        "untracked reply",
+        &out,
+        &untracked.returned_from(VIP4, 80).bytes(),
+    );
+    assert_eq!(bed.counter(Counter::ReplyStateless), 1);
+
+    // From the backend's port to this host itself: the balancer's own connection (a health
+    // check), never a VIP reply. Untouched.
+    let own = Pkt {
+        dst: "10.0.11.1".parse().unwrap(),
+        ..reply.clone()
+    };
+    let (action, out) = bed.run(&own.bytes(), bed.xb);
+    assert_eq!(action, XDP_PASS);
+    assert_bytes("health-check reply", &out, &own.bytes());
+    assert_eq!(bed.counter(Counter::PassNotForwarded), 1);
+
+    // From a port no service uses: not ours at all.
+    let stray = Pkt {
+        sport: 9999,
         ..reply
     };
     let (action, out) = bed.run(&stray.bytes(), bed.xb);
     assert_eq!(action, XDP_PASS);
-    assert_bytes("stray reply", &out, &stray.bytes());
+    assert_bytes("stray", &out, &stray.bytes());
+    assert_eq!(bed.counter(Counter::PassNotVip), 1);
 }
 
 #[test]

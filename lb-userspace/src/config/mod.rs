@@ -1,6 +1,7 @@
 //! Configuration: TOML in, a validated [`Config`] out. A caller never holds an unvalidated config.
 //! Every error names the file, line, column and field, and says how to fix it.
 
+mod edge;
 mod error;
 mod health;
 mod http;
@@ -18,6 +19,7 @@ use lb_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SERVICES};
 use crate::maglev::{is_prime, next_prime};
 use toml::Spanned;
 
+pub use edge::{Acl, DEFAULT_FLOOD_THRESHOLD, RateLimit, Refusal};
 pub use error::ConfigError;
 pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck};
 pub use http::{Certificate, CircuitPolicy, HttpService, RetryPolicy};
@@ -64,6 +66,10 @@ pub struct Config {
     /// Entries of `FLOWS` and of `NAT_REPLIES`, set when the program is loaded. Default
     /// [`DEFAULT_MAX_FLOWS`].
     pub max_flows: u32,
+    /// `[dataplane] flood_threshold`: SYNs per second per CPU; 0 turns the guard off.
+    pub flood_threshold: u32,
+    /// `[dataplane.acl]`: source access lists for every kernel-served VIP.
+    pub acl: Acl,
     pub services: Vec<Service>,
 }
 
@@ -108,6 +114,10 @@ pub struct Service {
     pub wait_for_first_check: bool,
     pub health: HealthCheck,
     pub passive: Passive,
+    /// The service's own source access lists (kernel-served services).
+    pub acl: Acl,
+    /// New connections per source (kernel-served services).
+    pub rate_limit: Option<RateLimit>,
     pub backends: Vec<Backend>,
 }
 
@@ -305,6 +315,10 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let acl = match &dataplane.acl {
+        Some(a) => edge::acl(at, a.get_ref(), "dataplane.acl")?,
+        None => Acl::default(),
+    };
     Ok(Config {
         file: at.file.to_path_buf(),
         admin: validate_admin(at, raw.admin.as_ref())?,
@@ -312,6 +326,11 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         xdp_mode: dataplane.xdp_mode,
         instance,
         max_flows,
+        flood_threshold: dataplane
+            .flood_threshold
+            .as_ref()
+            .map_or(DEFAULT_FLOOD_THRESHOLD, |t| *t.get_ref()),
+        acl,
         services,
     })
 }
@@ -518,6 +537,21 @@ fn validate_service(
     ];
     let mode = match svc.mode {
         RawMode::Http => {
+            let kernel_only = [
+                ("acl", svc.acl.as_ref().map(Spanned::span)),
+                ("rate_limit", svc.rate_limit.as_ref().map(Spanned::span)),
+            ];
+            if let Some((section, span)) = kernel_only.iter().find(|(_, s)| s.is_some()) {
+                return Err(at.error(
+                    span.clone(),
+                    f(section),
+                    format!(
+                        "[service.{section}] is enforced by the XDP program, which serves NAT \
+                         services only; an HTTP service's packets go to the proxy's sockets"
+                    ),
+                    "remove the section, or serve the VIP with mode = \"nat\"",
+                ));
+            }
             if svc.protocol == Protocol::Udp {
                 return Err(at.error(
                     Some(svc.vip.span()),
@@ -584,6 +618,14 @@ fn validate_service(
         wait_for_first_check: svc.wait_for_first_check.unwrap_or(true),
         health,
         passive,
+        acl: match &svc.acl {
+            Some(a) => edge::acl(at, a.get_ref(), &f("acl"))?,
+            None => Acl::default(),
+        },
+        rate_limit: match &svc.rate_limit {
+            Some(r) => Some(edge::rate_limit(at, r.get_ref(), &f("rate_limit"))?),
+            None => None,
+        },
         backends,
     })
 }

@@ -4,7 +4,10 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{HashMode, OnAllDown, Protocol, XdpMode};
+use super::{
+    edge::{RawAcl, RawRateLimit},
+    model::{HashMode, OnAllDown, Protocol, XdpMode},
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +34,10 @@ pub struct RawDataplane {
     #[serde(default)]
     pub xdp_mode: XdpMode,
     pub max_flows: Option<Spanned<u32>>,
+    /// SYNs per second per CPU above which new flows go unwritten (0 turns the guard off).
+    pub flood_threshold: Option<Spanned<u32>>,
+    /// Source access lists for every kernel-served VIP.
+    pub acl: Option<Spanned<RawAcl>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +65,9 @@ pub struct RawService {
     pub upstream_tls: Option<Spanned<RawUpstreamTls>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub circuit: Option<Spanned<RawCircuit>>,
+    /// Kernel-served (`nat`) services only.
+    pub acl: Option<Spanned<RawAcl>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<RawBackend>>,
 }

@@ -21,7 +21,7 @@ use lb_common::{
 };
 use memmap2::{MmapMut, MmapOptions};
 
-use super::{EBPF_OBJECT, XDP_PROGRAM};
+use super::{EBPF_OBJECT, XDP_PROGRAM, edge::EdgeMaps};
 use crate::plan::{Plan, PlannedService, Serving};
 
 /// Anything that went wrong between user space and the kernel.
@@ -61,6 +61,8 @@ pub struct Dataplane {
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) service_stats: PerCpuArray<MapData, Traffic>,
     pub(super) backend_stats: PerCpuArray<MapData, Traffic>,
+    /// Access lists, rate limits, the flood guard, refusals and `REVERSE`.
+    pub edge: EdgeMaps,
     /// What `SERVICES` holds now, to know each service's idle slot.
     installed: StdHashMap<ServiceKey, ServiceInfo>,
     /// Where maps and links are pinned, when they are.
@@ -86,7 +88,7 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
     ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(
+pub(super) fn typed<T: TryFrom<Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
@@ -156,6 +158,7 @@ impl Dataplane {
             counters: typed(&mut ebpf, COUNTERS)?,
             service_stats: typed(&mut ebpf, SERVICE_STATS)?,
             backend_stats: typed(&mut ebpf, BACKEND_STATS)?,
+            edge: EdgeMaps::take(&mut ebpf)?,
             rings,
             logger,
             ebpf,
@@ -297,13 +300,14 @@ impl Dataplane {
     /// Writes a whole plan: backends first, then each service's ring and entry, so the kernel
     /// never sees a service whose ring names a backend not yet written.
     pub fn install(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+        self.edge.install(&plan.edge)?;
         for (id, b) in plan.backends.iter().enumerate() {
             self.set_backend(id as u32, b)?;
         }
         for svc in &plan.services {
             self.install_service(svc)?;
         }
-        Ok(())
+        self.edge.prune(&plan.edge, |_, _| false)
     }
 
     /// Fills the service's idle ring slot with its planned ring, then makes it active.

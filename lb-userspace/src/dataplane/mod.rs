@@ -3,6 +3,7 @@
 
 mod attach;
 pub mod driver;
+pub mod edge;
 mod maps;
 pub mod redirect_drops;
 mod stats;

@@ -293,6 +293,8 @@ impl Writer {
 
     /// Writes every backend and every service's table for the current health view.
     pub fn install(&mut self) -> Result<(), DataplaneError> {
+        // Access lists and `REVERSE` before any service entry that uses them.
+        self.dp.edge.install(&self.plan.edge)?;
         for si in 0..self.plan.services.len() {
             let svc = &self.plan.services[si];
             let health = state::health(&self.states[si]);

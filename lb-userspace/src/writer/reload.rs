@@ -45,6 +45,8 @@ impl Writer {
                 health_by_id[m.id as usize] = Some(health[mi]);
             }
         }
+        // New access-list prefixes and `REVERSE` entries before the entries that use them.
+        self.dp.edge.install(&next.edge)?;
         let keys: std::collections::HashSet<_> = next.services.iter().map(|s| s.key).collect();
         for svc in &self.plan.services {
             if !keys.contains(&svc.key) {
@@ -82,6 +84,13 @@ impl Writer {
                 last_delta,
             });
         }
+        // A removed backend keeps its `REVERSE` entry while its id is not another backend's.
+        let reused = |id: u32| {
+            next.backends
+                .get(id as usize)
+                .is_some_and(|b| b.family != 0)
+        };
+        self.dp.edge.prune(&next.edge, |_, v| !reused(v.backend))?;
         self.owner = owners(&next);
         self.plan = next;
         self.states = states;

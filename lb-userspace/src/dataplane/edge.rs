@@ -1,0 +1,204 @@
+//! Edge protection's maps as user space writes and reads them: the access-list tries, the rate
+//! limits, the flood guard's setting and state, the per-service refusal counters, and
+//! `REVERSE`. Writes are differences against what this process installed, so a reload that
+//! changes one prefix touches one trie entry and no flow.
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+
+use aya::maps::{
+    Array, HashMap, MapData, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+use lb_common::{
+    edge::{
+        AclV4, AclV6, DropReason, Flood, RateLimit, ReverseKey, ReverseValue, ServiceDrops,
+        Settings,
+    },
+    map_names::{ACL_V4, ACL_V6, FLOOD, RATE_LIMITS, REVERSE, SERVICE_DROPS, SETTINGS},
+};
+
+use super::maps::DataplaneError;
+use crate::edge::{AclEntry, EdgePlan};
+
+/// Typed handles on edge protection's maps, with what this process wrote into them.
+pub struct EdgeMaps {
+    acl_v4: LpmTrie<MapData, AclV4, u32>,
+    acl_v6: LpmTrie<MapData, AclV6, u32>,
+    rate_limits: Array<MapData, RateLimit>,
+    settings: Array<MapData, Settings>,
+    flood: PerCpuArray<MapData, Flood>,
+    drops: PerCpuArray<MapData, ServiceDrops>,
+    reverse: HashMap<MapData, ReverseKey, ReverseValue>,
+    acl_installed: HashSet<AclEntry>,
+    limited: HashSet<u32>,
+    reverse_installed: StdHashMap<ReverseKey, ReverseValue>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// One CPU's flood guard as user space reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuFlood {
+    pub cpu: usize,
+    pub active: bool,
+    /// `CLOCK_MONOTONIC` nanoseconds when its current window began.
+    pub window_start_ns: u64,
+    pub new_flows: u32,
+}
+
+impl EdgeMaps {
+    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<EdgeMaps, DataplaneError> {
+        use super::maps::typed;
+        Ok(EdgeMaps {
+            acl_v4: typed(ebpf, ACL_V4)?,
+            acl_v6: typed(ebpf, ACL_V6)?,
+            rate_limits: typed(ebpf, RATE_LIMITS)?,
+            settings: typed(ebpf, SETTINGS)?,
+            flood: typed(ebpf, FLOOD)?,
+            drops: typed(ebpf, SERVICE_DROPS)?,
+            reverse: typed(ebpf, REVERSE)?,
+            acl_installed: HashSet::new(),
+            limited: HashSet::new(),
+            reverse_installed: StdHashMap::new(),
+        })
+    }
+
+    fn acl_write(&mut self, e: &AclEntry, remove: bool) -> Result<(), DataplaneError> {
+        let (len, addr) = e.key_parts();
+        let scope = e.scope.to_be();
+        if e.net.network().is_ipv4() {
+            let key = Key::new(
+                len,
+                AclV4 {
+                    scope,
+                    addr: addr[0],
+                },
+            );
+            if remove {
+                self.acl_v4.remove(&key).map_err(map_err(ACL_V4))
+            } else {
+                self.acl_v4
+                    .insert(&key, e.value, 0)
+                    .map_err(map_err(ACL_V4))
+            }
+        } else {
+            let key = Key::new(len, AclV6 { scope, addr });
+            if remove {
+                self.acl_v6.remove(&key).map_err(map_err(ACL_V6))
+            } else {
+                self.acl_v6
+                    .insert(&key, e.value, 0)
+                    .map_err(map_err(ACL_V6))
+            }
+        }
+    }
+
+    /// Writes what `plan` adds or changes. Nothing is removed yet: the `SERVICES` entries
+    /// that stop using an entry are rewritten first ([`EdgeMaps::prune`]).
+    pub fn install(&mut self, plan: &EdgePlan) -> Result<(), DataplaneError> {
+        self.settings
+            .set(0, plan.settings, 0)
+            .map_err(map_err(SETTINGS))?;
+        for e in &plan.acl {
+            // An entry whose value changed has a new key set member; the old one is pruned.
+            if !self.acl_installed.contains(e) {
+                self.acl_write(e, false)?;
+                self.acl_installed.insert(*e);
+            }
+        }
+        for (id, limit) in &plan.rate_limits {
+            self.rate_limits
+                .set(*id, *limit, 0)
+                .map_err(map_err(RATE_LIMITS))?;
+            self.limited.insert(*id);
+        }
+        for (key, value) in &plan.reverse {
+            if self.reverse_installed.get(key) != Some(value) {
+                self.reverse
+                    .insert(key, value, 0)
+                    .map_err(map_err(REVERSE))?;
+                self.reverse_installed.insert(*key, *value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what `plan` no longer holds, once no `SERVICES` entry refers to it. A removed
+    /// backend's `REVERSE` entry stays while `keep_backend` says its id still belongs to it:
+    /// its established flows go on, as its `BACKENDS` entry does.
+    pub fn prune(
+        &mut self,
+        plan: &EdgePlan,
+        keep_backend: impl Fn(&ReverseKey, &ReverseValue) -> bool,
+    ) -> Result<(), DataplaneError> {
+        let wanted: HashSet<AclEntry> = plan.acl.iter().copied().collect();
+        let stale: Vec<AclEntry> = self
+            .acl_installed
+            .iter()
+            .filter(|e| !wanted.contains(e))
+            .copied()
+            .collect();
+        for e in stale {
+            // Another entry with the same prefix and scope but a new value replaced it in the
+            // trie already; removing the key would remove the new value.
+            let replaced = wanted.iter().any(|w| w.scope == e.scope && w.net == e.net);
+            if !replaced {
+                self.acl_write(&e, true)?;
+            }
+            self.acl_installed.remove(&e);
+        }
+        let limited: HashSet<u32> = plan.rate_limits.iter().map(|(id, _)| *id).collect();
+        for id in self.limited.clone() {
+            if !limited.contains(&id) {
+                self.rate_limits
+                    .set(id, RateLimit::default(), 0)
+                    .map_err(map_err(RATE_LIMITS))?;
+                self.limited.remove(&id);
+            }
+        }
+        let wanted: HashSet<ReverseKey> = plan.reverse.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<(ReverseKey, ReverseValue)> = self
+            .reverse_installed
+            .iter()
+            .filter(|(k, v)| !wanted.contains(k) && !keep_backend(k, v))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (k, _) in stale {
+            self.reverse.remove(&k).map_err(map_err(REVERSE))?;
+            self.reverse_installed.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// A service's refusals by reason, summed over CPUs.
+    pub fn refusals(&self, service_id: u32) -> Result<Vec<(DropReason, u64)>, DataplaneError> {
+        let per_cpu = self
+            .drops
+            .get(&service_id, 0)
+            .map_err(map_err(SERVICE_DROPS))?;
+        Ok(DropReason::ALL
+            .iter()
+            .map(|&r| {
+                let n = per_cpu.iter().map(|d| d.by_reason[r as usize]).sum();
+                (r, n)
+            })
+            .collect())
+    }
+
+    /// Every CPU's flood guard.
+    pub fn flood(&self) -> Result<Vec<CpuFlood>, DataplaneError> {
+        let per_cpu = self.flood.get(&0, 0).map_err(map_err(FLOOD))?;
+        Ok(per_cpu
+            .iter()
+            .enumerate()
+            .map(|(cpu, f)| CpuFlood {
+                cpu,
+                active: f.active != 0,
+                window_start_ns: f.window_start_ns,
+                new_flows: f.new_flows,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,170 @@
+//! What edge protection writes into the maps, computed from the config and the plan, as pure
+//! data (so it is tested without a kernel): the access-list prefixes per scope, each service's
+//! rate limit, the flood guard's setting, each service's flag bits, and the `REVERSE` entry
+//! of every NAT backend, which translates its replies without per-flow state.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use lb_common::{
+    PROTO_TCP, PROTO_UDP, addr_words,
+    edge::{
+        ACL_ALLOW, ACL_DENY, ACL_EXEMPT, ACL_GLOBAL, FLOOD_WINDOW_NS, RateLimit as KernelLimit,
+        ReverseKey, ReverseValue, SERVICE_F_ACL, SERVICE_F_ACL_ALLOWLIST, SERVICE_F_GLOBAL_ACL,
+        SERVICE_F_GLOBAL_ALLOWLIST, SERVICE_F_RATE_LIMIT, SERVICE_F_RATE_RST, SERVICE_F_REFUSE_RST,
+        SERVICE_F_STATELESS_REPLY, Settings,
+    },
+};
+
+use crate::{
+    config::{Acl, Config, Protocol, Refusal, Service},
+    plan::PlannedService,
+};
+
+/// One prefix of one scope in `ACL_V4` or `ACL_V6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AclEntry {
+    /// `ACL_GLOBAL`, a service id, or `ACL_EXEMPT` + a service id.
+    pub scope: u32,
+    pub net: IpNet,
+    /// `ACL_ALLOW` or `ACL_DENY`.
+    pub value: u32,
+}
+
+impl AclEntry {
+    /// The trie key: the prefix length counts the scope's 32 bits, and the address is stored as
+    /// the packet carries it.
+    pub fn key_parts(&self) -> (u32, [u32; 4]) {
+        let (words, _) = addr_words(self.net.network());
+        (32 + self.net.prefix_len() as u32, words)
+    }
+}
+
+/// Everything edge protection installs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgePlan {
+    pub acl: Vec<AclEntry>,
+    /// (service id, its limit) for each rate-limited service.
+    pub rate_limits: Vec<(u32, KernelLimit)>,
+    pub settings: Settings,
+    pub reverse: Vec<(ReverseKey, ReverseValue)>,
+}
+
+/// The flag bits edge protection sets in a kernel service's `SERVICES` entry.
+pub fn service_flags(config: &Config, svc: &Service) -> u32 {
+    let mut flags = 0;
+    let bit = |on: bool, f: u32| if on { f } else { 0 };
+    flags |= bit(!config.acl.is_empty(), SERVICE_F_GLOBAL_ACL);
+    flags |= bit(!config.acl.allow.is_empty(), SERVICE_F_GLOBAL_ALLOWLIST);
+    flags |= bit(!svc.acl.is_empty(), SERVICE_F_ACL);
+    flags |= bit(!svc.acl.allow.is_empty(), SERVICE_F_ACL_ALLOWLIST);
+    // The global lists' action applies where the service has no lists of its own.
+    let action = if svc.acl.is_empty() {
+        config.acl.action
+    } else {
+        svc.acl.action
+    };
+    flags |= bit(action == Refusal::Reset, SERVICE_F_REFUSE_RST);
+    if let Some(r) = &svc.rate_limit {
+        flags |= SERVICE_F_RATE_LIMIT | bit(r.action == Refusal::Reset, SERVICE_F_RATE_RST);
+    }
+    // With passive ejection off nothing reads a flow's reply state: `REVERSE` is enough.
+    flags |= bit(svc.passive.events_to_eject == 0, SERVICE_F_STATELESS_REPLY);
+    flags
+}
+
+fn scoped(scope: u32, acl: &Acl, out: &mut Vec<AclEntry>) {
+    for (net, allowed) in acl.entries() {
+        out.push(AclEntry {
+            scope,
+            net,
+            value: if allowed { ACL_ALLOW } else { ACL_DENY },
+        });
+    }
+}
+
+/// The edge plan of `config`, whose kernel services were planned as `services`.
+pub fn plan(config: &Config, services: &[PlannedService]) -> EdgePlan {
+    let mut edge = EdgePlan {
+        settings: Settings {
+            flood_per_window: per_window(config.flood_threshold),
+            _pad: 0,
+        },
+        ..EdgePlan::default()
+    };
+    scoped(ACL_GLOBAL, &config.acl, &mut edge.acl);
+    for (svc, planned) in config.services.iter().zip(services) {
+        if planned.serving.kernel().is_none() {
+            continue;
+        }
+        scoped(planned.id, &svc.acl, &mut edge.acl);
+        if let Some(r) = &svc.rate_limit {
+            edge.rate_limits.push((
+                planned.id,
+                KernelLimit {
+                    per_second: r.per_second,
+                    burst: r.burst,
+                    v4_prefix: r.ipv4_prefix as u32,
+                    v6_prefix: r.ipv6_prefix as u32,
+                },
+            ));
+            for net in &r.exempt {
+                edge.acl.push(AclEntry {
+                    scope: ACL_EXEMPT + planned.id,
+                    net: *net,
+                    value: ACL_ALLOW,
+                });
+            }
+        }
+        let (vip, _) = addr_words(planned.vip.ip());
+        for m in &planned.members {
+            let (addr, family) = addr_words(m.address.ip());
+            edge.reverse.push((
+                ReverseKey {
+                    addr,
+                    port: m.address.port().to_be(),
+                    proto: match svc.protocol {
+                        Protocol::Tcp => PROTO_TCP,
+                        Protocol::Udp => PROTO_UDP,
+                    },
+                    family,
+                },
+                ReverseValue {
+                    vip,
+                    vip_port: planned.vip.port().to_be(),
+                    _pad: 0,
+                    service: planned.id,
+                    backend: m.id,
+                },
+            ));
+        }
+    }
+    edge
+}
+
+/// `flood_threshold` (per second) as the kernel's per-window count; 0 stays off, and any
+/// other threshold allows at least one SYN per window.
+pub fn per_window(per_second: u32) -> u32 {
+    let windows_per_second = 1_000_000_000 / FLOOD_WINDOW_NS;
+    if per_second == 0 {
+        0
+    } else {
+        (per_second as u64 / windows_per_second).max(1) as u32
+    }
+}
+
+/// The access lists' verdict for a source, as the kernel would give it: `None` when allowed,
+/// else the reason's name (`explain` uses it).
+pub fn refusal(config: &Config, svc: &Service, ip: IpAddr) -> Option<&'static str> {
+    let verdict = |acl: &Acl, deny: &'static str, not_allowed: &'static str| {
+        if acl.deny.iter().any(|d| d.contains(&ip)) {
+            Some(deny)
+        } else if !acl.allow.is_empty() && !acl.allow.iter().any(|a| a.contains(&ip)) {
+            Some(not_allowed)
+        } else {
+            None
+        }
+    };
+    verdict(&config.acl, "global_deny", "global_not_allowed")
+        .or_else(|| verdict(&svc.acl, "deny", "not_allowed"))
+}

@@ -281,6 +281,26 @@ fn print_status(s: &Snapshot) {
             "{n} frames redirected into {interface} were dropped by the kernel (the daemon's log says why)"
         );
     }
+    for svc in s.services.iter().filter(|svc| !svc.refused.is_empty()) {
+        let reasons: Vec<String> = svc
+            .refused
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        println!("{}: refused {}", svc.name, reasons.join(", "));
+    }
+    let f = &s.flood;
+    if !f.cpus.is_empty() {
+        println!(
+            "SYN-flood mode on CPUs {:?} (over {} SYNs/s per CPU): new SYN flows are not written to the flow table",
+            f.cpus, f.threshold
+        );
+    } else if f.entered > 0 {
+        println!(
+            "SYN-flood mode: entered {} times, left {}; {} SYN flows left unwritten",
+            f.entered, f.left, f.unwritten
+        );
+    }
 }
 
 /// Default log filter. aya warns at every load that the kernel refused the object's BTF (Rust

@@ -52,6 +52,9 @@ pub struct ServiceStatus {
     /// The highest tier taking new flows.
     pub tier_in_use: Option<u32>,
     pub traffic: Traffic,
+    /// Packets its access lists and rate limit refused, by reason (`deny`, `rate_limited`...).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -120,6 +123,22 @@ pub struct Snapshot {
     /// Frames the kernel dropped after the program redirected them, by target interface.
     #[serde(default)]
     pub redirect_drops: BTreeMap<String, u64>,
+    /// The SYN-flood guard.
+    #[serde(default)]
+    pub flood: Flood,
+}
+
+/// The SYN-flood guard's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flood {
+    /// `[dataplane] flood_threshold`: SYNs per second per CPU (0: the guard is off).
+    pub threshold: u32,
+    /// CPUs in flood mode now: their new SYN flows are not written to the flow tables.
+    pub cpus: Vec<usize>,
+    /// Times a CPU entered and left flood mode, and the SYNs it left unwritten.
+    pub entered: u64,
+    pub left: u64,
+    pub unwritten: u64,
 }
 
 #[cfg(test)]

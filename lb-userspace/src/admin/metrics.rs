@@ -103,6 +103,37 @@ pub fn render(
         "redirect_drops",
         "Frames the kernel dropped after XDP redirected them, by target interface",
     );
+    let refused = counter(
+        &mut r,
+        "service_refused",
+        "Packets the service's access lists or rate limit refused, by reason",
+    );
+    let flood_cpus = Gauge::<i64>::default();
+    r.register(
+        "flood_mode_cpus",
+        "CPUs in SYN-flood mode now (their new SYN flows are not written to the flow table)",
+        flood_cpus.clone(),
+    );
+    flood_cpus.set(s.flood.cpus.len() as i64);
+    let flood_threshold = Gauge::<i64>::default();
+    r.register(
+        "flood_threshold",
+        "SYNs per second per CPU that start flood mode (0: off)",
+        flood_threshold.clone(),
+    );
+    flood_threshold.set(i64::from(s.flood.threshold));
+    let flood = counter(
+        &mut r,
+        "flood_transitions",
+        "CPUs entering and leaving SYN-flood mode",
+    );
+    for (direction, n) in [("enter", s.flood.entered), ("leave", s.flood.left)] {
+        set(
+            &flood,
+            vec![("direction".to_string(), direction.to_string())],
+            n,
+        );
+    }
     let reload = counter(&mut r, "reloads", "Config reloads by result");
     // Unlabelled metrics are plain metrics: an empty label set would print as `name{}`.
     let changes = Counter::<u64>::default();
@@ -145,6 +176,13 @@ pub fn render(
         set(&svc_packets, l.clone(), svc.traffic.packets);
         set(&svc_bytes, l.clone(), svc.traffic.bytes);
         set(&svc_flows, l.clone(), svc.traffic.new_flows);
+        for (reason, n) in &svc.refused {
+            let l = vec![
+                ("service".to_string(), svc.name.clone()),
+                ("reason".to_string(), reason.clone()),
+            ];
+            set(&refused, l, *n);
+        }
         tier.get_or_create(&l)
             .set(svc.tier_in_use.map_or(-1, i64::from));
         for b in &svc.backends {

@@ -40,6 +40,30 @@ pub fn render(s: &Snapshot) -> String {
             interface = esc(interface),
         );
     }
+    if !s.flood.cpus.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"alert\" data-flood-cpus=\"{n}\"><b>SYN-flood mode on {n} CPU(s)</b>: new SYN \
+             flows pass {t} per second per CPU and are not written to the flow table</p>",
+            n = s.flood.cpus.len(),
+            t = s.flood.threshold,
+        );
+    }
+    for svc in &s.services {
+        if !svc.refused.is_empty() {
+            let reasons: Vec<String> = svc
+                .refused
+                .iter()
+                .map(|(r, n)| format!("{} {n}", esc(r)))
+                .collect();
+            let _ = write!(
+                h,
+                "<p class=\"muted\" data-refused=\"{name}\">{name} refused: {}</p>",
+                reasons.join(", "),
+                name = esc(&svc.name),
+            );
+        }
+    }
     for svc in &s.services {
         let tier = svc
             .tier_in_use

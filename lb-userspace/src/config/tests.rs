@@ -752,3 +752,5 @@ fn max_flows_has_a_default_and_a_range() {
         "from 1024 to 67108864",
     );
 }
+
+mod edge;

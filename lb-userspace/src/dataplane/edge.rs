@@ -187,6 +187,11 @@ impl EdgeMaps {
             .collect())
     }
 
+    /// The guard's state itself, for tests and benchmarks that move its window in time.
+    pub fn flood_map(&mut self) -> &mut PerCpuArray<MapData, Flood> {
+        &mut self.flood
+    }
+
     /// Every CPU's flood guard.
     pub fn flood(&self) -> Result<Vec<CpuFlood>, DataplaneError> {
         let per_cpu = self.flood.get(&0, 0).map_err(map_err(FLOOD))?;

@@ -21,6 +21,7 @@
 mod reload;
 mod snapshot;
 mod state;
+mod watch;
 
 pub use state::{Change, MemberState};
 
@@ -33,7 +34,7 @@ use std::{
 use hdrhistogram::Histogram;
 use lb_common::BACKEND_ALIVE;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
@@ -474,7 +475,8 @@ impl Writer {
     ) -> Writer {
         let mut tick = tokio::time::interval(stats_every);
         let mut drops_tick = tokio::time::interval(Duration::from_secs(1));
-        let mut drops = DropWatch::default();
+        let mut drops = watch::DropWatch::default();
+        let mut flood = watch::FloodWatch::default();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -502,7 +504,10 @@ impl Writer {
                     }
                 }
                 _ = tick.tick() => self.log_stats(),
-                _ = drops_tick.tick() => drops.check(self.dp.redirect_drops()),
+                _ = drops_tick.tick() => {
+                    drops.check(self.dp.redirect_drops());
+                    flood.check(&self.flooded_cpus(), &self.dp.counters().unwrap_or_default());
+                }
             }
         }
         self.log_stats();
@@ -558,45 +563,6 @@ impl Writer {
                 max_us = h.max() / 1000,
                 "decision-to-visible latency"
             );
-        }
-    }
-}
-
-/// Warns when frames redirected into an interface are dropped by the kernel: at the first drops,
-/// then at most once a minute per interface while they keep growing, with the driver's likely
-/// cause. Every drop is counted in `/metrics` regardless.
-#[derive(Default)]
-struct DropWatch {
-    /// Per interface index: the total last seen, and when it was last reported.
-    seen: BTreeMap<u32, (u64, Option<Instant>)>,
-}
-
-impl DropWatch {
-    const EVERY: Duration = Duration::from_secs(60);
-
-    fn check(&mut self, totals: BTreeMap<u32, u64>) {
-        let now = Instant::now();
-        for (ifindex, total) in totals {
-            let (last, warned) = self.seen.entry(ifindex).or_insert((0, None));
-            if total <= *last || warned.is_some_and(|w| now.duration_since(w) < Self::EVERY) {
-                continue;
-            }
-            let interface = crate::dataplane::redirect_drops::interface_name(ifindex);
-            let driver = crate::dataplane::driver::driver(&interface);
-            let cause = driver
-                .as_deref()
-                .and_then(crate::dataplane::driver::needs)
-                .unwrap_or("the interface refused the frames: down, or its driver cannot transmit XDP frames");
-            warn!(
-                %interface,
-                dropped = total - *last,
-                total,
-                driver = driver.as_deref().unwrap_or("unknown"),
-                cause,
-                "frames redirected into the interface were dropped by the kernel"
-            );
-            *last = total;
-            *warned = Some(now);
         }
     }
 }

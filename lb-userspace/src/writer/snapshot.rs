@@ -80,6 +80,18 @@ impl Writer {
                         .map(|(m, _)| m.rank.tier)
                         .max(),
                     traffic: traffic(self.dp.service_traffic(svc.id)),
+                    refused: match svc.serving {
+                        Serving::Kernel(_) => self
+                            .dp
+                            .edge
+                            .refusals(svc.id)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(r, n)| (r.name().to_string(), n))
+                            .collect(),
+                        Serving::Proxy => BTreeMap::new(),
+                    },
                     backends,
                 }
             })
@@ -103,7 +115,17 @@ impl Writer {
                 max_us: h.max() / 1000,
             })
             .unwrap_or_default();
+        let count = |name: &str| datapath.get(name).copied().unwrap_or(0);
+        let flood = status::Flood {
+            threshold: self.plan.edge.settings.flood_per_window
+                * (1_000_000_000 / lb_common::edge::FLOOD_WINDOW_NS) as u32,
+            cpus: self.flooded_cpus(),
+            entered: count(lb_common::Counter::FloodEnter.name()),
+            left: count(lb_common::Counter::FloodLeave.name()),
+            unwritten: count(lb_common::Counter::FloodUnwritten.name()),
+        };
         Snapshot {
+            flood,
             services,
             datapath,
             changes: self.changes,
@@ -117,5 +139,24 @@ impl Writer {
                 .map(|(ifindex, n)| (interface_name(ifindex), n))
                 .collect(),
         }
+    }
+}
+
+impl Writer {
+    /// CPUs whose flood guard is on now. A CPU that saw no SYN for two windows has not had the
+    /// chance to step back: it counts as off.
+    pub fn flooded_cpus(&self) -> Vec<usize> {
+        let now = monotonic_ns();
+        self.dp
+            .edge
+            .flood()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| {
+                f.active
+                    && now.saturating_sub(f.window_start_ns) < 2 * lb_common::edge::FLOOD_WINDOW_NS
+            })
+            .map(|f| f.cpu)
+            .collect()
     }
 }

@@ -1,6 +1,6 @@
 //! The one test harness of Understudy: network namespaces joined by veth pairs, built with `ip`
 //! and torn down on drop; the daemon under test with its readiness socket ([`Daemon`]); traffic
-//! helpers (echo and HTTP backends, a packet sniffer); the CLI, admin API and status page as an
+//! helpers (echo and HTTP backends, a packet sniffer, a bounded SYN flood); the CLI, admin API and status page as an
 //! operator reaches them ([`cli`], [`admin`], [`chromium_dom`]); and crafted packets for the
 //! kernel `test_run` tests ([`packet`]). The end-to-end tests, the kernel tests and the
 //! `cargo xtask run` demo all build on it. Only the kernel tests' `Bed`, which needs the daemon's
@@ -12,6 +12,7 @@
 mod daemon;
 mod echo;
 mod fib;
+mod flood;
 mod netns;
 mod ops;
 pub mod packet;
@@ -22,6 +23,7 @@ pub mod traffic;
 pub use daemon::{Daemon, Launch, NotifySocket, unblock_stop_signals};
 pub use echo::{EchoServer, echo_roundtrip};
 pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
+pub use flood::syn_flood;
 pub use netns::{Netns, run, run_ok};
 pub use ops::{
     ADMIN_CLIENT_HEADER, ADMIN_LISTEN, HttpBackend, admin, chromium_dom, cli, named_echo_servers,

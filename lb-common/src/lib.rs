@@ -381,9 +381,11 @@ pub const BENCH_MAX: usize = 256;
 #[derive(Clone, Copy, Debug)]
 pub struct BenchPacket {
     pub len: u32,
-    /// When non-zero, the offset of a 4-byte word (the client address) overwritten with a fresh
-    /// value on every run, so every run is a flow `FLOWS` has never seen.
+    /// When non-zero, the offset of a field (the client address, or its port) overwritten with a
+    /// fresh value on every run, so every run is a flow `FLOWS` has never seen.
     pub vary_at: u32,
+    /// Bytes overwritten at `vary_at`: 4 (an IPv4 address) or 2 (a port).
+    pub vary_len: u32,
     pub data: [u8; BENCH_MAX],
 }
 

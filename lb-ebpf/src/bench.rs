@@ -1,6 +1,7 @@
 //! Bench-only programs, never attached. `test_run` with `repeat` re-runs one buffer, so a program
 //! that rewrites the packet would only see the original on its first run. `bench_wrapper` restores
-//! the original bytes on every run, optionally makes it a brand new flow, and tail-calls the
+//! the original bytes on every run, optionally makes it a brand new flow (a new client address or
+//! port), and tail-calls the
 //! program under test; the same wrapper tail-calling `bench_pass` is the baseline to subtract.
 
 use aya_ebpf::{
@@ -40,8 +41,13 @@ pub fn bench_wrapper(ctx: XdpContext) -> u32 {
         if let Some(seq) = BENCH_SEQ.get_ptr_mut(0) {
             let mut next = unsafe { *seq }.wrapping_add(1);
             unsafe { *seq = next };
-            let ok =
-                unsafe { bpf_xdp_store_bytes(xdp, vary_at, (&mut next as *mut u32).cast(), 4) };
+            // Constant lengths: the verifier must see a length that cannot be 0.
+            let word = (&mut next as *mut u32).cast();
+            let ok = if pkt.vary_len == 2 {
+                unsafe { bpf_xdp_store_bytes(xdp, vary_at, word, 2) }
+            } else {
+                unsafe { bpf_xdp_store_bytes(xdp, vary_at, word, 4) }
+            };
             if ok != 0 {
                 return XDP_ABORTED;
             }

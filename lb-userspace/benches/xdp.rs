@@ -23,6 +23,7 @@ use understudy::{
 };
 use understudy_testbed::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac, require_root};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 const REPEAT: u32 = 200_000;
@@ -84,12 +85,14 @@ impl Bench {
         targets.set(0, &fd, 0).unwrap();
     }
 
-    fn packet(&mut self, frame: &[u8], vary_at: u32) {
+    fn packet(&mut self, frame: &[u8], vary: Vary) {
         let mut data = [0u8; BENCH_MAX];
         data[..frame.len()].copy_from_slice(frame);
+        let (vary_at, vary_len) = vary.at();
         let value = BenchPacket {
             len: frame.len() as u32,
             vary_at,
+            vary_len,
             data,
         };
         let map = self.dp.ebpf_mut().map_mut("BENCH_PACKET").unwrap();
@@ -123,20 +126,50 @@ impl Bench {
     }
 
     /// Median over rounds of the mean ns per run.
-    fn measure(&mut self, frame: &[u8], ifindex: u32) -> f64 {
+    fn measure(&mut self, frame: &[u8], ifindex: u32, repeat: u32) -> f64 {
         let mut v: Vec<f64> = (0..ROUNDS)
-            .map(|_| self.run(frame, ifindex, REPEAT).2.as_nanos() as f64)
+            .map(|_| self.run(frame, ifindex, repeat).2.as_nanos() as f64)
             .collect();
         v.sort_by(f64::total_cmp);
         v[ROUNDS / 2]
     }
 }
 
+/// What the wrapper changes on every run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vary {
+    /// Nothing: the same packet every run.
+    Nothing,
+    /// The IPv4 source: a new client every run.
+    Source,
+    /// The TCP source port: a new flow from the same client every run.
+    Port,
+}
+
+impl Vary {
+    fn at(self) -> (u32, u32) {
+        match self {
+            Vary::Nothing => (0, 4),
+            Vary::Source => (IPV4_SRC, 4),
+            Vary::Port => (TCP_SPORT, 2),
+        }
+    }
+}
+
+/// Offset of the TCP source port in an untagged IPv4 frame without options.
+const TCP_SPORT: u32 = 14 + 20;
+
 struct Class {
     name: &'static str,
+    /// The config installed before it runs (the services stay; flags and settings change).
+    config: &'static str,
     frame: Vec<u8>,
     ifindex: u32,
-    vary_at: u32,
+    vary: Vary,
+    /// Runs before timing (to fill the flow table).
+    prefill: u32,
+    /// Runs per round: small where the table must not fill.
+    repeat: u32,
     action: u32,
     check: fn(&[u8]) -> bool,
 }
@@ -149,6 +182,20 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// The bench's service, with `dataplane` and `service` lines added.
+fn variant(dataplane: &str, service: &str) -> &'static str {
+    let text = CONFIG
+        .replace(
+            "interfaces = [\"xc\", \"xb\"]",
+            &format!("interfaces = [\"xc\", \"xb\"]{dataplane}"),
+        )
+        .replace(
+            "vip = \"10.0.0.10:80\"",
+            &format!("vip = \"10.0.0.10:80\"\n{service}"),
+        );
+    Box::leak(text.into_boxed_str())
+}
+
 fn main() {
     require_root("the XDP benchmark");
     // Benchmarks only run when asked for; `cargo test --benches` would pass `--bench` anyway.
@@ -158,13 +205,17 @@ fn main() {
         fib: FibNamespace::build(),
         dp: Dataplane::load().expect("load the XDP object"),
     };
-    let config = Config::parse("bench.toml".as_ref(), CONFIG).unwrap();
-    b.dp.install(&plan(&config)).unwrap();
+    let install = |b: &mut Bench, text: &str| {
+        let config = Config::parse("bench.toml".as_ref(), text).unwrap();
+        b.dp.install(&plan(&config)).unwrap();
+    };
+    install(&mut b, CONFIG);
     let (xc, xb) = (b.fib.xc, b.fib.xb);
 
     let client = [10, 0, 1, 2];
     let vip = [10, 0, 0, 10];
     let syn = tcp((CLIENT_MAC, XC_MAC), client, vip, (40000, 80), true);
+    let fresh_syn = tcp((CLIENT_MAC, XC_MAC), client, vip, (50000, 80), true);
     let ack = tcp((CLIENT_MAC, XC_MAC), client, vip, (40000, 80), false);
     let other = tcp(
         (CLIENT_MAC, XC_MAC),
@@ -176,74 +227,184 @@ fn main() {
 
     // Establish the flow with the real program, and find its backend for the reply.
     b.target(XDP_PROGRAM);
-    b.packet(&syn, 0);
+    b.packet(&syn, Vary::Nothing);
     let (_, out, _) = b.run(&syn, xc, 1);
     let (_, backend) = ips(&out);
     let IpAddr::V4(backend_v4) = backend else {
         unreachable!()
     };
-    let reply = tcp(
-        (backend_mac(backend), XB_MAC),
-        backend_v4.octets(),
-        client,
-        (8080, 40000),
-        false,
-    );
-
+    let reply = |port| {
+        tcp(
+            (backend_mac(backend), XB_MAC),
+            backend_v4.octets(),
+            client,
+            (8080, port),
+            false,
+        )
+    };
+    let to_backend: fn(&[u8]) -> bool = |o| ips(o).1.to_string().starts_with("10.0.11.");
+    let to_client: fn(&[u8]) -> bool = |o| ips(o).0 == IpAddr::from([10, 0, 0, 10]);
+    let untouched: fn(&[u8]) -> bool = |o| ips(o).1 == IpAddr::from([10, 0, 0, 99]);
+    let any: fn(&[u8]) -> bool = |_| true;
+    // Fewer runs than a CPU's share of FLOWS (262,144 over the possible CPUs).
+    let not_full =
+        (lb_common::FLOWS_CAPACITY / understudy::dataplane::possible_cpus() / 2 / ROUNDS as u32)
+            .min(REPEAT);
+    let stateless = variant("", "passive = { events_to_eject = 0 }");
+    let flood = variant(", flood_threshold = 10", "");
+    let denied = variant(", acl = { deny = [\"10.0.1.0/24\"] }", "");
+    let limited = variant("", "rate_limit = { connections_per_second = 1, burst = 1 }");
+    let class = |name, config, frame: &Vec<u8>, ifindex, vary, action, check| Class {
+        name,
+        config,
+        frame: frame.clone(),
+        ifindex,
+        vary,
+        prefill: 0,
+        repeat: REPEAT,
+        action,
+        check,
+    };
     let classes = [
         Class {
-            name: "new flow (SYN, FLOWS miss + insert)",
-            frame: syn.clone(),
-            ifindex: xc,
-            vary_at: IPV4_SRC,
-            action: XDP_REDIRECT,
-            check: |o| ips(o).1.to_string().starts_with("10.0.11."),
+            repeat: not_full,
+            ..class(
+                "new flow, table not full",
+                CONFIG,
+                &syn,
+                xc,
+                Vary::Source,
+                XDP_REDIRECT,
+                to_backend,
+            )
         },
         Class {
-            name: "established flow (FLOWS hit)",
-            frame: ack,
-            ifindex: xc,
-            vary_at: 0,
-            action: XDP_REDIRECT,
-            check: |o| ips(o).1.to_string().starts_with("10.0.11."),
+            prefill: 2 * lb_common::FLOWS_CAPACITY,
+            ..class(
+                "new flow, table full (evicting)",
+                CONFIG,
+                &syn,
+                xc,
+                Vary::Source,
+                XDP_REDIRECT,
+                to_backend,
+            )
         },
-        Class {
-            name: "reply, reverse-translated",
-            frame: reply,
-            ifindex: xb,
-            vary_at: 0,
-            action: XDP_REDIRECT,
-            check: |o| ips(o).0 == IpAddr::from([10, 0, 0, 10]),
-        },
-        Class {
-            name: "non-VIP, passed",
-            frame: other.clone(),
-            ifindex: xc,
-            vary_at: 0,
-            action: XDP_PASS,
-            check: |o| ips(o).1 == IpAddr::from([10, 0, 0, 99]),
-        },
+        class(
+            "new flow, evicting, one insert",
+            stateless,
+            &syn,
+            xc,
+            Vary::Source,
+            XDP_REDIRECT,
+            to_backend,
+        ),
+        class(
+            "new flow in flood mode (unwritten)",
+            flood,
+            &syn,
+            xc,
+            Vary::Source,
+            XDP_REDIRECT,
+            to_backend,
+        ),
+        class(
+            "established flow (FLOWS hit)",
+            CONFIG,
+            &ack,
+            xc,
+            Vary::Nothing,
+            XDP_REDIRECT,
+            to_backend,
+        ),
+        class(
+            "reply, NAT_REPLIES hit",
+            CONFIG,
+            &reply(40000),
+            xb,
+            Vary::Nothing,
+            XDP_REDIRECT,
+            to_client,
+        ),
+        class(
+            "reply, stateless (REVERSE)",
+            CONFIG,
+            &reply(40999),
+            xb,
+            Vary::Nothing,
+            XDP_REDIRECT,
+            to_client,
+        ),
+        class(
+            "denied source (access list)",
+            denied,
+            &syn,
+            xc,
+            Vary::Nothing,
+            XDP_DROP,
+            any,
+        ),
+        class(
+            "rate-limited new flow",
+            limited,
+            &fresh_syn,
+            xc,
+            Vary::Port,
+            XDP_DROP,
+            any,
+        ),
+        class(
+            "non-VIP, passed",
+            CONFIG,
+            &other,
+            xc,
+            Vary::Nothing,
+            XDP_PASS,
+            untouched,
+        ),
     ];
 
-    // The baseline: the same wrapper, tail-calling a bare XDP_PASS.
+    // The baselines: the same wrapper, tail-calling a bare XDP_PASS, varying what each class
+    // varies (writing the varied field costs time of its own).
     b.target("bench_pass");
-    b.packet(&syn, IPV4_SRC);
-    let baseline = b.measure(&syn, xc);
+    let mut baselines = Vec::new();
+    for vary in [Vary::Nothing, Vary::Source, Vary::Port] {
+        b.packet(&syn, vary);
+        baselines.push((vary, b.measure(&syn, xc, REPEAT)));
+    }
+    let baseline = |vary: Vary| baselines.iter().find(|(v, _)| *v == vary).unwrap().1;
 
+    println!("XDP program, ns per packet (median of {ROUNDS} rounds, pinned to CPU {cpu})\n");
     println!(
-        "XDP program, ns per packet (median of {ROUNDS} x {REPEAT} runs, pinned to CPU {cpu})\n"
+        "{:<38} {:>10} {:>10} {:>10} {:>8}",
+        "class", "wrapped", "baseline", "program", "ratio"
     );
-    println!(
-        "{:<38} {:>10} {:>12} {:>10}",
-        "class", "wrapped", "program", "ratio"
-    );
-    println!(
-        "{:<38} {:>10.1} {:>12} {:>10}",
-        "baseline (wrapper + XDP_PASS)", baseline, "-", "1.00"
-    );
+    for (vary, name) in [
+        (Vary::Nothing, "baseline, same packet"),
+        (Vary::Source, "baseline, new source each run"),
+        (Vary::Port, "baseline, new port each run"),
+    ] {
+        println!(
+            "{:<38} {:>10.1} {:>10} {:>10} {:>8}",
+            name,
+            baseline(vary),
+            "-",
+            "-",
+            "1.00"
+        );
+    }
     b.target(XDP_PROGRAM);
     for c in &classes {
-        b.packet(&c.frame, c.vary_at);
+        install(&mut b, c.config);
+        if c.name == "rate-limited new flow" {
+            // Spend the source's one token on another flow.
+            b.packet(&syn, Vary::Port);
+            let _ = b.run(&syn, xc, 1);
+        }
+        b.packet(&c.frame, c.vary);
+        if c.prefill > 0 {
+            let _ = b.run(&c.frame, c.ifindex, c.prefill);
+        }
         let (action, out, _) = b.run(&c.frame, c.ifindex, 1);
         assert_eq!(action, c.action, "{}: unexpected action", c.name);
         assert!(
@@ -251,17 +412,24 @@ fn main() {
             "{}: the output is not what this path writes",
             c.name
         );
-        let total = b.measure(&c.frame, c.ifindex);
+        let total = b.measure(&c.frame, c.ifindex, c.repeat);
+        let base = baseline(c.vary);
         println!(
-            "{:<38} {:>10.1} {:>12.1} {:>10.2}",
+            "{:<38} {:>10.1} {:>10.1} {:>10.1} {:>8.2}",
             c.name,
             total,
-            total - baseline,
-            total / baseline
+            base,
+            total - base,
+            total / base
         );
     }
+    let counters = b.dp.counters().unwrap();
     println!(
-        "\nwrapped: wrapper + program; program: wrapped - baseline; ratio: wrapped / baseline"
+        "\nwrapped: wrapper + program; baseline: the wrapper varying the same field; program: \
+         wrapped - baseline; ratio: wrapped / baseline. Flood mode left {} SYNs unwritten; the \
+         access list and the rate limit refused {}.",
+        counters.get(lb_common::Counter::FloodUnwritten),
+        counters.get(lb_common::Counter::DropRefused),
     );
-    println!("reproduce: cargo xtask bench   (as root)");
+    println!("reproduce: cargo xtask bench xdp   (as root)");
 }

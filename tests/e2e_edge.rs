@@ -229,3 +229,51 @@ fn denied_sources_get_nothing_and_rate_limits_cut_only_the_fast_source() {
     );
     assert!(daemon.stop());
 }
+
+#[test]
+fn the_daemon_renews_cached_next_hops_when_a_neighbour_changes() {
+    require_root("the next-hop end-to-end test");
+    let topo = Topology::build(1);
+    let _servers = named_echo_servers(&topo);
+    // No health checks: they would fail through the bogus neighbour too, and take the backend
+    // out for a reason of their own.
+    let config = topo.echo_config("", "health = { kind = \"none\" }", &[(1, "")]);
+    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
+    let vip = SocketAddr::new(VIP_V4.into(), 80);
+    let client = Ipv4Addr::new(10, 0, 1, 2);
+    let connect = || {
+        topo.client
+            .enter(|| connect_from(client, vip, Duration::from_millis(500)))
+    };
+    assert_eq!(connect().unwrap(), "be1", "the hop is cached");
+    let real = topo.backends[0].exec(&["cat", "/sys/class/net/eth0/address"]);
+    let backend = understudy_testbed::backend_v4(1).to_string();
+    let neigh = |mac: &str| {
+        topo.lb.ip(&[
+            "neigh",
+            "replace",
+            &backend,
+            "lladdr",
+            mac,
+            "dev",
+            "lb-be1",
+            "nud",
+            "permanent",
+        ]);
+    };
+    // A neighbour entry that points nowhere: only if the daemon saw the change does the
+    // program stop using the cached (right) MAC, and the connection fail.
+    neigh("02:00:00:00:99:99");
+    std::thread::sleep(Duration::from_millis(200));
+    let r = connect();
+    assert!(r.is_err(), "the new neighbour entry is used");
+    neigh(real.trim());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(connect().unwrap(), "be1", "and the right one again");
+    let (_, metrics) = admin(&topo.lb, None, "GET", "/metrics");
+    assert!(
+        metrics.contains("understudy_datapath_packets_total{reason=\"next_hop_lookup\"}"),
+        "{metrics}"
+    );
+    assert!(daemon.stop());
+}

@@ -125,6 +125,9 @@ counters! {
     /// health check, the L7 proxy), not a reply of a VIP flow: passed untouched. A translated
     /// packet (a backend on this host) goes to the stack too.
     PassNotForwarded => "pass_not_forwarded",
+    /// A packet to a backend asked the FIB (its `NEXT_HOPS` entry was missing, stale or too
+    /// short for it) and cached the answer. Every other packet to a backend used the cache.
+    NextHopLookup => "next_hop_lookup",
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Layouts of edge protection and of the stateless reply path: source access lists (`ACL_V4`,
 //! `ACL_V6`, LPM tries), per-source new-connection rate limits (`RATE_LIMITS`, `RATE_BUCKETS`), the
-//! SYN-flood guard (`SETTINGS`, `FLOOD`), why a service dropped a packet (`SERVICE_DROPS`), and
-//! the backend-to-VIP map that translates replies without per-flow state (`REVERSE`).
+//! SYN-flood guard (`SETTINGS`, `FLOOD`), why a service dropped a packet (`SERVICE_DROPS`), the
+//! backend-to-VIP map that translates replies without per-flow state (`REVERSE`), and the next
+//! hop cached per backend (`NEXT_HOPS`).
 
 /// `ACL_*` scope of the global lists (`[dataplane.acl]`); a service's own lists use its id.
 pub const ACL_GLOBAL: u32 = crate::MAX_SERVICES;
@@ -101,7 +102,24 @@ pub struct Settings {
     /// New flows per [`FLOOD_WINDOW_NS`] on one CPU above which that CPU enters flood mode;
     /// 0 turns the guard off.
     pub flood_per_window: u32,
-    pub _pad: u32,
+    /// The generation a `NEXT_HOPS` entry must carry to be used. User space bumps it whenever a
+    /// route, neighbour or link changes (and on every reload); 0 is never valid.
+    pub hop_generation: u32,
+}
+
+/// `NEXT_HOPS` value, indexed by backend id: the FIB's answer for that backend, kept so that
+/// an established flow's packet needs no `bpf_fib_lookup`. The program writes it after a
+/// successful lookup; a generation other than `Settings::hop_generation` marks it stale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub generation: u32,
+    pub ifindex: u32,
+    /// The longest IP length the FIB accepted on this hop (at least the family's minimum MTU): a
+    /// longer packet asks the FIB again, which checks it against the MTU.
+    pub max_len: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
 }
 
 /// The flood guard's measuring window: 100 ms, short enough to react within a few of them and
@@ -197,6 +215,7 @@ mod pod {
     unsafe impl aya::Pod for ReverseKey {}
     unsafe impl aya::Pod for ReverseValue {}
     unsafe impl aya::Pod for ServiceDrops {}
+    unsafe impl aya::Pod for NextHop {}
 }
 
 #[cfg(test)]
@@ -215,5 +234,6 @@ mod tests {
         assert_eq!(size_of::<Flood>(), 16);
         assert_eq!(size_of::<ReverseKey>(), 20);
         assert_eq!(size_of::<ReverseValue>(), 28);
+        assert_eq!(size_of::<NextHop>(), 24);
     }
 }

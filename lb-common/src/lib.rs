@@ -338,6 +338,7 @@ pub mod map_names {
     pub const FLOOD: &str = "FLOOD";
     pub const SERVICE_DROPS: &str = "SERVICE_DROPS";
     pub const REVERSE: &str = "REVERSE";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// Every map of the production object.
     pub const ALL: &[&str] = &[
         SERVICES,
@@ -360,6 +361,7 @@ pub mod map_names {
         FLOOD,
         SERVICE_DROPS,
         REVERSE,
+        NEXT_HOPS,
     ];
 }
 

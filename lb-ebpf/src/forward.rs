@@ -1,5 +1,6 @@
-//! Sends a translated packet on: a FIB lookup gives the egress interface and next-hop MACs, then
-//! XDP_TX (same interface) or XDP_REDIRECT. Whatever the FIB cannot settle (an unresolved
+//! Sends a translated packet on: a FIB lookup (or, toward a backend, the next hop cached from an
+//! earlier one) gives the egress interface and next-hop MACs, then XDP_TX (same interface) or
+//! XDP_REDIRECT. Whatever the FIB cannot settle (an unresolved
 //! neighbour, a local or missing route, an MTU problem) goes to the stack with XDP_PASS: the packet
 //! is already translated, so the kernel's own forwarding finishes the job and resolves neighbours.
 
@@ -18,11 +19,17 @@ use aya_ebpf::{
 use lb_common::{Counter, FAMILY_V4, FlowKey};
 
 use crate::{
-    maps::count,
+    maps::{NEXT_HOPS, SETTINGS, count},
     nat::decrement_ttl,
     packet::{load, store},
     parse::Parsed,
 };
+
+/// IP lengths every link carries, so a cached hop serves them without a length seen first:
+/// IPv6's minimum MTU (RFC 8200), and for IPv4 the 576 bytes every host must accept (RFC 791),
+/// which no practical link is below.
+const MIN_MTU_V4: u32 = 576;
+const MIN_MTU_V6: u32 = 1280;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -84,18 +91,85 @@ pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, C
 /// Sends a translated packet to the next hop `fib` gave: TTL, MACs, then out of the interface.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, p: &Parsed, fib: &FibParams) -> u32 {
+    send(ctx, p, fib.ifindex, fib.dmac, fib.smac)
+}
+
+/// The IP length as the FIB's MTU check sees it (an IPv6 payload length that lies near 65535
+/// saturates, so it fails the check rather than wrapping round to a small length).
+#[inline(always)]
+fn ip_len(ctx: &XdpContext, p: &Parsed) -> Option<u32> {
+    if p.key.family == FAMILY_V4 {
+        load::<u16>(ctx, p.l3 + 2).map(|v| u16::from_be(v) as u32)
+    } else {
+        load::<u16>(ctx, p.l3 + 4).map(|v| u16::from_be(v).saturating_add(40) as u32)
+    }
+}
+
+/// Forwards a packet already rewritten to backend `id` (its 5-tuple is `key`). The backend's
+/// cached next hop serves when it is current (`Settings::hop_generation`) and the packet is no
+/// longer than the family's minimum MTU or than one it has carried before; otherwise the FIB is asked, as [`forward`] does, and its answer
+/// cached. So an established flow costs no FIB lookup, and a neighbour the FIB cannot resolve
+/// still goes to the stack, which resolves it. ECMP and policy routing by source or ingress are
+/// decided once per backend, not per flow.
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, p: &Parsed, key: &FlowKey, id: u32) -> u32 {
+    if p.vlan {
+        return pass(Counter::PassVlan);
+    }
+    let Some(len) = ip_len(ctx, p) else {
+        return pass(Counter::PassTruncated);
+    };
+    let generation = SETTINGS.get(0).map_or(0, |s| s.hop_generation);
+    if generation != 0
+        && let Some(hop) = NEXT_HOPS.get(id)
+        && hop.generation == generation
+        && len <= hop.max_len
+    {
+        return send(ctx, p, hop.ifindex, hop.dmac, hop.smac);
+    }
+    let fib = match route(ctx, p, key) {
+        Ok(fib) => fib,
+        Err(reason) => return pass(reason),
+    };
+    count(Counter::NextHopLookup);
+    if generation != 0
+        && let Some(hop) = NEXT_HOPS.get_ptr_mut(id)
+    {
+        // SAFETY: an array slot; a racing CPU writes the same answer, and the generation goes
+        // last so a reader sees it only after the rest.
+        unsafe {
+            let same = (*hop).generation == generation && (*hop).ifindex == fib.ifindex;
+            let floor = if p.key.family == FAMILY_V4 {
+                MIN_MTU_V4
+            } else {
+                MIN_MTU_V6
+            };
+            let known = if same { (*hop).max_len } else { floor };
+            (*hop).max_len = len.max(known);
+            (*hop).ifindex = fib.ifindex;
+            (*hop).dmac = fib.dmac;
+            (*hop).smac = fib.smac;
+            (*hop).generation = generation;
+        }
+    }
+    transmit(ctx, p, &fib)
+}
+
+/// TTL, MACs, then out of interface `ifindex`: XDP_TX when it is the one the packet came in on.
+#[inline(always)]
+fn send(ctx: &XdpContext, p: &Parsed, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> u32 {
     if decrement_ttl(ctx, p).is_none() {
         return pass(Counter::PassTtl);
     }
-    if store(ctx, 0, fib.dmac).is_none() || store(ctx, 6, fib.smac).is_none() {
+    if store(ctx, 0, dmac).is_none() || store(ctx, 6, smac).is_none() {
         return pass(Counter::PassTruncated);
     }
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         count(Counter::Tx);
         XDP_TX
     } else {
         count(Counter::Redirect);
-        unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
 }
 

@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{forward, pass, route, transmit},
+    forward::{forward, pass, route, to_backend, transmit},
     fragment,
     maps::{BACKEND_STATS, NAT_REPLIES, account, count},
     packet::{TCP_ACK, TCP_SYN, load, store},
@@ -78,7 +78,7 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
         dst_port: b.port,
         ..p.key
     };
-    forward(ctx, p, &out)
+    to_backend(ctx, p, &out, choice.id)
 }
 
 /// Which end of the 5-tuple a rewrite replaces.

@@ -93,6 +93,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("opening the passive-detection ring buffer")?;
     let epochs = Arc::new(Epochs::default());
     let mut writer = Writer::with_health(dp, plan.clone(), healthy).with_epochs(epochs.clone());
+    // Subscribed before the maps are written, so no change between the two goes unseen.
+    match crate::dataplane::next_hops::watch() {
+        Ok(events) => writer = writer.with_hop_events(events),
+        Err(e) => {
+            warn!(error = %e, "cannot watch routes and neighbours: next hops will not be cached");
+            writer
+                .dataplane_mut()
+                .edge
+                .disable_hops()
+                .context("turning the next-hop cache off")?;
+        }
+    }
     let started = writer
         .install()
         .context("writing the data-plane maps")

@@ -88,7 +88,8 @@ pub fn plan(config: &Config, services: &[PlannedService]) -> EdgePlan {
     let mut edge = EdgePlan {
         settings: Settings {
             flood_per_window: per_window(config.flood_threshold),
-            _pad: 0,
+            // The data plane's own (`EdgeMaps` bumps it).
+            hop_generation: 0,
         },
         ..EdgePlan::default()
     };

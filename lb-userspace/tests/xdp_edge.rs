@@ -320,3 +320,66 @@ fn the_flood_guard_stops_writing_syns_and_steps_back() {
     assert!(bed.dp().flow(&key(&after)).is_some(), "written again");
     assert!(!bed.dp().edge.flood().unwrap()[0].active);
 }
+
+#[test]
+fn established_flows_use_the_cached_next_hop_until_it_goes_stale() {
+    let mut bed = bed(FLOODED.replace(", flood_threshold = 30", "").as_str());
+    let lookups = |bed: &Bed| bed.counter(Counter::NextHopLookup);
+    let first = syn(CLIENT4, VIP4, 45000);
+    let (_, out) = bed.run(&first.bytes(), bed.xc);
+    let (backend, _) = destination(&out);
+    assert_eq!(&out[0..6], &backend_mac(backend), "to the backend's MAC");
+    assert_eq!(lookups(&bed), 1, "the first packet asks the FIB");
+    let ack = Pkt {
+        l4: L4::Tcp { syn: false },
+        ..first.clone()
+    };
+    for _ in 0..3 {
+        let (action, out) = bed.run(&ack.bytes(), bed.xc);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(&out[0..6], &backend_mac(backend));
+    }
+    assert_eq!(lookups(&bed), 1, "established packets use the cached hop");
+
+    // The neighbour moves. Until the hops are marked stale the cache still answers (which is
+    // why the daemon watches neighbour events); then the FIB's new answer is used and cached.
+    let moved = [0x02, 0, 0, 0, 0x99, 0x99];
+    let mac = moved.map(|b| format!("{b:02x}")).join(":");
+    bed.ns.ip(&[
+        "neigh",
+        "replace",
+        &backend.to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        "xb",
+        "nud",
+        "permanent",
+    ]);
+    let (_, out) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(&out[0..6], &backend_mac(backend), "still cached");
+    bed.dp().edge.invalidate_hops().unwrap();
+    let (_, out) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(&out[0..6], &moved, "stale: the FIB's new neighbour");
+    assert_eq!(lookups(&bed), 2);
+    let (_, out) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(&out[0..6], &moved);
+    assert_eq!(lookups(&bed), 2, "cached again");
+
+    // A packet longer than any the hop has carried asks the FIB (its MTU check) once.
+    let long = Pkt {
+        payload: vec![7; 1000],
+        ..ack.clone()
+    };
+    for want in [3, 3] {
+        assert_eq!(bed.run(&long.bytes(), bed.xc).0, XDP_REDIRECT);
+        assert_eq!(lookups(&bed), want);
+    }
+
+    // Off (the daemon could not watch changes): every packet asks the FIB.
+    bed.dp().edge.disable_hops().unwrap();
+    for want in [4, 5] {
+        assert_eq!(bed.run(&ack.bytes(), bed.xc).0, XDP_REDIRECT);
+        assert_eq!(lookups(&bed), want);
+    }
+}

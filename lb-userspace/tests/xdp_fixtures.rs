@@ -237,7 +237,12 @@ fn every_row_of_the_table() {
         let input = row.packet.bytes();
         let before = bed.dp().counters().unwrap();
         let (action, out) = bed.run(&input, ifindex);
-        for &c in Counter::ALL {
+        // Whether a row asks the FIB depends on whether an earlier row cached its backend's next
+        // hop (`xdp_edge` tests the cache).
+        for &c in Counter::ALL
+            .iter()
+            .filter(|&&c| c != Counter::NextHopLookup)
+        {
             let rose = bed.counter(c) - before.get(c);
             let want = u64::from(row.counted.contains(&c));
             assert_eq!(rose, want, "{}: counter {}", row.name, c.name());

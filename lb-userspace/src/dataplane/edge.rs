@@ -25,13 +25,19 @@ pub struct EdgeMaps {
     acl_v4: LpmTrie<MapData, AclV4, u32>,
     acl_v6: LpmTrie<MapData, AclV6, u32>,
     rate_limits: Array<MapData, RateLimit>,
-    settings: Array<MapData, Settings>,
+    settings_map: Array<MapData, Settings>,
     flood: PerCpuArray<MapData, Flood>,
     drops: PerCpuArray<MapData, ServiceDrops>,
     reverse: HashMap<MapData, ReverseKey, ReverseValue>,
     acl_installed: HashSet<AclEntry>,
     limited: HashSet<u32>,
     reverse_installed: StdHashMap<ReverseKey, ReverseValue>,
+    /// The `NEXT_HOPS` generation in force (0: the cache is off), and the settings last written
+    /// with it.
+    hop_generation: u32,
+    /// Set for good once changes cannot be watched.
+    hops_off: bool,
+    settings: Settings,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
@@ -55,13 +61,16 @@ impl EdgeMaps {
             acl_v4: typed(ebpf, ACL_V4)?,
             acl_v6: typed(ebpf, ACL_V6)?,
             rate_limits: typed(ebpf, RATE_LIMITS)?,
-            settings: typed(ebpf, SETTINGS)?,
+            settings_map: typed(ebpf, SETTINGS)?,
             flood: typed(ebpf, FLOOD)?,
             drops: typed(ebpf, SERVICE_DROPS)?,
             reverse: typed(ebpf, REVERSE)?,
             acl_installed: HashSet::new(),
             limited: HashSet::new(),
             reverse_installed: StdHashMap::new(),
+            hop_generation: 0,
+            hops_off: false,
+            settings: Settings::default(),
         })
     }
 
@@ -98,9 +107,9 @@ impl EdgeMaps {
     /// Writes what `plan` adds or changes. Nothing is removed yet: the `SERVICES` entries
     /// that stop using an entry are rewritten first ([`EdgeMaps::prune`]).
     pub fn install(&mut self, plan: &EdgePlan) -> Result<(), DataplaneError> {
-        self.settings
-            .set(0, plan.settings, 0)
-            .map_err(map_err(SETTINGS))?;
+        self.settings = plan.settings;
+        // A backend id may now name another address: every cached next hop goes stale.
+        self.invalidate_hops()?;
         for e in &plan.acl {
             // An entry whose value changed has a new key set member; the old one is pruned.
             if !self.acl_installed.contains(e) {
@@ -123,6 +132,33 @@ impl EdgeMaps {
             }
         }
         Ok(())
+    }
+
+    /// Marks every cached next hop stale: each backend's next packet asks the FIB again.
+    pub fn invalidate_hops(&mut self) -> Result<(), DataplaneError> {
+        // 0 means "never valid": skip it on wrapping.
+        if !self.hops_off {
+            self.hop_generation = self.hop_generation.wrapping_add(1).max(1);
+        }
+        self.write_settings()
+    }
+
+    /// Turns the next-hop cache off (every packet asks the FIB), when changes can no longer be
+    /// watched.
+    pub fn disable_hops(&mut self) -> Result<(), DataplaneError> {
+        self.hops_off = true;
+        self.hop_generation = 0;
+        self.write_settings()
+    }
+
+    fn write_settings(&mut self) -> Result<(), DataplaneError> {
+        let settings = Settings {
+            hop_generation: self.hop_generation,
+            ..self.settings
+        };
+        self.settings_map
+            .set(0, settings, 0)
+            .map_err(map_err(SETTINGS))
     }
 
     /// Removes what `plan` no longer holds, once no `SERVICES` entry refers to it. A removed

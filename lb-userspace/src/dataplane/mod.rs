@@ -5,6 +5,7 @@ mod attach;
 pub mod driver;
 pub mod edge;
 mod maps;
+pub mod next_hops;
 pub mod redirect_drops;
 mod stats;
 

@@ -119,6 +119,8 @@ pub struct Writer {
     epochs: Option<Arc<crate::health::Epochs>>,
     /// Updates dropped as stale: about an id's former owner, or from a replaced task.
     stale: u64,
+    /// Route, neighbour and link changes, which make the cached next hops stale.
+    hop_events: Option<mpsc::UnboundedReceiver<crate::dataplane::next_hops::HopEvent>>,
 }
 
 /// One service's installed state.
@@ -227,6 +229,7 @@ impl Writer {
             epochs: None,
             stale: 0,
             availability: new_availability(),
+            hop_events: None,
         }
     }
 
@@ -373,6 +376,16 @@ impl Writer {
         self
     }
 
+    /// Watches route, neighbour and link changes ([`crate::dataplane::next_hops`]); without
+    /// it the cached next hops are only renewed by a reload.
+    pub fn with_hop_events(
+        mut self,
+        events: mpsc::UnboundedReceiver<crate::dataplane::next_hops::HopEvent>,
+    ) -> Writer {
+        self.hop_events = Some(events);
+        self
+    }
+
     /// The generation backend `id` holds in the installed plan.
     pub fn generation_of(&self, id: u32) -> Option<u32> {
         self.plan.backends.get(id as usize).map(|b| b.generation)
@@ -475,6 +488,7 @@ impl Writer {
     ) -> Writer {
         let mut tick = tokio::time::interval(stats_every);
         let mut drops_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut hops = self.hop_events.take();
         let mut drops = watch::DropWatch::default();
         let mut flood = watch::FloodWatch::default();
         loop {
@@ -503,6 +517,7 @@ impl Writer {
                         error!(error = %e, "writing the data plane failed");
                     }
                 }
+                event = next_hop_event(&mut hops) => self.hop_event(event, &mut hops),
                 _ = tick.tick() => self.log_stats(),
                 _ = drops_tick.tick() => {
                     drops.check(self.dp.redirect_drops());
@@ -512,6 +527,31 @@ impl Writer {
         }
         self.log_stats();
         self
+    }
+
+    /// A route, neighbour or link changed (all at once, however many came): the cached next
+    /// hops go stale. A watcher gone blind turns the cache off.
+    fn hop_event(
+        &mut self,
+        event: crate::dataplane::next_hops::HopEvent,
+        hops: &mut Option<mpsc::UnboundedReceiver<crate::dataplane::next_hops::HopEvent>>,
+    ) {
+        use crate::dataplane::next_hops::HopEvent;
+        let mut blind = matches!(event, HopEvent::Blind(_));
+        if let Some(rx) = hops.as_mut() {
+            while let Ok(e) = rx.try_recv() {
+                blind |= matches!(e, HopEvent::Blind(_));
+            }
+        }
+        let written = if blind {
+            *hops = None;
+            self.dp.edge.disable_hops()
+        } else {
+            self.dp.edge.invalidate_hops()
+        };
+        if let Err(e) = written {
+            error!(error = %e, "marking the cached next hops stale failed");
+        }
     }
 
     /// [`crate::explain`] against the installed table, each backend's health, and `FLOWS`.
@@ -564,6 +604,19 @@ impl Writer {
                 "decision-to-visible latency"
             );
         }
+    }
+}
+
+/// The next route, neighbour or link change; never, without a watcher.
+async fn next_hop_event(
+    hops: &mut Option<mpsc::UnboundedReceiver<crate::dataplane::next_hops::HopEvent>>,
+) -> crate::dataplane::next_hops::HopEvent {
+    match hops {
+        Some(rx) => match rx.recv().await {
+            Some(e) => e,
+            None => crate::dataplane::next_hops::HopEvent::Blind("the watcher stopped".into()),
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -83,8 +83,8 @@ counters! {
     /// was evicted (or a stray). It is re-hashed; if the table changed meanwhile it may land on
     /// another backend. The flow loss operators need to see.
     FlowMissEstablished => "flow_miss_established",
-    /// A `FLOWS` hit whose `NAT_REPLIES` entry was gone (evicted): re-created, so the replies are
-    /// still translated back to the VIP.
+    /// No longer counted: a flow whose `NAT_REPLIES` entry was evicted is translated through
+    /// `REVERSE` (`reply_stateless`). Kept so the indices of a pinned `COUNTERS` stay.
     NatReplyRestored => "nat_reply_restored",
     /// Two VLAN tags (QinQ): passed untouched.
     PassQinq => "pass_qinq",

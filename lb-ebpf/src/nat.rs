@@ -10,8 +10,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Counter, FAMILY_V4, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, NAT_OPENED_BY_SYN,
-    NAT_SYNACK_SEEN, NatValue, PROTO_TCP, ServiceInfo,
+    Counter, FAMILY_V4, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, NAT_OPENED_BY_SYN, NatValue,
+    PROTO_TCP, ServiceInfo,
     checksum::{replace_addr, replace_u16, replace_u32, udp_fixup},
     edge::{ReverseValue, SERVICE_F_STATELESS_REPLY},
 };
@@ -27,8 +27,8 @@ use crate::{
 };
 
 /// Sends a client's packet to the chosen backend by destination NAT, keeping the reply entry
-/// that translates the backend's answers back: written with a new flow, re-created when the
-/// flow's entry was evicted, watched for passive evidence on a SYN. `REVERSE` translates the
+/// that translates the backend's answers back and holds their passive evidence: written with a
+/// new flow, watched on a SYN. `REVERSE` translates the
 /// replies of a service that wants no passive evidence, and of a flow the flood guard left
 /// unwritten: they need no entry.
 #[inline(always)]
@@ -52,23 +52,12 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
         if NAT_REPLIES.insert(&reply, &nat(state), 0).is_err() {
             count(Counter::ErrFlowInsert);
         }
-    } else {
-        if syn {
-            client_syn(&p.key, b, svc.syn_timeout_ms);
-        }
-        // The two maps evict independently: a flow whose reply entry went must get it back, or
-        // its replies would leave with the backend's address. Its history is lost: no passive
-        // report may come of it.
-        if unsafe { NAT_REPLIES.get(&reply) }.is_none() {
-            count(
-                if NAT_REPLIES.insert(&reply, &nat(NAT_SYNACK_SEEN), 0).is_ok() {
-                    Counter::NatReplyRestored
-                } else {
-                    Counter::ErrFlowInsert
-                },
-            );
-        }
+    } else if syn {
+        client_syn(&p.key, b, svc.syn_timeout_ms);
     }
+    // An established flow whose reply entry was evicted needs nothing here: `REVERSE` translates
+    // its replies (it only loses its passive-detection history). So established packets never
+    // look the reply entry up.
     if rewrite(ctx, p, Side::Destination, &b.addr, b.port).is_none() {
         return pass(Counter::PassTruncated);
     }

@@ -33,6 +33,7 @@ fn check_accepts_the_reference_configs() {
     for (file, summary) in [
         ("failover.toml", "valid ("),
         ("http.toml", "valid (2 services, 5 backends, 1 interfaces)"),
+        ("edge.toml", "valid (1 services, 2 backends, 2 interfaces)"),
     ] {
         let (code, stdout, stderr) = output(Command::new(BIN).arg("check").arg(dir.join(file)));
         assert_eq!(code, 0, "{file}: {stderr}");
@@ -184,6 +185,33 @@ fn explain_offline_names_the_backend_and_the_entry() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP service"));
+}
+
+/// `explain` says when the access lists refuse a source, and why, as the kernel would.
+#[test]
+fn explain_names_the_access_list_that_refuses_a_source() {
+    let edge = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/edge.toml");
+    let run = |client: &str| {
+        let out = Command::new(BIN)
+            .args(["explain", "--config"])
+            .arg(&edge)
+            .args(["web", client])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let refused = |reason: &str| format!("the access lists refuse this source ({reason})");
+    assert!(run("198.51.100.66:40000").contains(&refused("deny")));
+    assert!(run("192.0.2.9:40000").contains(&refused("global_deny")));
+    assert!(run("203.0.113.99:40000").contains(&refused("not_allowed")));
+    let allowed = run("198.51.100.7:40000");
+    assert!(!allowed.contains("refuse this source"), "{allowed}");
+    assert!(allowed.contains("a new flow goes to 10.0.11."), "{allowed}");
 }
 
 /// The shell completions and the man page come from the command line's own definition, so they

@@ -136,6 +136,15 @@ pub struct Flood {
     pub active: u32,
 }
 
+/// `BACKEND_PORTS`: one bit per port, set for every port a NAT backend (in `REVERSE`) listens
+/// on, so a packet from any other port passes after one array read instead of a hash lookup.
+pub const BACKEND_PORT_WORDS: u32 = 65_536 / 64;
+
+/// The `BACKEND_PORTS` word and bit of a port (host byte order).
+pub const fn port_bit(port: u16) -> (u32, u64) {
+    ((port / 64) as u32, 1 << (port % 64))
+}
+
 /// `REVERSE` key: a backend as its replies' source carries it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -339,6 +339,7 @@ pub mod map_names {
     pub const SERVICE_DROPS: &str = "SERVICE_DROPS";
     pub const REVERSE: &str = "REVERSE";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
     /// Every map of the production object.
     pub const ALL: &[&str] = &[
         SERVICES,
@@ -362,6 +363,7 @@ pub mod map_names {
         SERVICE_DROPS,
         REVERSE,
         NEXT_HOPS,
+        BACKEND_PORTS,
     ];
 }
 

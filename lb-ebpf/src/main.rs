@@ -36,14 +36,15 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lb_common::{
     Counter, PROTO_ICMP, PROTO_ICMPV6, ServiceInfo, ServiceKey,
-    edge::{DropReason, ReverseKey, SERVICE_F_RATE_RST, SERVICE_F_REFUSE_RST},
+    edge::{DropReason, ReverseKey, SERVICE_F_RATE_RST, SERVICE_F_REFUSE_RST, port_bit},
 };
 
 use crate::{
     forward::pass,
     icmp::icmp,
     maps::{
-        BACKEND_STATS, NAT_REPLIES, REVERSE, SERVICE_STATS, SERVICES, account, count, count_refusal,
+        BACKEND_PORTS, BACKEND_STATS, NAT_REPLIES, REVERSE, SERVICE_STATS, SERVICES, account,
+        count, count_refusal,
     },
     parse::{Parsed, parse},
     reject::{answer, reject},
@@ -97,14 +98,17 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
     }
 
     // A backend's reply to a NAT flow: only packets from a backend's address and port can be
-    // one, so everything else passes after one small lookup, never touching the flow table.
+    // one. Everything else passes after one array read (a port no backend uses) or one small
+    // lookup, never touching the flow table.
     let backend = ReverseKey {
         addr: p.key.src,
         port: p.key.src_port,
         proto: p.key.proto,
         family: p.key.family,
     };
-    if let Some(rev) = unsafe { REVERSE.get(&backend) } {
+    let (word, bit) = port_bit(u16::from_be(p.key.src_port));
+    let backend_port = BACKEND_PORTS.get(word).is_some_and(|w| w & bit != 0);
+    if backend_port && let Some(rev) = unsafe { REVERSE.get(&backend) } {
         return match NAT_REPLIES.get_ptr_mut(&p.key) {
             Some(nat) => nat::reply(&ctx, &p, nat, bytes),
             None => nat::reply_stateless(&ctx, &p, rev, bytes),

@@ -10,8 +10,9 @@ use lb_common::{
     FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, NatValue, REDIRECT_DROPS_INTERFACES,
     RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
     edge::{
-        ACL_CAPACITY, AclV4, AclV6, Bucket, BucketKey, DropReason, Flood, NextHop,
-        RATE_BUCKETS_CAPACITY, RateLimit, ReverseKey, ReverseValue, ServiceDrops, Settings,
+        ACL_CAPACITY, AclV4, AclV6, BACKEND_PORT_WORDS, Bucket, BucketKey, DropReason, Flood,
+        NextHop, RATE_BUCKETS_CAPACITY, RateLimit, ReverseKey, ReverseValue, ServiceDrops,
+        Settings,
     },
 };
 
@@ -91,6 +92,10 @@ pub static SERVICE_DROPS: PerCpuArray<ServiceDrops> =
 /// A NAT backend (address, port, protocol) to the VIP its replies come from.
 #[map]
 pub static REVERSE: HashMap<ReverseKey, ReverseValue> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// A bit per port some NAT backend listens on (`edge::port_bit`): replies come from those only.
+#[map]
+pub static BACKEND_PORTS: Array<u64> = Array::with_max_entries(BACKEND_PORT_WORDS, 0);
 
 /// The next hop to each backend, as the FIB last gave it (`forward::to_backend`).
 #[map]

@@ -53,25 +53,42 @@ fn usable(id: u32, generation: u32) -> Option<BackendInfo> {
 #[inline(always)]
 pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
     let key = &p.key;
-    let mut moved = false;
-    if let Some(flow) = unsafe { FLOWS.get(key) } {
-        if let Some(backend) = usable(flow.backend, flow.generation) {
-            return Ok(Choice {
-                id: flow.backend,
-                backend,
-                new_flow: false,
-                written: true,
-            });
-        }
-        moved = true;
-    } else if key.proto == PROTO_TCP && p.tcp_flags & TCP_SYN == 0 {
-        count(Counter::FlowMissEstablished);
-    }
     let tcp = key.proto == PROTO_TCP;
+    let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // Only SYNs feed the flood guard: UDP flows and the ACKs of unwritten flows would keep it on
+    // by themselves. In flood mode a SYN skips `FLOWS` altogether, as in Katran: a lookup that
+    // misses in a full table is most of a new flow's cost, and the ring gives a retransmitted
+    // SYN the backend its first one got while the ring is unchanged.
+    let syn_at = if syn {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    let flooding = syn && flood::syn(syn_at);
+    let mut moved = false;
+    if !flooding {
+        if let Some(flow) = unsafe { FLOWS.get(key) } {
+            if let Some(backend) = usable(flow.backend, flow.generation) {
+                return Ok(Choice {
+                    id: flow.backend,
+                    backend,
+                    new_flow: false,
+                    written: true,
+                });
+            }
+            moved = true;
+        } else if tcp && p.tcp_flags & TCP_SYN == 0 {
+            count(Counter::FlowMissEstablished);
+        }
+    }
     // A connection start: a SYN, or a datagram of no known flow. An evicted TCP flow's packets
     // are not charged to anything.
-    let start = !tcp || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let now = unsafe { bpf_ktime_get_ns() };
+    let start = !tcp || syn;
+    let now = if syn {
+        syn_at
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
     if start && svc.flags & SERVICE_F_RATE_LIMIT != 0 && rate_limit::over(p, svc, now) {
         return Err(Miss::Refuse(DropReason::RateLimited));
     }
@@ -106,9 +123,7 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         count(Counter::Reselected);
     }
 
-    // Only SYNs feed the guard: UDP flows and ACKs of unwritten flows would keep it on by
-    // themselves.
-    let written = !(tcp && start && flood::syn(now));
+    let written = !flooding;
     if written {
         let pinned = FlowValue {
             backend: id,

@@ -9,10 +9,10 @@ use ipnet::IpNet;
 use lb_common::{
     PROTO_TCP, PROTO_UDP, addr_words,
     edge::{
-        ACL_ALLOW, ACL_DENY, ACL_EXEMPT, ACL_GLOBAL, FLOOD_WINDOW_NS, RateLimit as KernelLimit,
-        ReverseKey, ReverseValue, SERVICE_F_ACL, SERVICE_F_ACL_ALLOWLIST, SERVICE_F_GLOBAL_ACL,
-        SERVICE_F_GLOBAL_ALLOWLIST, SERVICE_F_RATE_LIMIT, SERVICE_F_RATE_RST, SERVICE_F_REFUSE_RST,
-        SERVICE_F_STATELESS_REPLY, Settings,
+        ACL_ALLOW, ACL_DENY, ACL_EXEMPT, ACL_GLOBAL, DropReason, FLOOD_WINDOW_NS,
+        RateLimit as KernelLimit, ReverseKey, ReverseValue, SERVICE_F_ACL, SERVICE_F_ACL_ALLOWLIST,
+        SERVICE_F_GLOBAL_ACL, SERVICE_F_GLOBAL_ALLOWLIST, SERVICE_F_RATE_LIMIT, SERVICE_F_RATE_RST,
+        SERVICE_F_REFUSE_RST, SERVICE_F_STATELESS_REPLY, Settings,
     },
 };
 
@@ -154,18 +154,44 @@ pub fn per_window(per_second: u32) -> u32 {
     }
 }
 
-/// The access lists' verdict for a source, as the kernel would give it: `None` when allowed,
-/// else the reason's name (`explain` uses it).
-pub fn refusal(config: &Config, svc: &Service, ip: IpAddr) -> Option<&'static str> {
-    let verdict = |acl: &Acl, deny: &'static str, not_allowed: &'static str| {
-        if acl.deny.iter().any(|d| d.contains(&ip)) {
-            Some(deny)
-        } else if !acl.allow.is_empty() && !acl.allow.iter().any(|a| a.contains(&ip)) {
-            Some(not_allowed)
-        } else {
-            None
-        }
-    };
-    verdict(&config.acl, "global_deny", "global_not_allowed")
-        .or_else(|| verdict(&svc.acl, "deny", "not_allowed"))
+impl EdgePlan {
+    /// How the kernel's access lists answer `ip` for `svc`, modelled on the entries as written
+    /// (longest prefix per scope, the global scope first): `None` when allowed, else the
+    /// refusal's reason. `understudy explain` reports it; the kernel tests hold it to the kernel.
+    pub fn refusal(&self, svc: &PlannedService, ip: IpAddr) -> Option<&'static str> {
+        let flags = svc.serving.entry()?.flags;
+        let longest = |scope: u32| {
+            self.acl
+                .iter()
+                .filter(|e| e.scope == scope && e.net.contains(&ip))
+                .max_by_key(|e| e.net.prefix_len())
+                .map(|e| e.value)
+        };
+        let verdict = |scope, on, allowlist, deny: DropReason, not_allowed: DropReason| {
+            if flags & on == 0 {
+                return None;
+            }
+            match longest(scope) {
+                Some(ACL_DENY) => Some(deny.name()),
+                None if flags & allowlist != 0 => Some(not_allowed.name()),
+                _ => None,
+            }
+        };
+        verdict(
+            ACL_GLOBAL,
+            SERVICE_F_GLOBAL_ACL,
+            SERVICE_F_GLOBAL_ALLOWLIST,
+            DropReason::GlobalDeny,
+            DropReason::GlobalNotAllowed,
+        )
+        .or_else(|| {
+            verdict(
+                svc.id,
+                SERVICE_F_ACL,
+                SERVICE_F_ACL_ALLOWLIST,
+                DropReason::Deny,
+                DropReason::NotAllowed,
+            )
+        })
+    }
 }

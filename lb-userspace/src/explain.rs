@@ -56,6 +56,10 @@ pub struct Explanation {
     pub skipped: Vec<(String, String)>,
     /// A flow already in `FLOWS`, when asked of a running daemon.
     pub tracked: Option<Tracked>,
+    /// Why the access lists refuse the client's address (`deny`, `global_not_allowed`...): its
+    /// packets are dropped before any of the above.
+    #[serde(default)]
+    pub denied: Option<String>,
 }
 
 /// Why `explain` has no answer.
@@ -158,6 +162,7 @@ pub fn explain(
         refused,
         skipped,
         tracked: None,
+        denied: None,
     })
 }
 
@@ -175,7 +180,9 @@ pub fn offline(
         .find(|s| s.name == service)
         .ok_or_else(|| ExplainError::UnknownService(service.to_string()))?;
     let healthy = vec![true; svc.members.len()];
-    explain(svc, &svc.member_table(&healthy), &healthy, client)
+    let mut e = explain(svc, &svc.member_table(&healthy), &healthy, client)?;
+    e.denied = plan.edge.refusal(svc, client.ip()).map(String::from);
+    Ok(e)
 }
 
 impl Explanation {
@@ -196,6 +203,11 @@ impl Explanation {
                 self.hash, self.entry, self.table_size
             ),
         ];
+        if let Some(reason) = &self.denied {
+            out.push(format!(
+                "the access lists refuse this source ({reason}): its packets are dropped before any of the rest"
+            ));
+        }
         if let Some(b) = &self.base_owner {
             out.push(format!("entry's owner with every backend in: {}", show(b)));
         }

@@ -19,10 +19,11 @@ use understudy::{
     plan::{plan, plan_update},
 };
 
-const SEEDS: [(&str, &str); 3] = [
+const SEEDS: [(&str, &str); 4] = [
     ("demo.toml", include_str!("../../config/demo.toml")),
     ("failover.toml", include_str!("../../config/failover.toml")),
     ("http.toml", include_str!("../../config/http.toml")),
+    ("edge.toml", include_str!("../../config/edge.toml")),
 ];
 
 /// Values that have broken parsers and validators before: bounds, zero, overflow, odd types.

@@ -83,7 +83,16 @@ fn access_lists_refuse_by_longest_prefix_and_deny_wins() {
         ("fd00:1::dead", VIP6, 1, Some(DropReason::GlobalDeny)),
         ("fd00:2::1", VIP6, 1, Some(DropReason::NotAllowed)),
     ];
+    let config = Config::parse("test.toml".as_ref(), ACL).unwrap();
+    let plan = understudy::plan::plan(&config);
     for (i, &(src, vip, service, refused)) in table.iter().enumerate() {
+        // `understudy explain`'s model of the lists must agree with the kernel.
+        assert_eq!(
+            plan.edge
+                .refusal(&plan.services[service as usize], src.parse().unwrap()),
+            refused.map(DropReason::name),
+            "explain's verdict on {src}"
+        );
         let before = refused.map(|r| refusals(&mut bed, service, r));
         let pkt = syn(src, vip, 41000 + i as u16);
         let (action, out) = bed.run(&pkt.bytes(), bed.xc);

@@ -16,6 +16,7 @@ const EXPECTED: &[&str] = &[
     "./usr/share/doc/understudy/examples/demo.toml",
     "./usr/share/doc/understudy/examples/failover.toml",
     "./usr/share/doc/understudy/examples/http.toml",
+    "./usr/share/doc/understudy/examples/edge.toml",
     "./usr/share/doc/understudy/README.md",
     "./usr/share/man/man1/understudy.1.gz",
     "./usr/share/bash-completion/completions/understudy",
@@ -68,7 +69,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
         "etc/understudy/understudy.toml",
         0o644,
     )?;
-    for example in ["demo.toml", "failover.toml", "http.toml"] {
+    for example in ["demo.toml", "failover.toml", "http.toml", "edge.toml"] {
         place(
             root().join("config").join(example),
             &format!("usr/share/doc/understudy/examples/{example}"),

@@ -11,10 +11,12 @@ use aya::maps::{
 };
 use lb_common::{
     edge::{
-        AclV4, AclV6, DropReason, Flood, RateLimit, ReverseKey, ReverseValue, ServiceDrops,
-        Settings,
+        AclV4, AclV6, BACKEND_PORT_WORDS, DropReason, Flood, RateLimit, ReverseKey, ReverseValue,
+        ServiceDrops, Settings,
     },
-    map_names::{ACL_V4, ACL_V6, FLOOD, RATE_LIMITS, REVERSE, SERVICE_DROPS, SETTINGS},
+    map_names::{
+        ACL_V4, ACL_V6, BACKEND_PORTS, FLOOD, RATE_LIMITS, REVERSE, SERVICE_DROPS, SETTINGS,
+    },
 };
 
 use super::maps::DataplaneError;
@@ -29,6 +31,9 @@ pub struct EdgeMaps {
     flood: PerCpuArray<MapData, Flood>,
     drops: PerCpuArray<MapData, ServiceDrops>,
     reverse: HashMap<MapData, ReverseKey, ReverseValue>,
+    ports: Array<MapData, u64>,
+    /// What `BACKEND_PORTS` holds.
+    ports_installed: Vec<u64>,
     acl_installed: HashSet<AclEntry>,
     limited: HashSet<u32>,
     reverse_installed: StdHashMap<ReverseKey, ReverseValue>,
@@ -65,6 +70,8 @@ impl EdgeMaps {
             flood: typed(ebpf, FLOOD)?,
             drops: typed(ebpf, SERVICE_DROPS)?,
             reverse: typed(ebpf, REVERSE)?,
+            ports: typed(ebpf, BACKEND_PORTS)?,
+            ports_installed: vec![0; BACKEND_PORT_WORDS as usize],
             acl_installed: HashSet::new(),
             limited: HashSet::new(),
             reverse_installed: StdHashMap::new(),
@@ -129,6 +136,24 @@ impl EdgeMaps {
                     .insert(key, value, 0)
                     .map_err(map_err(REVERSE))?;
                 self.reverse_installed.insert(*key, *value);
+            }
+        }
+        self.write_ports()
+    }
+
+    /// Sets `BACKEND_PORTS` to the ports of every `REVERSE` entry, writing the words that change.
+    fn write_ports(&mut self) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; BACKEND_PORT_WORDS as usize];
+        for key in self.reverse_installed.keys() {
+            let (w, bit) = lb_common::edge::port_bit(u16::from_be(key.port));
+            words[w as usize] |= bit;
+        }
+        for (i, (&new, old)) in words.iter().zip(&mut self.ports_installed).enumerate() {
+            if new != *old {
+                self.ports
+                    .set(i as u32, new, 0)
+                    .map_err(map_err(BACKEND_PORTS))?;
+                *old = new;
             }
         }
         Ok(())
@@ -201,9 +226,14 @@ impl EdgeMaps {
             .filter(|(k, v)| !wanted.contains(k) && !keep_backend(k, v))
             .map(|(k, v)| (*k, *v))
             .collect();
+        for (k, _) in &stale {
+            self.reverse_installed.remove(k);
+        }
+        // Bits of ports no entry keeps are cleared first: a packet in between may skip an entry
+        // about to go, never one that stays.
+        self.write_ports()?;
         for (k, _) in stale {
             self.reverse.remove(&k).map_err(map_err(REVERSE))?;
-            self.reverse_installed.remove(&k);
         }
         Ok(())
     }

@@ -569,6 +569,7 @@ impl Writer {
         let svc = &self.plan.services[si];
         let health = state::health(&self.states[si]);
         let mut e = crate::explain::explain(svc, &self.views[si].table, &health, client)?;
+        e.denied = self.plan.edge.refusal(svc, client.ip()).map(String::from);
         let key = crate::explain::flow_key(svc, client);
         e.tracked = self.dp.flow(&key).map(|flow| {
             let owner = self.owner.get(flow.backend as usize).copied().flatten();

@@ -54,13 +54,14 @@ counters! {
     Tx => "tx",
     /// Forwarded out of another interface.
     Redirect => "redirect",
-    /// A backend reply translated back to the VIP.
+    /// A backend's reply translated back to the VIP (through `REVERSE`, whether or not its flow
+    /// is in `FLOWS`).
     ReplyTranslated => "reply_translated",
     /// Dropped: the service's ring has no backend for this flow (no backends configured).
     DropNoBackend => "drop_no_backend",
     /// Dropped: a ring entry names a backend id that has no entry (inconsistent maps).
     DropBadBackend => "drop_bad_backend",
-    /// Not a drop: the flow could not be remembered in `FLOWS` or `NAT_REPLIES`.
+    /// Not a drop: the flow could not be remembered in `FLOWS`.
     ErrFlowInsert => "err_flow_insert",
     /// A flow whose backend is no longer alive, moved to a live one on this packet.
     Reselected => "reselected",
@@ -83,8 +84,8 @@ counters! {
     /// was evicted (or a stray). It is re-hashed; if the table changed meanwhile it may land on
     /// another backend. The flow loss operators need to see.
     FlowMissEstablished => "flow_miss_established",
-    /// No longer counted: a flow whose `NAT_REPLIES` entry was evicted is translated through
-    /// `REVERSE` (`reply_stateless`). Kept so the indices of a pinned `COUNTERS` stay.
+    /// No longer counted: a flow has one entry, in `FLOWS`, and its replies are translated
+    /// through `REVERSE`. Kept so the indices of a pinned `COUNTERS` stay.
     NatReplyRestored => "nat_reply_restored",
     /// Two VLAN tags (QinQ): passed untouched.
     PassQinq => "pass_qinq",
@@ -118,7 +119,8 @@ counters! {
     FloodLeave => "flood_leave",
     /// A new flow in flood mode, sent by the ring alone and not written to the flow tables.
     FloodUnwritten => "flood_unwritten",
-    /// A backend reply translated back to the VIP through `REVERSE`, with no per-flow entry.
+    /// No longer counted (every reply is `reply_translated`, through `REVERSE`). Kept so the
+    /// indices of a pinned `COUNTERS` stay.
     ReplyStateless => "reply_stateless",
     /// The FIB does not forward to the destination: it is this host, or there is no route. A
     /// packet from a backend's address and port to this host is the balancer's own connection (a

@@ -33,9 +33,6 @@ pub const SERVICE_F_GLOBAL_ALLOWLIST: u32 = 1 << 4;
 pub const SERVICE_F_REFUSE_RST: u32 = 1 << 5;
 /// `ServiceInfo::flags`: new connections are rate-limited per source (`RATE_LIMITS[id]`).
 pub const SERVICE_F_RATE_LIMIT: u32 = 1 << 6;
-/// `ServiceInfo::flags`: the service has no passive detection, so a new flow needs no
-/// `NAT_REPLIES` entry (`REVERSE` translates its replies): one flow-table insert, not two.
-pub const SERVICE_F_STATELESS_REPLY: u32 = 1 << 7;
 /// `ServiceInfo::flags`: a rate-limited TCP packet gets a RST (`SERVICE_F_REFUSE_RST` is the
 /// access lists').
 pub const SERVICE_F_RATE_RST: u32 = 1 << 8;

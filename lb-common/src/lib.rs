@@ -38,7 +38,7 @@ pub const RING_CHUNK: u32 = 16;
 pub type RingChunk = [u32; RING_CHUNK as usize];
 /// Elements in the `RINGS` array.
 pub const RINGS_CHUNKS: u32 = RINGS_LEN.div_ceil(RING_CHUNK);
-/// Entries in the `FLOWS` LRU map (client 5-tuple to backend), and in `NAT_REPLIES`.
+/// Entries in the `FLOWS` LRU map (client 5-tuple to backend and the flow's passive state).
 pub const FLOWS_CAPACITY: u32 = 262_144;
 /// A ring entry that names no backend: new flows are dropped (and counted). Used for a service
 /// with nothing to offer and for `on_all_down = "drop"`.
@@ -87,12 +87,12 @@ pub const SERVICE_F_HASH_SRC_IP: u32 = 1;
 /// leaves out draining and unhealthy backends.)
 pub const BACKEND_ALIVE: u8 = 1;
 
-/// `NatValue::state`: the backend answered this flow's SYN.
-pub const NAT_SYNACK_SEEN: u32 = 1;
-/// `NatValue::state`: the flow was pinned by a client SYN. Only such flows say anything about a
+/// `FlowValue::state`: the backend answered this flow's SYN.
+pub const FLOW_SYNACK_SEEN: u32 = 1;
+/// `FlowValue::state`: the flow was pinned by a client SYN. Only such flows say anything about a
 /// backend refusing connections: a flow re-selected mid-connection is answered with a RST by its
 /// new backend, which knows nothing of it, and that says nothing about that backend's health.
-pub const NAT_OPENED_BY_SYN: u32 = 2;
+pub const FLOW_OPENED_BY_SYN: u32 = 2;
 
 /// Flat index of one ring entry: element `index / RING_CHUNK`, lane `index % RING_CHUNK`.
 #[inline(always)]
@@ -174,7 +174,7 @@ pub struct BackendInfo {
     pub generation: u32,
 }
 
-/// `FLOWS` key and `NAT_REPLIES` key: a 5-tuple as it appears in the packet.
+/// `FLOWS` key: a client's 5-tuple as it appears in the packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -196,7 +196,7 @@ impl FlowKey {
     }
 
     /// The key of the reply to this flow once it is sent to `addr`:`port` (network byte
-    /// order): the backend answering the client. It is how `NAT_REPLIES` is keyed.
+    /// order): the backend answering the client.
     pub const fn reply_to(&self, addr: [u32; 4], port: u16) -> FlowKey {
         FlowKey {
             src: addr,
@@ -210,7 +210,9 @@ impl FlowKey {
     }
 }
 
-/// `FLOWS` value: the backend a client flow is pinned to.
+/// `FLOWS` value: the backend a client flow is pinned to, and what its replies have shown. The
+/// one entry a flow has: its replies find it from the other direction, through `REVERSE` (the
+/// backend's VIP) and the client's 5-tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowValue {
@@ -219,6 +221,9 @@ pub struct FlowValue {
     pub generation: u32,
     /// `bpf_ktime_get_ns` when the flow was pinned (or last reported for a SYN timeout).
     pub since_ns: u64,
+    /// `FLOW_*` bits for passive detection, set by the reply path.
+    pub state: u32,
+    pub _pad: u32,
 }
 
 /// `FRAGS` key: one IP datagram, as its fragments carry it (addresses before any rewrite, the
@@ -245,20 +250,6 @@ pub struct FragValue {
     pub side: u32,
     /// The backend the datagram belongs to, for its traffic counters.
     pub backend: u32,
-}
-
-/// `NAT_REPLIES` value: how to make a backend's reply look as if the VIP sent it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NatValue {
-    pub vip: [u32; 4],
-    /// Network byte order.
-    pub vip_port: u16,
-    pub _pad: u16,
-    pub service: u32,
-    pub backend: u32,
-    /// `NAT_*` bits, set by the reply path.
-    pub state: u32,
 }
 
 /// What the kernel saw a backend do wrong, sent to user space on the `EVENTS` ring buffer.
@@ -322,7 +313,6 @@ pub mod map_names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const RINGS: &str = "RINGS";
     pub const FLOWS: &str = "FLOWS";
-    pub const NAT_REPLIES: &str = "NAT_REPLIES";
     pub const FRAGS: &str = "FRAGS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -346,7 +336,6 @@ pub mod map_names {
         BACKENDS,
         RINGS,
         FLOWS,
-        NAT_REPLIES,
         FRAGS,
         SERVICE_STATS,
         BACKEND_STATS,
@@ -402,7 +391,6 @@ mod pod {
     unsafe impl aya::Pod for BackendInfo {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for NatValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for Traffic {}
@@ -450,8 +438,7 @@ mod tests {
         assert_eq!(size_of::<ServiceInfo>(), 24);
         assert_eq!(size_of::<BackendInfo>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowValue>(), 16);
-        assert_eq!(size_of::<NatValue>(), 32);
+        assert_eq!(size_of::<FlowValue>(), 24);
         assert_eq!(size_of::<BackendEvent>(), 24);
         assert_eq!(size_of::<Traffic>(), 24);
     }

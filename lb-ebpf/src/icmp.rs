@@ -18,14 +18,14 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use lb_common::{
-    BACKEND_ALIVE, Counter, FAMILY_V4, FlowKey, NatValue, PROTO_TCP, PROTO_UDP,
+    BACKEND_ALIVE, Counter, FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP,
     checksum::{replace_addr, replace_u16, replace_u32},
     edge::ReverseKey,
 };
 
 use crate::{
     forward::{forward, pass, route},
-    maps::{BACKENDS, FLOWS, NAT_REPLIES, REVERSE, count},
+    maps::{BACKENDS, FLOWS, REVERSE, count},
     packet::{
         ICMP_DEST_UNREACH, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
         ICMPV6_PACKET_TOO_BIG, ICMPV6_PARAMETER_PROBLEM, ICMPV6_TIME_EXCEEDED, load, store,
@@ -209,27 +209,15 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
     let Some(q) = quote(ctx, p, v4) else {
         return pass(Counter::PassUnsupported);
     };
-    // From the backend's side: the quoted packet went client -> backend. A flow with no reply
-    // entry (a stateless service's, or one the flood guard left unwritten) is found through
-    // `REVERSE`, but only if the error is not for this host (about its own health check).
-    let stateful = unsafe { NAT_REPLIES.get(&q.key.reversed()) }.map(|n| *n);
+    // From the backend's side: the quoted packet went client -> backend, whose VIP `REVERSE`
+    // knows. Not when the error is for this host (about its own health check).
     let backend = ReverseKey {
         addr: q.key.dst,
         port: q.key.dst_port,
         proto: q.key.proto,
         family: q.key.family,
     };
-    let nat = stateful.or_else(|| {
-        unsafe { REVERSE.get(&backend) }.map(|r| NatValue {
-            vip: r.vip,
-            vip_port: r.vip_port,
-            _pad: 0,
-            service: r.service,
-            backend: r.backend,
-            state: 0,
-        })
-    });
-    if let Some(nat) = nat {
+    if let Some(nat) = unsafe { REVERSE.get(&backend) }.copied() {
         passive::icmp_evidence(p, &q.key, kind, code, nat.backend);
         // Not on its way to the flow's client (a client forging one to the VIP): untouched.
         if p.key.dst != q.key.src {
@@ -242,9 +230,7 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
             src: nat.vip,
             ..p.key
         };
-        if stateful.is_none()
-            && let Err(Counter::PassNotForwarded) = route(ctx, p, &out)
-        {
+        if let Err(Counter::PassNotForwarded) = route(ctx, p, &out) {
             return pass(Counter::PassNotForwarded);
         }
         if rewrite(

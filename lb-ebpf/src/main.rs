@@ -2,8 +2,7 @@
 //! carries client or backend traffic. It parses (`parse`), refuses sources the access lists
 //! deny (`acl`), selects a backend for packets to a VIP (`select`, with the per-source
 //! `rate_limit` and the SYN-`flood` guard), hands them to the service's forwarding mode (`steer`: `nat` so far), has NAT
-//! translate the backends' replies back (through `NAT_REPLIES`, or statelessly through
-//! `REVERSE`), translates ICMP errors (`icmp`) and later fragments
+//! translate the backends' replies back (through `REVERSE`), translates ICMP errors (`icmp`) and later fragments
 //! (`fragment`), and leaves everything else to the stack untouched. User space owns the maps
 //! (see `lb-common`); this program only reads the service, backend and ring maps and writes
 //! flows, fragments and counters.
@@ -43,8 +42,8 @@ use crate::{
     forward::pass,
     icmp::icmp,
     maps::{
-        BACKEND_PORTS, BACKEND_STATS, NAT_REPLIES, REVERSE, SERVICE_STATS, SERVICES, account,
-        count, count_refusal,
+        BACKEND_PORTS, BACKEND_STATS, REVERSE, SERVICE_STATS, SERVICES, account, count,
+        count_refusal,
     },
     parse::{Parsed, parse},
     reject::{answer, reject},
@@ -109,10 +108,7 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
     let (word, bit) = port_bit(u16::from_be(p.key.src_port));
     let backend_port = BACKEND_PORTS.get(word).is_some_and(|w| w & bit != 0);
     if backend_port && let Some(rev) = unsafe { REVERSE.get(&backend) } {
-        return match NAT_REPLIES.get_ptr_mut(&p.key) {
-            Some(nat) => nat::reply(&ctx, &p, nat, bytes),
-            None => nat::reply_stateless(&ctx, &p, rev, bytes),
-        };
+        return nat::reply(&ctx, &p, rev, bytes);
     }
 
     count(Counter::PassNotVip);

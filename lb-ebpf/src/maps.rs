@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, Counter, EVENTS_BYTES, FLOWS_CAPACITY, FRAGS_CAPACITY, FlowKey, FlowValue,
-    FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, NatValue, REDIRECT_DROPS_INTERFACES,
-    RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
+    FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, REDIRECT_DROPS_INTERFACES, RINGS_CHUNKS,
+    RingChunk, ServiceInfo, ServiceKey, Traffic,
     edge::{
         ACL_CAPACITY, AclV4, AclV6, BACKEND_PORT_WORDS, Bucket, BucketKey, DropReason, Flood,
         NextHop, RATE_BUCKETS_CAPACITY, RateLimit, ReverseKey, ReverseValue, ServiceDrops,
@@ -35,16 +35,11 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 
 #[map]
 pub static RINGS: Array<RingChunk> = Array::with_max_entries(RINGS_CHUNKS, BPF_F_MMAPABLE);
 
-/// Client 5-tuple to the backend its flow is pinned to. Per-CPU LRU lists, as Katran uses: an
+/// Client 5-tuple to the backend its flow is pinned to, and the flow's passive state. Per-CPU LRU lists, as Katran uses: an
 /// insert that must evict takes no lock shared with the other CPUs (each CPU evicts from its own
 /// share of the capacity).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);
-
-/// A backend reply's 5-tuple to the VIP it must appear to come from.
-#[map]
-pub static NAT_REPLIES: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);
 
 /// The first fragment's translation, for a datagram's later fragments (see `fragment`).

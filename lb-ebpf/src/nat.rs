@@ -1,5 +1,6 @@
-//! `forwarding = FORWARD_NAT`: the destination becomes the backend, and the backend's replies
-//! are translated back to the VIP through `NAT_REPLIES`, which this mode owns ([`steer`]). Then
+//! `forwarding = FORWARD_NAT`: the destination becomes the backend ([`steer`]), and the
+//! backend's replies are translated back to the VIP that `REVERSE` names for it ([`reply`]): a
+//! flow has one entry, in `FLOWS`, which its replies find only to record passive evidence. Then
 //! the address and port rewriting itself, with incremental checksum updates (IPv4 header,
 //! TCP/UDP over the pseudo-header). IPv6 has no header checksum; its addresses enter the L4
 //! checksum only.
@@ -10,54 +11,29 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Counter, FAMILY_V4, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, NAT_OPENED_BY_SYN, NatValue,
-    PROTO_TCP, ServiceInfo,
+    Counter, FAMILY_V4, FRAG_REWRITE_DST, FRAG_REWRITE_SRC, FlowKey, PROTO_TCP, ServiceInfo,
     checksum::{replace_addr, replace_u16, replace_u32, udp_fixup},
-    edge::{ReverseValue, SERVICE_F_STATELESS_REPLY},
+    edge::ReverseValue,
 };
 
 use crate::{
-    forward::{forward, pass, route, to_backend, transmit},
+    forward::{pass, route, to_backend, transmit},
     fragment,
-    maps::{BACKEND_STATS, NAT_REPLIES, account, count},
+    maps::{BACKEND_STATS, account, count},
     packet::{TCP_ACK, TCP_SYN, load, store},
     parse::Parsed,
     passive::{client_syn, observe_reply},
     select::Choice,
 };
 
-/// Sends a client's packet to the chosen backend by destination NAT, keeping the reply entry
-/// that translates the backend's answers back and holds their passive evidence: written with a
-/// new flow, watched on a SYN. `REVERSE` translates the
-/// replies of a service that wants no passive evidence, and of a flow the flood guard left
-/// unwritten: they need no entry.
+/// Sends a client's packet to the chosen backend by destination NAT. A SYN on a flow already
+/// pinned is watched for passive evidence (a retransmission past `syn_timeout`).
 #[inline(always)]
 pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -> u32 {
     let b = &choice.backend;
-    let stateless = svc.flags & SERVICE_F_STATELESS_REPLY != 0;
-    let reply = p.key.reply_to(b.addr, b.port);
-    let syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let nat = |state| NatValue {
-        vip: p.key.dst,
-        vip_port: p.key.dst_port,
-        _pad: 0,
-        service: svc.id,
-        backend: choice.id,
-        state,
-    };
-    if stateless || !choice.written {
-        // No reply entry to keep.
-    } else if choice.new_flow {
-        let state = if syn { NAT_OPENED_BY_SYN } else { 0 };
-        if NAT_REPLIES.insert(&reply, &nat(state), 0).is_err() {
-            count(Counter::ErrFlowInsert);
-        }
-    } else if syn {
-        client_syn(&p.key, b, svc.syn_timeout_ms);
+    if !choice.new_flow && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        client_syn(&p.key, svc.syn_timeout_ms);
     }
-    // An established flow whose reply entry was evicted needs nothing here: `REVERSE` translates
-    // its replies (it only loses its passive-detection history). So established packets never
-    // look the reply entry up.
     if rewrite(ctx, p, Side::Destination, &b.addr, b.port).is_none() {
         return pass(Counter::PassTruncated);
     }
@@ -79,34 +55,11 @@ pub enum Side {
     Destination,
 }
 
-/// Translates a backend's reply (its `NAT_REPLIES` entry is `nat`) back to the VIP, watching it
-/// for passive evidence first.
-#[inline(always)]
-pub fn reply(ctx: &XdpContext, p: &Parsed, nat: *mut NatValue, bytes: u64) -> u32 {
-    if p.ttl <= 1 {
-        return pass(Counter::PassTtl);
-    }
-    observe_reply(p, nat);
-    let nat = unsafe { *nat };
-    account(&BACKEND_STATS, nat.backend, bytes, false);
-    if rewrite(ctx, p, Side::Source, &nat.vip, nat.vip_port).is_none() {
-        return pass(Counter::PassTruncated);
-    }
-    fragment::remember(p, FRAG_REWRITE_SRC, &nat.vip, nat.backend);
-    count(Counter::ReplyTranslated);
-    let out = FlowKey {
-        src: nat.vip,
-        src_port: nat.vip_port,
-        ..p.key
-    };
-    forward(ctx, p, &out)
-}
-
-/// Translates a backend's reply that has no `NAT_REPLIES` entry back to the VIP `REVERSE`
-/// names. The FIB is asked first: a packet to this host itself is the balancer's own
+/// Translates a backend's reply back to the VIP `REVERSE` names for it (`rev`), watching it for
+/// passive evidence. The FIB is asked first: a packet to this host itself is the balancer's own
 /// connection to the backend (a health check, the L7 proxy) and passes untouched.
 #[inline(always)]
-pub fn reply_stateless(ctx: &XdpContext, p: &Parsed, rev: &ReverseValue, bytes: u64) -> u32 {
+pub fn reply(ctx: &XdpContext, p: &Parsed, rev: &ReverseValue, bytes: u64) -> u32 {
     let out = FlowKey {
         src: rev.vip,
         src_port: rev.vip_port,
@@ -119,12 +72,13 @@ pub fn reply_stateless(ctx: &XdpContext, p: &Parsed, rev: &ReverseValue, bytes: 
     if p.ttl <= 1 {
         return pass(Counter::PassTtl);
     }
+    observe_reply(p, rev);
     account(&BACKEND_STATS, rev.backend, bytes, false);
     if rewrite(ctx, p, Side::Source, &rev.vip, rev.vip_port).is_none() {
         return pass(Counter::PassTruncated);
     }
     fragment::remember(p, FRAG_REWRITE_SRC, &rev.vip, rev.backend);
-    count(Counter::ReplyStateless);
+    count(Counter::ReplyTranslated);
     match next {
         Ok(fib) => transmit(ctx, p, &fib),
         Err(reason) => pass(reason),

@@ -11,12 +11,12 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BackendEvent, Counter, EventKind, FAMILY_V4, FlowKey, NAT_OPENED_BY_SYN, NAT_SYNACK_SEEN,
-    NatValue, PROTO_TCP,
+    BackendEvent, Counter, EventKind, FAMILY_V4, FLOW_OPENED_BY_SYN, FLOW_SYNACK_SEEN, FlowKey,
+    PROTO_TCP, edge::ReverseValue,
 };
 
 use crate::{
-    maps::{BACKEND_SYNACK, BACKENDS, EVENTS, NAT_REPLIES, count},
+    maps::{BACKEND_SYNACK, BACKENDS, EVENTS, FLOWS, count},
     packet::{ICMP_DEST_UNREACH, ICMPV6_DEST_UNREACH, TCP_ACK, TCP_RST, TCP_SYN},
     parse::Parsed,
 };
@@ -54,25 +54,45 @@ pub fn report(backend: u32, kind: EventKind) {
     }
 }
 
-/// Watches a backend's reply on a translated flow: a SYN-ACK marks the flow answered, a RST
-/// before any SYN-ACK means nothing listens.
+/// Watches a backend's reply (from the backend `rev` names): a SYN-ACK marks its flow answered,
+/// a RST before any SYN-ACK means nothing listens. Only those two kinds of segment look the
+/// flow up (by the client's 5-tuple, rebuilt from the reply and the VIP); data costs nothing.
 #[inline(always)]
-pub fn observe_reply(p: &Parsed, nat: *mut NatValue) {
+pub fn observe_reply(p: &Parsed, rev: &ReverseValue) {
     if p.key.proto != PROTO_TCP {
         return;
     }
-    let state = unsafe { (*nat).state };
-    if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-        if state & NAT_SYNACK_SEEN == 0 {
-            unsafe { (*nat).state = state | NAT_SYNACK_SEEN };
-            if let Some(at) = BACKEND_SYNACK.get_ptr_mut(unsafe { (*nat).backend }) {
+    let synack = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    if !synack && p.tcp_flags & TCP_RST == 0 {
+        return;
+    }
+    let client = FlowKey {
+        src: p.key.dst,
+        dst: rev.vip,
+        src_port: p.key.dst_port,
+        dst_port: rev.vip_port,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: 0,
+    };
+    let Some(flow) = FLOWS.get_ptr_mut(&client) else {
+        return;
+    };
+    // SAFETY: a map value this CPU may write; a racing writer sets the same bits.
+    let (state, backend) = unsafe { ((*flow).state, (*flow).backend) };
+    if backend != rev.backend {
+        // Pinned elsewhere (re-selected): this backend's answer is about a flow it never had.
+        return;
+    }
+    if synack {
+        if state & FLOW_SYNACK_SEEN == 0 {
+            unsafe { (*flow).state = state | FLOW_SYNACK_SEEN };
+            if let Some(at) = BACKEND_SYNACK.get_ptr_mut(backend) {
                 unsafe { *at = bpf_ktime_get_ns() };
             }
         }
-    } else if p.tcp_flags & TCP_RST != 0
-        && state & (NAT_SYNACK_SEEN | NAT_OPENED_BY_SYN) == NAT_OPENED_BY_SYN
-    {
-        report(unsafe { (*nat).backend }, EventKind::RstToSyn);
+    } else if state & (FLOW_SYNACK_SEEN | FLOW_OPENED_BY_SYN) == FLOW_OPENED_BY_SYN {
+        report(backend, EventKind::RstToSyn);
     }
 }
 
@@ -82,24 +102,20 @@ pub fn observe_reply(p: &Parsed, nat: *mut NatValue) {
 /// `timeout_ms` the backend is reported (unless it answered other SYNs meanwhile), and the clock
 /// restarts so one stuck flow reports at most once per timeout.
 #[inline(always)]
-pub fn client_syn(key: &FlowKey, backend: &lb_common::BackendInfo, timeout_ms: u32) {
-    let Some(flow) = crate::maps::FLOWS.get_ptr_mut(key) else {
-        return;
-    };
-    let reply = key.reply_to(backend.addr, backend.port);
-    let Some(nat) = NAT_REPLIES.get_ptr_mut(&reply) else {
+pub fn client_syn(key: &FlowKey, timeout_ms: u32) {
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let state = unsafe { (*nat).state };
-    if state & NAT_SYNACK_SEEN != 0 {
+    let state = unsafe { (*flow).state };
+    if state & FLOW_SYNACK_SEEN != 0 {
         unsafe {
-            (*nat).state = NAT_OPENED_BY_SYN;
+            (*flow).state = FLOW_OPENED_BY_SYN;
             (*flow).since_ns = now;
         }
         return;
     }
-    if timeout_ms == 0 || state & NAT_OPENED_BY_SYN == 0 {
+    if timeout_ms == 0 || state & FLOW_OPENED_BY_SYN == 0 {
         return;
     }
     let since = unsafe { (*flow).since_ns };

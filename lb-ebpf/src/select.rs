@@ -8,8 +8,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, Counter, FlowValue, MAX_RING_SIZE, MAX_SERVICES, NO_BACKEND,
-    PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    BACKEND_ALIVE, BackendInfo, Counter, FLOW_OPENED_BY_SYN, FlowValue, MAX_RING_SIZE,
+    MAX_SERVICES, NO_BACKEND, PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP,
+    ServiceInfo,
     edge::{DropReason, SERVICE_F_RATE_LIMIT},
     hash::{flow_hash, source_hash},
     ring_index,
@@ -29,8 +30,6 @@ pub struct Choice {
     pub backend: BackendInfo,
     /// True when this packet started (or re-started) the flow.
     pub new_flow: bool,
-    /// False for a new flow the flood guard left out of `FLOWS`.
-    pub written: bool,
 }
 
 /// Why no backend was chosen.
@@ -73,7 +72,6 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
                     id: flow.backend,
                     backend,
                     new_flow: false,
-                    written: true,
                 });
             }
             moved = true;
@@ -123,12 +121,13 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         count(Counter::Reselected);
     }
 
-    let written = !flooding;
-    if written {
+    if !flooding {
         let pinned = FlowValue {
             backend: id,
             generation: backend.generation,
             since_ns: now,
+            state: if syn { FLOW_OPENED_BY_SYN } else { 0 },
+            _pad: 0,
         };
         // A failed insert does not stop this packet: the next one is hashed to the same backend
         // anyway while the ring is unchanged.
@@ -142,6 +141,5 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         id,
         backend,
         new_flow: true,
-        written,
     })
 }

@@ -248,7 +248,6 @@ fn main() {
         (lb_common::FLOWS_CAPACITY / understudy::dataplane::possible_cpus() / 2 / ROUNDS as u32)
             .min(REPEAT);
     let off = "flood_threshold = 0";
-    let stateless = variant(off, "passive = { events_to_eject = 0 }");
     let flood = variant("flood_threshold = 10", "");
     let denied = variant(
         "flood_threshold = 0, acl = { deny = [\"10.0.1.0/24\"] }",
@@ -295,15 +294,6 @@ fn main() {
             )
         },
         class(
-            "new flow, evicting, one insert",
-            stateless,
-            &syn,
-            xc,
-            Vary::Source,
-            XDP_REDIRECT,
-            to_backend,
-        ),
-        class(
             "new flow in flood mode (unwritten)",
             flood,
             &syn,
@@ -322,7 +312,7 @@ fn main() {
             to_backend,
         ),
         class(
-            "reply, NAT_REPLIES hit",
+            "reply of a tracked flow",
             CONFIG,
             &reply(40000),
             xb,
@@ -331,7 +321,7 @@ fn main() {
             to_client,
         ),
         class(
-            "reply, stateless (REVERSE)",
+            "reply, flow evicted",
             CONFIG,
             &reply(40999),
             xb,

@@ -235,7 +235,7 @@ fn log_flow_capacity(dp: &Dataplane, max_flows: u32) {
         per_cpu = capacity / possible,
         possible_cpus = possible,
         online_cpus = online,
-        "flow tables (FLOWS, NAT_REPLIES)"
+        "flow table (FLOWS)"
     );
     if capacity != max_flows {
         warn!(

@@ -12,7 +12,7 @@ use lb_common::{
         ACL_ALLOW, ACL_DENY, ACL_EXEMPT, ACL_GLOBAL, DropReason, FLOOD_WINDOW_NS,
         RateLimit as KernelLimit, ReverseKey, ReverseValue, SERVICE_F_ACL, SERVICE_F_ACL_ALLOWLIST,
         SERVICE_F_GLOBAL_ACL, SERVICE_F_GLOBAL_ALLOWLIST, SERVICE_F_RATE_LIMIT, SERVICE_F_RATE_RST,
-        SERVICE_F_REFUSE_RST, SERVICE_F_STATELESS_REPLY, Settings,
+        SERVICE_F_REFUSE_RST, Settings,
     },
 };
 
@@ -68,8 +68,6 @@ pub fn service_flags(config: &Config, svc: &Service) -> u32 {
     if let Some(r) = &svc.rate_limit {
         flags |= SERVICE_F_RATE_LIMIT | bit(r.action == Refusal::Reset, SERVICE_F_RATE_RST);
     }
-    // With passive ejection off nothing reads a flow's reply state: `REVERSE` is enough.
-    flags |= bit(svc.passive.events_to_eject == 0, SERVICE_F_STATELESS_REPLY);
     flags
 }
 

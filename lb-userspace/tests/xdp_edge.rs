@@ -292,7 +292,8 @@ fn the_flood_guard_stops_writing_syns_and_steps_back() {
     let f = bed.dp().edge.flood().unwrap();
     assert!(f[0].active, "CPU 0 is in flood mode: {f:?}");
 
-    // The unwritten flow's SYN-ACK is translated by REVERSE, and its ACK writes the flow.
+    // The unwritten flow's SYN-ACK is translated (through REVERSE, as every reply), and its
+    // ACK writes the flow.
     let (p, out) = &flood[4];
     let (backend, _) = destination(out);
     let synack = Pkt {

@@ -181,14 +181,14 @@ fn rows() -> Vec<Row> {
             Want::Untouched,
             &[Counter::PassTtl],
         ),
-        // A backend's reply with no NAT_REPLIES entry (a stateless service, an evicted entry,
-        // a flow the flood guard left unwritten): REVERSE still knows the backend's VIP.
+        // A backend's reply with no flow in FLOWS (evicted, or left unwritten by the flood
+        // guard): REVERSE still knows the backend's VIP.
         row(
             "a backend's reply for no tracked flow",
             syn(CLIENT4, VIP4, 43015, 80).reply_from("10.0.11.2".parse().unwrap()),
             From::Backend,
             Want::Returned,
-            &[Counter::ReplyStateless, Counter::Redirect],
+            &[Counter::ReplyTranslated, Counter::Redirect],
         ),
         row(
             "a backend's packet from a port no service uses",

@@ -238,7 +238,6 @@ fn expect(
         .find(|((vip, port, proto), _)| *vip == h.dst && *port == h.dport && *proto == h.proto)
         .cloned();
     let tuple = (h.src, h.sport, h.dst, h.dport, h.proto);
-    let mut untracked_odd = false;
     let (to_dst, addr, port) = if let Some((_, backends)) = service {
         if h.ttl <= 1 {
             return Expectation::Pass(b.to_vec());
@@ -258,7 +257,18 @@ fn expect(
         };
         (true, backend.0, backend.1)
     } else if let Some((vip, vport)) = m.replies.get(&tuple).copied().or_else(|| {
-        // Where the namespace has neighbours: the clients and the backends.
+        // No tracked flow: a packet from a backend's address and port is still its service's
+        // reply (`REVERSE`).
+        m.services
+            .iter()
+            .find(|((_, _, proto), backends)| {
+                *proto == h.proto && backends.contains(&(h.src, h.sport))
+            })
+            .map(|((vip, port, _), _)| (*vip, *port))
+    }) {
+        // The FIB is asked before a reply is rewritten: to a destination it does not forward to
+        // (this host, no route) the reply passes untouched; odd destinations are the kernel's
+        // to decide. The namespace's neighbours are the clients and the backends.
         let known: [IpAddr; 7] = [
             CLIENT4,
             CLIENT6,
@@ -269,29 +279,13 @@ fn expect(
             "fd00:11::3",
         ]
         .map(|a| a.parse().unwrap());
-        // No tracked flow: a packet from a backend's address and port is still its service's
-        // reply (`REVERSE`), translated statelessly.
-        m.services
-            .iter()
-            .find(|((_, _, proto), backends)| {
-                *proto == h.proto && backends.contains(&(h.src, h.sport))
-            })
-            .map(|((vip, port, _), _)| (*vip, *port))
-            // To a destination the FIB does not forward to (this host, no route), the stateless
-            // path passes it untouched; other odd destinations are the kernel's to decide.
-            .filter(|_| {
-                known.contains(&h.dst) || {
-                    untracked_odd = true;
-                    false
-                }
-            })
-    }) {
+        if !known.contains(&h.dst) {
+            return Expectation::PassAny;
+        }
         if h.ttl <= 1 {
             return Expectation::Pass(b.to_vec());
         }
         (false, vip, vport)
-    } else if untracked_odd {
-        return Expectation::PassAny;
     } else {
         return Expectation::Pass(b.to_vec());
     };

@@ -63,7 +63,7 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Names the pinned state under `/sys/fs/bpf/understudy/<instance>`. Default "default".
     pub instance: String,
-    /// Entries of `FLOWS` and of `NAT_REPLIES`, set when the program is loaded. Default
+    /// Entries of `FLOWS`, set when the program is loaded. Default
     /// [`DEFAULT_MAX_FLOWS`].
     pub max_flows: u32,
     /// `[dataplane] flood_threshold`: SYNs per second per CPU; 0 turns the guard off.
@@ -74,7 +74,7 @@ pub struct Config {
 }
 
 /// `[dataplane] max_flows` when not given: a million tracked flows, about 250 MiB of kernel
-/// memory for the two flow maps (see the README's figure).
+/// memory for the flow map (see the README's figure).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 
 impl Config {
@@ -581,7 +581,7 @@ fn validate_service(
                     "add mode = \"http\" to the service, or remove the section",
                 ));
             }
-            // A reply is matched to its flow in NAT_REPLIES by (backend, client, protocol): two NAT
+            // A reply is matched to its VIP in REVERSE by (backend, port, protocol): two NAT
             // services on one backend address could not tell their replies apart.
             for (j, b) in backends.iter().enumerate() {
                 let shared = earlier.iter().find(|e| {

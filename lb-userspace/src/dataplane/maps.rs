@@ -13,10 +13,7 @@ use aya_log::EbpfLogger;
 use lb_common::{
     BackendInfo, MAX_RING_SIZE, NO_BACKEND, RING_SLOTS, RINGS_CHUNKS, RingChunk, ServiceInfo,
     ServiceKey, Traffic,
-    map_names::{
-        BACKEND_STATS, BACKENDS, COUNTERS, EVENTS, FLOWS, NAT_REPLIES, RINGS, SERVICE_STATS,
-        SERVICES,
-    },
+    map_names::{BACKEND_STATS, BACKENDS, COUNTERS, EVENTS, FLOWS, RINGS, SERVICE_STATS, SERVICES},
     ring_index,
 };
 use memmap2::{MmapMut, MmapOptions};
@@ -77,7 +74,6 @@ const PERSISTENT_MAPS: &[&str] = &[
     BACKENDS,
     RINGS,
     FLOWS,
-    NAT_REPLIES,
     SERVICE_STATS,
     BACKEND_STATS,
     COUNTERS,
@@ -102,7 +98,7 @@ impl Dataplane {
         Dataplane::open(None, lb_common::FLOWS_CAPACITY)
     }
 
-    /// As [`Dataplane::load`], with `FLOWS` and `NAT_REPLIES` sized for `max_flows` entries.
+    /// As [`Dataplane::load`], with `FLOWS` sized for `max_flows` entries.
     pub fn load_sized(max_flows: u32) -> Result<Dataplane, DataplaneError> {
         Dataplane::open(None, max_flows)
     }
@@ -135,9 +131,7 @@ impl Dataplane {
 
     fn open(pin: Option<&std::path::Path>, max_flows: u32) -> Result<Dataplane, DataplaneError> {
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(FLOWS, max_flows)
-            .map_max_entries(NAT_REPLIES, max_flows);
+        loader.map_max_entries(FLOWS, max_flows);
         if let Some(dir) = pin {
             for name in PERSISTENT_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -183,25 +177,20 @@ impl Dataplane {
             })
     }
 
-    /// Kernel memory the two flow maps hold, in bytes (`memlock` in their fdinfo): LRU maps
-    /// allocate every entry when they are created.
+    /// Kernel memory the flow map holds, in bytes (`memlock` in its fdinfo): an LRU map
+    /// allocates every entry when it is created.
     pub fn flows_memory(&self) -> Option<u64> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let mut total = 0;
-        for name in [FLOWS, NAT_REPLIES] {
-            let Some(Map::LruHashMap(data)) = self.ebpf.map(name) else {
-                return None;
-            };
-            let fd = data.fd().as_fd().as_raw_fd();
-            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-            total += info
-                .lines()
-                .find_map(|l| l.strip_prefix("memlock:"))?
-                .trim()
-                .parse::<u64>()
-                .ok()?;
-        }
-        Some(total)
+        let Some(Map::LruHashMap(data)) = self.ebpf.map(FLOWS) else {
+            return None;
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))?
+            .trim()
+            .parse::<u64>()
+            .ok()
     }
 
     /// Where maps and links are pinned, if they are.

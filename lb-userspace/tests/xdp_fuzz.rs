@@ -268,18 +268,9 @@ fn expect(
     }) {
         // The FIB is asked before a reply is rewritten: to a destination it does not forward to
         // (this host, no route) the reply passes untouched; odd destinations are the kernel's
-        // to decide. The namespace's neighbours are the clients and the backends.
-        let known: [IpAddr; 7] = [
-            CLIENT4,
-            CLIENT6,
-            "10.0.11.2",
-            "10.0.11.3",
-            "10.0.11.4",
-            "fd00:11::2",
-            "fd00:11::3",
-        ]
-        .map(|a| a.parse().unwrap());
-        if !known.contains(&h.dst) {
+        // to decide.
+        let (clients, backends) = neighbours();
+        if !clients.contains(&h.dst) && !backends.contains(&h.dst) {
             return Expectation::PassAny;
         }
         if h.ttl <= 1 {
@@ -325,6 +316,20 @@ fn expect(
     forward(out, &h, nsrc, ndst, ingress_xc, bed)
 }
 
+/// The namespace's neighbours: the clients, and the backends.
+fn neighbours() -> ([IpAddr; 2], [IpAddr; 5]) {
+    let clients = [CLIENT4, CLIENT6].map(|a| a.parse().unwrap());
+    let backends = [
+        "10.0.11.2",
+        "10.0.11.3",
+        "10.0.11.4",
+        "fd00:11::2",
+        "fd00:11::3",
+    ]
+    .map(|a| a.parse().unwrap());
+    (clients, backends)
+}
+
 /// The forwarding step: the stack takes VLAN-tagged and over-MTU packets, and packets to
 /// neighbours the namespace does not know; the rest leave with TTL - 1 and next-hop MACs.
 fn forward(
@@ -339,16 +344,8 @@ fn forward(
         return Expectation::Pass(out);
     }
     let translated = out.clone();
-    let client: [IpAddr; 2] = [CLIENT4.parse().unwrap(), CLIENT6.parse().unwrap()];
-    let backends: [IpAddr; 5] = [
-        "10.0.11.2",
-        "10.0.11.3",
-        "10.0.11.4",
-        "fd00:11::2",
-        "fd00:11::3",
-    ]
-    .map(|a| a.parse().unwrap());
-    let (egress_xc, smac, dmac) = if client.contains(&dst) {
+    let (clients, backends) = neighbours();
+    let (egress_xc, smac, dmac) = if clients.contains(&dst) {
         (true, XC_MAC, CLIENT_MAC)
     } else if backends.contains(&dst) {
         (false, XB_MAC, backend_mac(dst))

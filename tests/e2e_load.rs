@@ -105,11 +105,11 @@ fn close_mode_load_ejects_no_healthy_backend_and_loses_no_request() {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     eprintln!(
-        "flows tracked {tracked} of {}; events {}; established misses {}; replies restored {}",
+        "flows tracked {tracked} of {}; events {}; established misses {}; replies {}",
         status.flows_capacity,
         counter("event_sent"),
         counter("flow_miss_established"),
-        counter("nat_reply_restored")
+        counter("reply_translated")
     );
     let output = daemon.output();
     assert!(

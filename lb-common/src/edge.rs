@@ -1,8 +1,8 @@
-//! Layouts of edge protection and of the stateless reply path: source access lists (`ACL_V4`,
-//! `ACL_V6`, LPM tries), per-source new-connection rate limits (`RATE_LIMITS`, `RATE_BUCKETS`), the
+//! Layouts of edge protection and of the reply path: source access lists (`ACL_V4`, `ACL_V6`,
+//! LPM tries), per-source new-connection rate limits (`RATE_LIMITS`, `RATE_BUCKETS`), the
 //! SYN-flood guard (`SETTINGS`, `FLOOD`), why a service dropped a packet (`SERVICE_DROPS`), the
-//! backend-to-VIP map that translates replies without per-flow state (`REVERSE`), and the next
-//! hop cached per backend (`NEXT_HOPS`).
+//! backend-to-VIP map that translates every reply (`REVERSE`, with `BACKEND_PORTS` in front of
+//! it), and the next hop cached per backend (`NEXT_HOPS`).
 
 /// `ACL_*` scope of the global lists (`[dataplane.acl]`); a service's own lists use its id.
 pub const ACL_GLOBAL: u32 = crate::MAX_SERVICES;

@@ -45,7 +45,7 @@ pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
 
 /// The FIB's next hop for a packet that will carry the 5-tuple `key`, or why the stack must
 /// forward it instead. It reads only the IP length from the packet, so it may run before the
-/// rewrite (the stateless reply path asks first whether the packet is for this host).
+/// rewrite (the reply path asks first whether the packet is for this host).
 #[inline(always)]
 pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, Counter> {
     // A tagged frame must leave on the right VLAN device, which XDP cannot redirect to.

@@ -22,7 +22,7 @@ pub struct Plan {
     pub services: Vec<PlannedService>,
     /// Indexed by backend id.
     pub backends: Vec<BackendInfo>,
-    /// Access lists, rate limits, the flood guard and the stateless reply path.
+    /// Access lists, rate limits, the flood guard and the reply path (`REVERSE`).
     pub edge: EdgePlan,
 }
 

@@ -1,9 +1,9 @@
 //! The SYN-flood guard, as Katran's flood mode but automatic: each CPU counts the SYNs that start
 //! new flows over a 100 ms window. Past `[dataplane] flood_threshold` (a per-CPU rate), the CPU
 //! is in flood mode and stops looking SYNs up in `FLOWS` and writing them to it: spoofed SYNs
-//! then cannot evict the entries of established flows. Consistent hashing still sends each SYN to the backend its flow would
-//! have been pinned to, and the handshake's next packet (an ACK, which spoofed sources never
-//! send) writes the flow as usual. It leaves at the end of the first window under the
+//! then cannot evict the entries of established flows. Consistent hashing still sends each SYN
+//! to the backend its flow would have been pinned to, and the handshake's next packet (an ACK,
+//! which spoofed sources never send) writes the flow as usual. It leaves at the end of the first window under the
 //! threshold. Transitions are counted (`flood_enter`, `flood_leave`); user space reads the state.
 
 use lb_common::{

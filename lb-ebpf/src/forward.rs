@@ -37,10 +37,7 @@ const AF_INET6: u8 = 10;
 /// Forwards the packet whose (already rewritten) 5-tuple is `key`.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
-    match route(ctx, p, key) {
-        Ok(fib) => transmit(ctx, p, &fib),
-        Err(reason) => pass(reason),
-    }
+    finish(ctx, p, route(ctx, p, key))
 }
 
 /// The FIB's next hop for a packet that will carry the 5-tuple `key`, or why the stack must
@@ -52,6 +49,13 @@ pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, C
     if p.vlan {
         return Err(Counter::PassVlan);
     }
+    let len = ip_len(ctx, p).ok_or(Counter::PassTruncated)?;
+    lookup(ctx, key, len)
+}
+
+/// The FIB lookup itself, for a packet of IP length `len` that will carry `key`.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, Counter> {
     let mut fib: FibParams = unsafe { zeroed() };
     fib.l4_protocol = key.proto;
     fib.sport = key.src_port;
@@ -59,19 +63,15 @@ pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, C
     fib.ifindex = ctx.ingress_ifindex() as u32;
     if key.family == FAMILY_V4 {
         fib.family = AF_INET;
-        let tot_len: u16 = load(ctx, p.l3 + 2).ok_or(Counter::PassTruncated)?;
-        fib.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
         fib.__bindgen_anon_3.ipv4_src = key.src[0];
         fib.__bindgen_anon_4.ipv4_dst = key.dst[0];
     } else {
         fib.family = AF_INET6;
-        let payload: u16 = load(ctx, p.l3 + 4).ok_or(Counter::PassTruncated)?;
-        // Saturating: a payload length that lies near 65535 must fail the MTU check, not wrap
-        // round to a small length and pass it (the packet fuzzer found it).
-        fib.__bindgen_anon_1.tot_len = u16::from_be(payload).saturating_add(40);
         fib.__bindgen_anon_3.ipv6_src = key.src;
         fib.__bindgen_anon_4.ipv6_dst = key.dst;
     }
+    // At most 65,535: `ip_len` saturates.
+    fib.__bindgen_anon_1.tot_len = len as u16;
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
@@ -90,12 +90,22 @@ pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, C
 
 /// Sends a translated packet to the next hop `fib` gave: TTL, MACs, then out of the interface.
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, p: &Parsed, fib: &FibParams) -> u32 {
+fn transmit(ctx: &XdpContext, p: &Parsed, fib: &FibParams) -> u32 {
     send(ctx, p, fib.ifindex, fib.dmac, fib.smac)
 }
 
-/// The IP length as the FIB's MTU check sees it (an IPv6 payload length that lies near 65535
-/// saturates, so it fails the check rather than wrapping round to a small length).
+/// Sends a packet, rewritten since `route` answered `next`, as [`forward`] would have.
+#[inline(always)]
+pub fn finish(ctx: &XdpContext, p: &Parsed, next: Result<FibParams, Counter>) -> u32 {
+    match next {
+        Ok(fib) => transmit(ctx, p, &fib),
+        Err(reason) => pass(reason),
+    }
+}
+
+/// The IP length as the FIB's MTU check sees it. Saturating: an IPv6 payload length that lies
+/// near 65535 must fail the MTU check, not wrap round to a small length and pass it (the packet
+/// fuzzer found it).
 #[inline(always)]
 fn ip_len(ctx: &XdpContext, p: &Parsed) -> Option<u32> {
     if p.key.family == FAMILY_V4 {
@@ -107,8 +117,8 @@ fn ip_len(ctx: &XdpContext, p: &Parsed) -> Option<u32> {
 
 /// Forwards a packet already rewritten to backend `id` (its 5-tuple is `key`). The backend's
 /// cached next hop serves when it is current (`Settings::hop_generation`) and the packet is no
-/// longer than the family's minimum MTU or than one it has carried before; otherwise the FIB is asked, as [`forward`] does, and its answer
-/// cached. So an established flow costs no FIB lookup, and a neighbour the FIB cannot resolve
+/// longer than the family's minimum MTU or than one it has carried before; otherwise the FIB is
+/// asked, as [`forward`] does, and its answer cached. So an established flow costs no FIB lookup, and a neighbour the FIB cannot resolve
 /// still goes to the stack, which resolves it. ECMP and policy routing by source or ingress are
 /// decided once per backend, not per flow.
 #[inline(always)]
@@ -127,7 +137,7 @@ pub fn to_backend(ctx: &XdpContext, p: &Parsed, key: &FlowKey, id: u32) -> u32 {
     {
         return send(ctx, p, hop.ifindex, hop.dmac, hop.smac);
     }
-    let fib = match route(ctx, p, key) {
+    let fib = match lookup(ctx, key, len) {
         Ok(fib) => fib,
         Err(reason) => return pass(reason),
     };

@@ -24,7 +24,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{forward, pass, route},
+    forward::{finish, forward, pass, route},
     maps::{BACKENDS, FLOWS, REVERSE, count},
     packet::{
         ICMP_DEST_UNREACH, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
@@ -230,7 +230,8 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
             src: nat.vip,
             ..p.key
         };
-        if let Err(Counter::PassNotForwarded) = route(ctx, p, &out) {
+        let next = route(ctx, p, &out);
+        if let Err(Counter::PassNotForwarded) = next {
             return pass(Counter::PassNotForwarded);
         }
         if rewrite(
@@ -248,7 +249,7 @@ pub fn icmp(ctx: &XdpContext, p: &Parsed) -> u32 {
             return pass(Counter::PassTruncated);
         }
         count(Counter::IcmpToClient);
-        return forward(ctx, p, &out);
+        return finish(ctx, p, next);
     }
     // From the client's side, to the VIP: the quoted packet went VIP -> client.
     let flow_key = q.key.reversed();

@@ -1,9 +1,9 @@
 //! Understudy's kernel side: the XDP program `understudy_xdp`, attached to every interface that
 //! carries client or backend traffic. It parses (`parse`), refuses sources the access lists
 //! deny (`acl`), selects a backend for packets to a VIP (`select`, with the per-source
-//! `rate_limit` and the SYN-`flood` guard), hands them to the service's forwarding mode (`steer`: `nat` so far), has NAT
-//! translate the backends' replies back (through `REVERSE`), translates ICMP errors (`icmp`) and later fragments
-//! (`fragment`), and leaves everything else to the stack untouched. User space owns the maps
+//! `rate_limit` and the SYN-`flood` guard), hands them to the service's forwarding mode
+//! (`steer`: `nat` so far), has NAT translate the backends' replies back (through `REVERSE`),
+//! translates ICMP errors (`icmp`) and later fragments (`fragment`), and leaves everything else to the stack untouched. User space owns the maps
 //! (see `lb-common`); this program only reads the service, backend and ring maps and writes
 //! flows, fragments and counters.
 #![no_std]
@@ -99,15 +99,16 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
     // A backend's reply to a NAT flow: only packets from a backend's address and port can be
     // one. Everything else passes after one array read (a port no backend uses) or one small
     // lookup, never touching the flow table.
+    let (word, bit) = port_bit(u16::from_be(p.key.src_port));
     let backend = ReverseKey {
         addr: p.key.src,
         port: p.key.src_port,
         proto: p.key.proto,
         family: p.key.family,
     };
-    let (word, bit) = port_bit(u16::from_be(p.key.src_port));
-    let backend_port = BACKEND_PORTS.get(word).is_some_and(|w| w & bit != 0);
-    if backend_port && let Some(rev) = unsafe { REVERSE.get(&backend) } {
+    if BACKEND_PORTS.get(word).is_some_and(|w| w & bit != 0)
+        && let Some(rev) = unsafe { REVERSE.get(&backend) }
+    {
         return nat::reply(&ctx, &p, rev, bytes);
     }
 

@@ -35,9 +35,9 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 
 #[map]
 pub static RINGS: Array<RingChunk> = Array::with_max_entries(RINGS_CHUNKS, BPF_F_MMAPABLE);
 
-/// Client 5-tuple to the backend its flow is pinned to, and the flow's passive state. Per-CPU LRU lists, as Katran uses: an
-/// insert that must evict takes no lock shared with the other CPUs (each CPU evicts from its own
-/// share of the capacity).
+/// Client 5-tuple to the backend its flow is pinned to, and the flow's passive state. Per-CPU
+/// LRU lists, as Katran uses: an insert that must evict takes no lock shared with the other
+/// CPUs (each CPU evicts from its own share of the capacity).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(FLOWS_CAPACITY, BPF_F_NO_COMMON_LRU);

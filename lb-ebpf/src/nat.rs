@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{pass, route, to_backend, transmit},
+    forward::{finish, pass, route, to_backend},
     fragment,
     maps::{BACKEND_STATS, account, count},
     packet::{TCP_ACK, TCP_SYN, load, store},
@@ -72,17 +72,14 @@ pub fn reply(ctx: &XdpContext, p: &Parsed, rev: &ReverseValue, bytes: u64) -> u3
     if p.ttl <= 1 {
         return pass(Counter::PassTtl);
     }
-    observe_reply(p, rev);
+    observe_reply(p, &out.reversed(), rev.backend);
     account(&BACKEND_STATS, rev.backend, bytes, false);
     if rewrite(ctx, p, Side::Source, &rev.vip, rev.vip_port).is_none() {
         return pass(Counter::PassTruncated);
     }
     fragment::remember(p, FRAG_REWRITE_SRC, &rev.vip, rev.backend);
     count(Counter::ReplyTranslated);
-    match next {
-        Ok(fib) => transmit(ctx, p, &fib),
-        Err(reason) => pass(reason),
-    }
+    finish(ctx, p, next)
 }
 
 /// Replaces one end's address and port (`port` in network byte order) and fixes the checksums.

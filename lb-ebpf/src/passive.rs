@@ -12,7 +12,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BackendEvent, Counter, EventKind, FAMILY_V4, FLOW_OPENED_BY_SYN, FLOW_SYNACK_SEEN, FlowKey,
-    PROTO_TCP, edge::ReverseValue,
+    PROTO_TCP,
 };
 
 use crate::{
@@ -54,11 +54,11 @@ pub fn report(backend: u32, kind: EventKind) {
     }
 }
 
-/// Watches a backend's reply (from the backend `rev` names): a SYN-ACK marks its flow answered,
-/// a RST before any SYN-ACK means nothing listens. Only those two kinds of segment look the
-/// flow up (by the client's 5-tuple, rebuilt from the reply and the VIP); data costs nothing.
+/// Watches a reply from `backend` to the flow whose client 5-tuple is `client`: a SYN-ACK marks
+/// the flow answered, a RST before any SYN-ACK means nothing listens. Only those two kinds of
+/// segment look the flow up; data costs nothing.
 #[inline(always)]
-pub fn observe_reply(p: &Parsed, rev: &ReverseValue) {
+pub fn observe_reply(p: &Parsed, client: &FlowKey, backend: u32) {
     if p.key.proto != PROTO_TCP {
         return;
     }
@@ -66,21 +66,12 @@ pub fn observe_reply(p: &Parsed, rev: &ReverseValue) {
     if !synack && p.tcp_flags & TCP_RST == 0 {
         return;
     }
-    let client = FlowKey {
-        src: p.key.dst,
-        dst: rev.vip,
-        src_port: p.key.dst_port,
-        dst_port: rev.vip_port,
-        proto: p.key.proto,
-        family: p.key.family,
-        _pad: 0,
-    };
-    let Some(flow) = FLOWS.get_ptr_mut(&client) else {
+    let Some(flow) = FLOWS.get_ptr_mut(client) else {
         return;
     };
     // SAFETY: a map value this CPU may write; a racing writer sets the same bits.
-    let (state, backend) = unsafe { ((*flow).state, (*flow).backend) };
-    if backend != rev.backend {
+    let (state, pinned) = unsafe { ((*flow).state, (*flow).backend) };
+    if pinned != backend {
         // Pinned elsewhere (re-selected): this backend's answer is about a flow it never had.
         return;
     }

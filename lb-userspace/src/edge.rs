@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use lb_common::{
-    PROTO_TCP, PROTO_UDP, addr_words,
+    addr_words,
     edge::{
         ACL_ALLOW, ACL_DENY, ACL_EXEMPT, ACL_GLOBAL, DropReason, FLOOD_WINDOW_NS,
         RateLimit as KernelLimit, ReverseKey, ReverseValue, SERVICE_F_ACL, SERVICE_F_ACL_ALLOWLIST,
@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Acl, Config, Protocol, Refusal, Service},
+    config::{Acl, Config, Refusal, Service},
     plan::PlannedService,
 };
 
@@ -47,6 +47,8 @@ pub struct EdgePlan {
     /// (service id, its limit) for each rate-limited service.
     pub rate_limits: Vec<(u32, KernelLimit)>,
     pub settings: Settings,
+    /// `[dataplane] flood_threshold` as configured (per second; `settings` holds it per window).
+    pub flood_threshold: u32,
     pub reverse: Vec<(ReverseKey, ReverseValue)>,
 }
 
@@ -89,6 +91,7 @@ pub fn plan(config: &Config, services: &[PlannedService]) -> EdgePlan {
             // The data plane's own (`EdgeMaps` bumps it).
             hop_generation: 0,
         },
+        flood_threshold: config.flood_threshold,
         ..EdgePlan::default()
     };
     scoped(ACL_GLOBAL, &config.acl, &mut edge.acl);
@@ -115,22 +118,19 @@ pub fn plan(config: &Config, services: &[PlannedService]) -> EdgePlan {
                 });
             }
         }
-        let (vip, _) = addr_words(planned.vip.ip());
+        // A backend's key is its service's, with the backend's address and port.
         for m in &planned.members {
             let (addr, family) = addr_words(m.address.ip());
             edge.reverse.push((
                 ReverseKey {
                     addr,
                     port: m.address.port().to_be(),
-                    proto: match svc.protocol {
-                        Protocol::Tcp => PROTO_TCP,
-                        Protocol::Udp => PROTO_UDP,
-                    },
+                    proto: planned.key.proto,
                     family,
                 },
                 ReverseValue {
-                    vip,
-                    vip_port: planned.vip.port().to_be(),
+                    vip: planned.key.addr,
+                    vip_port: planned.key.port,
                     _pad: 0,
                     service: planned.id,
                     backend: m.id,

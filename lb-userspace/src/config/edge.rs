@@ -76,11 +76,35 @@ impl Acl {
         }
         out
     }
+}
 
-    /// Whether the lists let `ip` through (the model the kernel's lookup must agree with).
-    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
-        !self.deny.iter().any(|d| d.contains(&ip))
-            && (self.allow.is_empty() || self.allow.iter().any(|a| a.contains(&ip)))
+/// Counts the prefixes written into the access-list tries, which hold `ACL_CAPACITY` per family.
+#[derive(Debug, Default)]
+pub struct Prefixes {
+    v4: usize,
+    v6: usize,
+}
+
+impl Prefixes {
+    pub fn add<'a>(&mut self, nets: impl Iterator<Item = &'a IpNet>) {
+        for net in nets {
+            match net {
+                IpNet::V4(_) => self.v4 += 1,
+                IpNet::V6(_) => self.v6 += 1,
+            }
+        }
+    }
+
+    /// The family that no longer fits, if one does not.
+    pub fn over(&self) -> Option<&'static str> {
+        let cap = lb_common::edge::ACL_CAPACITY as usize;
+        if self.v4 > cap {
+            Some("IPv4")
+        } else if self.v6 > cap {
+            Some("IPv6")
+        } else {
+            None
+        }
     }
 }
 
@@ -224,6 +248,15 @@ mod tests {
                 (net("2001:db8::/32"), true),
             ]
         );
+        // What a longest-prefix lookup of the written entries answers, as the kernel's does.
+        let entries = acl.entries();
+        let allows = |ip: std::net::IpAddr| {
+            entries
+                .iter()
+                .filter(|(n, _)| n.contains(&ip))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map_or(acl.allow.is_empty(), |(_, allowed)| *allowed)
+        };
         for (ip, allowed) in [
             ("10.1.2.3", false),
             ("10.16.0.1", true),
@@ -231,7 +264,7 @@ mod tests {
             ("2001:db8:1::5", false),
             ("2001:db8:2::5", true),
         ] {
-            assert_eq!(acl.allows(ip.parse().unwrap()), allowed, "{ip}");
+            assert_eq!(allows(ip.parse().unwrap()), allowed, "{ip}");
         }
     }
 }

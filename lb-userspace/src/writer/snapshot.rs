@@ -117,8 +117,7 @@ impl Writer {
             .unwrap_or_default();
         let count = |name: &str| datapath.get(name).copied().unwrap_or(0);
         let flood = status::Flood {
-            threshold: self.plan.edge.settings.flood_per_window
-                * (1_000_000_000 / lb_common::edge::FLOOD_WINDOW_NS) as u32,
+            threshold: self.plan.edge.flood_threshold,
             cpus: self.flooded_cpus(),
             entered: count(lb_common::Counter::FloodEnter.name()),
             left: count(lb_common::Counter::FloodLeave.name()),

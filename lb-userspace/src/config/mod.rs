@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lb_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SERVICES};
+use lb_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SERVICES, edge::ACL_CAPACITY};
 
 use crate::maglev::{is_prime, next_prime};
 use toml::Spanned;
@@ -270,8 +270,34 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let mut services: Vec<Service> = Vec::new();
     let mut vips: HashMap<(SocketAddr, Protocol), (String, usize)> = HashMap::new();
     let mut total_backends = 0usize;
+    let acl = match &dataplane.acl {
+        Some(a) => edge::acl(at, a.get_ref(), "dataplane.acl")?,
+        None => Acl::default(),
+    };
+    // Prefixes the access-list tries must hold, per family (a bigger set would fail only when
+    // written into the kernel).
+    let mut prefixes = edge::Prefixes::default();
+    prefixes.add(acl.entries().iter().map(|(net, _)| net));
     for (i, svc) in raw.services.into_iter().enumerate() {
+        // Where the service's prefixes are: its acl table, else the service.
+        let span = svc.get_ref().acl.as_ref().map_or(svc.span(), Spanned::span);
         let service = validate_service(at, i, svc.into_inner(), &services, &mut vips)?;
+        prefixes.add(service.acl.entries().iter().map(|(net, _)| net));
+        prefixes.add(service.rate_limit.iter().flat_map(|r| &r.exempt));
+        if let Some(family) = prefixes.over() {
+            return Err(at.error(
+                Some(span),
+                format!("service[{i}].acl"),
+                format!(
+                    "the access lists and rate-limit exemptions hold more than {ACL_CAPACITY} \
+                     {family} prefixes in all"
+                ),
+                format!(
+                    "keep at most {ACL_CAPACITY} {family} prefixes over [dataplane.acl] and every \
+                     service, merging neighbouring prefixes into shorter ones"
+                ),
+            ));
+        }
         total_backends += service.backends.len();
         if total_backends > MAX_BACKENDS as usize {
             return Err(at.error(
@@ -314,10 +340,6 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 "use a count from 1024 to 67108864 (each flow costs about 250 bytes of kernel memory)",
             ));
         }
-    };
-    let acl = match &dataplane.acl {
-        Some(a) => edge::acl(at, a.get_ref(), "dataplane.acl")?,
-        None => Acl::default(),
     };
     Ok(Config {
         file: at.file.to_path_buf(),

@@ -113,3 +113,17 @@ fn lists_on_an_http_service_are_refused() {
         "mode = \"nat\"",
     );
 }
+
+#[test]
+fn more_prefixes_than_the_tries_hold_are_refused() {
+    let deny: Vec<String> = (0..=lb_common::edge::ACL_CAPACITY)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    fails(
+        &with(&format!("acl = {{ deny = [{}] }}", deny.join(", "))),
+        7,
+        "service[0].acl",
+        "more than 16384 IPv4 prefixes in all",
+        "merging neighbouring prefixes",
+    );
+}

@@ -130,6 +130,27 @@ counters! {
     /// A packet to a backend asked the FIB (its `NEXT_HOPS` entry was missing, stale or too
     /// short for it) and cached the answer. Every other packet to a backend used the cache.
     NextHopLookup => "next_hop_lookup",
+    /// Dropped: a DSR backend is not on-link (the FIB names a gateway toward it), so rewriting
+    /// the MAC alone would send the packet to a router that sends it back.
+    DropDsrNotOnLink => "drop_dsr_not_on_link",
+    /// Dropped: the FIB gave a DSR packet no next hop (its neighbour unresolved, no route): the
+    /// packet, still addressed to the VIP, cannot go to the stack.
+    DropDsrNoHop => "drop_dsr_no_hop",
+    /// A packet too big to encapsulate, answered with ICMP frag-needed or Packet Too Big giving
+    /// the MTU less the overhead (the client's path-MTU discovery shrinks its segments).
+    TooBigAnswered => "too_big_answered",
+    /// Dropped: an IPv4 packet without DF too big to encapsulate. XDP cannot fragment it.
+    DropTooBig => "drop_too_big",
+    /// Dropped: a tunnel backend with no `TUNNELS` entry (inconsistent maps).
+    DropNoTunnel => "drop_no_tunnel",
+    /// Dropped: the outer headers could not be put in front of the packet (the driver leaves
+    /// too little XDP headroom).
+    DropEncapFailed => "drop_encap_failed",
+    /// A packet encapsulated toward its backend (IPIP or GUE).
+    Encapsulated => "encapsulated",
+    /// The client's ACK completed a DSR or tunnel flow's handshake (the balancer never sees the
+    /// SYN-ACK in these modes): its passive SYN-timeout watch ends.
+    HandshakeSeen => "handshake_seen",
 }
 
 #[cfg(test)]

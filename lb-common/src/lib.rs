@@ -15,7 +15,9 @@ extern crate std;
 pub mod checksum;
 pub mod counters;
 pub mod edge;
+pub mod forwarding;
 pub mod hash;
+pub mod headers;
 
 pub use counters::Counter;
 
@@ -159,6 +161,7 @@ pub struct ServiceInfo {
 /// `ServiceInfo::forwarding`: destination NAT, replies translated back (the zero value, so
 /// entries pinned before the field existed read as NAT).
 pub const FORWARD_NAT: u32 = 0;
+pub use forwarding::{FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP};
 
 /// `BACKENDS` value, indexed by backend id.
 #[repr(C)]
@@ -330,6 +333,7 @@ pub mod map_names {
     pub const REVERSE: &str = "REVERSE";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
+    pub const TUNNELS: &str = "TUNNELS";
     /// Every map of the production object.
     pub const ALL: &[&str] = &[
         SERVICES,
@@ -353,6 +357,7 @@ pub mod map_names {
         REVERSE,
         NEXT_HOPS,
         BACKEND_PORTS,
+        TUNNELS,
     ];
 }
 

@@ -9,8 +9,8 @@ use core::mem::{size_of, zeroed};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_PASS, XDP_TX},
     },
     helpers::{bpf_fib_lookup, bpf_redirect},
@@ -53,9 +53,36 @@ pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, C
     lookup(ctx, key, len)
 }
 
+/// Why a lookup gave no next hop to send to.
+#[derive(Clone, Copy)]
+pub enum NoHop {
+    /// The stack must forward the packet, counted under this reason.
+    Stack(Counter),
+    /// Longer than the egress MTU (the FIB's `mtu_result`).
+    TooBig(u32),
+    /// The next hop is a gateway where only an on-link backend will do (DSR).
+    NotOnLink,
+}
+
+impl From<NoHop> for Counter {
+    fn from(n: NoHop) -> Counter {
+        match n {
+            NoHop::Stack(c) => c,
+            NoHop::TooBig(_) => Counter::PassFibOther,
+            NoHop::NotOnLink => Counter::DropDsrNotOnLink,
+        }
+    }
+}
+
 /// The FIB lookup itself, for a packet of IP length `len` that will carry `key`.
 #[inline(always)]
 fn lookup(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, Counter> {
+    fib(ctx, key, len).map_err(Counter::from)
+}
+
+/// [`lookup`], telling an MTU refusal (with the MTU) from the rest.
+#[inline(always)]
+fn fib(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, NoHop> {
     let mut fib: FibParams = unsafe { zeroed() };
     fib.l4_protocol = key.proto;
     fib.sport = key.src_port;
@@ -82,10 +109,21 @@ fn lookup(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, Counte
     };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Ok(fib),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Counter::PassNoNeighbour),
-        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassNotForwarded),
-        _ => Err(Counter::PassFibOther),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(NoHop::Stack(Counter::PassNoNeighbour)),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Err(NoHop::Stack(Counter::PassNotForwarded)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(NoHop::TooBig(
+            unsafe { fib.__bindgen_anon_1.mtu_result } as u32,
+        )),
+        _ => Err(NoHop::Stack(Counter::PassFibOther)),
     }
+}
+
+/// Where to send a packet: the egress interface and the frame's MACs.
+#[derive(Clone, Copy)]
+pub struct Hop {
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
 }
 
 /// Sends a translated packet to the next hop `fib` gave: TTL, MACs, then out of the interface.
@@ -107,7 +145,7 @@ pub fn finish(ctx: &XdpContext, p: &Parsed, next: Result<FibParams, Counter>) ->
 /// near 65535 must fail the MTU check, not wrap round to a small length and pass it (the packet
 /// fuzzer found it).
 #[inline(always)]
-fn ip_len(ctx: &XdpContext, p: &Parsed) -> Option<u32> {
+pub fn ip_len(ctx: &XdpContext, p: &Parsed) -> Option<u32> {
     if p.key.family == FAMILY_V4 {
         load::<u16>(ctx, p.l3 + 2).map(|v| u16::from_be(v) as u32)
     } else {
@@ -115,12 +153,8 @@ fn ip_len(ctx: &XdpContext, p: &Parsed) -> Option<u32> {
     }
 }
 
-/// Forwards a packet already rewritten to backend `id` (its 5-tuple is `key`). The backend's
-/// cached next hop serves when it is current (`Settings::hop_generation`) and the packet is no
-/// longer than the family's minimum MTU or than one it has carried before; otherwise the FIB is
-/// asked, as [`forward`] does, and its answer cached. So an established flow costs no FIB lookup, and a neighbour the FIB cannot resolve
-/// still goes to the stack, which resolves it. ECMP and policy routing by source or ingress are
-/// decided once per backend, not per flow.
+/// Forwards a packet already rewritten to backend `id` (its 5-tuple is `key`) through
+/// [`next_hop`], as [`forward`] would. So an established flow costs no FIB lookup.
 #[inline(always)]
 pub fn to_backend(ctx: &XdpContext, p: &Parsed, key: &FlowKey, id: u32) -> u32 {
     if p.vlan {
@@ -129,19 +163,51 @@ pub fn to_backend(ctx: &XdpContext, p: &Parsed, key: &FlowKey, id: u32) -> u32 {
     let Some(len) = ip_len(ctx, p) else {
         return pass(Counter::PassTruncated);
     };
+    match next_hop(ctx, key, id, len, false) {
+        Ok(hop) => send(ctx, p, hop.ifindex, hop.dmac, hop.smac),
+        Err(reason) => pass(reason.into()),
+    }
+}
+
+/// The next hop toward backend `id` for a packet of IP length `len` whose (outer) 5-tuple is
+/// `key`. The backend's cached hop serves when it is current (`Settings::hop_generation`) and
+/// the packet is no longer than the family's minimum MTU or than one it has carried before;
+/// otherwise the FIB is asked and its answer cached. A neighbour the FIB cannot resolve still
+/// goes to the stack, which resolves it. ECMP and policy routing by source or ingress are
+/// decided once per backend, not per flow. With `on_link`, a hop through a gateway is refused
+/// (and never cached): DSR rewrites the MAC alone.
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    id: u32,
+    len: u32,
+    on_link: bool,
+) -> Result<Hop, NoHop> {
     let generation = SETTINGS.get(0).map_or(0, |s| s.hop_generation);
     if generation != 0
         && let Some(hop) = NEXT_HOPS.get(id)
         && hop.generation == generation
         && len <= hop.max_len
     {
-        return send(ctx, p, hop.ifindex, hop.dmac, hop.smac);
+        return Ok(Hop {
+            ifindex: hop.ifindex,
+            dmac: hop.dmac,
+            smac: hop.smac,
+        });
     }
-    let fib = match lookup(ctx, key, len) {
-        Ok(fib) => fib,
-        Err(reason) => return pass(reason),
-    };
+    let fib = fib(ctx, key, len)?;
     count(Counter::NextHopLookup);
+    // The FIB writes the gateway's address over the destination when there is one.
+    if on_link
+        && if key.family == FAMILY_V4 {
+            unsafe { fib.__bindgen_anon_4.ipv4_dst != key.dst[0] }
+        } else {
+            unsafe { fib.__bindgen_anon_4.ipv6_dst != key.dst }
+        }
+    {
+        return Err(NoHop::NotOnLink);
+    }
     if generation != 0
         && let Some(hop) = NEXT_HOPS.get_ptr_mut(id)
     {
@@ -149,7 +215,7 @@ pub fn to_backend(ctx: &XdpContext, p: &Parsed, key: &FlowKey, id: u32) -> u32 {
         // last so a reader sees it only after the rest.
         unsafe {
             let same = (*hop).generation == generation && (*hop).ifindex == fib.ifindex;
-            let floor = if p.key.family == FAMILY_V4 {
+            let floor = if key.family == FAMILY_V4 {
                 MIN_MTU_V4
             } else {
                 MIN_MTU_V6
@@ -162,15 +228,25 @@ pub fn to_backend(ctx: &XdpContext, p: &Parsed, key: &FlowKey, id: u32) -> u32 {
             (*hop).generation = generation;
         }
     }
-    transmit(ctx, p, &fib)
+    Ok(Hop {
+        ifindex: fib.ifindex,
+        dmac: fib.dmac,
+        smac: fib.smac,
+    })
 }
 
 /// TTL, MACs, then out of interface `ifindex`: XDP_TX when it is the one the packet came in on.
 #[inline(always)]
-fn send(ctx: &XdpContext, p: &Parsed, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> u32 {
+pub fn send(ctx: &XdpContext, p: &Parsed, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> u32 {
     if decrement_ttl(ctx, p).is_none() {
         return pass(Counter::PassTtl);
     }
+    emit(ctx, ifindex, dmac, smac)
+}
+
+/// MACs, then out of interface `ifindex`, the IP packet as it is.
+#[inline(always)]
+pub fn emit(ctx: &XdpContext, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> u32 {
     if store(ctx, 0, dmac).is_none() || store(ctx, 6, smac).is_none() {
         return pass(Counter::PassTruncated);
     }

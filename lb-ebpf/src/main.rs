@@ -2,7 +2,7 @@
 //! carries client or backend traffic. It parses (`parse`), refuses sources the access lists
 //! deny (`acl`), selects a backend for packets to a VIP (`select`, with the per-source
 //! `rate_limit` and the SYN-`flood` guard), hands them to the service's forwarding mode
-//! (`steer`: `nat` so far), has NAT translate the backends' replies back (through `REVERSE`),
+//! (`steer`: `nat`, `dsr`, or the `encap` tunnels, which answer `too_big` packets), has NAT translate the backends' replies back (through `REVERSE`),
 //! translates ICMP errors (`icmp`) and later fragments (`fragment`), and leaves everything else to the stack untouched. User space owns the maps
 //! (see `lb-common`); this program only reads the service, backend and ring maps and writes
 //! flows, fragments and counters.
@@ -12,6 +12,8 @@
 mod acl;
 #[cfg(feature = "bench")]
 mod bench;
+mod dsr;
+mod encap;
 mod flood;
 mod forward;
 mod fragment;
@@ -26,6 +28,7 @@ mod redirect_drops;
 mod reject;
 mod select;
 mod steer;
+mod too_big;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},

@@ -14,6 +14,7 @@ use lb_common::{
         NextHop, RATE_BUCKETS_CAPACITY, RateLimit, ReverseKey, ReverseValue, ServiceDrops,
         Settings,
     },
+    forwarding::Tunnel,
 };
 
 /// Target interface index to frames its driver refused after XDP redirected them into it
@@ -91,6 +92,10 @@ pub static REVERSE: HashMap<ReverseKey, ReverseValue> = HashMap::with_max_entrie
 /// A bit per port some NAT backend listens on (`edge::port_bit`): replies come from those only.
 #[map]
 pub static BACKEND_PORTS: Array<u64> = Array::with_max_entries(BACKEND_PORT_WORDS, 0);
+
+/// The outer source (and GUE port) of each tunnel backend (`encap.rs`).
+#[map]
+pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// The next hop to each backend, as the FIB last gave it (`forward::to_backend`).
 #[map]

@@ -123,6 +123,41 @@ pub fn client_syn(key: &FlowKey, timeout_ms: u32) {
     }
 }
 
+/// Called for a client's ACK (no SYN) on a flow pinned by its SYN and not yet answered, in the
+/// modes where the backend's replies bypass the balancer (DSR, tunnels): the client's third
+/// packet is the only sign that the backend answered. It ends the flow's SYN-timeout watch, as
+/// a SYN-ACK does under NAT, and counts as the backend answering a SYN.
+#[inline(always)]
+pub fn client_ack(key: &FlowKey, backend: u32) {
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a map value this CPU may write; a racing writer sets the same bits.
+    unsafe { (*flow).state |= FLOW_SYNACK_SEEN };
+    if let Some(at) = BACKEND_SYNACK.get_ptr_mut(backend) {
+        unsafe { *at = bpf_ktime_get_ns() };
+    }
+    count(Counter::HandshakeSeen);
+}
+
+/// Watches a client packet of a flow in a mode whose replies bypass the balancer: a SYN on a
+/// pinned flow may be a retransmission ([`client_syn`]), the first ACK completes the handshake
+/// ([`client_ack`]).
+#[inline(always)]
+pub fn client_packet(p: &Parsed, new_flow: bool, state: u32, backend: u32, timeout_ms: u32) {
+    if p.key.proto != PROTO_TCP || new_flow {
+        return;
+    }
+    let flags = p.tcp_flags & (TCP_SYN | TCP_ACK);
+    if flags == TCP_SYN {
+        client_syn(&p.key, timeout_ms);
+    } else if flags == TCP_ACK
+        && state & (FLOW_SYNACK_SEEN | FLOW_OPENED_BY_SYN) == FLOW_OPENED_BY_SYN
+    {
+        client_ack(&p.key, backend);
+    }
+}
+
 /// An ICMP error quoting `quoted` (a packet the balancer sent client -> backend) is evidence
 /// against `backend` only when its outer source is the backend itself and it is a
 /// destination-unreachable that means nothing listens; anything else is counted and no event.

@@ -8,9 +8,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, Counter, FLOW_OPENED_BY_SYN, FlowValue, MAX_RING_SIZE,
-    MAX_SERVICES, NO_BACKEND, PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP,
-    ServiceInfo,
+    BACKEND_ALIVE, BackendInfo, Counter, FLOW_OPENED_BY_SYN, FORWARD_GUE, FORWARD_IPIP, FlowValue,
+    MAX_RING_SIZE, MAX_SERVICES, NO_BACKEND, PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS,
+    SERVICE_F_HASH_SRC_IP, ServiceInfo,
     edge::{DropReason, SERVICE_F_RATE_LIMIT},
     hash::{flow_hash, source_hash},
     ring_index,
@@ -30,6 +30,8 @@ pub struct Choice {
     pub backend: BackendInfo,
     /// True when this packet started (or re-started) the flow.
     pub new_flow: bool,
+    /// The flow's `FLOW_*` bits as `FLOWS` held them (0 for a new flow).
+    pub state: u32,
 }
 
 /// Why no backend was chosen.
@@ -72,6 +74,7 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
                     id: flow.backend,
                     backend,
                     new_flow: false,
+                    state: flow.state,
                 });
             }
             moved = true;
@@ -114,7 +117,8 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
     let backend = *BACKENDS
         .get(id)
         .ok_or(Miss::Drop(Counter::DropBadBackend))?;
-    if backend.family != key.family {
+    // Only a tunnel carries one family inside the other.
+    if backend.family != key.family && !tunnel(svc.forwarding) {
         return Err(Miss::Drop(Counter::DropBadBackend));
     }
     if moved {
@@ -141,5 +145,12 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         id,
         backend,
         new_flow: true,
+        state: 0,
     })
+}
+
+/// Whether a `forwarding` mode encapsulates.
+#[inline(always)]
+pub fn tunnel(forwarding: u32) -> bool {
+    forwarding == FORWARD_IPIP || forwarding == FORWARD_GUE
 }

@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Acl, Config, Refusal, Service},
+    config::{Acl, Config, Encap, Mode, Refusal, Service},
     plan::PlannedService,
 };
 
@@ -50,6 +50,19 @@ pub struct EdgePlan {
     /// `[dataplane] flood_threshold` as configured (per second; `settings` holds it per window).
     pub flood_threshold: u32,
     pub reverse: Vec<(ReverseKey, ReverseValue)>,
+    /// (backend id, its outer header) for each backend of a tunnel service.
+    pub tunnels: Vec<(u32, TunnelPlan)>,
+}
+
+/// A tunnel backend's outer header, before its source is resolved (`EdgeMaps::install`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelPlan {
+    pub backend: std::net::IpAddr,
+    /// The configured outer source for the backend's family, if any; otherwise the balancer's
+    /// source on the route to it.
+    pub source: Option<std::net::IpAddr>,
+    /// GUE's port (host order), or 0 for IPIP.
+    pub port: u16,
 }
 
 /// The flag bits edge protection sets in a kernel service's `SERVICES` entry.
@@ -118,7 +131,28 @@ pub fn plan(config: &Config, services: &[PlannedService]) -> EdgePlan {
                 });
             }
         }
-        // A backend's key is its service's, with the backend's address and port.
+        if let Mode::Tunnel(t) = &svc.mode {
+            for m in &planned.members {
+                let backend = m.address.ip();
+                edge.tunnels.push((
+                    m.id,
+                    TunnelPlan {
+                        backend,
+                        source: if backend.is_ipv4() {
+                            t.source_v4.map(std::net::IpAddr::V4)
+                        } else {
+                            t.source_v6.map(std::net::IpAddr::V6)
+                        },
+                        port: if t.encap == Encap::Gue { t.port } else { 0 },
+                    },
+                ));
+            }
+        }
+        // Only NAT translates replies. A backend's key is its service's, with the backend's
+        // address and port.
+        if svc.mode != Mode::Nat {
+            continue;
+        }
         for m in &planned.members {
             let (addr, family) = addr_words(m.address.ip());
             edge.reverse.push((

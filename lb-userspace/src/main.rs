@@ -60,6 +60,33 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to standard output.
     Man,
+    /// On a backend of a tunnel service: strip IPIP and GUE addressed to this host and deliver
+    /// the inner packets (to the VIPs, bound on a loopback or dummy address) to the local stack.
+    /// Stays attached, pinned, after the process exits; `--stop` removes it.
+    Decap {
+        /// The interface the tunnel traffic arrives on.
+        #[arg(long, short)]
+        interface: String,
+        /// A VIP this backend serves (repeat for several): inner packets to anything else are
+        /// dropped and counted.
+        #[arg(long = "vip", value_name = "IP")]
+        vips: Vec<std::net::IpAddr>,
+        /// An outer destination to strip (repeat); by default the interface's own addresses.
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<std::net::IpAddr>,
+        /// The GUE port the balancer sends to (its `[service.tunnel] port`); 0 strips IPIP only.
+        #[arg(long, default_value_t = lb_common::forwarding::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+        /// Attach in generic (skb) mode rather than trying the driver's first.
+        #[arg(long)]
+        generic: bool,
+        /// Where the link and maps are pinned, one directory per interface.
+        #[arg(long, default_value = understudy::decap::DEFAULT_PIN_ROOT)]
+        pin_root: PathBuf,
+        /// Remove the decapsulator from the interface instead.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Stop new flows to a backend; its established flows finish.
     Drain {
         service: String,
@@ -342,6 +369,34 @@ fn main() -> ExitCode {
             count,
             ..
         } => Some(watch_status(admin, *every, *count)),
+        Command::Decap {
+            interface,
+            pin_root,
+            stop: true,
+            ..
+        } => Some(understudy::decap::stop(interface, pin_root).map(|removed| {
+            if removed {
+                println!("decap removed from {interface}");
+            } else {
+                println!("decap was not attached to {interface}");
+            }
+        })),
+        Command::Decap {
+            interface,
+            vips,
+            addresses,
+            gue_port,
+            generic,
+            pin_root,
+            stop: false,
+        } => Some(understudy::decap::run(understudy::decap::DecapArgs {
+            interface: interface.clone(),
+            vips: vips.clone(),
+            addresses: addresses.clone(),
+            gue_port: *gue_port,
+            generic: *generic,
+            pin_root: pin_root.clone(),
+        })),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "understudy", &mut std::io::stdout());
@@ -436,6 +491,7 @@ fn main() -> ExitCode {
         | Command::Completions { .. }
         | Command::Man
         | Command::Explain { .. }
+        | Command::Decap { .. }
         | Command::Drain { .. }
         | Command::Enable { .. }
         | Command::Reload { .. }

@@ -5,12 +5,12 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, FORWARD_NAT, MAX_BACKENDS, PROTO_TCP, PROTO_UDP,
-    SERVICE_F_HASH_SRC_IP, ServiceKey, addr_words,
+    BACKEND_ALIVE, BackendInfo, FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP, FORWARD_NAT, MAX_BACKENDS,
+    PROTO_TCP, PROTO_UDP, SERVICE_F_HASH_SRC_IP, ServiceKey, addr_words,
 };
 
 use crate::{
-    config::{Check, Config, HashMode, MinHealthy, Mode, OnAllDown, Protocol, Service},
+    config::{Check, Config, Encap, HashMode, MinHealthy, Mode, OnAllDown, Protocol, Service},
     edge::{self, EdgePlan},
     fallback::{Member, Preferences, active_set, derive},
     maglev,
@@ -212,10 +212,10 @@ fn plan_service(config: &Config, id: u32, svc: &Service, backend_ids: Vec<u32>) 
         on_all_down: svc.on_all_down,
         initially_healthy: svc.health.check == Check::None || !svc.wait_for_first_check,
     };
-    if let Mode::Nat = svc.mode {
+    if svc.mode.kernel() {
         planned.serving = Serving::Kernel(KernelService {
             entry: EntrySettings {
-                forwarding: FORWARD_NAT,
+                forwarding: forwarding(&svc.mode),
                 flags: edge::service_flags(config, svc)
                     | match svc.hash {
                         HashMode::FiveTuple => 0,
@@ -227,6 +227,18 @@ fn plan_service(config: &Config, id: u32, svc: &Service, backend_ids: Vec<u32>) 
         });
     }
     planned
+}
+
+/// The kernel's `steer()` for a kernel-served mode.
+pub fn forwarding(mode: &Mode) -> u32 {
+    match mode {
+        Mode::Dsr => FORWARD_DSR,
+        Mode::Tunnel(t) => match t.encap {
+            Encap::Ipip => FORWARD_IPIP,
+            Encap::Gue => FORWARD_GUE,
+        },
+        Mode::Nat | Mode::Http(_) => FORWARD_NAT,
+    }
 }
 
 /// The service's members, each with the base entries it owns.

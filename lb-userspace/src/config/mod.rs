@@ -3,6 +3,7 @@
 
 mod edge;
 mod error;
+mod forwarding;
 mod health;
 mod http;
 mod model;
@@ -23,7 +24,7 @@ pub use edge::{Acl, DEFAULT_FLOOD_THRESHOLD, RateLimit, Refusal};
 pub use error::ConfigError;
 pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck};
 pub use http::{Certificate, CircuitPolicy, HttpService, RetryPolicy};
-pub use model::{HashMode, Mode, OnAllDown, Protocol, XdpMode};
+pub use model::{Encap, HashMode, Mode, OnAllDown, Protocol, Tunnel, XdpMode};
 
 use error::Locator;
 use raw::{RawBackend, RawConfig, RawMode, RawService};
@@ -493,7 +494,15 @@ fn validate_service(
     }
     let mut backends: Vec<Backend> = Vec::new();
     for (j, b) in svc.backends.iter().enumerate() {
-        backends.push(validate_backend(at, i, j, b.get_ref(), vip, &backends)?);
+        backends.push(validate_backend(
+            at,
+            i,
+            j,
+            b.get_ref(),
+            vip,
+            &backends,
+            svc.mode == RawMode::Tunnel,
+        )?);
     }
 
     let table_size = match &svc.table_size {
@@ -562,14 +571,15 @@ fn validate_service(
             let kernel_only = [
                 ("acl", svc.acl.as_ref().map(Spanned::span)),
                 ("rate_limit", svc.rate_limit.as_ref().map(Spanned::span)),
+                ("tunnel", svc.tunnel.as_ref().map(Spanned::span)),
             ];
             if let Some((section, span)) = kernel_only.iter().find(|(_, s)| s.is_some()) {
                 return Err(at.error(
                     span.clone(),
                     f(section),
                     format!(
-                        "[service.{section}] is enforced by the XDP program, which serves NAT \
-                         services only; an HTTP service's packets go to the proxy's sockets"
+                        "[service.{section}] is the XDP program's, which serves the nat, dsr and \
+                         tunnel modes; an HTTP service's packets go to the proxy's sockets"
                     ),
                     "remove the section, or serve the VIP with mode = \"nat\"",
                 ));
@@ -594,7 +604,7 @@ fn validate_service(
                 },
             )?))
         }
-        RawMode::Nat => {
+        RawMode::Nat | RawMode::Dsr | RawMode::Tunnel => {
             if let Some((section, span)) = http_sections.iter().find(|(_, s)| s.is_some()) {
                 return Err(at.error(
                     span.clone(),
@@ -603,29 +613,54 @@ fn validate_service(
                     "add mode = \"http\" to the service, or remove the section",
                 ));
             }
-            // A reply is matched to its VIP in REVERSE by (backend, port, protocol): two NAT
-            // services on one backend address could not tell their replies apart.
-            for (j, b) in backends.iter().enumerate() {
-                let shared = earlier.iter().find(|e| {
-                    e.mode == Mode::Nat
-                        && e.protocol == svc.protocol
-                        && e.backends.iter().any(|eb| eb.address == b.address)
-                });
-                if let Some(other) = shared {
-                    return Err(at.error(
-                        Some(svc.backends[j].get_ref().address.span()),
-                        format!("service[{i}].backend[{j}].address"),
-                        format!(
-                            "backend {} is already a backend of the NAT service \"{}\": the replies \
-                             of two NAT services on one backend address cannot be told apart",
-                            b.address, other.name
-                        ),
-                        "give the backend a second port for this service (it may listen on both), \
-                         or serve both VIPs from one service",
-                    ));
+            if let Some(t) = &svc.tunnel
+                && svc.mode != RawMode::Tunnel
+            {
+                return Err(at.error(
+                    Some(t.span()),
+                    f("tunnel"),
+                    format!("[service.tunnel] applies to mode = \"tunnel\", and this service's mode is {}", match svc.mode {
+                        RawMode::Dsr => "dsr",
+                        _ => "nat",
+                    }),
+                    "add mode = \"tunnel\" to the service, or remove the section",
+                ));
+            }
+            match svc.mode {
+                RawMode::Dsr => {
+                    forwarding::check_backends(at, i, &svc, &backends, vip, true)?;
+                    Mode::Dsr
+                }
+                RawMode::Tunnel => {
+                    forwarding::check_backends(at, i, &svc, &backends, vip, false)?;
+                    Mode::Tunnel(forwarding::tunnel(at, i, svc.tunnel.as_ref())?)
+                }
+                _ => {
+                    // A reply is matched to its VIP in REVERSE by (backend, port, protocol): two NAT
+                    // services on one backend address could not tell their replies apart.
+                    for (j, b) in backends.iter().enumerate() {
+                        let shared = earlier.iter().find(|e| {
+                            e.mode == Mode::Nat
+                                && e.protocol == svc.protocol
+                                && e.backends.iter().any(|eb| eb.address == b.address)
+                        });
+                        if let Some(other) = shared {
+                            return Err(at.error(
+                                Some(svc.backends[j].get_ref().address.span()),
+                                format!("service[{i}].backend[{j}].address"),
+                                format!(
+                                    "backend {} is already a backend of the NAT service \"{}\": the replies \
+                                     of two NAT services on one backend address cannot be told apart",
+                                    b.address, other.name
+                                ),
+                                "give the backend a second port for this service (it may listen on both), \
+                                 or serve both VIPs from one service",
+                            ));
+                        }
+                    }
+                    Mode::Nat
                 }
             }
-            Mode::Nat
         }
     };
     Ok(Service {
@@ -659,15 +694,17 @@ fn validate_backend(
     b: &RawBackend,
     vip: SocketAddr,
     earlier: &[Backend],
+    tunnel: bool,
 ) -> Result<Backend, ConfigError> {
     let f = |name: &str| format!("service[{i}].backend[{j}].{name}");
     let address = socket_addr(at, &b.address, f("address"), "\"10.0.11.2:8080\"")?;
-    if address.is_ipv4() != vip.is_ipv4() {
+    if address.is_ipv4() != vip.is_ipv4() && !tunnel {
         return Err(at.error(
             Some(b.address.span()),
             f("address"),
             format!("backend {address} and VIP {vip} are of different IP families"),
-            "NAT mode does not translate between IPv4 and IPv6: use a backend of the VIP's family",
+            "NAT and DSR do not translate between IPv4 and IPv6: use a backend of the VIP's family, \
+             or mode = \"tunnel\", which carries one inside the other",
         ));
     }
     if earlier.iter().any(|e| e.address == address) {

@@ -8,12 +8,19 @@ use serde::Deserialize;
 
 use super::HttpService;
 
-/// How a service is served: by the XDP program (NAT), or by the daemon's HTTP proxy.
+/// How a service is served: by the XDP program (NAT, DSR or a tunnel), or by the daemon's HTTP
+/// proxy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
     /// Destination NAT in XDP, with the replies translated back to the VIP. Backends must route
     /// their replies through the balancer.
     Nat,
+    /// L2 direct server return: only the destination MAC changes. Backends are on-link, hold the
+    /// VIP on a loopback or dummy address, and answer clients directly.
+    Dsr,
+    /// The packet, untouched, inside an outer header to the backend, which decapsulates it
+    /// (`understudy decap`) and answers clients directly.
+    Tunnel(Tunnel),
     /// The daemon terminates HTTP (and TLS) on the VIP and proxies each request, with retries
     /// over the fallback order and circuit breaking.
     Http(Box<HttpService>),
@@ -24,8 +31,47 @@ impl Mode {
     pub fn http(&self) -> Option<&HttpService> {
         match self {
             Mode::Http(h) => Some(h),
-            Mode::Nat => None,
+            Mode::Nat | Mode::Dsr | Mode::Tunnel(_) => None,
         }
+    }
+
+    /// Whether the XDP program serves the VIP (every mode but HTTP).
+    pub fn kernel(&self) -> bool {
+        !matches!(self, Mode::Http(_))
+    }
+}
+
+/// A tunnel service's encapsulation (`[service.tunnel]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub encap: Encap,
+    /// GUE's destination port on the backends.
+    pub port: u16,
+    /// The outer source toward IPv4 backends; by default the balancer's own address toward
+    /// each (the kernel's choice of source for the route to it).
+    pub source_v4: Option<std::net::Ipv4Addr>,
+    /// The same toward IPv6 backends.
+    pub source_v6: Option<std::net::Ipv6Addr>,
+}
+
+/// `encap`: how a tunnel wraps the packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encap {
+    /// IPIP / IP6IP6 / 6in4 / 4in6: an outer IP header only (20 or 40 bytes).
+    #[default]
+    Ipip,
+    /// GUE variant 1: outer IP and UDP (28 or 48 bytes), the UDP source port from the flow
+    /// hash.
+    Gue,
+}
+
+impl fmt::Display for Encap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encap::Ipip => "ipip",
+            Encap::Gue => "gue",
+        })
     }
 }
 
@@ -33,6 +79,8 @@ impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Tunnel(_) => "tunnel",
             Mode::Http(_) => "http",
         })
     }

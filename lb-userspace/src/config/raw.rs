@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::{
     edge::{RawAcl, RawRateLimit},
-    model::{HashMode, OnAllDown, Protocol, XdpMode},
+    model::{Encap, HashMode, OnAllDown, Protocol, XdpMode},
 };
 
 #[derive(Debug, Deserialize)]
@@ -65,7 +65,9 @@ pub struct RawService {
     pub upstream_tls: Option<Spanned<RawUpstreamTls>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub circuit: Option<Spanned<RawCircuit>>,
-    /// Kernel-served (`nat`) services only.
+    /// `mode = "tunnel"` only.
+    pub tunnel: Option<Spanned<RawTunnel>>,
+    /// Kernel-served (`nat`, `dsr`, `tunnel`) services only.
     pub acl: Option<Spanned<RawAcl>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default, rename = "backend")]
@@ -144,9 +146,23 @@ pub enum RawMode {
     /// must route their replies through the balancer.
     #[default]
     Nat,
+    /// L2 direct server return: the destination MAC alone changes.
+    Dsr,
+    /// IPIP or GUE encapsulation to the backend (`[service.tunnel]`).
+    Tunnel,
     /// The daemon terminates HTTP (and TLS) on the VIP and proxies each request, with retries
     /// over the fallback order and circuit breaking.
     Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTunnel {
+    #[serde(default)]
+    pub encap: Encap,
+    pub port: Option<Spanned<u16>>,
+    pub source_v4: Option<Spanned<String>>,
+    pub source_v6: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

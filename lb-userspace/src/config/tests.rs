@@ -754,3 +754,4 @@ fn max_flows_has_a_default_and_a_range() {
 }
 
 mod edge;
+mod forwarding;

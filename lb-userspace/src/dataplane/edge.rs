@@ -14,13 +14,15 @@ use lb_common::{
         AclV4, AclV6, BACKEND_PORT_WORDS, DropReason, Flood, RateLimit, ReverseKey, ReverseValue,
         ServiceDrops, Settings,
     },
+    forwarding::Tunnel,
     map_names::{
         ACL_V4, ACL_V6, BACKEND_PORTS, FLOOD, RATE_LIMITS, REVERSE, SERVICE_DROPS, SETTINGS,
+        TUNNELS,
     },
 };
 
 use super::maps::DataplaneError;
-use crate::edge::{AclEntry, EdgePlan};
+use crate::edge::{AclEntry, EdgePlan, TunnelPlan};
 
 /// Typed handles on edge protection's maps, with what this process wrote into them.
 pub struct EdgeMaps {
@@ -32,6 +34,7 @@ pub struct EdgeMaps {
     drops: PerCpuArray<MapData, ServiceDrops>,
     reverse: HashMap<MapData, ReverseKey, ReverseValue>,
     ports: Array<MapData, u64>,
+    tunnels: Array<MapData, Tunnel>,
     /// What `BACKEND_PORTS` holds.
     ports_installed: Vec<u64>,
     acl_installed: HashSet<AclEntry>,
@@ -71,6 +74,7 @@ impl EdgeMaps {
             drops: typed(ebpf, SERVICE_DROPS)?,
             reverse: typed(ebpf, REVERSE)?,
             ports: typed(ebpf, BACKEND_PORTS)?,
+            tunnels: typed(ebpf, TUNNELS)?,
             ports_installed: vec![0; BACKEND_PORT_WORDS as usize],
             acl_installed: HashSet::new(),
             limited: HashSet::new(),
@@ -138,7 +142,16 @@ impl EdgeMaps {
                 self.reverse_installed.insert(*key, *value);
             }
         }
+        for (id, t) in &plan.tunnels {
+            let entry = tunnel_entry(t);
+            self.tunnels.set(*id, entry, 0).map_err(map_err(TUNNELS))?;
+        }
         self.write_ports()
+    }
+
+    /// Backend `id`'s `TUNNELS` entry.
+    pub fn tunnel(&self, id: u32) -> Result<Tunnel, DataplaneError> {
+        self.tunnels.get(&id, 0).map_err(map_err(TUNNELS))
     }
 
     /// Sets `BACKEND_PORTS` to the ports of every `REVERSE` entry, writing the words that change.
@@ -272,4 +285,39 @@ impl EdgeMaps {
             })
             .collect())
     }
+}
+
+/// The `TUNNELS` entry of one backend: its outer source is the configured one, or the source the
+/// kernel picks for the route to the backend. A backend with no route gets an empty entry, whose
+/// packets are dropped and counted (`drop_no_tunnel`), and a warning now.
+fn tunnel_entry(t: &TunnelPlan) -> Tunnel {
+    let source = t.source.map(Ok).unwrap_or_else(|| route_source(t.backend));
+    match source {
+        Ok(src) => {
+            let (src, family) = lb_common::addr_words(src);
+            Tunnel {
+                src,
+                port: t.port.to_be(),
+                family,
+                _pad: 0,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(backend = %t.backend, error = %e, "no route to the tunnel backend, so no outer source: its packets are dropped (drop_no_tunnel) until the next reload");
+            Tunnel::default()
+        }
+    }
+}
+
+/// The source address the kernel would use toward `ip`: a UDP socket's connect picks it from
+/// the routing table without sending anything.
+pub fn route_source(ip: std::net::IpAddr) -> std::io::Result<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if ip.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(any)?;
+    socket.connect((ip, 9))?;
+    Ok(socket.local_addr()?.ip())
 }

@@ -109,7 +109,7 @@ fn lists_on_an_http_service_are_refused() {
         &with("mode = \"http\"\nacl = { deny = [\"192.0.2.0/24\"] }"),
         8,
         "service[0].acl",
-        "enforced by the XDP program",
+        "is the XDP program's",
         "mode = \"nat\"",
     );
 }

@@ -1,0 +1,56 @@
+//! `forwarding = FORWARD_DSR`: L2 direct server return, as IPVS's "direct routing". The packet
+//! keeps its addresses and ports; only the Ethernet destination becomes the backend's MAC (from
+//! the cached next hop), and the backend, which holds the VIP on a loopback or dummy address,
+//! answers the client directly. The TTL is decremented, as by any hop that forwards.
+//!
+//! The backend must be on-link: a next hop through a gateway would send the frame to a router
+//! that routes the VIP straight back, so it is dropped and counted (`drop_dsr_not_on_link`), and
+//! the daemon refuses such a config. Nothing else can go to the stack either: the packet is still
+//! addressed to the VIP, which the stack would deliver here or route back. So a neighbour not yet
+//! resolved is a drop too (the client retransmits; the daemon's checks to the backend's own
+//! address keep its neighbour entry resolved).
+
+use aya_ebpf::{bindings::xdp_action::XDP_DROP, programs::XdpContext};
+use lb_common::{Counter, FlowKey, ServiceInfo};
+
+use crate::{
+    forward::{NoHop, ip_len, next_hop, pass, send},
+    maps::count,
+    parse::Parsed,
+    passive::client_packet,
+    select::Choice,
+};
+
+#[inline(always)]
+pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -> u32 {
+    client_packet(
+        p,
+        choice.new_flow,
+        choice.state,
+        choice.id,
+        svc.syn_timeout_ms,
+    );
+    if p.vlan {
+        return pass(Counter::PassVlan);
+    }
+    let Some(len) = ip_len(ctx, p) else {
+        return pass(Counter::PassTruncated);
+    };
+    // The FIB is asked about the backend's own address: the route and neighbour toward it.
+    let toward = FlowKey {
+        dst: choice.backend.addr,
+        ..p.key
+    };
+    match next_hop(ctx, &toward, choice.id, len, true) {
+        Ok(hop) => send(ctx, p, hop.ifindex, hop.dmac, hop.smac),
+        Err(NoHop::Stack(_)) => drop(Counter::DropDsrNoHop),
+        Err(NoHop::TooBig(_)) => drop(Counter::DropTooBig),
+        Err(NoHop::NotOnLink) => drop(Counter::DropDsrNotOnLink),
+    }
+}
+
+#[inline(always)]
+fn drop(reason: Counter) -> u32 {
+    count(reason);
+    XDP_DROP
+}

@@ -164,6 +164,88 @@ impl Topology {
         path
     }
 
+    /// Makes the backends answer clients directly, as DSR and tunnel backends do: each backend
+    /// holds both VIPs on its loopback (with `arp_ignore`/`arp_announce` so it never answers
+    /// ARP for them), and gets a second link `ret0` straight to the client (client side
+    /// `retI`, 10.0.2I.0/24 and fd00:2I::/64) that its routes to the client prefix use. Reverse
+    /// path filtering is off on both ends, since each sees the other's packets arrive on a link
+    /// other than its route back. The balancer never sees a reply, which its interface counters
+    /// show ([`Topology::lb_rx_packets`]).
+    pub fn add_return_paths(&self) {
+        for ns in std::iter::once(&self.client).chain(&self.backends) {
+            for key in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
+            }
+        }
+        for (idx, be) in self.backends.iter().enumerate() {
+            let i = idx + 1;
+            let dev = format!("ret{i}");
+            self.client.veth_to(&dev, be, "ret0");
+            let (c4, b4) = (format!("10.0.{}.1", 20 + i), format!("10.0.{}.2", 20 + i));
+            let (c6, b6) = (
+                format!("fd00:{:x}::1", 0x20 + i),
+                format!("fd00:{:x}::2", 0x20 + i),
+            );
+            self.client
+                .ip(&["addr", "add", &format!("{c4}/24"), "dev", &dev]);
+            self.client.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{c6}/64"),
+                "dev",
+                &dev,
+                "nodad",
+            ]);
+            self.client.ip(&["link", "set", &dev, "up"]);
+            self.client
+                .sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), "0");
+            host_link(&self.client, &dev);
+            be.ip(&["addr", "add", &format!("{b4}/24"), "dev", "ret0"]);
+            be.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{b6}/64"),
+                "dev",
+                "ret0",
+                "nodad",
+            ]);
+            be.ip(&["link", "set", "ret0", "up"]);
+            host_link(be, "ret0");
+            be.ip(&["route", "add", "10.0.1.0/24", "via", &c4, "dev", "ret0"]);
+            be.ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd00:1::/64",
+                "via",
+                &c6,
+                "dev",
+                "ret0",
+            ]);
+            be.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
+            be.ip(&["-6", "addr", "add", &format!("{VIP_V6}/128"), "dev", "lo"]);
+            be.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+            be.sysctl("net.ipv4.conf.all.arp_announce", "2");
+            for dev in ["eth0", "ret0"] {
+                be.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), "0");
+            }
+        }
+    }
+
+    /// Packets the balancer has received on its link to backend `i` (1-based).
+    pub fn lb_rx_packets(&self, i: usize) -> u64 {
+        self.lb
+            .exec(&[
+                "cat",
+                &format!("/sys/class/net/lb-be{i}/statistics/rx_packets"),
+            ])
+            .trim()
+            .parse()
+            .expect("rx_packets")
+    }
+
     pub fn vip(&self, v6: bool) -> IpAddr {
         if v6 { VIP_V6.into() } else { VIP_V4.into() }
     }

@@ -1,0 +1,342 @@
+//! End to end, the modes whose replies bypass the balancer: DSR, IPIP and GUE over IPv4 and
+//! IPv6. The real `understudy` binary balances in its namespace; three TCP echo backends hold
+//! the VIP on their loopback and answer the client over a link of their own (so the balancer's
+//! counters show it never sees a reply); in the tunnel modes each backend runs the real
+//! `understudy decap`, stopped before the traffic starts, so its pinned program does the work
+//! alone. Each case makes 1000 connections echoing a payload, checks the spread and that the
+//! backends saw the client's own address, then kills a backend and checks that no new
+//! connection fails once the health check has noticed.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use understudy_testbed::{
+    CLIENT_V4, CLIENT_V6, Daemon, EchoServer, Netns, Topology, echo_roundtrip, require_root,
+};
+
+const CONNECTIONS: usize = 1000;
+const AFTER_FAILOVER: usize = 200;
+const CLIENT_THREADS: usize = 4;
+const BINARY: &str = env!("CARGO_BIN_EXE_understudy");
+
+/// `understudy decap` on one backend's `eth0`; removed (`--stop`) when dropped.
+struct Decap {
+    ns: String,
+    pin_root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Decap {
+    fn start(be: &Netns) -> Decap {
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/understudy-decap-{}", be.name()));
+        let child = be
+            .command_net_only(BINARY)
+            .args([
+                "decap",
+                "--interface",
+                "eth0",
+                "--vip",
+                "10.0.0.10",
+                "--vip",
+                "fd00::10",
+            ])
+            .arg("--pin-root")
+            .arg(&pin_root)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start understudy decap");
+        let link = pin_root.join("eth0").join("link");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !link.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "understudy decap did not pin {}",
+                link.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Decap {
+            ns: be.name().to_string(),
+            pin_root,
+            child: Some(child),
+        }
+    }
+
+    /// Stops the process with SIGTERM: the pinned program keeps decapsulating.
+    fn stop_process(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait for understudy decap");
+            assert!(status.success(), "understudy decap exited with {status}");
+        }
+    }
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .args([
+                BINARY,
+                "decap",
+                "--interface",
+                "eth0",
+                "--stop",
+                "--pin-root",
+            ])
+            .arg(&self.pin_root)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+fn config(topo: &Topology, v6: bool, mode: &str, encap: Option<&str>) -> PathBuf {
+    let mut text = format!(
+        "{}\n[[service]]\nname = \"echo\"\nvip = \"{}\"\nmode = \"{mode}\"\n",
+        topo.dataplane_toml(),
+        SocketAddr::new(topo.vip(v6), 80)
+    );
+    if let Some(encap) = encap {
+        text.push_str(&format!("tunnel = {{ encap = \"{encap}\" }}\n"));
+    }
+    text.push_str(
+        "health = { kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }\n",
+    );
+    for i in 1..=topo.backends.len() {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{}\"\n",
+            SocketAddr::new(topo.backend_addr(i, v6), 80)
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A payload unique to connection `i`, three segments long.
+fn payload(i: usize) -> Vec<u8> {
+    (0..3000).map(|j| ((i * 31 + j * 7) % 251) as u8).collect()
+}
+
+/// `n` echo connections from the client, on a few threads; the failures, described.
+fn connections(client: &Netns, vip: SocketAddr, n: usize) -> Vec<String> {
+    client.enter(|| {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..CLIENT_THREADS)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut failures = Vec::new();
+                        for i in (t..n).step_by(CLIENT_THREADS) {
+                            let sent = payload(i);
+                            match echo_roundtrip(vip, &sent) {
+                                Ok((back, peer)) if back == sent && peer == vip => {}
+                                Ok((back, peer)) => failures.push(format!(
+                                    "connection {i}: {} of {} bytes back, peer {peer}",
+                                    back.len(),
+                                    sent.len()
+                                )),
+                                Err(e) => failures.push(format!("connection {i}: {e}")),
+                            }
+                        }
+                        failures
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        })
+    })
+}
+
+/// Connections each server accepted from the client itself (the health checks come from the
+/// balancer's addresses).
+fn from_client(servers: &[EchoServer], client: IpAddr) -> Vec<usize> {
+    servers
+        .iter()
+        .map(|s| {
+            s.peers
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.to_canonical() == client)
+                .count()
+        })
+        .collect()
+}
+
+/// Any XDP program on the client's `eth0`, kept attached while the value lives.
+fn client_xdp(client: &Netns) -> understudy::decap::Decap {
+    client.enter(|| {
+        let mut d = understudy::decap::Decap::load(None).expect("load an XDP program");
+        let index = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        d.attach("eth0", index, false)
+            .expect("attach it to the client's eth0");
+        d
+    })
+}
+
+fn case(mode: &str, encap: Option<&str>, v6: bool) {
+    require_root("the forwarding-mode end-to-end tests");
+    let what = format!(
+        "{mode}{} over IPv{}",
+        encap.map(|e| format!("/{e}")).unwrap_or_default(),
+        if v6 { 6 } else { 4 }
+    );
+    let topo = Topology::build(3);
+    topo.add_return_paths();
+    let mut servers: Vec<EchoServer> = topo
+        .backends
+        .iter()
+        .map(|be| EchoServer::start(be, "[::]:80".parse().unwrap()))
+        .collect();
+    let mut decaps: Vec<Decap> = if mode == "tunnel" {
+        topo.backends.iter().map(Decap::start).collect()
+    } else {
+        Vec::new()
+    };
+    // The program stays attached, pinned, without its process.
+    for d in &mut decaps {
+        d.stop_process();
+    }
+    // A veth sends the frames XDP_TX queues (here the too-big answers, the only packets the
+    // balancer sends the client in these modes) only when its peer runs an XDP program or
+    // something else wakes it; a real NIC sends them at once. The decapsulator, with nothing to
+    // strip, is such a program on the client's end.
+    let _flush = client_xdp(&topo.client);
+    let config = config(&topo, v6, mode, encap);
+    let daemon = Daemon::start(&topo.lb, BINARY.as_ref(), &config);
+    let vip = SocketAddr::new(topo.vip(v6), 80);
+    let client: IpAddr = if v6 {
+        CLIENT_V6.into()
+    } else {
+        CLIENT_V4.into()
+    };
+
+    // Until every backend's first check has passed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let warm = connections(&topo.client, vip, 30);
+        let spread = from_client(&servers, client);
+        if warm.is_empty() && spread.iter().all(|&n| n > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the VIP did not serve all three backends within 15 s: {warm:?} {spread:?}\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = from_client(&servers, client);
+    let rx_before: Vec<u64> = (1..=3).map(|i| topo.lb_rx_packets(i)).collect();
+
+    let failures = connections(&topo.client, vip, CONNECTIONS);
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {CONNECTIONS} connections failed, first: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        daemon.output()
+    );
+    let counts: Vec<usize> = from_client(&servers, client)
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    // Every connection reached a backend from the client's own address.
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        CONNECTIONS,
+        "{what}: {counts:?}"
+    );
+    for (i, &c) in counts.iter().enumerate() {
+        let share = c as f64 / CONNECTIONS as f64;
+        assert!(
+            (0.20..=0.45).contains(&share),
+            "{what}: backend {} got {:.1}%: {counts:?}",
+            i + 1,
+            share * 100.0
+        );
+    }
+    // The replies went round the balancer: only health checks came back through it, a few
+    // packets each, where 1000 echoed connections would be thousands.
+    let rx: u64 = (1..=3)
+        .map(|i| topo.lb_rx_packets(i) - rx_before[i - 1])
+        .sum();
+    assert!(
+        rx < CONNECTIONS as u64 / 2,
+        "{what}: the balancer received {rx} packets from the backends during {CONNECTIONS} connections"
+    );
+
+    // The 3000-byte payloads do not fit a 1500-byte link once wrapped: the balancer answered
+    // with frag-needed / Packet Too Big, and the client's path-MTU discovery took it.
+    if mode == "tunnel" {
+        let (_, metrics) = understudy_testbed::admin(&topo.lb, None, "GET", "/metrics");
+        let answered = metrics
+            .lines()
+            .find(|l| l.contains("reason=\"too_big_answered\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(answered > 0, "{what}: no too-big answer counted");
+    }
+
+    // Failover: backend 1 dies; once the check notices, no new connection fails.
+    servers.remove(0).kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let failures = connections(&topo.client, vip, AFTER_FAILOVER);
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {AFTER_FAILOVER} connections failed after the failover, first: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        daemon.output()
+    );
+    let survivors: usize = servers
+        .iter()
+        .map(|s| s.connections.load(Ordering::Relaxed))
+        .sum();
+    assert!(survivors > 0);
+    assert!(daemon.stop(), "{what}: the daemon did not stop cleanly");
+    drop(decaps);
+}
+
+#[test]
+fn dsr_ipv4() {
+    case("dsr", None, false);
+}
+
+#[test]
+fn dsr_ipv6() {
+    case("dsr", None, true);
+}
+
+#[test]
+fn ipip_ipv4() {
+    case("tunnel", Some("ipip"), false);
+}
+
+#[test]
+fn ipip_ipv6() {
+    case("tunnel", Some("ipip"), true);
+}
+
+#[test]
+fn gue_ipv4() {
+    case("tunnel", Some("gue"), false);
+}
+
+#[test]
+fn gue_ipv6() {
+    case("tunnel", Some("gue"), true);
+}

@@ -58,8 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok((soft, hard)) => info!(soft, hard, "open-file limit"),
         Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
     }
-    // Interfaces first: a bad one is reported before anything is loaded or pinned.
+    // Interfaces first, and what the host's routes must give DSR: a bad one is reported before
+    // anything is loaded or pinned.
     resolve(&config)?;
+    crate::dataplane::routes::check_on_link(&config)?;
     let mut plan = plan(&config);
     let pin_dir = config.pin_dir();
     let (mut dp, adopted) =
@@ -303,6 +305,8 @@ async fn reload(
     let result = async {
         let config =
             Config::load(&current.file).map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        crate::dataplane::routes::check_on_link(&config)
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let names = |c: &Config| {
             c.interfaces
                 .iter()

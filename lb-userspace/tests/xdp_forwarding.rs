@@ -12,7 +12,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header};
 use lb_common::{Counter, forwarding::DecapCounter, hash::flow_hash};
 use support::*;
-use understudy::decap::Decap;
+use understudy::{config::Config, decap::Decap};
 use understudy_testbed::FibNamespace;
 
 const BACKEND4: &str = "10.0.11.2";
@@ -119,6 +119,42 @@ fn dsr_to_a_backend_behind_a_gateway_is_dropped_and_counted() {
     let (action, _) = bed.run(&pkt.bytes(), bed.xc);
     assert_eq!(action, XDP_DROP);
     assert_eq!(bed.counter(Counter::DropDsrNotOnLink), 1);
+}
+
+#[test]
+fn a_dsr_backend_behind_a_gateway_is_refused_where_it_is_written() {
+    let bed = bed(&service("dsr", "10.0.0.10:80", "10.0.11.2:80", ""));
+    bed.ns
+        .ip(&["route", "add", "10.0.12.0/24", "via", BACKEND4, "dev", "xb"]);
+    let text = service("dsr", "10.0.0.10:80", "10.0.12.2:80", "");
+    let config = Config::parse("dsr.toml".as_ref(), &text).unwrap();
+    let e = bed
+        .ns
+        .enter(|| understudy::dataplane::routes::check_on_link(&config))
+        .expect_err("a backend behind a gateway");
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (9, "service[0].backend[0].address")
+    );
+    assert!(e.problem.contains("through the gateway 10.0.11.2"), "{e}");
+    assert!(e.to_string().starts_with("dsr.toml:9:"), "{e}");
+    // On-link backends, and the service's own config, pass.
+    let good = Config::parse(
+        "dsr.toml".as_ref(),
+        &service("dsr", "10.0.0.10:80", "10.0.11.2:80", ""),
+    )
+    .unwrap();
+    bed.ns
+        .enter(|| understudy::dataplane::routes::check_on_link(&good))
+        .unwrap();
+    let v6 = Config::parse(
+        "dsr.toml".as_ref(),
+        &service("dsr", "[fd00::10]:80", "[fd00:11::2]:80", ""),
+    )
+    .unwrap();
+    bed.ns
+        .enter(|| understudy::dataplane::routes::check_on_link(&v6))
+        .unwrap();
 }
 
 /// The frame the program should send for `pkt` wrapped toward `backend`: Ethernet to the

@@ -120,6 +120,9 @@ pub struct Service {
     /// New connections per source (kernel-served services).
     pub rate_limit: Option<RateLimit>,
     pub backends: Vec<Backend>,
+    /// Where each backend's `address` is written (line, column), for errors found later, such
+    /// as a DSR backend the host does not reach on-link.
+    pub backend_at: Vec<(usize, usize)>,
 }
 
 /// The healthy share a tier must keep to carry the service without the next tier.
@@ -172,6 +175,19 @@ impl Config {
         let at = Locator { file, source };
         let raw = deserialize(&at)?;
         validate(&at, raw)
+    }
+
+    /// The error for backend `j` of service `i`, found after validation (from the host).
+    pub fn backend_error(&self, i: usize, j: usize, problem: &str, fix: &str) -> ConfigError {
+        let (line, column) = self.services[i].backend_at[j];
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            field: format!("service[{i}].backend[{j}].address"),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 
     /// The error for an interface this host does not have.
@@ -683,6 +699,11 @@ fn validate_service(
             Some(r) => Some(edge::rate_limit(at, r.get_ref(), &f("rate_limit"))?),
             None => None,
         },
+        backend_at: svc
+            .backends
+            .iter()
+            .map(|b| at.position(b.get_ref().address.span().start))
+            .collect(),
         backends,
     })
 }

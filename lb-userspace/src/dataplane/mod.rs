@@ -7,6 +7,7 @@ pub mod edge;
 mod maps;
 pub mod next_hops;
 pub mod redirect_drops;
+pub mod routes;
 mod stats;
 
 pub use attach::{Attachment, attach, resolve};

@@ -1,0 +1,106 @@
+//! Asking the kernel how it reaches an address, as `ip route get` does (one `RTM_GETROUTE`
+//! request over rtnetlink, built and parsed by `netlink-packet-route`). DSR needs its backends
+//! on-link: a route through a gateway would hand the frame to a router that routes the VIP
+//! straight back, so such a config is refused where the backend is written.
+
+use std::{io, net::IpAddr};
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::config::{Config, ConfigError, Mode};
+
+/// What the kernel's routing answered for one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub gateway: Option<IpAddr>,
+    pub kind: RouteType,
+}
+
+/// The route the calling thread's network namespace would use toward `ip`.
+pub fn route_to(ip: IpAddr) -> io::Result<Route> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    msg.header.destination_prefix_length = if ip.is_ipv4() { 32 } else { 128 };
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(ip)));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(msg));
+    request.header.flags = NLM_F_REQUEST;
+    request.finalize();
+    let mut buf = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buf);
+
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&buf, 0)?;
+    let mut reply = vec![0u8; 16 * 1024];
+    let n = socket.recv(&mut &mut reply[..], 0)?;
+    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+            let gateway = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                _ => None,
+            });
+            Ok(Route {
+                gateway,
+                kind: route.header.kind,
+            })
+        }
+        NetlinkPayload::Error(e) => Err(e.code.map_or_else(
+            || io::Error::other("netlink error"),
+            |c| io::Error::from_raw_os_error(-c.get()),
+        )),
+        other => Err(io::Error::other(format!(
+            "unexpected netlink answer: {other:?}"
+        ))),
+    }
+}
+
+/// Refuses a DSR service whose backend this host does not reach on-link, naming the backend's
+/// line in the config.
+pub fn check_on_link(config: &Config) -> Result<(), ConfigError> {
+    for (i, svc) in config.services.iter().enumerate() {
+        if svc.mode != Mode::Dsr {
+            continue;
+        }
+        for (j, b) in svc.backends.iter().enumerate() {
+            let ip = b.address.ip();
+            let problem = match route_to(ip) {
+                Ok(Route {
+                    gateway: Some(gw), ..
+                }) => format!(
+                    "DSR backend {ip} is reached through the gateway {gw}, not on-link: DSR \
+                     rewrites only the MAC, so the frame would go to the router"
+                ),
+                Ok(Route {
+                    kind: RouteType::Unicast,
+                    ..
+                }) => continue,
+                Ok(Route { kind, .. }) => {
+                    format!("DSR backend {ip} has a route of type {kind:?}, not an on-link one")
+                }
+                Err(e) => format!("DSR backend {ip} has no route on this host ({e})"),
+            };
+            return Err(config.backend_error(
+                i,
+                j,
+                &problem,
+                "put the backend on a subnet of one of the balancer's interfaces (same L2 \
+                 segment), or use mode = \"tunnel\", which crosses routers",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -34,6 +34,11 @@ fn check_accepts_the_reference_configs() {
         ("failover.toml", "valid ("),
         ("http.toml", "valid (2 services, 5 backends, 1 interfaces)"),
         ("edge.toml", "valid (1 services, 2 backends, 2 interfaces)"),
+        ("dsr.toml", "valid (2 services, 4 backends, 2 interfaces)"),
+        (
+            "tunnel.toml",
+            "valid (2 services, 5 backends, 1 interfaces)",
+        ),
     ] {
         let (code, stdout, stderr) = output(Command::new(BIN).arg("check").arg(dir.join(file)));
         assert_eq!(code, 0, "{file}: {stderr}");
@@ -46,7 +51,7 @@ fn check_accepts_the_demo_config() {
     let (code, stdout, _) = output(Command::new(BIN).arg("check").arg(demo_config()));
     assert_eq!(code, 0);
     assert!(
-        stdout.contains("valid (3 services, 9 backends, 4 interfaces)"),
+        stdout.contains("valid (5 services, 15 backends, 4 interfaces)"),
         "{stdout}"
     );
 }

@@ -194,7 +194,7 @@ fn case(mode: &str, encap: Option<&str>, v6: bool) {
         if v6 { 6 } else { 4 }
     );
     let topo = Topology::build(3);
-    topo.add_return_paths();
+    topo.add_return_paths(&[topo.vip(false), topo.vip(true)]);
     let mut servers: Vec<EchoServer> = topo
         .backends
         .iter()

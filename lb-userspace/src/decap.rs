@@ -316,5 +316,7 @@ pub fn stop(interface: &str, pin_root: &Path) -> anyhow::Result<bool> {
         return Ok(false);
     }
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    // The root too, once no interface is left under it (it may be shared: not an error).
+    let _ = std::fs::remove_dir(pin_root);
     Ok(true)
 }

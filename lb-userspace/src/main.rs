@@ -274,7 +274,13 @@ fn print_status(s: &Snapshot) {
                     String::new()
                 },
                 if first {
-                    format!("{}/{}", svc.vip, svc.protocol)
+                    // NAT is the default and goes unsaid; the other modes are named.
+                    match svc.forwarding.as_deref() {
+                        Some(mode) if mode != "nat" => {
+                            format!("{}/{} {mode}", svc.vip, svc.protocol)
+                        }
+                        _ => format!("{}/{}", svc.vip, svc.protocol),
+                    }
                 } else {
                     String::new()
                 },

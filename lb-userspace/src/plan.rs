@@ -241,6 +241,16 @@ pub fn forwarding(mode: &Mode) -> u32 {
     }
 }
 
+/// The config's word for a `FORWARD_*` value, as `/status` shows it.
+pub fn forwarding_name(forwarding: u32) -> &'static str {
+    match forwarding {
+        FORWARD_DSR => "dsr",
+        FORWARD_IPIP => "ipip",
+        FORWARD_GUE => "gue",
+        _ => "nat",
+    }
+}
+
 /// The service's members, each with the base entries it owns.
 fn members(svc: &Service, ids: Vec<u32>, ranks: Vec<Member>, base: &[u32]) -> Vec<PlannedMember> {
     let mut members: Vec<PlannedMember> = svc

@@ -48,6 +48,10 @@ pub struct ServiceStatus {
     pub name: String,
     pub vip: String,
     pub protocol: ServedProtocol,
+    /// How the kernel forwards a kernel service's packets: "nat", "dsr", "ipip" or "gue"
+    /// (absent for HTTP services).
+    #[serde(default)]
+    pub forwarding: Option<String>,
     pub state: ServiceState,
     /// The highest tier taking new flows.
     pub tier_in_use: Option<u32>,

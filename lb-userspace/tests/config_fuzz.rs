@@ -19,11 +19,13 @@ use understudy::{
     plan::{plan, plan_update},
 };
 
-const SEEDS: [(&str, &str); 4] = [
+const SEEDS: [(&str, &str); 6] = [
     ("demo.toml", include_str!("../../config/demo.toml")),
     ("failover.toml", include_str!("../../config/failover.toml")),
     ("http.toml", include_str!("../../config/http.toml")),
     ("edge.toml", include_str!("../../config/edge.toml")),
+    ("dsr.toml", include_str!("../../config/dsr.toml")),
+    ("tunnel.toml", include_str!("../../config/tunnel.toml")),
 ];
 
 /// Values that have broken parsers and validators before: bounds, zero, overflow, odd types.

@@ -1,7 +1,8 @@
 //! `cargo xtask run`: the demo. It builds a client, the balancer and three backends in network
 //! namespaces, serves a page naming each backend (Python's http.server), starts `understudy` in
 //! the balancer namespace with `config/demo.toml`, and shows the client's requests to the VIP
-//! answered by different backends, then one backend dying and coming back. It runs until Ctrl-C
+//! answered by different backends, in NAT, in DSR and through GUE tunnels (each backend running
+//! `understudy decap`), then one backend dying and coming back. It runs until Ctrl-C
 //! (or once, with `--once`), and removes everything it made on every exit path: the daemon is the
 //! test harness's `Daemon` (ready on its sd_notify, stopped with SIGTERM on drop), guards kill the
 //! web servers, and the namespaces delete themselves.
@@ -72,6 +73,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         )?;
         web_servers.push(Some(web_server(be, &dir)?));
     }
+    // The DSR and tunnel services' backends hold their VIPs and answer the client directly.
+    topo.add_return_paths(&[DSR_VIP.into(), TUNNEL_VIP.into()]);
+    let decaps: Vec<Decap> = topo
+        .backends
+        .iter()
+        .map(|be| Decap::start(be, &binary))
+        .collect::<anyhow::Result<_>>()?;
     // The HTTP service listens on the VIP itself: make it an address of the balancer.
     topo.lb
         .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
@@ -102,6 +110,24 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         ("IPv6", format!("http://[{VIP_V6}]/")),
     ] {
         println!("\ndemo: 6 requests from the client to {url} ({label}):");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let answer = curl(&topo.client, &url)?;
+            println!("  {}", answer.trim());
+            seen.insert(answer);
+        }
+        if seen.len() < 2 {
+            bail!("every {label} request reached the same backend; the balancer is not spreading");
+        }
+    }
+
+    for (label, url) in [
+        ("DSR", format!("http://{DSR_VIP}:8080/")),
+        ("GUE tunnel", format!("http://{TUNNEL_VIP}:8080/")),
+    ] {
+        println!(
+            "\ndemo: 6 requests to {url} ({label}: the answers come straight from the backends):"
+        );
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..6 {
             let answer = curl(&topo.client, &url)?;
@@ -176,10 +202,74 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         println!("\ndemo: stopping and cleaning up");
     }
     drop(daemon);
+    drop(decaps);
     drop(web_servers);
     drop(topo);
     drop(site);
     Ok(())
+}
+
+const DSR_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 20);
+const TUNNEL_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 30);
+
+/// `understudy decap` on a backend's eth0 for the tunnel VIP; stopped and removed on drop.
+struct Decap {
+    process: Option<Guard>,
+    ns: String,
+    binary: std::path::PathBuf,
+    pins: std::path::PathBuf,
+}
+
+impl Decap {
+    fn start(be: &Netns, binary: &std::path::Path) -> anyhow::Result<Decap> {
+        let pins =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/understudy/demo-decap-{}", be.name()));
+        let mut command = be.command_net_only(binary.to_str().context("binary path")?);
+        understudy_testbed::unblock_stop_signals(&mut command);
+        let child = command
+            .args([
+                "decap",
+                "--interface",
+                "eth0",
+                "--vip",
+                &TUNNEL_VIP.to_string(),
+                "--pin-root",
+            ])
+            .arg(&pins)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting understudy decap")?;
+        let decap = Decap {
+            process: Some(Guard(child)),
+            ns: be.name().to_string(),
+            binary: binary.to_path_buf(),
+            pins: pins.clone(),
+        };
+        for _ in 0..200 {
+            if pins.join("eth0/link").exists() {
+                return Ok(decap);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "understudy decap did not attach to {}'s eth0 within 10 s",
+            be.name()
+        )
+    }
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        let _ = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg(&self.binary)
+            .args(["decap", "--interface", "eth0", "--stop", "--pin-root"])
+            .arg(&self.pins)
+            .stdout(Stdio::null())
+            .status();
+    }
 }
 
 /// Six requests to the HTTP service, each with the number of attempts it took.

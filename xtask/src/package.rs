@@ -12,11 +12,15 @@ use crate::util::{cmd, output, root, target_dir};
 const EXPECTED: &[&str] = &[
     "./usr/bin/understudy",
     "./lib/systemd/system/understudy.service",
+    "./lib/systemd/system/understudy-decap.service",
+    "./etc/default/understudy-decap",
     "./etc/understudy/understudy.toml",
     "./usr/share/doc/understudy/examples/demo.toml",
     "./usr/share/doc/understudy/examples/failover.toml",
     "./usr/share/doc/understudy/examples/http.toml",
     "./usr/share/doc/understudy/examples/edge.toml",
+    "./usr/share/doc/understudy/examples/dsr.toml",
+    "./usr/share/doc/understudy/examples/tunnel.toml",
     "./usr/share/doc/understudy/README.md",
     "./usr/share/man/man1/understudy.1.gz",
     "./usr/share/bash-completion/completions/understudy",
@@ -64,12 +68,30 @@ pub fn run() -> anyhow::Result<PathBuf> {
     let unit = root().join("lb-userspace/packaging/understudy.service");
     place(binary.clone(), "usr/bin/understudy", 0o755)?;
     place(unit.clone(), "lib/systemd/system/understudy.service", 0o644)?;
+    let decap_unit = root().join("lb-userspace/packaging/understudy-decap.service");
+    place(
+        decap_unit.clone(),
+        "lib/systemd/system/understudy-decap.service",
+        0o644,
+    )?;
+    place(
+        root().join("lb-userspace/packaging/understudy-decap.default"),
+        "etc/default/understudy-decap",
+        0o644,
+    )?;
     place(
         root().join("config/failover.toml"),
         "etc/understudy/understudy.toml",
         0o644,
     )?;
-    for example in ["demo.toml", "failover.toml", "http.toml", "edge.toml"] {
+    for example in [
+        "demo.toml",
+        "failover.toml",
+        "http.toml",
+        "edge.toml",
+        "dsr.toml",
+        "tunnel.toml",
+    ] {
         place(
             root().join("config").join(example),
             &format!("usr/share/doc/understudy/examples/{example}"),
@@ -142,29 +164,38 @@ pub fn run() -> anyhow::Result<PathBuf> {
         }
     }
     if output("systemd-analyze", &["--version"]).is_some() {
-        // Verify the unit as installed, with ExecStart pointing at the binary just built.
-        let text = fs::read_to_string(&unit)?.replace(
-            "/usr/bin/understudy",
-            binary.to_str().context("utf-8 path")?,
-        );
-        let check = out.join("understudy.service");
-        fs::write(&check, text)?;
-        let verified = std::process::Command::new("systemd-analyze")
-            .args(["verify", check.to_str().unwrap()])
-            .output()?;
-        // It exits 0 on a directive it cannot parse and only warns, naming the file: any
-        // line about the unit is a failure.
-        let stderr = String::from_utf8_lossy(&verified.stderr).into_owned();
-        let complaints: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("understudy.service"))
-            .collect();
-        if !verified.status.success() || !complaints.is_empty() {
-            bail!("systemd-analyze verify rejects the unit:\n{stderr}");
+        let defaults = tree.join("etc/default/understudy-decap");
+        for (path, name) in [
+            (&unit, "understudy.service"),
+            (&decap_unit, "understudy-decap.service"),
+        ] {
+            // Verify each unit as installed, with ExecStart pointing at the binary just built
+            // and the environment file at the packaged one.
+            let text = fs::read_to_string(path)?
+                .replace(
+                    "/usr/bin/understudy",
+                    binary.to_str().context("utf-8 path")?,
+                )
+                .replace(
+                    "/etc/default/understudy-decap",
+                    defaults.to_str().context("utf-8 path")?,
+                );
+            let check = out.join(name);
+            fs::write(&check, text)?;
+            let verified = std::process::Command::new("systemd-analyze")
+                .args(["verify", check.to_str().unwrap()])
+                .output()?;
+            // It exits 0 on a directive it cannot parse and only warns, naming the file: any
+            // line about the unit is a failure.
+            let stderr = String::from_utf8_lossy(&verified.stderr).into_owned();
+            let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains(name)).collect();
+            if !verified.status.success() || !complaints.is_empty() {
+                bail!("systemd-analyze verify rejects {name}:\n{stderr}");
+            }
         }
     }
     println!(
-        "package: {} (checked: {} files, unit verified)",
+        "package: {} (checked: {} files, units verified)",
         deb.display(),
         EXPECTED.len()
     );

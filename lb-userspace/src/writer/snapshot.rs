@@ -71,6 +71,10 @@ impl Writer {
                         (Serving::Kernel(_), Protocol::Tcp) => ServedProtocol::Tcp,
                         (Serving::Kernel(_), Protocol::Udp) => ServedProtocol::Udp,
                     },
+                    forwarding: svc
+                        .serving
+                        .kernel()
+                        .map(|k| crate::plan::forwarding_name(k.entry.forwarding).to_string()),
                     state,
                     tier_in_use: svc
                         .members

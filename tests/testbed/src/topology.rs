@@ -164,14 +164,15 @@ impl Topology {
         path
     }
 
-    /// Makes the backends answer clients directly, as DSR and tunnel backends do: each backend
-    /// holds both VIPs on its loopback (with `arp_ignore`/`arp_announce` so it never answers
-    /// ARP for them), and gets a second link `ret0` straight to the client (client side
-    /// `retI`, 10.0.2I.0/24 and fd00:2I::/64) that its routes to the client prefix use. Reverse
-    /// path filtering is off on both ends, since each sees the other's packets arrive on a link
-    /// other than its route back. The balancer never sees a reply, which its interface counters
-    /// show ([`Topology::lb_rx_packets`]).
-    pub fn add_return_paths(&self) {
+    /// Makes the backends answer clients directly for the VIPs `vips`, as DSR and tunnel
+    /// backends do: each backend holds them on its loopback (with `arp_ignore`/`arp_announce`
+    /// so it never answers ARP for them), and gets a second link `ret0` straight to the client
+    /// (client side `retI`, 10.0.2I.0/24 and fd00:2I::/64). Packets *from* a VIP leave by it
+    /// (a source rule, table 100); everything else, NAT replies included, still goes through
+    /// the balancer. Reverse-path filtering is off on both ends, since each sees the other's
+    /// packets arrive on a link other than its route back. The balancer never sees a direct
+    /// reply, which its interface counters show ([`Topology::lb_rx_packets`]).
+    pub fn add_return_paths(&self, vips: &[IpAddr]) {
         for ns in std::iter::once(&self.client).chain(&self.backends) {
             for key in ["all", "default"] {
                 ns.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
@@ -213,7 +214,17 @@ impl Topology {
             ]);
             be.ip(&["link", "set", "ret0", "up"]);
             host_link(be, "ret0");
-            be.ip(&["route", "add", "10.0.1.0/24", "via", &c4, "dev", "ret0"]);
+            be.ip(&[
+                "route",
+                "add",
+                "10.0.1.0/24",
+                "via",
+                &c4,
+                "dev",
+                "ret0",
+                "table",
+                "100",
+            ]);
             be.ip(&[
                 "-6",
                 "route",
@@ -223,9 +234,26 @@ impl Topology {
                 &c6,
                 "dev",
                 "ret0",
+                "table",
+                "100",
             ]);
-            be.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
-            be.ip(&["-6", "addr", "add", &format!("{VIP_V6}/128"), "dev", "lo"]);
+            for vip in vips {
+                let (family, len) = if vip.is_ipv4() {
+                    ("-4", 32)
+                } else {
+                    ("-6", 128)
+                };
+                be.ip(&[family, "addr", "add", &format!("{vip}/{len}"), "dev", "lo"]);
+                be.ip(&[
+                    family,
+                    "rule",
+                    "add",
+                    "from",
+                    &vip.to_string(),
+                    "lookup",
+                    "100",
+                ]);
+            }
             be.sysctl("net.ipv4.conf.all.arp_ignore", "1");
             be.sysctl("net.ipv4.conf.all.arp_announce", "2");
             for dev in ["eth0", "ret0"] {

@@ -1,12 +1,12 @@
 //! Bench-only programs, never attached. `test_run` with `repeat` re-runs one buffer, so a program
 //! that rewrites the packet would only see the original on its first run. `bench_wrapper` restores
-//! the original bytes on every run, optionally makes it a brand new flow (a new client address or
+//! the original frame on every run (its start too, after an encapsulating run), optionally makes it a brand new flow (a new client address or
 //! port), and tail-calls the
 //! program under test; the same wrapper tail-calling `bench_pass` is the baseline to subtract.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
-    helpers::bpf_xdp_store_bytes,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
@@ -33,6 +33,12 @@ pub fn bench_wrapper(ctx: XdpContext) -> u32 {
         return XDP_ABORTED;
     }
     let xdp = ctx.ctx;
+    // An encapsulating program grew the head on the previous run: give the room back first, so
+    // every run starts from the original frame where the original starts.
+    let grown = (ctx.data_end() - ctx.data()) as i32 - len as i32;
+    if grown != 0 && unsafe { bpf_xdp_adjust_head(xdp, grown) } != 0 {
+        return XDP_ABORTED;
+    }
     if unsafe { bpf_xdp_store_bytes(xdp, 0, pkt.data.as_mut_ptr().cast(), len as u32) } != 0 {
         return XDP_ABORTED;
     }

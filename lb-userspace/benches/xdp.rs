@@ -257,6 +257,19 @@ fn main() {
         off,
         "rate_limit = { connections_per_second = 1, burst = 1 }",
     );
+    // The forwarding modes: the packet keeps the VIP's port, so the backends take port 80.
+    let mode = |settings: &str| -> &'static str {
+        let text = CONFIG.replace(":8080", ":80").replace(
+            "vip = \"10.0.0.10:80\"",
+            &format!("vip = \"10.0.0.10:80\"\n{settings}"),
+        );
+        Box::leak(text.into_boxed_str())
+    };
+    let dsr = mode("mode = \"dsr\"");
+    let ipip = mode("mode = \"tunnel\"\ntunnel = { source_v4 = \"10.0.11.1\" }");
+    let gue = mode("mode = \"tunnel\"\ntunnel = { encap = \"gue\", source_v4 = \"10.0.11.1\" }");
+    // DSR leaves the addresses alone: the frame goes to a backend's MAC.
+    let to_backend_mac: fn(&[u8]) -> bool = |o| o[..5] == [0x02, 0, 0, 0, 0x11];
     let class = |name, config, frame: &Vec<u8>, ifindex, vary, action, check| Class {
         name,
         config,
@@ -305,6 +318,33 @@ fn main() {
         class(
             "established flow (FLOWS hit)",
             CONFIG,
+            &ack,
+            xc,
+            Vary::Nothing,
+            XDP_REDIRECT,
+            to_backend,
+        ),
+        class(
+            "established flow, DSR",
+            dsr,
+            &ack,
+            xc,
+            Vary::Nothing,
+            XDP_REDIRECT,
+            to_backend_mac,
+        ),
+        class(
+            "established flow, IPIP",
+            ipip,
+            &ack,
+            xc,
+            Vary::Nothing,
+            XDP_REDIRECT,
+            to_backend,
+        ),
+        class(
+            "established flow, GUE",
+            gue,
             &ack,
             xc,
             Vary::Nothing,

@@ -16,7 +16,7 @@ use std::{
 };
 
 use understudy_testbed::{
-    CLIENT_V4, CLIENT_V6, Daemon, EchoServer, Netns, Topology, echo_roundtrip, require_root,
+    CLIENT_V4, CLIENT_V6, Daemon, EchoServer, Netns, Topology, echo_connections, require_root,
 };
 
 const CONNECTIONS: usize = 1000;
@@ -122,41 +122,9 @@ fn config(topo: &Topology, v6: bool, mode: &str, encap: Option<&str>) -> PathBuf
     path
 }
 
-/// A payload unique to connection `i`, three segments long.
-fn payload(i: usize) -> Vec<u8> {
-    (0..3000).map(|j| ((i * 31 + j * 7) % 251) as u8).collect()
-}
-
-/// `n` echo connections from the client, on a few threads; the failures, described.
+/// `n` echo connections from the client; the failures, described.
 fn connections(client: &Netns, vip: SocketAddr, n: usize) -> Vec<String> {
-    client.enter(|| {
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..CLIENT_THREADS)
-                .map(|t| {
-                    s.spawn(move || {
-                        let mut failures = Vec::new();
-                        for i in (t..n).step_by(CLIENT_THREADS) {
-                            let sent = payload(i);
-                            match echo_roundtrip(vip, &sent) {
-                                Ok((back, peer)) if back == sent && peer == vip => {}
-                                Ok((back, peer)) => failures.push(format!(
-                                    "connection {i}: {} of {} bytes back, peer {peer}",
-                                    back.len(),
-                                    sent.len()
-                                )),
-                                Err(e) => failures.push(format!("connection {i}: {e}")),
-                            }
-                        }
-                        failures
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap())
-                .collect()
-        })
-    })
+    echo_connections(client, vip, n, CLIENT_THREADS)
 }
 
 /// Connections each server accepted from the client itself (the health checks come from the

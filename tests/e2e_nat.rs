@@ -9,7 +9,7 @@ use std::{
 };
 
 use understudy_testbed::{
-    CLIENT_V4, CLIENT_V6, Daemon, EchoServer, Sniffer, Topology, echo_roundtrip, require_root,
+    CLIENT_V4, CLIENT_V6, Daemon, EchoServer, Sniffer, Topology, echo_connections, require_root,
 };
 
 const CONNECTIONS: usize = 1000;
@@ -33,11 +33,6 @@ fn config(topo: &Topology, v6: bool) -> PathBuf {
     path
 }
 
-/// A payload unique to connection `i`, three segments long.
-fn payload(i: usize) -> Vec<u8> {
-    (0..3000).map(|j| ((i * 31 + j * 7) % 251) as u8).collect()
-}
-
 fn thousand_connections(v6: bool) {
     require_root("the NAT end-to-end test");
     let topo = Topology::build(3);
@@ -54,34 +49,7 @@ fn thousand_connections(v6: bool) {
     let vip = SocketAddr::new(topo.vip(v6), 80);
     let sniffer = Sniffer::start(&topo.client, "eth0");
 
-    let failures: Vec<String> = topo.client.enter(|| {
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..CLIENT_THREADS)
-                .map(|t| {
-                    s.spawn(move || {
-                        let mut failures = Vec::new();
-                        for i in (t..CONNECTIONS).step_by(CLIENT_THREADS) {
-                            let sent = payload(i);
-                            match echo_roundtrip(vip, &sent) {
-                                Ok((back, peer)) if back == sent && peer == vip => {}
-                                Ok((back, peer)) => failures.push(format!(
-                                    "connection {i}: {} of {} bytes back intact, peer {peer}",
-                                    back.iter().zip(&sent).take_while(|(a, b)| a == b).count(),
-                                    sent.len()
-                                )),
-                                Err(e) => failures.push(format!("connection {i}: {e}")),
-                            }
-                        }
-                        failures
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap())
-                .collect()
-        })
-    });
+    let failures = echo_connections(&topo.client, vip, CONNECTIONS, CLIENT_THREADS);
     let (sources, packets) = sniffer.finish();
 
     assert!(

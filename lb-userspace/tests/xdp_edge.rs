@@ -26,21 +26,6 @@ fn pin_to_cpu0() {
     }
 }
 
-/// The `FLOWS` key of a TCP packet.
-fn key(p: &Pkt) -> lb_common::FlowKey {
-    let (src, family) = lb_common::addr_words(p.src);
-    let (dst, _) = lb_common::addr_words(p.dst);
-    lb_common::FlowKey {
-        src,
-        dst,
-        src_port: p.sport.to_be(),
-        dst_port: p.dport.to_be(),
-        proto: lb_common::PROTO_TCP,
-        family,
-        _pad: 0,
-    }
-}
-
 fn syn(src: &str, dst: &str, sport: u16) -> Pkt {
     Pkt::to_vip(src, dst, sport, 80, L4::Tcp { syn: true })
 }
@@ -140,7 +125,7 @@ fn a_reload_applies_new_lists_and_keeps_allowed_flows() {
 
     let pinned = bed
         .dp()
-        .flow(&key(&kept))
+        .flow(&flow_key(&kept))
         .expect("the allowed flow is pinned");
     let ack = |p: &Pkt| Pkt {
         l4: L4::Tcp { syn: false },
@@ -148,7 +133,7 @@ fn a_reload_applies_new_lists_and_keeps_allowed_flows() {
     };
     assert_eq!(bed.run(&ack(&kept).bytes(), bed.xc).0, XDP_REDIRECT);
     assert_eq!(
-        bed.dp().flow(&key(&kept)),
+        bed.dp().flow(&flow_key(&kept)),
         Some(pinned),
         "untouched by the reload"
     );
@@ -284,10 +269,14 @@ fn the_flood_guard_stops_writing_syns_and_steps_back() {
     // The established flow's SYN and the next two were within the threshold (3 per window);
     // the fourth passed it, and it and the rest are left unwritten.
     assert_eq!(bed.counter(Counter::FloodUnwritten), 3);
-    assert!(bed.dp().flow(&key(&established)).is_some());
-    assert!(bed.dp().flow(&key(&flood[1].0)).is_some());
+    assert!(bed.dp().flow(&flow_key(&established)).is_some());
+    assert!(bed.dp().flow(&flow_key(&flood[1].0)).is_some());
     for (p, _) in &flood[2..] {
-        assert!(bed.dp().flow(&key(p)).is_none(), "unwritten: {}", p.sport);
+        assert!(
+            bed.dp().flow(&flow_key(p)).is_none(),
+            "unwritten: {}",
+            p.sport
+        );
     }
     let f = bed.dp().edge.flood().unwrap();
     assert!(f[0].active, "CPU 0 is in flood mode: {f:?}");
@@ -309,7 +298,7 @@ fn the_flood_guard_stops_writing_syns_and_steps_back() {
     };
     assert_eq!(bed.run(&ack.bytes(), bed.xc).0, XDP_REDIRECT);
     assert!(
-        bed.dp().flow(&key(p)).is_some(),
+        bed.dp().flow(&flow_key(p)).is_some(),
         "the handshake's ACK writes it"
     );
 
@@ -327,7 +316,7 @@ fn the_flood_guard_stops_writing_syns_and_steps_back() {
     let after = syn(CLIENT4, VIP4, 44100);
     assert_eq!(bed.run(&after.bytes(), bed.xc).0, XDP_REDIRECT);
     assert_eq!(bed.counter(Counter::FloodLeave), 1);
-    assert!(bed.dp().flow(&key(&after)).is_some(), "written again");
+    assert!(bed.dp().flow(&flow_key(&after)).is_some(), "written again");
     assert!(!bed.dp().edge.flood().unwrap()[0].active);
 }
 

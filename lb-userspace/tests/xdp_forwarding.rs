@@ -22,24 +22,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// The `FLOWS` key of a packet, as the program hashes it.
-fn key(p: &Pkt) -> lb_common::FlowKey {
-    let (src, family) = lb_common::addr_words(p.src);
-    let (dst, _) = lb_common::addr_words(p.dst);
-    lb_common::FlowKey {
-        src,
-        dst,
-        src_port: p.sport.to_be(),
-        dst_port: p.dport.to_be(),
-        proto: match p.l4 {
-            L4::Udp => lb_common::PROTO_UDP,
-            _ => lb_common::PROTO_TCP,
-        },
-        family,
-        _pad: 0,
-    }
-}
-
 fn service(mode: &str, vip: &str, backend: &str, extra: &str) -> String {
     format!(
         r#"
@@ -161,7 +143,7 @@ fn a_dsr_backend_behind_a_gateway_is_refused_where_it_is_written() {
 /// backend's MAC, the outer IP header (and UDP for GUE), then the inner IP packet unchanged.
 fn wrapped(pkt: &Pkt, backend: &str, source: &str, gue: Option<u16>) -> Vec<u8> {
     let inner = &pkt.bytes()[14..];
-    let hash = flow_hash(&key(pkt));
+    let hash = flow_hash(&flow_key(pkt));
     let inner_proto = if pkt.src.is_ipv4() {
         IpNumber::IPV4
     } else {

@@ -110,15 +110,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         ("IPv6", format!("http://[{VIP_V6}]/")),
     ] {
         println!("\ndemo: 6 requests from the client to {url} ({label}):");
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..6 {
-            let answer = curl(&topo.client, &url)?;
-            println!("  {}", answer.trim());
-            seen.insert(answer);
-        }
-        if seen.len() < 2 {
-            bail!("every {label} request reached the same backend; the balancer is not spreading");
-        }
+        spread(&topo.client, label, &url)?;
     }
 
     for (label, url) in [
@@ -128,15 +120,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         println!(
             "\ndemo: 6 requests to {url} ({label}: the answers come straight from the backends):"
         );
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..6 {
-            let answer = curl(&topo.client, &url)?;
-            println!("  {}", answer.trim());
-            seen.insert(answer);
-        }
-        if seen.len() < 2 {
-            bail!("every {label} request reached the same backend; the balancer is not spreading");
-        }
+        spread(&topo.client, label, &url)?;
     }
 
     let api = format!("http://{VIP_V4}:8000/");
@@ -301,6 +285,20 @@ fn web_server(ns: &Netns, dir: &std::path::Path) -> anyhow::Result<Guard> {
         .spawn()
         .context("starting python3 -m http.server")?;
     Ok(Guard(child))
+}
+
+/// Prints the answers to 6 requests, which must come from more than one backend.
+fn spread(client: &Netns, label: &str, url: &str) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let answer = curl(client, url)?;
+        println!("  {}", answer.trim());
+        seen.insert(answer);
+    }
+    if seen.len() < 2 {
+        bail!("every {label} request reached the same backend; the balancer is not spreading");
+    }
+    Ok(())
 }
 
 /// Prints the answers to 6 requests.

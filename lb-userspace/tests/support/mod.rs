@@ -65,3 +65,22 @@ impl Bed {
         self.writer.dataplane().counters().unwrap().get(c)
     }
 }
+
+/// The `FLOWS` key of a packet as the program builds it (the client's 5-tuple, as sent).
+#[allow(dead_code)]
+pub fn flow_key(p: &Pkt) -> lb_common::FlowKey {
+    let (src, family) = lb_common::addr_words(p.src);
+    let (dst, _) = lb_common::addr_words(p.dst);
+    lb_common::FlowKey {
+        src,
+        dst,
+        src_port: p.sport.to_be(),
+        dst_port: p.dport.to_be(),
+        proto: match p.l4 {
+            L4::Udp => lb_common::PROTO_UDP,
+            _ => lb_common::PROTO_TCP,
+        },
+        family,
+        _pad: 0,
+    }
+}

@@ -151,3 +151,42 @@ pub fn echo_roundtrip(to: SocketAddr, payload: &[u8]) -> std::io::Result<(Vec<u8
     s.read_to_end(&mut back)?;
     Ok((back, peer))
 }
+
+/// A payload unique to connection `i`, three segments long.
+pub fn echo_payload(i: usize) -> Vec<u8> {
+    (0..3000).map(|j| ((i * 31 + j * 7) % 251) as u8).collect()
+}
+
+/// `n` echo round trips to `vip` from inside `client`, spread over `threads` threads, each with
+/// [`echo_payload`]; the failures, described (a payload not back intact, a peer other than the
+/// VIP, an error).
+pub fn echo_connections(client: &Netns, vip: SocketAddr, n: usize, threads: usize) -> Vec<String> {
+    client.enter(|| {
+        thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut failures = Vec::new();
+                        for i in (t..n).step_by(threads) {
+                            let sent = echo_payload(i);
+                            match echo_roundtrip(vip, &sent) {
+                                Ok((back, peer)) if back == sent && peer == vip => {}
+                                Ok((back, peer)) => failures.push(format!(
+                                    "connection {i}: {} of {} bytes back intact, peer {peer}",
+                                    back.iter().zip(&sent).take_while(|(a, b)| a == b).count(),
+                                    sent.len()
+                                )),
+                                Err(e) => failures.push(format!("connection {i}: {e}")),
+                            }
+                        }
+                        failures
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        })
+    })
+}

@@ -21,7 +21,7 @@ mod topology;
 pub mod traffic;
 
 pub use daemon::{Daemon, Launch, NotifySocket, unblock_stop_signals};
-pub use echo::{EchoServer, echo_roundtrip};
+pub use echo::{EchoServer, echo_connections, echo_payload, echo_roundtrip};
 pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
 pub use flood::syn_flood;
 pub use netns::{Netns, run, run_ok};

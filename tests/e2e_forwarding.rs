@@ -308,3 +308,77 @@ fn gue_ipv4() {
 fn gue_ipv6() {
     case("tunnel", Some("gue"), true);
 }
+
+/// A DSR backend that lost its VIP binding passes its plain-IP check, yet every client flow to it
+/// black-holes: its SYNs vanish. The balancer never sees its packets, but it sees the clients
+/// retransmit their SYNs with no ACK in between; past `syn_timeout` each is a report, and two
+/// eject the backend. Connections then go to the others, and the active check still says "up"
+/// for the ejected one, which is why the passive watch matters in these modes.
+#[test]
+fn a_dsr_backend_without_the_vip_is_ejected_by_stuck_handshakes() {
+    require_root("the DSR passive-detection test");
+    let topo = Topology::build(3);
+    topo.add_return_paths(&[topo.vip(false)]);
+    topo.backends[0].ip(&["addr", "del", "10.0.0.10/32", "dev", "lo"]);
+    let servers: Vec<EchoServer> = topo
+        .backends
+        .iter()
+        .map(|be| EchoServer::start(be, "[::]:80".parse().unwrap()))
+        .collect();
+    let mut text = format!(
+        "{}\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\nmode = \"dsr\"\n\
+         health = {{ kind = \"tcp\", interval = \"10s\" }}\n\
+         passive = {{ syn_timeout = \"500ms\", events_to_eject = 2, max_ejection = \"60s\", base_ejection = \"60s\" }}\n",
+        topo.dataplane_toml()
+    );
+    for i in 1..=3 {
+        text.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{}:80\"\n",
+            topo.backend_addr(i, false)
+        ));
+    }
+    let config = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&topo.lb, BINARY.as_ref(), &config);
+    let vip: SocketAddr = "10.0.0.10:80".parse().unwrap();
+
+    // Connections hashed to backend 1 hang until their SYNs are retransmitted past the timeout;
+    // once it is ejected, a flow's next SYN goes elsewhere.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.output().contains("passive: syn_timeout") {
+        assert!(
+            Instant::now() < deadline,
+            "backend 1 was not ejected within 20 s:\n{}",
+            daemon.output()
+        );
+        let _ = connections(&topo.client, vip, 8);
+    }
+    let output = daemon.output();
+    assert!(
+        output.lines().any(|l| l.contains("backend down")
+            && l.contains("10.0.11.2:80")
+            && l.contains("passive: syn_timeout")),
+        "backend 1 not ejected for stuck handshakes:\n{output}"
+    );
+    let failures = connections(&topo.client, vip, 100);
+    assert!(
+        failures.is_empty(),
+        "{} of 100 connections failed after the ejection: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // None reached backend 1 (its active checks connect to it, but not from the client).
+    let client: IpAddr = CLIENT_V4.into();
+    assert_eq!(
+        servers[0]
+            .peers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.to_canonical() == client)
+            .count(),
+        0,
+        "backend 1 never completes a client handshake"
+    );
+    assert!(daemon.stop());
+}

@@ -259,9 +259,53 @@ fn case(mode: &str, encap: Option<&str>, v6: bool) {
         assert!(answered > 0, "{what}: no too-big answer counted");
     }
 
-    // Failover: backend 1 dies; once the check notices, no new connection fails.
+    // Failover: backend 1 dies; long-lived streams on the others carry on, and once the check
+    // notices, no new connection fails.
+    let opened = from_client(&servers, client);
+    let mut streams: Vec<std::net::TcpStream> = topo.client.enter(|| {
+        (0..12)
+            .map(|_| {
+                let s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                    .expect("open a stream");
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                s
+            })
+            .collect()
+    });
+    // Each server's accept loop registers its streams a moment after the client's connect.
+    let accepted = |servers: &[EchoServer]| -> Vec<usize> {
+        from_client(servers, client)
+            .iter()
+            .zip(&opened)
+            .map(|(a, b)| a - b)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while accepted(&servers).iter().sum::<usize>() < streams.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let on = accepted(&servers);
+    assert_eq!(
+        on.iter().sum::<usize>(),
+        streams.len(),
+        "{what}: streams accepted {on:?}"
+    );
     servers.remove(0).kill();
     std::thread::sleep(Duration::from_millis(1500));
+    let alive = streams
+        .iter_mut()
+        .map(|s| {
+            use std::io::{Read as _, Write as _};
+            let mut back = [0u8; 5];
+            s.write_all(b"still").is_ok() && s.read_exact(&mut back).is_ok() && &back == b"still"
+        })
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(
+        alive,
+        on[1] + on[2],
+        "{what}: streams per backend {on:?}: those on backends 2 and 3 must carry on, those on 1 not"
+    );
     let failures = connections(&topo.client, vip, AFTER_FAILOVER);
     assert!(
         failures.is_empty(),

@@ -148,6 +148,9 @@ counters! {
     DropEncapFailed => "drop_encap_failed",
     /// A packet encapsulated toward its backend (IPIP or GUE).
     Encapsulated => "encapsulated",
+    /// A later fragment could not be handed to `understudy_fragment` (its `PROGRAMS` slot is
+    /// empty: a daemon that did not fill it): passed to the stack.
+    ErrTailCall => "err_tail_call",
     /// The client's ACK completed a DSR or tunnel flow's handshake (the balancer never sees the
     /// SYN-ACK in these modes): its passive SYN-timeout watch ends.
     HandshakeSeen => "handshake_seen",

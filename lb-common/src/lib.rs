@@ -54,6 +54,20 @@ pub const FRAGS_CAPACITY: u32 = 65_536;
 pub const FRAG_REWRITE_DST: u32 = 0;
 /// `FragValue::side`: later fragments get their source rewritten (a backend's reply, to the VIP).
 pub const FRAG_REWRITE_SRC: u32 = 1;
+/// `FragValue::side`: later fragments go to `backend` as the service's mode sends them, without
+/// a rewrite: DSR's MAC, or the tunnel (`FRAG_FORWARD + FORWARD_*`).
+pub const FRAG_FORWARD: u32 = 16;
+/// `PROGRAMS` slot of `understudy_fragment`, which later fragments are tail-called into.
+pub const PROGRAM_FRAGMENT: u32 = 0;
+/// `PROGRAMS` slot of `understudy_encap`, which tunnel packets are tail-called into.
+pub const PROGRAM_ENCAP: u32 = 1;
+/// Slots in `PROGRAMS`.
+pub const PROGRAMS_LEN: u32 = 2;
+/// The programs in `PROGRAMS`, by slot.
+pub const TAIL_PROGRAMS: [(u32, &str); 2] = [
+    (PROGRAM_FRAGMENT, "understudy_fragment"),
+    (PROGRAM_ENCAP, "understudy_encap"),
+];
 /// Interfaces `REDIRECT_DROPS` tracks (by index): far more than a balancer attaches to.
 pub const REDIRECT_DROPS_INTERFACES: u32 = 1024;
 
@@ -249,7 +263,7 @@ pub struct FragKey {
 pub struct FragValue {
     /// The address that replaces the source or destination.
     pub addr: [u32; 4],
-    /// [`FRAG_REWRITE_DST`] or [`FRAG_REWRITE_SRC`].
+    /// [`FRAG_REWRITE_DST`], [`FRAG_REWRITE_SRC`], or [`FRAG_FORWARD`] plus the mode.
     pub side: u32,
     /// The backend the datagram belongs to, for its traffic counters.
     pub backend: u32,
@@ -334,6 +348,8 @@ pub mod map_names {
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
     pub const TUNNELS: &str = "TUNNELS";
+    pub const PROGRAMS: &str = "PROGRAMS";
+    pub const HANDOFF: &str = "HANDOFF";
     /// Every map of the production object.
     pub const ALL: &[&str] = &[
         SERVICES,
@@ -358,6 +374,8 @@ pub mod map_names {
         NEXT_HOPS,
         BACKEND_PORTS,
         TUNNELS,
+        PROGRAMS,
+        HANDOFF,
     ];
 }
 

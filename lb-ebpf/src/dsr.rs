@@ -11,25 +11,17 @@
 //! address keep its neighbour entry resolved).
 
 use aya_ebpf::{bindings::xdp_action::XDP_DROP, programs::XdpContext};
-use lb_common::{Counter, FlowKey, ServiceInfo};
+use lb_common::{Counter, FlowKey};
 
 use crate::{
     forward::{NoHop, ip_len, next_hop, pass, send},
     maps::count,
     parse::Parsed,
-    passive::client_packet,
-    select::Choice,
 };
 
+/// Sends the packet to backend `id` at `addr` by its MAC.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -> u32 {
-    client_packet(
-        p,
-        choice.new_flow,
-        choice.state,
-        choice.id,
-        svc.syn_timeout_ms,
-    );
+pub fn to(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4]) -> u32 {
     if p.vlan {
         return pass(Counter::PassVlan);
     }
@@ -38,10 +30,10 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
     };
     // The FIB is asked about the backend's own address: the route and neighbour toward it.
     let toward = FlowKey {
-        dst: choice.backend.addr,
+        dst: *addr,
         ..p.key
     };
-    match next_hop(ctx, &toward, choice.id, len, true) {
+    match next_hop(ctx, &toward, id, len, true) {
         Ok(hop) => send(ctx, p, hop.ifindex, hop.dmac, hop.smac),
         Err(NoHop::Stack(_)) => drop(Counter::DropDsrNoHop),
         Err(NoHop::TooBig(_)) => drop(Counter::DropTooBig),

@@ -13,7 +13,7 @@ use aya_ebpf::{
     bindings::xdp_action::XDP_DROP, helpers::bpf_xdp_adjust_head, programs::XdpContext,
 };
 use lb_common::{
-    Counter, FAMILY_V4, FORWARD_GUE, FlowKey, PROTO_UDP, ServiceInfo,
+    Counter, FAMILY_V4, FlowKey, PROTO_UDP,
     forwarding::{
         GUE_OVERHEAD_V4, GUE_OVERHEAD_V6, IPIP_OVERHEAD_V4, IPIP_OVERHEAD_V6, IPPROTO_IPIP,
         IPPROTO_IPV6, OUTER_TTL, gue_source_port,
@@ -27,8 +27,6 @@ use crate::{
     maps::{TUNNELS, count},
     packet::{load, store},
     parse::Parsed,
-    passive::client_packet,
-    select::Choice,
     too_big,
 };
 
@@ -36,23 +34,16 @@ const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
+/// Wraps the packet toward backend `id` at `addr` (`gue`: GUE, otherwise IPIP) and sends it.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -> u32 {
-    client_packet(
-        p,
-        choice.new_flow,
-        choice.state,
-        choice.id,
-        svc.syn_timeout_ms,
-    );
-    let Some(t) = TUNNELS.get(choice.id) else {
+pub fn wrap(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4], gue: bool) -> u32 {
+    let Some(t) = TUNNELS.get(id) else {
         return drop(Counter::DropNoTunnel);
     };
     if t.family == 0 {
         return drop(Counter::DropNoTunnel);
     }
     let outer_v4 = t.family == FAMILY_V4;
-    let gue = svc.forwarding == FORWARD_GUE;
     let overhead = match (outer_v4, gue) {
         (true, false) => IPIP_OVERHEAD_V4,
         (false, false) => IPIP_OVERHEAD_V6,
@@ -75,7 +66,7 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
     let sport = gue_source_port(hash);
     let outer = FlowKey {
         src: t.src,
-        dst: choice.backend.addr,
+        dst: *addr,
         src_port: if gue { sport.to_be() } else { 0 },
         dst_port: if gue { t.port } else { 0 },
         proto: if gue { PROTO_UDP } else { inner_proto },
@@ -86,7 +77,7 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
     let hop = if p.vlan {
         Err(NoHop::Stack(Counter::PassVlan))
     } else {
-        next_hop(ctx, &outer, choice.id, outer_len, false)
+        next_hop(ctx, &outer, id, outer_len, false)
     };
     if let Err(NoHop::TooBig(mtu)) = hop {
         return too_big::answer(ctx, p, mtu.saturating_sub(overhead));
@@ -103,53 +94,21 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
         return drop(Counter::DropEncapFailed);
     }
-    let ip_at = ETH_LEN;
-    let written = if outer_v4 {
-        let proto = outer.proto;
-        store(ctx, 12, ETH_P_IP.to_be()).and_then(|_| {
-            store(
-                ctx,
-                ip_at,
-                headers::ipv4(
-                    tos,
-                    outer_len as u16,
-                    true,
-                    proto,
-                    OUTER_TTL,
-                    t.src[0],
-                    outer.dst[0],
-                ),
-            )
-        })
-    } else {
-        store(ctx, 12, ETH_P_IPV6.to_be()).and_then(|_| {
-            store(
-                ctx,
-                ip_at,
-                headers::ipv6(
-                    tos,
-                    hash,
-                    (outer_len - 40) as u16,
-                    outer.proto,
-                    OUTER_TTL,
-                    &t.src,
-                    &outer.dst,
-                ),
-            )
-        })
-    };
-    let udp_at = ip_at + if outer_v4 { 20 } else { 40 };
-    let written = written.and_then(|_| {
-        if gue {
-            store(
-                ctx,
-                udp_at,
-                headers::udp(sport, u16::from_be(t.port), (inner_len + 8) as u16),
-            )
+    let header = OuterHeader {
+        v4: outer_v4,
+        tos,
+        hash,
+        len: outer_len as u16,
+        proto: outer.proto,
+        src: t.src,
+        dst: outer.dst,
+        gue_ports: if gue {
+            Some((sport, u16::from_be(t.port)))
         } else {
-            Some(())
-        }
-    });
+            None
+        },
+    };
+    let written = write_outer(ctx, &header);
     if written.is_none() {
         return drop(Counter::DropEncapFailed);
     }
@@ -165,6 +124,60 @@ pub fn steer(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, choice: &Choice) -
             pass(reason.into())
         }
     }
+}
+
+/// What goes in front of the inner packet.
+struct OuterHeader {
+    v4: bool,
+    tos: u8,
+    hash: u32,
+    /// The outer IP length.
+    len: u16,
+    proto: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    /// GUE's source and destination ports (host order).
+    gue_ports: Option<(u16, u16)>,
+}
+
+/// Writes the Ethernet type, the outer IP header and GUE's UDP header behind the MACs. Straight
+/// code with early returns: closures here were outlined by LLVM into BPF subprograms whose
+/// stack frames add up past the verifier's 512 bytes.
+#[inline(always)]
+fn write_outer(ctx: &XdpContext, h: &OuterHeader) -> Option<()> {
+    let ip_len = if h.v4 {
+        store(ctx, 12, ETH_P_IP.to_be())?;
+        store(
+            ctx,
+            ETH_LEN,
+            headers::ipv4(h.tos, h.len, true, h.proto, OUTER_TTL, h.src[0], h.dst[0]),
+        )?;
+        20
+    } else {
+        store(ctx, 12, ETH_P_IPV6.to_be())?;
+        store(
+            ctx,
+            ETH_LEN,
+            headers::ipv6(
+                h.tos,
+                h.hash,
+                h.len - 40,
+                h.proto,
+                OUTER_TTL,
+                &h.src,
+                &h.dst,
+            ),
+        )?;
+        40
+    };
+    if let Some((sport, dport)) = h.gue_ports {
+        store(
+            ctx,
+            ETH_LEN + ip_len,
+            headers::udp(sport, dport, h.len - ip_len as u16),
+        )?;
+    }
+    Some(())
 }
 
 /// The inner packet's TOS (IPv4) or traffic class (IPv6), copied to the outer header.

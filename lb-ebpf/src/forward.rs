@@ -4,7 +4,7 @@
 //! neighbour, a local or missing route, an MTU problem) goes to the stack with XDP_PASS: the packet
 //! is already translated, so the kernel's own forwarding finishes the job and resolves neighbours.
 
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -44,7 +44,7 @@ pub fn forward(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> u32 {
 /// forward it instead. It reads only the IP length from the packet, so it may run before the
 /// rewrite (the reply path asks first whether the packet is for this host).
 #[inline(always)]
-pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<FibParams, Counter> {
+pub fn route(ctx: &XdpContext, p: &Parsed, key: &FlowKey) -> Result<Hop, Counter> {
     // A tagged frame must leave on the right VLAN device, which XDP cannot redirect to.
     if p.vlan {
         return Err(Counter::PassVlan);
@@ -76,14 +76,15 @@ impl From<NoHop> for Counter {
 
 /// The FIB lookup itself, for a packet of IP length `len` that will carry `key`.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, Counter> {
-    fib(ctx, key, len).map_err(Counter::from)
+fn lookup(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<Hop, Counter> {
+    fib(ctx, key, len, false).map_err(Counter::from)
 }
 
-/// [`lookup`], telling an MTU refusal (with the MTU) from the rest.
+/// [`lookup`], telling an MTU refusal (with the MTU) from the rest; with `on_link`, a next hop
+/// through a gateway is refused.
 #[inline(always)]
-fn fib(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, NoHop> {
-    let mut fib: FibParams = unsafe { zeroed() };
+fn fib(ctx: &XdpContext, key: &FlowKey, len: u32, on_link: bool) -> Result<Hop, NoHop> {
+    let mut fib = zeroed_params();
     fib.l4_protocol = key.proto;
     fib.sport = key.src_port;
     fib.dport = key.dst_port;
@@ -108,7 +109,22 @@ fn fib(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, NoHop> {
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(fib),
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            // The FIB writes the gateway's address over the destination when there is one.
+            let gateway = if key.family == FAMILY_V4 {
+                unsafe { fib.__bindgen_anon_4.ipv4_dst != key.dst[0] }
+            } else {
+                unsafe { fib.__bindgen_anon_4.ipv6_dst != key.dst }
+            };
+            if on_link && gateway {
+                return Err(NoHop::NotOnLink);
+            }
+            Ok(Hop {
+                ifindex: fib.ifindex,
+                dmac: fib.dmac,
+                smac: fib.smac,
+            })
+        }
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(NoHop::Stack(Counter::PassNoNeighbour)),
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(NoHop::Stack(Counter::PassNotForwarded)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(NoHop::TooBig(
@@ -116,6 +132,23 @@ fn fib(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<FibParams, NoHop> {
         )),
         _ => Err(NoHop::Stack(Counter::PassFibOther)),
     }
+}
+
+/// A zeroed parameter block. Eight volatile stores, because LLVM turns a plain zeroing into a
+/// call to `memset`, a BPF subprogram, and a program that tail-calls may have none while its
+/// BTF is not loaded.
+#[inline(always)]
+fn zeroed_params() -> FibParams {
+    const WORDS: usize = size_of::<FibParams>() / 8;
+    const _: () = assert!(size_of::<FibParams>() == WORDS * 8);
+    let mut block = core::mem::MaybeUninit::<FibParams>::uninit();
+    let words = block.as_mut_ptr() as *mut u64;
+    for i in 0..WORDS {
+        // SAFETY: inside the block; every byte is written before it is read.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: all zero, a valid value for this plain C struct.
+    unsafe { block.assume_init() }
 }
 
 /// Where to send a packet: the egress interface and the frame's MACs.
@@ -126,17 +159,12 @@ pub struct Hop {
     pub smac: [u8; 6],
 }
 
-/// Sends a translated packet to the next hop `fib` gave: TTL, MACs, then out of the interface.
+/// Sends a packet, rewritten since `route` answered `next`, as [`forward`] would have: TTL,
+/// MACs, then out of the interface.
 #[inline(always)]
-fn transmit(ctx: &XdpContext, p: &Parsed, fib: &FibParams) -> u32 {
-    send(ctx, p, fib.ifindex, fib.dmac, fib.smac)
-}
-
-/// Sends a packet, rewritten since `route` answered `next`, as [`forward`] would have.
-#[inline(always)]
-pub fn finish(ctx: &XdpContext, p: &Parsed, next: Result<FibParams, Counter>) -> u32 {
+pub fn finish(ctx: &XdpContext, p: &Parsed, next: Result<Hop, Counter>) -> u32 {
     match next {
-        Ok(fib) => transmit(ctx, p, &fib),
+        Ok(hop) => send(ctx, p, hop.ifindex, hop.dmac, hop.smac),
         Err(reason) => pass(reason),
     }
 }
@@ -196,18 +224,8 @@ pub fn next_hop(
             smac: hop.smac,
         });
     }
-    let fib = fib(ctx, key, len)?;
+    let fib = fib(ctx, key, len, on_link)?;
     count(Counter::NextHopLookup);
-    // The FIB writes the gateway's address over the destination when there is one.
-    if on_link
-        && if key.family == FAMILY_V4 {
-            unsafe { fib.__bindgen_anon_4.ipv4_dst != key.dst[0] }
-        } else {
-            unsafe { fib.__bindgen_anon_4.ipv6_dst != key.dst }
-        }
-    {
-        return Err(NoHop::NotOnLink);
-    }
     if generation != 0
         && let Some(hop) = NEXT_HOPS.get_ptr_mut(id)
     {
@@ -228,11 +246,7 @@ pub fn next_hop(
             (*hop).generation = generation;
         }
     }
-    Ok(Hop {
-        ifindex: fib.ifindex,
-        dmac: fib.dmac,
-        smac: fib.smac,
-    })
+    Ok(fib)
 }
 
 /// TTL, MACs, then out of interface `ifindex`: XDP_TX when it is the one the packet came in on.

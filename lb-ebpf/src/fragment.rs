@@ -4,16 +4,18 @@
 //! translation put in; each later fragment is found there and gets the same address (its header
 //! checksum updated; it has no transport checksum of its own, since the first fragment's covers
 //! the whole datagram). A later fragment that arrives before its first, or whose first was not
-//! translated, goes to the stack untouched and is counted.
+//! translated, goes to the stack untouched and is counted. In DSR and tunnel modes nothing is
+//! rewritten: `FRAGS` names the backend, and later fragments go to it as the first did.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FRAG_REWRITE_DST, FlowKey, FragKey, FragValue};
+use lb_common::{Counter, FRAG_FORWARD, FRAG_REWRITE_DST, FlowKey, FragKey, FragValue};
 
 use crate::{
     forward::{forward, pass},
     maps::{BACKEND_STATS, FRAGS, account, count},
     nat::{Side, rewrite_address},
     parse::Parsed,
+    steer::{Forward, Steered},
 };
 
 #[inline(always)]
@@ -29,7 +31,8 @@ fn key(p: &Parsed, id: u32) -> FragKey {
 }
 
 /// Records how the first fragment of a datagram (`p`, before its rewrite) was translated: its
-/// `side` (`FRAG_REWRITE_*`) now holds `addr`. A packet that is not a first fragment records
+/// `side` (`FRAG_REWRITE_*`) now holds `addr`, or (`FRAG_FORWARD` + mode) it went to the
+/// backend at `addr`. A packet that is not a first fragment records
 /// nothing.
 #[inline(always)]
 pub fn remember(p: &Parsed, side: u32, addr: &[u32; 4], backend: u32) {
@@ -46,15 +49,30 @@ pub fn remember(p: &Parsed, side: u32, addr: &[u32; 4], backend: u32) {
     }
 }
 
-/// A later fragment: translated as its first fragment was, or passed.
+/// A later fragment: translated as its first fragment was, handed back to be sent as its first
+/// was ([`Steered::Forward`]), or passed.
 #[inline(always)]
-pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> u32 {
+pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> Steered {
     let Some(v) = (unsafe { FRAGS.get(&key(p, id)) }) else {
-        return pass(Counter::FragmentBeforeFirst);
+        return Steered::Done(pass(Counter::FragmentBeforeFirst));
     };
     let v = *v;
     if p.ttl <= 1 {
-        return pass(Counter::PassTtl);
+        return Steered::Done(pass(Counter::PassTtl));
+    }
+    if v.side >= FRAG_FORWARD {
+        account(
+            &BACKEND_STATS,
+            v.backend,
+            (ctx.data_end() - ctx.data()) as u64,
+            false,
+        );
+        count(Counter::FragmentTranslated);
+        return Steered::Forward(Forward {
+            mode: v.side - FRAG_FORWARD,
+            backend: v.backend,
+            addr: v.addr,
+        });
     }
     let side = if v.side == FRAG_REWRITE_DST {
         Side::Destination
@@ -62,7 +80,7 @@ pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> u32 {
         Side::Source
     };
     if rewrite_address(ctx, p, side, &v.addr).is_none() {
-        return pass(Counter::PassTruncated);
+        return Steered::Done(pass(Counter::PassTruncated));
     }
     account(
         &BACKEND_STATS,
@@ -81,5 +99,5 @@ pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> u32 {
             ..p.key
         },
     };
-    forward(ctx, p, &out)
+    Steered::Done(forward(ctx, p, &out))
 }

@@ -37,7 +37,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_common::{
-    Counter, PROTO_ICMP, PROTO_ICMPV6, ServiceInfo, ServiceKey,
+    Counter, PROGRAM_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, ServiceInfo, ServiceKey,
     edge::{DropReason, ReverseKey, SERVICE_F_RATE_RST, SERVICE_F_REFUSE_RST, port_bit},
 };
 
@@ -45,15 +45,19 @@ use crate::{
     forward::pass,
     icmp::icmp,
     maps::{
-        BACKEND_PORTS, BACKEND_STATS, REVERSE, SERVICE_STATS, SERVICES, account, count,
+        BACKEND_PORTS, BACKEND_STATS, PROGRAMS, REVERSE, SERVICE_STATS, SERVICES, account, count,
         count_refusal,
     },
     parse::{Parsed, parse},
     reject::{answer, reject},
     select::{Miss, choose},
+    steer::Steered,
 };
 
+// Inlined into the entry the macro generates: a program that tail-calls may have no BPF
+// subprograms while its BTF is not loaded (see the README's limitations).
 #[xdp]
+#[inline(always)]
 pub fn understudy_xdp(ctx: XdpContext) -> u32 {
     let p = match parse(&ctx) {
         Ok(p) => p,
@@ -62,46 +66,94 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
     if let Some(f) = p.frag
         && !f.first
     {
-        return fragment::follow(&ctx, &p, f.id);
+        // Later fragments in a program of their own (a tail call: a fresh stack), so the main
+        // path carries no second copy of the forwarding modes.
+        unsafe { PROGRAMS.tail_call(&ctx, PROGRAM_FRAGMENT) };
+        return pass(Counter::ErrTailCall);
     }
     if p.key.proto == PROTO_ICMP || p.key.proto == PROTO_ICMPV6 {
         return icmp(&ctx, &p);
     }
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
     let service_key = ServiceKey {
         addr: p.key.dst,
         port: p.key.dst_port,
         proto: p.key.proto,
         family: p.key.family,
     };
-    if let Some(svc) = unsafe { SERVICES.get(&service_key) } {
-        // Before any state or rewrite: the stack's time-exceeded then quotes the VIP.
-        if p.ttl <= 1 {
-            return pass(Counter::PassTtl);
-        }
-        if let Some(reason) = acl::refused(&p, svc) {
-            return refuse(&ctx, &p, svc, reason);
-        }
-        let choice = match choose(&p, svc) {
-            Ok(c) => c,
-            Err(Miss::Reject) => return reject(&ctx, &p),
-            Err(Miss::Refuse(reason)) => return refuse(&ctx, &p, svc, reason),
-            Err(Miss::Drop(reason)) => {
-                if reason == Counter::DropBadBackend {
-                    warn!(&ctx, "service {}: ring names a missing backend", svc.id);
-                }
-                count(reason);
-                return XDP_DROP;
-            }
-        };
-        account(&SERVICE_STATS, svc.id, bytes, choice.new_flow);
-        account(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
-        return steer::steer(&ctx, &p, svc, &choice);
+    match unsafe { SERVICES.get(&service_key) } {
+        Some(svc) => finish(&ctx, &p, to_vip(&ctx, &p, svc)),
+        None => from_elsewhere(&ctx, &p),
     }
+}
 
-    // A backend's reply to a NAT flow: only packets from a backend's address and port can be
-    // one. Everything else passes after one array read (a port no backend uses) or one small
-    // lookup, never touching the flow table.
+/// `understudy_xdp`'s later fragments, tail-called: each follows its first fragment.
+// Inlined into the entry the macro generates: a program that tail-calls may have no BPF
+// subprograms while its BTF is not loaded (see the README's limitations).
+#[xdp]
+#[inline(always)]
+pub fn understudy_fragment(ctx: XdpContext) -> u32 {
+    let p = match parse(&ctx) {
+        Ok(p) => p,
+        Err(reason) => return pass(reason),
+    };
+    match p.frag {
+        Some(f) if !f.first => finish(&ctx, &p, fragment::follow(&ctx, &p, f.id)),
+        _ => pass(Counter::ErrTailCall),
+    }
+}
+
+/// Tunnel packets, tail-called from `understudy_xdp` and `understudy_fragment`: the outer headers
+/// go on with a fresh stack.
+// Inlined into the entry the macro generates: a program that tail-calls may have no BPF
+// subprograms while its BTF is not loaded (see the README's limitations).
+#[xdp]
+#[inline(always)]
+pub fn understudy_encap(ctx: XdpContext) -> u32 {
+    steer::encapsulate(&ctx)
+}
+
+/// Sends what steering handed back.
+#[inline(always)]
+fn finish(ctx: &XdpContext, p: &Parsed, steered: Steered) -> u32 {
+    match steered {
+        Steered::Done(action) => action,
+        Steered::Forward(f) => steer::forward(ctx, p, &f),
+    }
+}
+
+/// A packet to the VIP of `svc`: refused, or a backend chosen and the packet steered to it.
+#[inline(always)]
+fn to_vip(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo) -> Steered {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    // Before any state or rewrite: the stack's time-exceeded then quotes the VIP.
+    if p.ttl <= 1 {
+        return Steered::Done(pass(Counter::PassTtl));
+    }
+    if let Some(reason) = acl::refused(p, svc) {
+        return Steered::Done(refuse(ctx, p, svc, reason));
+    }
+    let choice = match choose(p, svc) {
+        Ok(c) => c,
+        Err(Miss::Reject) => return Steered::Done(reject(ctx, p)),
+        Err(Miss::Refuse(reason)) => return Steered::Done(refuse(ctx, p, svc, reason)),
+        Err(Miss::Drop(reason)) => {
+            if reason == Counter::DropBadBackend {
+                warn!(ctx, "service {}: ring names a missing backend", svc.id);
+            }
+            count(reason);
+            return Steered::Done(XDP_DROP);
+        }
+    };
+    account(&SERVICE_STATS, svc.id, bytes, choice.new_flow);
+    account(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
+    steer::steer(ctx, p, svc, &choice)
+}
+
+/// A packet to no VIP. A backend's reply to a NAT flow: only packets from a backend's address
+/// and port can be one. Everything else passes after one array read (a port no backend uses) or
+/// one small lookup, never touching the flow table.
+#[inline(always)]
+fn from_elsewhere(ctx: &XdpContext, p: &Parsed) -> u32 {
     let (word, bit) = port_bit(u16::from_be(p.key.src_port));
     let backend = ReverseKey {
         addr: p.key.src,
@@ -112,9 +164,9 @@ pub fn understudy_xdp(ctx: XdpContext) -> u32 {
     if BACKEND_PORTS.get(word).is_some_and(|w| w & bit != 0)
         && let Some(rev) = unsafe { REVERSE.get(&backend) }
     {
-        return nat::reply(&ctx, &p, rev, bytes);
+        let bytes = (ctx.data_end() - ctx.data()) as u64;
+        return nat::reply(ctx, p, rev, bytes);
     }
-
     count(Counter::PassNotVip);
     XDP_PASS
 }

@@ -3,12 +3,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
 };
 use lb_common::{
     BackendInfo, Counter, EVENTS_BYTES, FLOWS_CAPACITY, FRAGS_CAPACITY, FlowKey, FlowValue,
-    FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, REDIRECT_DROPS_INTERFACES, RINGS_CHUNKS,
-    RingChunk, ServiceInfo, ServiceKey, Traffic,
+    FragKey, FragValue, MAX_BACKENDS, MAX_SERVICES, PROGRAMS_LEN, REDIRECT_DROPS_INTERFACES,
+    RINGS_CHUNKS, RingChunk, ServiceInfo, ServiceKey, Traffic,
     edge::{
         ACL_CAPACITY, AclV4, AclV6, BACKEND_PORT_WORDS, Bucket, BucketKey, DropReason, Flood,
         NextHop, RATE_BUCKETS_CAPACITY, RateLimit, ReverseKey, ReverseValue, ServiceDrops,
@@ -22,6 +24,14 @@ use lb_common::{
 #[map]
 pub static REDIRECT_DROPS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(REDIRECT_DROPS_INTERFACES, 0);
+
+/// The programs `understudy_xdp` tail-calls (`PROGRAM_*`), filled by user space at load.
+#[map]
+pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAMS_LEN, 0);
+
+/// This CPU's packet on its way into `understudy_encap` (`steer::forward`).
+#[map]
+pub static HANDOFF: PerCpuArray<crate::steer::Forward> = PerCpuArray::with_max_entries(1, 0);
 
 /// VIP (address, port, protocol) to service.
 #[map]

@@ -142,9 +142,18 @@ fn a_dsr_backend_behind_a_gateway_is_refused_where_it_is_written() {
 /// The frame the program should send for `pkt` wrapped toward `backend`: Ethernet to the
 /// backend's MAC, the outer IP header (and UDP for GUE), then the inner IP packet unchanged.
 fn wrapped(pkt: &Pkt, backend: &str, source: &str, gue: Option<u16>) -> Vec<u8> {
-    let inner = &pkt.bytes()[14..];
-    let hash = flow_hash(&flow_key(pkt));
-    let inner_proto = if pkt.src.is_ipv4() {
+    wrap(
+        &pkt.bytes()[14..],
+        flow_hash(&flow_key(pkt)),
+        backend,
+        source,
+        gue,
+    )
+}
+
+/// [`wrapped`] for an inner IP packet `inner` whose flow hash is `hash`.
+fn wrap(inner: &[u8], hash: u32, backend: &str, source: &str, gue: Option<u16>) -> Vec<u8> {
+    let inner_proto = if inner[0] >> 4 == 4 {
         IpNumber::IPV4
     } else {
         IpNumber::IPV6
@@ -300,6 +309,57 @@ fn tunnels_wrap_the_packet_in_exact_outer_headers() {
         }
         assert_eq!(bed.counter(Counter::Encapsulated), 4, "{case}");
     }
+}
+
+/// Later fragments carry no ports, so they follow their first fragment's backend through
+/// `FRAGS`, forwarded the way the service forwards: DSR's MAC rewrite, or the tunnel.
+#[test]
+fn later_fragments_follow_their_first_in_dsr_and_tunnels() {
+    let datagram = Pkt {
+        payload: (0..2800).map(|i| (i % 251) as u8).collect(),
+        ..Pkt::to_vip(CLIENT4, VIP4, 40060, 53, L4::Udp)
+    };
+    let dsr_config = service("dsr", "10.0.0.10:53", "10.0.11.2:53", "protocol = \"udp\"");
+    let mut bed = bed(&dsr_config);
+    let sent = fragments(&datagram.bytes(), false, 1480, 7);
+    let moved = Pkt {
+        eth_src: XB_MAC,
+        eth_dst: backend_mac(ip(BACKEND4)),
+        ttl: 63,
+        ..datagram.clone()
+    };
+    let want = fragments(&moved.bytes(), false, 1480, 7);
+    for (i, (frag, want)) in sent.iter().zip(&want).enumerate() {
+        let (action, out) = bed.run(frag, bed.xc);
+        assert_eq!(action, XDP_REDIRECT, "dsr fragment {i}");
+        assert_bytes(&format!("dsr fragment {i}"), &out, want);
+    }
+    assert_eq!(bed.counter(Counter::FragmentTranslated), 1);
+    drop(bed);
+
+    let mut bed = support::bed(&service(
+        "tunnel",
+        "10.0.0.10:53",
+        "10.0.11.2:53",
+        "protocol = \"udp\"\ntunnel = { source_v4 = \"10.0.11.1\" }",
+    ));
+    // Each piece must fit the link once wrapped (20 bytes more).
+    let datagram = Pkt {
+        payload: (0..1800).map(|i| (i % 251) as u8).collect(),
+        ..datagram
+    };
+    let sent = fragments(&datagram.bytes(), false, 1000, 8);
+    for (i, frag) in sent.iter().enumerate() {
+        let (action, out) = bed.run(frag, bed.xc);
+        assert_eq!(action, XDP_REDIRECT, "ipip fragment {i}");
+        // IPIP over IPv4 uses no hash: any will do.
+        assert_bytes(
+            &format!("ipip fragment {i}"),
+            &out,
+            &wrap(&frag[14..], 0, BACKEND4, "10.0.11.1", None),
+        );
+    }
+    assert_eq!(bed.counter(Counter::FragmentTranslated), 1);
 }
 
 #[test]

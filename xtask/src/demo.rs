@@ -104,6 +104,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     wait_for_http(&topo)?;
+    wait_for_all_backends(&topo, &binary)?;
 
     for (label, url) in [
         ("IPv4", format!("http://{VIP_V4}/")),
@@ -287,10 +288,15 @@ fn web_server(ns: &Netns, dir: &std::path::Path) -> anyhow::Result<Guard> {
     Ok(Guard(child))
 }
 
-/// Prints the answers to 6 requests, which must come from more than one backend.
+/// Prints the answers to 6 requests, which must come from more than one backend. Six land on
+/// one of three backends by chance once in 243 runs, so up to 12 more are made before that
+/// counts as a failure (once in 43 million).
 fn spread(client: &Netns, label: &str, url: &str) -> anyhow::Result<()> {
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..6 {
+    for i in 0..18 {
+        if i >= 6 && seen.len() >= 2 {
+            break;
+        }
         let answer = curl(client, url)?;
         println!("  {}", answer.trim());
         seen.insert(answer);
@@ -363,6 +369,31 @@ fn wait_for_http(topo: &Topology) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("the VIP did not answer HTTP within 10 s")
+}
+
+/// Until every backend of every service is healthy and in its table (`understudy status`), so
+/// the first requests already see all three: the VIP answers as soon as one backend is up.
+fn wait_for_all_backends(topo: &Topology, binary: &std::path::Path) -> anyhow::Result<()> {
+    let mut last = String::new();
+    for _ in 0..150 {
+        let out = topo
+            .lb
+            .command_net_only(binary.to_str().context("binary path")?)
+            .args(["status", "--json"])
+            .output()
+            .context("running understudy status --json")?;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let compact: String = last.chars().filter(|c| !c.is_whitespace()).collect();
+        if out.status.success()
+            && compact.contains("\"healthy\":true")
+            && !compact.contains("\"healthy\":false")
+            && !compact.contains("\"active\":false")
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("not every backend came up within 15 s; the last status:\n{last}")
 }
 
 /// The backends' web roots, removed on drop.

@@ -161,7 +161,48 @@ impl Dataplane {
             pinned_links: Vec::new(),
         };
         dp.program(XDP_PROGRAM)?;
+        dp.fill_tail_calls()?;
         Ok(dp)
+    }
+
+    /// Loads the programs `understudy_xdp` tail-calls (later fragments, tunnels) and puts them
+    /// in `PROGRAMS`. An empty slot would pass those packets to the stack, counted as
+    /// `err_tail_call`.
+    fn fill_tail_calls(&mut self) -> Result<(), DataplaneError> {
+        let mut fds = Vec::new();
+        for (slot, name) in lb_common::TAIL_PROGRAMS {
+            let prog = self.program(name)?;
+            let fd = prog
+                .fd()
+                .map_err(|source| DataplaneError::Program {
+                    name: name.to_string(),
+                    source,
+                })?
+                .try_clone()
+                .map_err(|e| DataplaneError::Program {
+                    name: name.to_string(),
+                    source: aya::programs::ProgramError::IOError(e),
+                })?;
+            fds.push((slot, fd));
+        }
+        let map = self
+            .ebpf
+            .map_mut(lb_common::map_names::PROGRAMS)
+            .ok_or(DataplaneError::MissingMap(lb_common::map_names::PROGRAMS))?;
+        let mut programs =
+            aya::maps::ProgramArray::try_from(map).map_err(|source| DataplaneError::Map {
+                name: lb_common::map_names::PROGRAMS,
+                source,
+            })?;
+        for (slot, fd) in &fds {
+            programs
+                .set(*slot, fd, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: lb_common::map_names::PROGRAMS,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Entries `FLOWS` holds (a pinned map keeps the size it was created with).

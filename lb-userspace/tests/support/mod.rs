@@ -84,3 +84,49 @@ pub fn flow_key(p: &Pkt) -> lb_common::FlowKey {
         _pad: 0,
     }
 }
+
+#[allow(dead_code)]
+/// `packet` (Ethernet, IP, then a transport header and payload) cut into two fragments of
+/// datagram `id`, the first carrying `split` bytes of the IP payload (a multiple of 8).
+pub fn fragments(packet: &[u8], v6: bool, split: usize, id: u32) -> [Vec<u8>; 2] {
+    let eth = &packet[..14];
+    if !v6 {
+        let (ip, payload) = etherparse::Ipv4Header::from_slice(&packet[14..]).unwrap();
+        let piece = |data: &[u8], offset: usize, more: bool| {
+            let mut h = ip.clone();
+            h.identification = id as u16;
+            h.more_fragments = more;
+            h.fragment_offset = etherparse::IpFragOffset::try_new((offset / 8) as u16).unwrap();
+            h.set_payload_len(data.len()).unwrap();
+            h.header_checksum = h.calc_header_checksum();
+            let mut out = eth.to_vec();
+            out.extend_from_slice(&h.to_bytes());
+            out.extend_from_slice(data);
+            out
+        };
+        [
+            piece(&payload[..split], 0, true),
+            piece(&payload[split..], split, false),
+        ]
+    } else {
+        let (ip, payload) = etherparse::Ipv6Header::from_slice(&packet[14..]).unwrap();
+        let piece = |data: &[u8], offset: usize, more: bool| {
+            let mut h = ip.clone();
+            h.next_header = etherparse::IpNumber(44);
+            h.payload_length = (8 + data.len()) as u16;
+            let mut out = eth.to_vec();
+            out.extend_from_slice(&h.to_bytes());
+            let off = ((offset / 8) as u16) << 3 | more as u16;
+            out.push(ip.next_header.0);
+            out.push(0);
+            out.extend_from_slice(&off.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(data);
+            out
+        };
+        [
+            piece(&payload[..split], 0, true),
+            piece(&payload[split..], split, false),
+        ]
+    }
+}

@@ -15,6 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "peer_xdp/mod.rs"]
+mod peer_xdp;
+
 use understudy_testbed::{
     CLIENT_V4, CLIENT_V6, Daemon, EchoServer, Netns, Topology, echo_connections, require_root,
 };
@@ -143,17 +146,6 @@ fn from_client(servers: &[EchoServer], client: IpAddr) -> Vec<usize> {
         .collect()
 }
 
-/// Any XDP program on the client's `eth0`, kept attached while the value lives.
-fn client_xdp(client: &Netns) -> understudy::decap::Decap {
-    client.enter(|| {
-        let mut d = understudy::decap::Decap::load(None).expect("load an XDP program");
-        let index = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
-        d.attach("eth0", index, false)
-            .expect("attach it to the client's eth0");
-        d
-    })
-}
-
 fn case(mode: &str, encap: Option<&str>, v6: bool) {
     require_root("the forwarding-mode end-to-end tests");
     let what = format!(
@@ -177,11 +169,9 @@ fn case(mode: &str, encap: Option<&str>, v6: bool) {
     for d in &mut decaps {
         d.stop_process();
     }
-    // A veth sends the frames XDP_TX queues (here the too-big answers, the only packets the
-    // balancer sends the client in these modes) only when its peer runs an XDP program or
-    // something else wakes it; a real NIC sends them at once. The decapsulator, with nothing to
-    // strip, is such a program on the client's end.
-    let _flush = client_xdp(&topo.client);
+    // The too-big answers are the only packets the balancer sends the client in these modes,
+    // with XDP_TX: see `peer_xdp`.
+    let _flush = peer_xdp::attach(&topo.client, "eth0");
     let config = config(&topo, v6, mode, encap);
     let daemon = Daemon::start(&topo.lb, BINARY.as_ref(), &config);
     let vip = SocketAddr::new(topo.vip(v6), 80);

@@ -1,28 +1,30 @@
 //! Indices of the global per-CPU counters (`COUNTERS`). Every packet the program does not forward
 //! itself is counted here under the reason it passed or dropped it.
 
-/// Declares [`Counter`], its [`Counter::ALL`] list and its names from one list, so they cannot
-/// drift apart.
+/// Declares a counter enum, its `ALL` list (index order) and its names from one list, so they
+/// cannot drift apart. The discriminant is the index in the enum's per-CPU array map; `COUNT` is
+/// that map's size, and `name` the stable snake_case name logs and metrics use. The
+/// decapsulator's counters (`forwarding::DecapCounter`) are declared with it too.
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
-        /// One global counter. The discriminant is the index in `COUNTERS`.
+    ($(#[doc = $enum_doc:literal])* $enum:ident { $($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+ }) => {
+        $(#[doc = $enum_doc])*
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum Counter {
+        pub enum $enum {
             $($(#[doc = $doc])* $variant,)+
         }
 
-        impl Counter {
+        impl $enum {
             /// Every counter in index order.
-            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)+];
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)+];
 
-            /// Number of counters, the size of `COUNTERS`.
+            /// Number of counters, the size of their map.
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
             /// Stable snake_case name, used in logs and metrics.
             pub const fn name(self) -> &'static str {
                 match self {
-                    $(Counter::$variant => $name,)+
+                    $($enum::$variant => $name,)+
                 }
             }
         }
@@ -30,6 +32,8 @@ macro_rules! counters {
 }
 
 counters! {
+/// One global counter. The discriminant is the index in `COUNTERS`.
+Counter {
     /// Not IPv4 or IPv6 (ARP, LLDP...).
     PassNotIp => "pass_not_ip",
     /// IP, but neither a VIP nor a reply of a translated flow.
@@ -154,6 +158,7 @@ counters! {
     /// The client's ACK completed a DSR or tunnel flow's handshake (the balancer never sees the
     /// SYN-ACK in these modes): its passive SYN-timeout watch ends.
     HandshakeSeen => "handshake_seen",
+}
 }
 
 #[cfg(test)]

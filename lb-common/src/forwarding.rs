@@ -77,28 +77,9 @@ pub struct DecapConfig {
     pub _pad: [u8; 6],
 }
 
-macro_rules! decap_counters {
-    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
-        /// The decapsulator's per-CPU counters (`DECAP_COUNTERS`), by index.
-        #[repr(u32)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum DecapCounter {
-            $($(#[doc = $doc])* $variant,)+
-        }
-
-        impl DecapCounter {
-            pub const ALL: &'static [DecapCounter] = &[$(DecapCounter::$variant,)+];
-            pub const COUNT: u32 = Self::ALL.len() as u32;
-            pub const fn name(self) -> &'static str {
-                match self {
-                    $(DecapCounter::$variant => $name,)+
-                }
-            }
-        }
-    };
-}
-
-decap_counters! {
+counters! {
+/// The decapsulator's per-CPU counters (`DECAP_COUNTERS`), by index.
+DecapCounter {
     /// IPIP or IP6IP6 to this host, stripped and delivered to the stack.
     DecapIpip => "decap_ipip",
     /// GUE to this host's GUE port, stripped and delivered to the stack.
@@ -109,6 +90,7 @@ decap_counters! {
     DropTruncated => "drop_truncated",
     /// Not encapsulated, or not to this host: passed untouched.
     PassOther => "pass_other",
+}
 }
 
 /// Map names of the decapsulator.

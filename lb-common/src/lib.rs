@@ -13,6 +13,7 @@
 extern crate std;
 
 pub mod checksum;
+#[macro_use]
 pub mod counters;
 pub mod edge;
 pub mod forwarding;

@@ -61,13 +61,7 @@ pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> Steered {
         return Steered::Done(pass(Counter::PassTtl));
     }
     if v.side >= FRAG_FORWARD {
-        account(
-            &BACKEND_STATS,
-            v.backend,
-            (ctx.data_end() - ctx.data()) as u64,
-            false,
-        );
-        count(Counter::FragmentTranslated);
+        followed(ctx, v.backend);
         return Steered::Forward(Forward {
             mode: v.side - FRAG_FORWARD,
             backend: v.backend,
@@ -82,13 +76,7 @@ pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> Steered {
     if rewrite_address(ctx, p, side, &v.addr).is_none() {
         return Steered::Done(pass(Counter::PassTruncated));
     }
-    account(
-        &BACKEND_STATS,
-        v.backend,
-        (ctx.data_end() - ctx.data()) as u64,
-        false,
-    );
-    count(Counter::FragmentTranslated);
+    followed(ctx, v.backend);
     let out = match side {
         Side::Destination => FlowKey {
             dst: v.addr,
@@ -100,4 +88,16 @@ pub fn follow(ctx: &XdpContext, p: &Parsed, id: u32) -> Steered {
         },
     };
     Steered::Done(forward(ctx, p, &out))
+}
+
+/// Counts a later fragment sent on after its first, to `backend`.
+#[inline(always)]
+fn followed(ctx: &XdpContext, backend: u32) {
+    account(
+        &BACKEND_STATS,
+        backend,
+        (ctx.data_end() - ctx.data()) as u64,
+        false,
+    );
+    count(Counter::FragmentTranslated);
 }

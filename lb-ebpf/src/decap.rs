@@ -27,7 +27,7 @@ use lb_common::{
     },
 };
 
-use crate::packet::{load, store};
+use crate::packet::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, load, store, words16};
 
 #[map]
 static DECAP_VIPS: HashMap<DecapAddr, u8> = HashMap::with_max_entries(DECAP_VIPS_CAPACITY, 0);
@@ -37,10 +37,6 @@ static DECAP_ADDRS: HashMap<DecapAddr, u8> = HashMap::with_max_entries(DECAP_ADD
 static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 #[map]
 static DECAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);
-
-const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 #[inline(always)]
 fn count(c: DecapCounter) {
@@ -55,24 +51,15 @@ fn verdict(c: DecapCounter, action: u32) -> u32 {
     action
 }
 
+/// Whether `map` (this host's addresses, or the VIPs) holds the address.
 #[inline(always)]
-fn words(b: [u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    ]
-}
-
-#[inline(always)]
-fn local(addr: [u32; 4], family: u8) -> bool {
+fn holds(map: &HashMap<DecapAddr, u8>, addr: [u32; 4], family: u8) -> bool {
     let key = DecapAddr {
         addr,
         family,
         _pad: [0; 3],
     };
-    unsafe { DECAP_ADDRS.get(&key) }.is_some()
+    unsafe { map.get(&key) }.is_some()
 }
 
 #[xdp]
@@ -98,7 +85,7 @@ fn decap(ctx: &XdpContext) -> Option<u32> {
         let [_, proto]: [u8; 2] = load(ctx, ETH_LEN + 8)?;
         let dst: u32 = load(ctx, ETH_LEN + 16)?;
         if !matches!(proto, IPPROTO_IPIP | IPPROTO_IPV6 | PROTO_UDP)
-            || !local([dst, 0, 0, 0], FAMILY_V4)
+            || !holds(&DECAP_ADDRS, [dst, 0, 0, 0], FAMILY_V4)
         {
             return None;
         }
@@ -106,7 +93,8 @@ fn decap(ctx: &XdpContext) -> Option<u32> {
     } else if ether_type == ETH_P_IPV6 {
         let [next, _]: [u8; 2] = load(ctx, ETH_LEN + 6)?;
         let dst: [u8; 16] = load(ctx, ETH_LEN + 24)?;
-        if !matches!(next, IPPROTO_IPIP | IPPROTO_IPV6 | PROTO_UDP) || !local(words(dst), FAMILY_V6)
+        if !matches!(next, IPPROTO_IPIP | IPPROTO_IPV6 | PROTO_UDP)
+            || !holds(&DECAP_ADDRS, words16(dst), FAMILY_V6)
         {
             return None;
         }
@@ -134,17 +122,12 @@ fn decap(ctx: &XdpContext) -> Option<u32> {
     let vip = if family == FAMILY_V4 {
         load::<u32>(ctx, inner_at + 16).map(|a| [a, 0, 0, 0])
     } else {
-        load::<[u8; 16]>(ctx, inner_at + 24).map(words)
+        load::<[u8; 16]>(ctx, inner_at + 24).map(words16)
     };
     let Some(vip) = vip else {
         return Some(verdict(DecapCounter::DropTruncated, XDP_DROP));
     };
-    let key = DecapAddr {
-        addr: vip,
-        family,
-        _pad: [0; 3],
-    };
-    if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+    if !holds(&DECAP_VIPS, vip, family) {
         return Some(verdict(DecapCounter::DropForeignVip, XDP_DROP));
     }
     let macs: [u8; 12] = load(ctx, 0)?;

@@ -10,12 +10,11 @@
 //! resolved is a drop too (the client retransmits; the daemon's checks to the backend's own
 //! address keep its neighbour entry resolved).
 
-use aya_ebpf::{bindings::xdp_action::XDP_DROP, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{Counter, FlowKey};
 
 use crate::{
-    forward::{NoHop, ip_len, next_hop, pass, send},
-    maps::count,
+    forward::{NoHop, drop, ip_len, next_hop, pass, send},
     parse::Parsed,
 };
 
@@ -39,10 +38,4 @@ pub fn to(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4]) -> u32 {
         Err(NoHop::TooBig(_)) => drop(Counter::DropTooBig),
         Err(NoHop::NotOnLink) => drop(Counter::DropDsrNotOnLink),
     }
-}
-
-#[inline(always)]
-fn drop(reason: Counter) -> u32 {
-    count(reason);
-    XDP_DROP
 }

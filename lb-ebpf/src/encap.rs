@@ -9,9 +9,7 @@
 //! flows. GUE is variant 1, the inner IP packet directly behind UDP, with a zero UDP checksum
 //! (RFC 6935 allows it for tunnels over IPv6; Linux's receiver needs `udp6zerocsumrx` there).
 
-use aya_ebpf::{
-    bindings::xdp_action::XDP_DROP, helpers::bpf_xdp_adjust_head, programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     Counter, FAMILY_V4, FlowKey, PROTO_UDP,
     forwarding::{
@@ -23,16 +21,12 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{NoHop, emit, ip_len, next_hop, pass},
+    forward::{NoHop, drop, emit, ip_len, next_hop, pass},
     maps::{TUNNELS, count},
-    packet::{load, store},
+    packet::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, load, store},
     parse::Parsed,
     too_big,
 };
-
-const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 /// Wraps the packet toward backend `id` at `addr` (`gue`: GUE, otherwise IPIP) and sends it.
 #[inline(always)]
@@ -189,10 +183,4 @@ fn inner_tos(ctx: &XdpContext, p: &Parsed) -> Option<u8> {
     } else {
         (a & 0x0f) << 4 | b >> 4
     })
-}
-
-#[inline(always)]
-fn drop(reason: Counter) -> u32 {
-    count(reason);
-    XDP_DROP
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-        xdp_action::{XDP_PASS, XDP_TX},
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -277,4 +277,10 @@ pub fn emit(ctx: &XdpContext, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> u32
 pub fn pass(reason: Counter) -> u32 {
     count(reason);
     XDP_PASS
+}
+
+#[inline(always)]
+pub fn drop(reason: Counter) -> u32 {
+    count(reason);
+    XDP_DROP
 }

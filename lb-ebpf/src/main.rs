@@ -30,11 +30,7 @@ mod select;
 mod steer;
 mod too_big;
 
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{
     Counter, PROGRAM_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, ServiceInfo, ServiceKey,
@@ -42,7 +38,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::pass,
+    forward::{drop, pass},
     icmp::icmp,
     maps::{
         BACKEND_PORTS, BACKEND_STATS, PROGRAMS, REVERSE, SERVICE_STATS, SERVICES, account, count,
@@ -140,8 +136,7 @@ fn to_vip(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo) -> Steered {
             if reason == Counter::DropBadBackend {
                 warn!(ctx, "service {}: ring names a missing backend", svc.id);
             }
-            count(reason);
-            return Steered::Done(XDP_DROP);
+            return Steered::Done(drop(reason));
         }
     };
     account(&SERVICE_STATS, svc.id, bytes, choice.new_flow);
@@ -183,8 +178,7 @@ fn refuse(ctx: &XdpContext, p: &Parsed, svc: &ServiceInfo, reason: DropReason) -
     if svc.flags & rst != 0 {
         answer(ctx, p, Counter::RefuseRst, Counter::DropRefused)
     } else {
-        count(Counter::DropRefused);
-        XDP_DROP
+        drop(Counter::DropRefused)
     }
 }
 

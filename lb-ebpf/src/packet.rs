@@ -5,6 +5,11 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 
+/// An untagged Ethernet header's length, and the EtherTypes the programs write.
+pub const ETH_LEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -43,3 +48,14 @@ pub const ICMPV6_DEST_UNREACH: u8 = 1;
 pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
 pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+
+/// An IPv6 address's bytes as the four words every key holds (network order in memory).
+#[inline(always)]
+pub fn words16(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}

@@ -5,14 +5,12 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use crate::packet::{load, ptr_at};
+use crate::packet::{ETH_P_IP, ETH_P_IPV6, load, ptr_at, words16};
 use lb_common::{
     Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
@@ -47,16 +45,6 @@ pub struct Parsed {
     /// TCP flags (byte 13 of the header); 0 for UDP and ICMP.
     pub tcp_flags: u8,
     pub key: FlowKey,
-}
-
-#[inline(always)]
-fn words16(b: [u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    ]
 }
 
 /// Parses the packet up to its ports, or says why it must pass untouched.

@@ -10,22 +10,22 @@
 //! link's MTU less the overhead, far longer than the quote.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    bindings::xdp_action::XDP_TX,
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use lb_common::{Counter, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, checksum::fold, headers};
 
 use crate::{
+    forward::drop,
     maps::count,
-    packet::{load, ptr_at, store},
+    packet::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, load, ptr_at, store},
     parse::Parsed,
 };
 
 /// Bytes of the offending packet quoted: its IP header (up to 60 bytes with options, 40 for
 /// IPv6) and at least the ports behind it. A multiple of 4, as `bpf_csum_diff` needs.
 const QUOTE: usize = 128;
-const ETH_LEN: usize = 14;
 const ICMP_LEN: usize = 8;
 const TTL: u8 = 64;
 
@@ -61,7 +61,7 @@ pub fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> u32 {
     let message_len = (ICMP_LEN + QUOTE) as u16;
     let ok = if v4 {
         store(ctx, 0, [macs[1], macs[0]])
-            .and_then(|_| store(ctx, 12, 0x0800u16.to_be()))
+            .and_then(|_| store(ctx, 12, ETH_P_IP.to_be()))
             .and_then(|_| {
                 let h = headers::ipv4(
                     0,
@@ -79,7 +79,7 @@ pub fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> u32 {
             .and_then(|_| store(ctx, icmp_at + 6, (mtu.min(u16::MAX as u32) as u16).to_be()))
     } else {
         store(ctx, 0, [macs[1], macs[0]])
-            .and_then(|_| store(ctx, 12, 0x86ddu16.to_be()))
+            .and_then(|_| store(ctx, 12, ETH_P_IPV6.to_be()))
             .and_then(|_| {
                 let h = headers::ipv6(0, 0, message_len, PROTO_ICMPV6, TTL, &vip, &client);
                 store(ctx, ETH_LEN, h)
@@ -116,10 +116,4 @@ pub fn answer(ctx: &XdpContext, p: &Parsed, mtu: u32) -> u32 {
     }
     count(Counter::TooBigAnswered);
     XDP_TX
-}
-
-#[inline(always)]
-fn drop(reason: Counter) -> u32 {
-    count(reason);
-    XDP_DROP
 }

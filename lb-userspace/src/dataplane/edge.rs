@@ -288,10 +288,16 @@ impl EdgeMaps {
 }
 
 /// The `TUNNELS` entry of one backend: its outer source is the configured one, or the source the
-/// kernel picks for the route to the backend. A backend with no route gets an empty entry, whose
-/// packets are dropped and counted (`drop_no_tunnel`), and a warning now.
+/// kernel's route to the backend picks (`routes::route_to`). A backend with no route gets an
+/// empty entry, whose packets are dropped and counted (`drop_no_tunnel`), and a warning now.
 fn tunnel_entry(t: &TunnelPlan) -> Tunnel {
-    let source = t.source.map(Ok).unwrap_or_else(|| route_source(t.backend));
+    let source = match t.source {
+        Some(ip) => Ok(ip),
+        None => super::routes::route_to(t.backend).and_then(|r| {
+            r.source
+                .ok_or_else(|| std::io::Error::other("the route names no source address"))
+        }),
+    };
     match source {
         Ok(src) => {
             let (src, family) = lb_common::addr_words(src);
@@ -307,17 +313,4 @@ fn tunnel_entry(t: &TunnelPlan) -> Tunnel {
             Tunnel::default()
         }
     }
-}
-
-/// The source address the kernel would use toward `ip`: a UDP socket's connect picks it from
-/// the routing table without sending anything.
-pub fn route_source(ip: std::net::IpAddr) -> std::io::Result<std::net::IpAddr> {
-    let any: std::net::SocketAddr = if ip.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = std::net::UdpSocket::bind(any)?;
-    socket.connect((ip, 9))?;
-    Ok(socket.local_addr()?.ip())
 }

@@ -1,6 +1,6 @@
 //! Asking the kernel how it reaches an address, as `ip route get` does (one `RTM_GETROUTE`
-//! request over rtnetlink, built and parsed by `netlink-packet-route`). DSR needs its backends
-//! on-link: a route through a gateway would hand the frame to a router that routes the VIP
+//! request over rtnetlink, built and parsed by `netlink-packet-route`): the tunnels' default
+//! outer source is the answer's source. DSR needs its backends on-link: a route through a gateway would hand the frame to a router that routes the VIP
 //! straight back, so such a config is refused where the backend is written.
 
 use std::{io, net::IpAddr};
@@ -18,7 +18,17 @@ use crate::config::{Config, ConfigError, Mode};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub gateway: Option<IpAddr>,
+    /// The source address the kernel would send from (`src` in `ip route get`).
+    pub source: Option<IpAddr>,
     pub kind: RouteType,
+}
+
+fn address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }
 
 /// The route the calling thread's network namespace would use toward `ip`.
@@ -48,13 +58,21 @@ pub fn route_to(ip: IpAddr) -> io::Result<Route> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     match message.payload {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-            let gateway = route.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-                RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-                _ => None,
-            });
+            let find = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
+                route
+                    .attributes
+                    .iter()
+                    .find_map(|a| want(a).and_then(address))
+            };
             Ok(Route {
-                gateway,
+                gateway: find(|a| match a {
+                    RouteAttribute::Gateway(g) => Some(g),
+                    _ => None,
+                }),
+                source: find(|a| match a {
+                    RouteAttribute::PrefSource(s) => Some(s),
+                    _ => None,
+                }),
                 kind: route.header.kind,
             })
         }

@@ -491,6 +491,7 @@ impl Writer {
         let mut hops = self.hop_events.take();
         let mut drops = watch::DropWatch::default();
         let mut flood = watch::FloodWatch::default();
+        let mut forwarding = watch::ForwardingWatch::default();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -521,7 +522,9 @@ impl Writer {
                 _ = tick.tick() => self.log_stats(),
                 _ = drops_tick.tick() => {
                     drops.check(self.dp.redirect_drops());
-                    flood.check(&self.flooded_cpus(), &self.dp.counters().unwrap_or_default());
+                    let counters = self.dp.counters().unwrap_or_default();
+                    flood.check(&self.flooded_cpus(), &counters);
+                    forwarding.check(&counters);
                 }
             }
         }

@@ -158,6 +158,14 @@ Counter {
     /// The client's ACK completed a DSR or tunnel flow's handshake (the balancer never sees the
     /// SYN-ACK in these modes): its passive SYN-timeout watch ends.
     HandshakeSeen => "handshake_seen",
+    /// A health-check packet sent the client's way (`understudy_probe`: DSR or a tunnel).
+    ProbeSent => "probe_sent",
+    /// A packet on the probe interface without a probe's mark, or naming no backend: dropped.
+    DropProbeUnknown => "drop_probe_unknown",
+    /// A probe the FIB gave no route toward its backend (or, in DSR, only through a gateway).
+    DropProbeNoRoute => "drop_probe_no_route",
+    /// A probe that could not be wrapped or redirected.
+    DropProbeFailed => "drop_probe_failed",
 }
 }
 

@@ -23,6 +23,17 @@ pub const IPIP_OVERHEAD_V6: u32 = 40;
 pub const GUE_OVERHEAD_V4: u32 = 28;
 pub const GUE_OVERHEAD_V6: u32 = 48;
 
+/// The bytes an encapsulation adds: GUE or IPIP, over an IPv4 or IPv6 outer header.
+#[inline(always)]
+pub const fn overhead(outer_v4: bool, gue: bool) -> u32 {
+    match (outer_v4, gue) {
+        (true, false) => IPIP_OVERHEAD_V4,
+        (false, false) => IPIP_OVERHEAD_V6,
+        (true, true) => GUE_OVERHEAD_V4,
+        (false, true) => GUE_OVERHEAD_V6,
+    }
+}
+
 /// The GUE port backends listen on unless the service says otherwise (Katran's default).
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 

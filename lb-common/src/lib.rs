@@ -19,6 +19,7 @@ pub mod edge;
 pub mod forwarding;
 pub mod hash;
 pub mod headers;
+pub mod probe;
 
 pub use counters::Counter;
 

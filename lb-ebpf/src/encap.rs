@@ -12,10 +12,7 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     Counter, FAMILY_V4, FlowKey, PROTO_UDP,
-    forwarding::{
-        GUE_OVERHEAD_V4, GUE_OVERHEAD_V6, IPIP_OVERHEAD_V4, IPIP_OVERHEAD_V6, IPPROTO_IPIP,
-        IPPROTO_IPV6, OUTER_TTL, gue_source_port,
-    },
+    forwarding::{IPPROTO_IPIP, IPPROTO_IPV6, OUTER_TTL, gue_source_port, overhead},
     hash::flow_hash,
     headers,
 };
@@ -23,7 +20,7 @@ use lb_common::{
 use crate::{
     forward::{NoHop, drop, emit, ip_len, next_hop, pass},
     maps::{TUNNELS, count},
-    packet::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, load, store},
+    packet::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Frame, load, store},
     parse::Parsed,
     too_big,
 };
@@ -38,12 +35,7 @@ pub fn wrap(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4], gue: bool) -
         return drop(Counter::DropNoTunnel);
     }
     let outer_v4 = t.family == FAMILY_V4;
-    let overhead = match (outer_v4, gue) {
-        (true, false) => IPIP_OVERHEAD_V4,
-        (false, false) => IPIP_OVERHEAD_V6,
-        (true, true) => GUE_OVERHEAD_V4,
-        (false, true) => GUE_OVERHEAD_V6,
-    };
+    let overhead = overhead(outer_v4, gue);
     let Some(inner_len) = ip_len(ctx, p) else {
         return pass(Counter::PassTruncated);
     };
@@ -121,24 +113,25 @@ pub fn wrap(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4], gue: bool) -
 }
 
 /// What goes in front of the inner packet.
-struct OuterHeader {
-    v4: bool,
-    tos: u8,
-    hash: u32,
+pub struct OuterHeader {
+    pub v4: bool,
+    pub tos: u8,
+    pub hash: u32,
     /// The outer IP length.
-    len: u16,
-    proto: u8,
-    src: [u32; 4],
-    dst: [u32; 4],
+    pub len: u16,
+    pub proto: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     /// GUE's source and destination ports (host order).
-    gue_ports: Option<(u16, u16)>,
+    pub gue_ports: Option<(u16, u16)>,
 }
 
-/// Writes the Ethernet type, the outer IP header and GUE's UDP header behind the MACs. Straight
-/// code with early returns: closures here were outlined by LLVM into BPF subprograms whose
-/// stack frames add up past the verifier's 512 bytes.
+/// Writes the Ethernet type, the outer IP header and GUE's UDP header behind the MACs, in an XDP
+/// frame or (for the path-following health checks) an skb. Straight code with early returns:
+/// closures here were outlined by LLVM into BPF subprograms whose stack frames add up past the
+/// verifier's 512 bytes.
 #[inline(always)]
-fn write_outer(ctx: &XdpContext, h: &OuterHeader) -> Option<()> {
+pub fn write_outer(ctx: &impl Frame, h: &OuterHeader) -> Option<()> {
     let ip_len = if h.v4 {
         store(ctx, 12, ETH_P_IP.to_be())?;
         store(

@@ -4,7 +4,7 @@
 //! neighbour, a local or missing route, an MTU problem) goes to the stack with XDP_PASS: the packet
 //! is already translated, so the kernel's own forwarding finishes the job and resolves neighbours.
 
-use core::mem::size_of;
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -31,8 +31,8 @@ use crate::{
 const MIN_MTU_V4: u32 = 576;
 const MIN_MTU_V6: u32 = 1280;
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
 
 /// Forwards the packet whose (already rewritten) 5-tuple is `key`.
 #[inline(always)]
@@ -84,39 +84,10 @@ fn lookup(ctx: &XdpContext, key: &FlowKey, len: u32) -> Result<Hop, Counter> {
 /// through a gateway is refused.
 #[inline(always)]
 fn fib(ctx: &XdpContext, key: &FlowKey, len: u32, on_link: bool) -> Result<Hop, NoHop> {
-    let mut fib = zeroed_params();
-    fib.l4_protocol = key.proto;
-    fib.sport = key.src_port;
-    fib.dport = key.dst_port;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    if key.family == FAMILY_V4 {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = key.src[0];
-        fib.__bindgen_anon_4.ipv4_dst = key.dst[0];
-    } else {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = key.src;
-        fib.__bindgen_anon_4.ipv6_dst = key.dst;
-    }
-    // At most 65,535: `ip_len` saturates.
-    fib.__bindgen_anon_1.tot_len = len as u16;
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut fib as *mut FibParams,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    match rc as u32 {
+    let (rc, fib) = ask_fib(ctx.as_ptr(), ctx.ingress_ifindex() as u32, key, len);
+    match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            // The FIB writes the gateway's address over the destination when there is one.
-            let gateway = if key.family == FAMILY_V4 {
-                unsafe { fib.__bindgen_anon_4.ipv4_dst != key.dst[0] }
-            } else {
-                unsafe { fib.__bindgen_anon_4.ipv6_dst != key.dst }
-            };
-            if on_link && gateway {
+            if on_link && via_gateway(&fib, key) {
                 return Err(NoHop::NotOnLink);
             }
             Ok(Hop {
@@ -131,6 +102,49 @@ fn fib(ctx: &XdpContext, key: &FlowKey, len: u32, on_link: bool) -> Result<Hop, 
             unsafe { fib.__bindgen_anon_1.mtu_result } as u32,
         )),
         _ => Err(NoHop::Stack(Counter::PassFibOther)),
+    }
+}
+
+/// Asks the FIB about a packet of IP length `len` carrying `key`, as if it came in on
+/// `ifindex`: the answer code, and the parameters it filled (egress interface, MACs, and the
+/// next hop's address over the destination). `ctx` is the program's context, XDP or TC.
+#[inline(always)]
+pub fn ask_fib(ctx: *mut c_void, ifindex: u32, key: &FlowKey, len: u32) -> (u32, FibParams) {
+    let mut fib = zeroed_params();
+    fib.l4_protocol = key.proto;
+    fib.sport = key.src_port;
+    fib.dport = key.dst_port;
+    fib.ifindex = ifindex;
+    if key.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = key.src[0];
+        fib.__bindgen_anon_4.ipv4_dst = key.dst[0];
+    } else {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = key.src;
+        fib.__bindgen_anon_4.ipv6_dst = key.dst;
+    }
+    // At most 65,535: `ip_len` saturates.
+    fib.__bindgen_anon_1.tot_len = len as u16;
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx,
+            &mut fib as *mut FibParams,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    (rc as u32, fib)
+}
+
+/// Whether the FIB's answer for `key` goes through a gateway: it writes the gateway's address
+/// over the destination when there is one.
+#[inline(always)]
+pub fn via_gateway(fib: &FibParams, key: &FlowKey) -> bool {
+    if key.family == FAMILY_V4 {
+        unsafe { fib.__bindgen_anon_4.ipv4_dst != key.dst[0] }
+    } else {
+        unsafe { fib.__bindgen_anon_4.ipv6_dst != key.dst }
     }
 }
 

@@ -23,6 +23,7 @@ mod nat;
 mod packet;
 mod parse;
 mod passive;
+mod probe;
 mod rate_limit;
 mod redirect_drops;
 mod reject;
@@ -30,7 +31,11 @@ mod select;
 mod steer;
 mod too_big;
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use aya_log_ebpf::warn;
 use lb_common::{
     Counter, PROGRAM_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, ServiceInfo, ServiceKey,
@@ -109,6 +114,13 @@ pub fn understudy_encap(ctx: XdpContext) -> u32 {
 }
 
 /// Sends what steering handed back.
+/// The path-following health checks, on the probe interface's TC egress (`probe`).
+#[classifier]
+#[inline(always)]
+pub fn understudy_probe(ctx: TcContext) -> i32 {
+    probe::route(&ctx)
+}
+
 #[inline(always)]
 fn finish(ctx: &XdpContext, p: &Parsed, steered: Steered) -> u32 {
     match steered {

@@ -3,7 +3,36 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
+
+/// A packet the program can address directly, between `data` and `data_end`: an XDP frame, or
+/// an skb's linear part in TC (where the health-check program runs).
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
 
 /// An untagged Ethernet header's length, and the EtherTypes the programs write.
 pub const ETH_LEN: usize = 14;
@@ -19,7 +48,7 @@ pub const TCP_ACK: u8 = 0x10;
 /// bytes or more: for one byte LLVM rewrites the check as `ptr >= end`, which the verifier does
 /// not accept as a bound.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -30,13 +59,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 
 /// Reads a `T` at `offset`, unaligned: IP headers sit at 2-byte boundaries behind Ethernet.
 #[inline(always)]
-pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn load<T: Copy>(ctx: &impl Frame, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
 /// Writes a `T` at `offset`, unaligned.
 #[inline(always)]
-pub fn store<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+pub fn store<T>(ctx: &impl Frame, offset: usize, value: T) -> Option<()> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
 

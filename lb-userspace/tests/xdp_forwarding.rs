@@ -616,3 +616,167 @@ fn the_decapsulator_strips_tunnels_to_this_host_for_its_vips_only() {
     }
     assert_eq!(decap_count(&d, DecapCounter::PassOther), 3);
 }
+
+/// The `__sk_buff` a `test_run` of the probe program starts from: the socket's mark, and the
+/// probe interface's place taken by `ifindex`.
+fn probe_ctx(mark: u32, ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 192];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// Runs `understudy_probe` once on `frame` carrying `mark`: its action and the frame it left.
+fn run_probe(bed: &mut Bed, frame: &[u8], mark: u32) -> (u32, Vec<u8>) {
+    use aya::programs::SchedClassifier;
+    let ctx = probe_ctx(mark, bed.xc);
+    let Bed { ns, writer, .. } = bed;
+    let prog: &mut SchedClassifier = writer
+        .dataplane_mut()
+        .ebpf_mut()
+        .program_mut(understudy::dataplane::probe_path::PROBE_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    if prog.fd().is_err() {
+        prog.load().expect("load the probe program");
+    }
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = ns
+        .enter(|| {
+            prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+        })
+        .expect("test_run");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// The path-following health checks' program: a marked probe to the VIP leaves unchanged for
+/// DSR (the kernel's neighbour code writes the backend's MAC), or wrapped in exactly the outer
+/// header a client's packet gets; an unmarked packet, or a mark naming no backend, is dropped
+/// and counted.
+#[test]
+fn probes_follow_the_clients_path_in_exact_bytes() {
+    use lb_common::{FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP, probe::mark};
+    let cases = [
+        // (case, mode, vip, backend, source, vip ip, backend ip, gue port)
+        (
+            "dsr4",
+            FORWARD_DSR,
+            "10.0.0.10:80",
+            "10.0.11.2:80",
+            "10.0.11.1",
+            VIP4,
+            BACKEND4,
+            None,
+        ),
+        (
+            "dsr6",
+            FORWARD_DSR,
+            "[fd00::10]:80",
+            "[fd00:11::2]:80",
+            "fd00:11::1",
+            VIP6,
+            BACKEND6,
+            None,
+        ),
+        (
+            "ipip",
+            FORWARD_IPIP,
+            "10.0.0.10:80",
+            "10.0.11.2:80",
+            "10.0.11.1",
+            VIP4,
+            BACKEND4,
+            None,
+        ),
+        (
+            "ip6ip6",
+            FORWARD_IPIP,
+            "[fd00::10]:80",
+            "[fd00:11::2]:80",
+            "fd00:11::1",
+            VIP6,
+            BACKEND6,
+            None,
+        ),
+        (
+            "gue4",
+            FORWARD_GUE,
+            "10.0.0.10:80",
+            "10.0.11.2:80",
+            "10.0.11.1",
+            VIP4,
+            BACKEND4,
+            Some(6080),
+        ),
+        (
+            "gue6",
+            FORWARD_GUE,
+            "[fd00::10]:80",
+            "[fd00:11::2]:80",
+            "fd00:11::1",
+            VIP6,
+            BACKEND6,
+            Some(6080),
+        ),
+    ];
+    for (case, mode, vip, backend, source, vip_ip, backend_ip, gue) in cases {
+        let field = if source.contains(':') {
+            "source_v6"
+        } else {
+            "source_v4"
+        };
+        let (name, extra) = match (mode, gue) {
+            (FORWARD_DSR, _) => ("dsr", String::new()),
+            (_, Some(_)) => (
+                "tunnel",
+                format!("tunnel = {{ encap = \"gue\", {field} = \"{source}\" }}"),
+            ),
+            _ => (
+                "tunnel",
+                format!("tunnel = {{ encap = \"ipip\", {field} = \"{source}\" }}"),
+            ),
+        };
+        let text = service(name, vip, backend, &extra);
+        let config = Config::parse("test.toml".as_ref(), &text).unwrap();
+        let id = understudy::plan::plan(&config).services[0].members[0].id;
+        let mut bed = bed(&text);
+        // The balancer's own SYN to the VIP, as the probe interface hands it over.
+        let probe = Pkt::to_vip(source, vip_ip, 40000, 80, L4::Tcp { syn: true });
+        let frame = probe.bytes();
+
+        let (action, out) = run_probe(&mut bed, &frame, 0);
+        assert_eq!(action, TC_ACT_SHOT, "{case}: an unmarked packet");
+        assert_eq!(out, frame, "{case}: an unmarked packet is left as it was");
+        let (action, _) = run_probe(&mut bed, &frame, mark(mode, id + 1));
+        assert_eq!(action, TC_ACT_SHOT, "{case}: a mark naming no backend");
+        assert_eq!(bed.counter(Counter::DropProbeUnknown), 2, "{case}");
+
+        let (action, out) = run_probe(&mut bed, &frame, mark(mode, id));
+        assert_eq!(action, TC_ACT_REDIRECT, "{case}");
+        assert_eq!(bed.counter(Counter::ProbeSent), 1, "{case}");
+        if mode == FORWARD_DSR {
+            assert_bytes(case, &out, &frame);
+            continue;
+        }
+        let want = wrap(
+            &frame[14..],
+            flow_hash(&flow_key(&probe)),
+            backend_ip,
+            source,
+            gue,
+        );
+        // The MACs are the neighbour code's to write after the redirect; the rest is exact.
+        assert_bytes(case, &out[..12], &frame[..12]);
+        assert_bytes(case, &out[12..], &want[12..]);
+    }
+}

@@ -33,6 +33,23 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Probe this port instead of the backend's.
     pub port: Option<u16>,
+    /// Which way the checks go in DSR and tunnel modes.
+    pub via: Via,
+}
+
+/// `via`: the way a DSR or tunnel service's checks reach a backend. In NAT and HTTP services
+/// both are the same: the backend's own address is where client traffic goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The client's path, as Katran's encapsulated checks: to the VIP (and the check's port),
+    /// through the service's MAC rewrite or tunnel. A backend whose VIP binding or
+    /// decapsulation is broken fails. The default.
+    #[default]
+    Path,
+    /// The backend's own address, as in NAT mode: it says the server runs, not that clients
+    /// reach it.
+    Direct,
 }
 
 /// What an active check does, with exactly the settings its kind needs.
@@ -73,6 +90,7 @@ impl Default for HealthCheck {
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
             port: None,
+            via: Via::Path,
         }
     }
 }
@@ -385,6 +403,7 @@ pub(super) fn validate_health(
         rise: count(at, &h.rise, f("rise"), DEFAULT_RISE)?,
         fall: count(at, &h.fall, f("fall"), DEFAULT_FALL)?,
         port: h.port.as_ref().map(|p| *p.get_ref()),
+        via: h.via.unwrap_or_default(),
     })
 }
 

@@ -22,7 +22,7 @@ use toml::Spanned;
 
 pub use edge::{Acl, DEFAULT_FLOOD_THRESHOLD, RateLimit, Refusal};
 pub use error::ConfigError;
-pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck};
+pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, Via};
 pub use http::{Certificate, CircuitPolicy, HttpService, RetryPolicy};
 pub use model::{Encap, HashMode, Mode, OnAllDown, Protocol, Tunnel, XdpMode};
 

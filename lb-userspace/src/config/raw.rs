@@ -84,6 +84,7 @@ pub struct RawHealth {
     pub rise: Option<Spanned<u32>>,
     pub fall: Option<Spanned<u32>>,
     pub port: Option<Spanned<u16>>,
+    pub via: Option<super::health::Via>,
     // http and https
     pub method: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,

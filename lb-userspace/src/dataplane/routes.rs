@@ -1,17 +1,17 @@
 //! Asking the kernel how it reaches an address, as `ip route get` does (one `RTM_GETROUTE`
-//! request over rtnetlink, built and parsed by `netlink-packet-route`): the tunnels' default
-//! outer source is the answer's source. DSR needs its backends on-link: a route through a gateway would hand the frame to a router that routes the VIP
-//! straight back, so such a config is refused where the backend is written.
+//! request over rtnetlink): the tunnels' default outer source, and the path-following checks'
+//! own, is the answer's source. DSR needs its backends on-link: a route through a gateway would
+//! hand the frame to a router that routes the VIP straight back, so such a config is refused
+//! where the backend is written.
 
 use std::{io, net::IpAddr};
 
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use super::netlink::request;
 use crate::config::{Config, ConfigError, Mode};
 
 /// What the kernel's routing answered for one destination.
@@ -42,48 +42,27 @@ pub fn route_to(ip: IpAddr) -> io::Result<Route> {
     msg.header.destination_prefix_length = if ip.is_ipv4() { 32 } else { 128 };
     msg.attributes
         .push(RouteAttribute::Destination(RouteAddress::from(ip)));
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(msg));
-    request.header.flags = NLM_F_REQUEST;
-    request.finalize();
-    let mut buf = vec![0u8; request.buffer_len()];
-    request.serialize(&mut buf);
-
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    socket.send(&buf, 0)?;
-    let mut reply = vec![0u8; 16 * 1024];
-    let n = socket.recv(&mut &mut reply[..], 0)?;
-    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    match message.payload {
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-            let find = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
-                route
-                    .attributes
-                    .iter()
-                    .find_map(|a| want(a).and_then(address))
-            };
-            Ok(Route {
-                gateway: find(|a| match a {
-                    RouteAttribute::Gateway(g) => Some(g),
-                    _ => None,
-                }),
-                source: find(|a| match a {
-                    RouteAttribute::PrefSource(s) => Some(s),
-                    _ => None,
-                }),
-                kind: route.header.kind,
-            })
-        }
-        NetlinkPayload::Error(e) => Err(e.code.map_or_else(
-            || io::Error::other("netlink error"),
-            |c| io::Error::from_raw_os_error(-c.get()),
-        )),
-        other => Err(io::Error::other(format!(
-            "unexpected netlink answer: {other:?}"
-        ))),
-    }
+    let answers = request(RouteNetlinkMessage::GetRoute(msg), 0)?;
+    let Some(RouteNetlinkMessage::NewRoute(route)) = answers.into_iter().next() else {
+        return Err(io::Error::other("no route in the kernel's answer"));
+    };
+    let find = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
+        route
+            .attributes
+            .iter()
+            .find_map(|a| want(a).and_then(address))
+    };
+    Ok(Route {
+        gateway: find(|a| match a {
+            RouteAttribute::Gateway(g) => Some(g),
+            _ => None,
+        }),
+        source: find(|a| match a {
+            RouteAttribute::PrefSource(s) => Some(s),
+            _ => None,
+        }),
+        kind: route.header.kind,
+    })
 }
 
 /// Refuses a DSR service whose backend this host does not reach on-link, naming the backend's

@@ -118,3 +118,39 @@ fn nat_still_refuses_mixed_families() {
         "mode = \"tunnel\"",
     );
 }
+
+#[test]
+fn checks_follow_the_clients_path_unless_told_to_go_direct() {
+    use crate::config::Via;
+    let c = parse(&service(
+        "dsr",
+        "10.0.0.10:80",
+        "10.0.11.2:80",
+        "health = { kind = \"tcp\" }",
+    ))
+    .unwrap();
+    assert_eq!(c.services[0].health.via, Via::Path);
+    let c = parse(&service(
+        "tunnel",
+        "10.0.0.10:80",
+        "10.0.11.2:80",
+        "health = { kind = \"tcp\", via = \"direct\" }",
+    ))
+    .unwrap();
+    assert_eq!(c.services[0].health.via, Via::Direct);
+    let err = parse(&service(
+        "dsr",
+        "10.0.0.10:80",
+        "10.0.11.2:80",
+        "health = { kind = \"tcp\", via = \"sideways\" }",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("test.toml:8:")
+            && err.contains("health.via")
+            && err.contains("sideways")
+            && err.contains("direct"),
+        "{err}"
+    );
+}

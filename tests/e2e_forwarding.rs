@@ -146,6 +146,16 @@ fn from_client(servers: &[EchoServer], client: IpAddr) -> Vec<usize> {
         .collect()
 }
 
+/// The kernel counter `reason` as `/metrics` shows it.
+fn metric(topo: &Topology, reason: &str) -> u64 {
+    let (_, metrics) = understudy_testbed::admin(&topo.lb, None, "GET", "/metrics");
+    metrics
+        .lines()
+        .find(|l| l.contains(&format!("reason=\"{reason}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 fn case(mode: &str, encap: Option<&str>, v6: bool) {
     require_root("the forwarding-mode end-to-end tests");
     let what = format!(
@@ -237,16 +247,19 @@ fn case(mode: &str, encap: Option<&str>, v6: bool) {
         "{what}: the balancer received {rx} packets from the backends during {CONNECTIONS} connections"
     );
 
+    // The checks went the clients' way, through the probe interface.
+    assert!(
+        metric(&topo, "probe_sent") > 0,
+        "{what}: no probe sent through the probe interface"
+    );
+
     // The 3000-byte payloads do not fit a 1500-byte link once wrapped: the balancer answered
     // with frag-needed / Packet Too Big, and the client's path-MTU discovery took it.
     if mode == "tunnel" {
-        let (_, metrics) = understudy_testbed::admin(&topo.lb, None, "GET", "/metrics");
-        let answered = metrics
-            .lines()
-            .find(|l| l.contains("reason=\"too_big_answered\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        assert!(answered > 0, "{what}: no too-big answer counted");
+        assert!(
+            metric(&topo, "too_big_answered") > 0,
+            "{what}: no too-big answer counted"
+        );
     }
 
     // Failover: backend 1 dies; long-lived streams on the others carry on, and once the check
@@ -343,8 +356,8 @@ fn gue_ipv6() {
     case("tunnel", Some("gue"), true);
 }
 
-/// A DSR backend that lost its VIP binding passes its plain-IP check, yet every client flow to it
-/// black-holes: its SYNs vanish. The balancer never sees its packets, but it sees the clients
+/// A DSR backend that lost its VIP binding passes a plain-IP check (`via = "direct"` here), yet
+/// every client flow to it black-holes: its SYNs vanish. The balancer never sees its packets, but it sees the clients
 /// retransmit their SYNs with no ACK in between; past `syn_timeout` each is a report, and two
 /// eject the backend. Connections then go to the others, and the active check still says "up"
 /// for the ejected one, which is why the passive watch matters in these modes.
@@ -361,7 +374,7 @@ fn a_dsr_backend_without_the_vip_is_ejected_by_stuck_handshakes() {
         .collect();
     let mut text = format!(
         "{}\n[[service]]\nname = \"echo\"\nvip = \"10.0.0.10:80\"\nmode = \"dsr\"\n\
-         health = {{ kind = \"tcp\", interval = \"10s\" }}\n\
+         health = {{ kind = \"tcp\", interval = \"10s\", via = \"direct\" }}\n\
          passive = {{ syn_timeout = \"500ms\", events_to_eject = 2, max_ejection = \"60s\", base_ejection = \"60s\" }}\n",
         topo.dataplane_toml()
     );
@@ -415,4 +428,124 @@ fn a_dsr_backend_without_the_vip_is_ejected_by_stuck_handshakes() {
         "backend 1 never completes a client handshake"
     );
     assert!(daemon.stop());
+}
+
+/// A backend whose VIP binding (DSR) or decapsulation (a tunnel) is missing still answers on its
+/// own address, but every client flow to it black-holes. The checks follow the clients' path by
+/// default, so they mark it down, with a reason that says the backend answers directly; a plain
+/// connect to it succeeds all along, and clients are served by the others.
+fn broken_path(mode: &str, encap: Option<&str>) {
+    require_root("the path-following health-check tests");
+    let what = format!(
+        "{mode}{}",
+        encap.map(|e| format!("/{e}")).unwrap_or_default()
+    );
+    let topo = Topology::build(3);
+    topo.add_return_paths(&[topo.vip(false)]);
+    let _servers: Vec<EchoServer> = topo
+        .backends
+        .iter()
+        .map(|be| EchoServer::start(be, "[::]:80".parse().unwrap()))
+        .collect();
+    // Backend 1 is the broken one: no VIP (DSR), or no decapsulator (tunnel).
+    let mut decaps: Vec<Decap> = Vec::new();
+    if mode == "dsr" {
+        topo.backends[0].ip(&["addr", "del", "10.0.0.10/32", "dev", "lo"]);
+    } else {
+        decaps = topo.backends[1..].iter().map(Decap::start).collect();
+        for d in &mut decaps {
+            d.stop_process();
+        }
+    }
+    // The tunnels' too-big answers reach the client by XDP_TX: see `peer_xdp`.
+    let _flush = peer_xdp::attach(&topo.client, "eth0");
+    let config = config(&topo, false, mode, encap);
+    let daemon = Daemon::start(&topo.lb, BINARY.as_ref(), &config);
+    let vip: SocketAddr = "10.0.0.10:80".parse().unwrap();
+    let broken = "10.0.11.2:80";
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let explained = |out: &str| {
+        out.lines().any(|l| {
+            l.contains(broken)
+                && l.contains("answers directly")
+                && l.contains(mode_word(mode, encap))
+        })
+    };
+    while !explained(&daemon.output()) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: backend 1's broken path was not reported within 20 s:\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its plain-IP check would pass: it accepts a connection on its own address.
+    let direct: SocketAddr = broken.parse().unwrap();
+    topo.lb.enter(|| {
+        std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{what}: backend 1 refuses a direct connection: {e}"))
+    });
+    let (ok, status, _) = understudy_testbed::cli(BINARY, &topo.lb, &["status"]);
+    assert!(ok, "{what}: understudy status failed");
+    let line = status
+        .lines()
+        .find(|l| l.contains(broken))
+        .unwrap_or_else(|| panic!("{what}: no status line for backend 1:\n{status}"));
+    assert!(
+        line.contains("down") || line.contains("waiting"),
+        "{what}: backend 1 is not down: {line}\n{status}"
+    );
+    // Clients are served by backends 2 and 3 once the others are up.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let failures = connections(&topo.client, vip, 100);
+        if failures.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of 100 connections failed with backend 1 down: {:?}\n{}",
+            failures.len(),
+            &failures[..failures.len().min(5)],
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The probe interface and its rule are the daemon's, and go with it.
+    let rules = |ns: &Netns| ns.ip(&["rule", "show"]);
+    assert!(
+        rules(&topo.lb).contains("0x55000000/0xff000000"),
+        "{what}: no probe rule"
+    );
+    assert!(topo.lb.ip(&["link", "show"]).contains("understudy-hc"));
+    assert!(daemon.stop(), "{what}: the daemon did not stop cleanly");
+    assert!(
+        !topo.lb.ip(&["link", "show"]).contains("understudy-hc"),
+        "{what}: the probe interface outlived the daemon"
+    );
+    assert!(
+        !rules(&topo.lb).contains("0x55000000"),
+        "{what}: the probe rule outlived the daemon"
+    );
+    drop(decaps);
+}
+
+/// The word a reason uses for the mode.
+fn mode_word(mode: &str, encap: Option<&str>) -> &'static str {
+    match (mode, encap) {
+        ("dsr", _) => "via dsr",
+        (_, Some("gue")) => "via gue",
+        _ => "via ipip",
+    }
+}
+
+#[test]
+fn a_dsr_backend_without_the_vip_fails_its_path_following_check() {
+    broken_path("dsr", None);
+}
+
+#[test]
+fn a_tunnel_backend_without_decapsulation_fails_its_path_following_check() {
+    broken_path("tunnel", Some("gue"));
 }

@@ -133,6 +133,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    // The path-following checks' interface, before the first probe. Created for every config
+    // (a reload may add a DSR or tunnel service), but fatal only when a service needs it now.
+    let probe_path = match crate::dataplane::probe_path::install(writer.dataplane_mut()) {
+        Ok(()) => true,
+        Err(e) if !crate::dataplane::probe_path::needed(&config) => {
+            warn!(error = %format!("{e:#}"), "no probe interface: a DSR or tunnel service added by a reload must check its backends with via = \"direct\"");
+            false
+        }
+        Err(e) => {
+            if !adopted {
+                writer.dataplane_mut().unpin();
+            }
+            return Err(e.context(
+                "the DSR and tunnel services' health checks follow the client's path through a probe interface; set via = \"direct\" in their [service.health] to check backends' own addresses instead",
+            ));
+        }
+    };
+
     let (updates, updates_rx) = mpsc::channel(4096);
     let router = Arc::new(RwLock::new(Router::default()));
     let board = new_board();
@@ -220,6 +238,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut writer = writer.await.context("the map writer failed")?;
     info!("shutting down: detaching XDP and removing the pinned state");
     writer.dataplane_mut().unpin();
+    if probe_path {
+        crate::dataplane::probe_path::remove();
+    }
     drop(writer);
     Ok(())
 }

@@ -1,7 +1,13 @@
 //! One probe of one backend: TCP connect, an HTTP(S) request through hyper (and tokio-rustls), or
-//! a UDP request/response. `Err` carries a short reason for logs.
+//! a UDP request/response. `Err` carries a short reason for logs. In DSR and tunnel modes a probe
+//! can follow the client's path ([`Path`]): it is addressed to the VIP and marked, and the kernel
+//! sends it the way the service sends clients (`dataplane::probe_path`).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::{Request, body::Bytes, header};
@@ -13,7 +19,7 @@ use rustls::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpStream, UdpSocket},
+    net::{TcpSocket, TcpStream, UdpSocket},
 };
 use tokio_rustls::TlsConnector;
 
@@ -46,10 +52,32 @@ impl Prober {
         self.check.check != Check::None
     }
 
-    /// Probes `backend` (or its check port) once, within the check's timeout.
-    pub async fn probe(&self, backend: SocketAddr) -> Result<(), ProbeError> {
-        let target = SocketAddr::new(backend.ip(), self.check.port.unwrap_or(backend.port()));
-        match tokio::time::timeout(self.check.timeout, self.run(target)).await {
+    /// Probes `backend` (or its check port) once, within the check's timeout: directly, or
+    /// along `path`. A probe along the path that fails is tried once more on the backend's own
+    /// address, so the reason says whether the server is down or only its path is broken.
+    pub async fn probe(&self, backend: SocketAddr, path: Option<&Path>) -> Result<(), ProbeError> {
+        let direct = SocketAddr::new(backend.ip(), self.check.port.unwrap_or(backend.port()));
+        let Some(path) = path else {
+            return self.timed(direct, None).await;
+        };
+        let target = SocketAddr::new(path.vip.ip(), self.check.port.unwrap_or(path.vip.port()));
+        match self.timed(target, Some(path)).await {
+            Err(ProbeError::Backend(why)) => {
+                Err(ProbeError::Backend(match self.timed(direct, None).await {
+                    Ok(()) => format!(
+                        "{why} via {} to {target}, yet {direct} answers directly: {}",
+                        path.mode,
+                        path.hint()
+                    ),
+                    Err(e) => format!("{why} via {} to {target}; directly too: {e}", path.mode),
+                }))
+            }
+            other => other,
+        }
+    }
+
+    async fn timed(&self, target: SocketAddr, path: Option<&Path>) -> Result<(), ProbeError> {
+        match tokio::time::timeout(self.check.timeout, self.run(target, path)).await {
             Ok(r) => r,
             Err(_) => Err(ProbeError::Backend(format!(
                 "timeout after {:?}",
@@ -58,22 +86,48 @@ impl Prober {
         }
     }
 
-    async fn run(&self, target: SocketAddr) -> Result<(), ProbeError> {
+    async fn run(&self, target: SocketAddr, path: Option<&Path>) -> Result<(), ProbeError> {
         match &self.check.check {
             Check::None => Ok(()),
-            Check::Tcp => connect(target).await.map(drop),
-            Check::Http(http) => Ok(http_check(connect(target).await?, http, target).await?),
+            Check::Tcp => connect(target, path).await.map(drop),
+            Check::Http(http) => Ok(http_check(connect(target, path).await?, http, target).await?),
             Check::Https(http, tls) => {
                 let connector = self.tls.as_ref().ok_or("https check without TLS")?;
                 let name = server_name(tls.sni.as_deref().or(http.host.as_deref()), target)?;
-                let tcp = connect(target).await?;
+                let tcp = connect(target, path).await?;
                 let stream = connector
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
                 Ok(http_check(stream, http, target).await?)
             }
-            Check::Udp(udp) => Ok(udp_check(udp, target).await?),
+            Check::Udp(udp) => Ok(udp_check(udp, target, path).await?),
+        }
+    }
+}
+
+/// How a probe follows the client's path in DSR and tunnel modes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    /// The service's VIP and port; the check's `port`, if set, replaces the port.
+    pub vip: SocketAddr,
+    /// `SO_MARK`: `lb_common::probe::mark(mode, backend id)`.
+    pub mark: u32,
+    /// The balancer's address the backend answers; `None` lets the kernel choose.
+    pub source: Option<IpAddr>,
+    /// The mode's word ("dsr", "ipip", "gue"), for reasons.
+    pub mode: &'static str,
+}
+
+impl Path {
+    /// What to check on a backend that answers on its own address but not on the VIP.
+    fn hint(&self) -> &'static str {
+        if self.mode == "dsr" {
+            "is the VIP bound on the backend (on lo, with arp_ignore=1 and arp_announce=2), and \
+             is the backend on the balancer's L2 segment?"
+        } else {
+            "is the backend decapsulating (understudy decap, or the kernel's ipip/fou) with the \
+             VIP bound, and does it answer the balancer from the VIP?"
         }
     }
 }
@@ -110,14 +164,36 @@ fn local_shortage(e: &std::io::Error) -> bool {
     )
 }
 
-async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeError> {
-    TcpStream::connect(target).await.map_err(|e| {
-        if local_shortage(&e) {
-            ProbeError::Local(format!("connect: {e}"))
-        } else {
-            ProbeError::Backend(format!("connect: {e}"))
+fn classify(what: &str, e: std::io::Error) -> ProbeError {
+    if local_shortage(&e) {
+        ProbeError::Local(format!("{what}: {e}"))
+    } else {
+        ProbeError::Backend(format!("{what}: {e}"))
+    }
+}
+
+/// A TCP connection to `target`, marked and bound for `path` if there is one.
+async fn connect(target: SocketAddr, path: Option<&Path>) -> Result<TcpStream, ProbeError> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| classify("socket", e))?;
+    if let Some(path) = path {
+        socket2::SockRef::from(&socket)
+            .set_mark(path.mark)
+            .map_err(|e| ProbeError::Local(format!("SO_MARK (needs CAP_NET_ADMIN): {e}")))?;
+        if let Some(source) = path.source {
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| classify(&format!("bind to {source}"), e))?;
         }
-    })
+    }
+    socket
+        .connect(target)
+        .await
+        .map_err(|e| classify("connect", e))
 }
 
 async fn http_check<S>(io: S, check: &HttpCheck, target: SocketAddr) -> Result<(), String>
@@ -166,15 +242,33 @@ where
     result
 }
 
-async fn udp_check(check: &UdpCheck, target: SocketAddr) -> Result<(), String> {
-    let local: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
+async fn udp_check(
+    check: &UdpCheck,
+    target: SocketAddr,
+    path: Option<&Path>,
+) -> Result<(), String> {
+    let unspecified: IpAddr = if target.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        "[::]:0".parse().unwrap()
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     };
-    let socket = UdpSocket::bind(local)
-        .await
+    let local = SocketAddr::new(path.and_then(|p| p.source).unwrap_or(unspecified), 0);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(local),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    if let Some(path) = path {
+        socket
+            .set_mark(path.mark)
+            .map_err(|e| format!("SO_MARK (needs CAP_NET_ADMIN): {e}"))?;
+    }
+    socket
+        .set_nonblocking(true)
+        .and_then(|()| socket.bind(&local.into()))
         .map_err(|e| format!("bind: {e}"))?;
+    let socket = UdpSocket::from_std(socket.into()).map_err(|e| format!("socket: {e}"))?;
     // (A bind failure here is local too, but UDP checks are not what a client flood exhausts.)
     socket
         .connect(target)

@@ -12,10 +12,30 @@ use tokio::sync::mpsc;
 use super::{
     Board, Epochs, Update,
     passive::{Router, Signal},
-    probe::Prober,
+    probe::{Path, Prober},
     task::BackendTask,
 };
-use crate::{config::Config, ejection::Gate, plan::Plan};
+use crate::{
+    config::{Config, Mode, Service, Via},
+    dataplane::probe_path::probe_source,
+    ejection::Gate,
+    plan::{Plan, forwarding, forwarding_name},
+};
+
+/// The way backend `id`'s checks follow the client's path: in DSR and tunnel modes with an active
+/// check, unless the service says `via = "direct"`.
+fn path(svc: &Service, id: u32, backend: std::net::SocketAddr, active: bool) -> Option<Path> {
+    if !active || svc.health.via != Via::Path || !matches!(svc.mode, Mode::Dsr | Mode::Tunnel(_)) {
+        return None;
+    }
+    let mode = forwarding(&svc.mode);
+    Some(Path {
+        vip: svc.vip,
+        mark: lb_common::probe::mark(mode, id),
+        source: probe_source(svc.vip.ip(), backend.ip()),
+        mode: forwarding_name(mode),
+    })
+}
 
 /// The health tasks, one per backend id, and the router that feeds them kernel events.
 pub struct Supervisor {
@@ -86,13 +106,15 @@ impl Supervisor {
                 .iter()
                 .zip(planned.members.iter().map(|m| m.id))
             {
+                let path = path(svc, id, backend.address, prober.is_active());
                 let fingerprint = format!(
-                    "{}|{}|{}|{:?}|{:?}",
+                    "{}|{}|{}|{:?}|{:?}|{:?}",
                     svc.name,
                     backend.address,
                     plan.backends[id as usize].generation,
                     svc.health,
-                    svc.passive
+                    svc.passive,
+                    path
                 );
                 keep.insert(id);
                 router.addresses[id as usize] = Some(backend.address);
@@ -112,6 +134,7 @@ impl Supervisor {
                     epoch: self.epochs.start(id),
                     service: svc.name.clone(),
                     address: backend.address,
+                    path,
                     prober: prober.clone(),
                     check: svc.health.clone(),
                     passive: svc.passive.clone(),

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{
     Board, LastCheck, Update,
     passive::Signal,
-    probe::{ProbeError, Prober, jittered},
+    probe::{Path, ProbeError, Prober, jittered},
     state::HealthState,
 };
 use crate::{
@@ -30,6 +30,8 @@ pub struct BackendTask {
     pub epoch: u64,
     pub service: String,
     pub address: SocketAddr,
+    /// In DSR and tunnel modes (unless `via = "direct"`), the way the checks follow clients.
+    pub path: Option<Path>,
     pub prober: Arc<Prober>,
     pub check: HealthCheck,
     pub passive: Passive,
@@ -75,7 +77,7 @@ impl BackendTask {
                     let (ok, reason) = if !active {
                         (true, "ejection over".to_string())
                     } else {
-                        match self.prober.probe(self.address).await {
+                        match self.prober.probe(self.address, self.path.as_ref()).await {
                             Ok(()) if serving => (true, "check passed".to_string()),
                             Ok(()) => (false, "ejected (backoff)".to_string()),
                             Err(ProbeError::Backend(why)) => (false, why),

@@ -104,6 +104,22 @@ const FORWARDING_DROPS: &[(Counter, &str)] = &[
         "the driver leaves too little XDP headroom for the outer headers",
     ),
     (
+        Counter::DropProbeUnknown,
+        "packets reached the probe interface (understudy-hc) without a probe's mark, or naming a \
+         backend since removed: only the daemon's marked checks should be routed there (`ip rule`, \
+         `ip route show table 21845`)",
+    ),
+    (
+        Counter::DropProbeNoRoute,
+        "a path-following check found no route to its backend (in DSR, none on-link): `ip route \
+         get <backend>` on the balancer; its checks fail until there is one",
+    ),
+    (
+        Counter::DropProbeFailed,
+        "a path-following check could not be wrapped or redirected toward its backend (is IP \
+         forwarding on? the probe program looks routes up as a forwarded packet)",
+    ),
+    (
         Counter::ErrTailCall,
         "later fragments or tunnel packets found no program to hand them to (PROGRAMS is empty: \
          a daemon and object that do not match); they went to the stack",

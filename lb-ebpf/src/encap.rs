@@ -12,6 +12,7 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     Counter, FAMILY_V4, FlowKey, PROTO_UDP,
+    forwarding::Tunnel,
     forwarding::{IPPROTO_IPIP, IPPROTO_IPV6, OUTER_TTL, gue_source_port, overhead},
     hash::flow_hash,
     headers,
@@ -34,31 +35,14 @@ pub fn wrap(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4], gue: bool) -
     if t.family == 0 {
         return drop(Counter::DropNoTunnel);
     }
-    let outer_v4 = t.family == FAMILY_V4;
-    let overhead = overhead(outer_v4, gue);
     let Some(inner_len) = ip_len(ctx, p) else {
         return pass(Counter::PassTruncated);
     };
-    let outer_len = inner_len + overhead;
-    if outer_len > u16::MAX as u32 {
+    let Some((outer, mut header)) = outer(t, &p.key, addr, gue, inner_len) else {
         return drop(Counter::DropTooBig);
-    }
-    let hash = flow_hash(&p.key);
-    let inner_proto = if p.key.family == FAMILY_V4 {
-        IPPROTO_IPIP
-    } else {
-        IPPROTO_IPV6
     };
-    let sport = gue_source_port(hash);
-    let outer = FlowKey {
-        src: t.src,
-        dst: *addr,
-        src_port: if gue { sport.to_be() } else { 0 },
-        dst_port: if gue { t.port } else { 0 },
-        proto: if gue { PROTO_UDP } else { inner_proto },
-        family: t.family,
-        _pad: 0,
-    };
+    let outer_len = header.len as u32;
+    let overhead = outer_len - inner_len;
     // A tagged frame leaves untagged, through the stack: XDP cannot send on a VLAN device.
     let hop = if p.vlan {
         Err(NoHop::Stack(Counter::PassVlan))
@@ -80,20 +64,7 @@ pub fn wrap(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4], gue: bool) -
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
         return drop(Counter::DropEncapFailed);
     }
-    let header = OuterHeader {
-        v4: outer_v4,
-        tos,
-        hash,
-        len: outer_len as u16,
-        proto: outer.proto,
-        src: t.src,
-        dst: outer.dst,
-        gue_ports: if gue {
-            Some((sport, u16::from_be(t.port)))
-        } else {
-            None
-        },
-    };
+    header.tos = tos;
     let written = write_outer(ctx, &header);
     if written.is_none() {
         return drop(Counter::DropEncapFailed);
@@ -110,6 +81,56 @@ pub fn wrap(ctx: &XdpContext, p: &Parsed, id: u32, addr: &[u32; 4], gue: bool) -
             pass(reason.into())
         }
     }
+}
+
+/// The outer 5-tuple and header for the packet of `inner` (IP length `ip_len`) wrapped toward
+/// `dst` through tunnel `t`, GUE or IPIP; `None` past 65,535 bytes. The TOS is left 0 for the
+/// caller to copy from the inner header. Shared by the XDP path and the probes' TC program.
+#[inline(always)]
+pub fn outer(
+    t: &Tunnel,
+    inner: &FlowKey,
+    dst: &[u32; 4],
+    gue: bool,
+    ip_len: u32,
+) -> Option<(FlowKey, OuterHeader)> {
+    let v4 = t.family == FAMILY_V4;
+    let len = ip_len + overhead(v4, gue);
+    if len > u16::MAX as u32 {
+        return None;
+    }
+    let hash = flow_hash(inner);
+    let sport = gue_source_port(hash);
+    let inner_proto = if inner.family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
+    let proto = if gue { PROTO_UDP } else { inner_proto };
+    let key = FlowKey {
+        src: t.src,
+        dst: *dst,
+        src_port: if gue { sport.to_be() } else { 0 },
+        dst_port: if gue { t.port } else { 0 },
+        proto,
+        family: t.family,
+        _pad: 0,
+    };
+    let header = OuterHeader {
+        v4,
+        tos: 0,
+        hash,
+        len: len as u16,
+        proto,
+        src: t.src,
+        dst: *dst,
+        gue_ports: if gue {
+            Some((sport, u16::from_be(t.port)))
+        } else {
+            None
+        },
+    };
+    Some((key, header))
 }
 
 /// What goes in front of the inner packet.

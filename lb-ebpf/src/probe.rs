@@ -22,14 +22,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    Counter, FAMILY_V4, FAMILY_V6, FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP, FlowKey, PROTO_UDP,
-    forwarding::{IPPROTO_IPIP, IPPROTO_IPV6, gue_source_port, overhead},
-    hash::flow_hash,
-    probe,
+    Counter, FAMILY_V4, FAMILY_V6, FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP, FlowKey, probe,
 };
 
 use crate::{
-    encap::{OuterHeader, write_outer},
+    encap::{outer, write_outer},
     forward::{AF_INET, AF_INET6, ask_fib, via_gateway},
     maps::{BACKENDS, TUNNELS, count},
     packet::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, load, words16},
@@ -79,27 +76,10 @@ pub fn route(ctx: &TcContext) -> i32 {
         return shot(Counter::DropNoTunnel);
     }
     let outer_v4 = t.family == FAMILY_V4;
-    let added = overhead(outer_v4, gue);
-    let outer_len = ip_len + added;
-    if outer_len > u16::MAX as u32 {
+    let Some((outer, mut header)) = outer(t, &inner, &backend.addr, gue, ip_len) else {
         return shot(Counter::DropProbeFailed);
-    }
-    let hash = flow_hash(&inner);
-    let sport = gue_source_port(hash);
-    let inner_proto = if inner.family == FAMILY_V4 {
-        IPPROTO_IPIP
-    } else {
-        IPPROTO_IPV6
     };
-    let outer = FlowKey {
-        src: t.src,
-        dst: backend.addr,
-        src_port: if gue { sport.to_be() } else { 0 },
-        dst_port: if gue { t.port } else { 0 },
-        proto: if gue { PROTO_UDP } else { inner_proto },
-        family: t.family,
-        _pad: 0,
-    };
+    let outer_len = header.len as u32;
     let (rc, fib) = ask_fib(ctx.as_ptr(), ifindex, &outer, outer_len);
     if !(rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
         return shot(Counter::DropProbeNoRoute);
@@ -124,25 +104,12 @@ pub fn route(ctx: &TcContext) -> i32 {
         flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
     }
     if ctx
-        .adjust_room(added as i32, BPF_ADJ_ROOM_MAC, flags)
+        .adjust_room((outer_len - ip_len) as i32, BPF_ADJ_ROOM_MAC, flags)
         .is_err()
     {
         return shot(Counter::DropProbeFailed);
     }
-    let header = OuterHeader {
-        v4: outer_v4,
-        tos,
-        hash,
-        len: outer_len as u16,
-        proto: outer.proto,
-        src: t.src,
-        dst: backend.addr,
-        gue_ports: if gue {
-            Some((sport, u16::from_be(t.port)))
-        } else {
-            None
-        },
-    };
+    header.tos = tos;
     if write_outer(ctx, &header).is_none() {
         return shot(Counter::DropProbeFailed);
     }

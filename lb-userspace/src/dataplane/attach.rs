@@ -51,7 +51,8 @@ fn host_interfaces() -> String {
     names.join(", ")
 }
 
-fn ifindex(name: &str) -> u32 {
+/// The interface's index, 0 when there is none.
+pub(crate) fn ifindex(name: &str) -> u32 {
     CString::new(name).map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) })
 }
 

@@ -89,11 +89,7 @@ pub fn remove() {
 }
 
 fn index_of(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => None,
-        i => Some(i),
-    }
+    Some(super::attach::ifindex(name)).filter(|&i| i != 0)
 }
 
 /// The veth pair, created if missing, then both ends up, with ARP off and no IPv6 link-local

@@ -185,6 +185,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    // VIP announcement through BIRD: the data plane is attached; the announcer waits for the
+    // first checks before announcing anything.
+    let node: crate::announce::SharedStatus = Default::default();
+    let announcer = config.announce.as_ref().map(|settings| {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(crate::announce::run(
+            settings.clone(),
+            crate::announce::targets(&config),
+            writer.available(),
+            rx,
+            node.clone(),
+            first_checks(board.clone(), &config, &plan),
+        ));
+        tx
+    });
+
     let (control, control_rx) = mpsc::channel(64);
     let (reload_tx, mut reload_rx) =
         mpsc::channel::<oneshot::Sender<Result<String, ReloadError>>>(4);
@@ -205,6 +221,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             allowed_hosts: config.admin.allowed_hosts.clone(),
             l7: l7_metrics,
             flow_cache: Default::default(),
+            node: node.clone(),
+            announcer: announcer.clone(),
         });
         tokio::spawn(serve(listener, state));
         info!(%listen, token = config.admin.token.is_some(), "admin listener ready");
@@ -225,15 +243,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                let _ = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token).await;
+                let _ = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token, announcer.as_ref()).await;
             }
             Some(reply) = reload_rx.recv() => {
-                let result = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token).await;
+                let result = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token, announcer.as_ref()).await;
                 let _ = reply.send(result);
             }
         }
     }
     notify(&[NotifyState::Stopping]);
+    // Withdraw first, then keep serving for the grace time, so routers move new connections
+    // to the other nodes before this one detaches.
+    if let (Some(announcer), Some(settings)) = (&announcer, &current.announce) {
+        let (tx, rx) = oneshot::channel();
+        if announcer
+            .send(crate::announce::Command::Stop(tx))
+            .await
+            .is_ok()
+        {
+            match rx.await {
+                Ok(Ok(())) => {
+                    info!(grace = ?settings.grace, "VIPs withdrawn: serving established flows for the grace time")
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, grace = ?settings.grace, "could not withdraw the VIPs through BIRD; serving for the grace time anyway")
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(settings.grace).await;
+    }
     let _ = stop.send(());
     let mut writer = writer.await.context("the map writer failed")?;
     info!("shutting down: detaching XDP and removing the pinned state");
@@ -319,6 +358,7 @@ async fn reload(
     listeners: &mut Listeners,
     reloads: &Reloads,
     token: &SharedToken,
+    announcer: Option<&mpsc::Sender<crate::announce::Command>>,
 ) -> Result<String, ReloadError> {
     let mut reloading = vec![NotifyState::Reloading];
     reloading.extend(NotifyState::monotonic_usec_now().ok());
@@ -355,6 +395,13 @@ async fn reload(
                 config.file.display()
             )));
         }
+        if config.announce != current.announce {
+            return Err(ReloadError::NeedsRestart(format!(
+                "{}: [announce] changed: it takes effect on a restart only; revert it to reload, \
+                 or restart understudy (withdraw first with `understudy node drain`)",
+                config.file.display()
+            )));
+        }
         let prepared = listeners
             .prepare(&config)
             .await
@@ -375,6 +422,13 @@ async fn reload(
             .reconcile(&config, &plan, &health)
             .map_err(|e| ReloadError::Failed(format!("{e:#}")))?;
         listeners.commit(prepared);
+        if let Some(a) = announcer {
+            let _ = a
+                .send(crate::announce::Command::Targets(crate::announce::targets(
+                    &config,
+                )))
+                .await;
+        }
         let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
         let summary = format!(
             "reloaded {}: {} services, {backends} backends",
@@ -406,6 +460,38 @@ async fn reload(
     }
     notify(&[NotifyState::Ready]);
     result
+}
+
+/// Resolves once every backend with an active check has had its first result (or after the
+/// longest service's `rise` checks and a timeout, whichever comes first): the announcer's signal
+/// that health is known.
+fn first_checks(
+    board: crate::health::Board,
+    config: &Config,
+    plan: &crate::plan::Plan,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let mut ids = Vec::new();
+    let mut cap = std::time::Duration::ZERO;
+    for (svc, planned) in config.services.iter().zip(&plan.services) {
+        if svc.health.check == crate::config::Check::None {
+            continue;
+        }
+        ids.extend(planned.members.iter().map(|m| m.id));
+        cap = cap.max(svc.health.interval * svc.health.rise + svc.health.timeout);
+    }
+    let deadline = tokio::time::Instant::now() + cap.min(std::time::Duration::from_secs(60));
+    async move {
+        loop {
+            let done = board.read().is_ok_and(|b| {
+                ids.iter()
+                    .all(|&id| b.get(id as usize).is_some_and(Option::is_some))
+            });
+            if done || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Tells systemd (`Type=notify`) where the daemon is; a no-op outside systemd.

@@ -4,6 +4,7 @@
 //! stop ([`daemon`]). The binary in `main.rs` is a thin command line over this library.
 
 pub mod admin;
+pub mod announce;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -127,6 +127,21 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The whole node, with `[announce]`: `drain` withdraws every VIP from BIRD (established
+    /// flows keep being served, routers send new ones to the other nodes); `enable` announces
+    /// again.
+    Node {
+        #[arg(value_enum)]
+        action: NodeAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NodeAction {
+    Drain,
+    Enable,
 }
 
 #[derive(Args)]
@@ -334,6 +349,24 @@ fn print_status(s: &Snapshot) {
             f.entered, f.left, f.unwritten
         );
     }
+    let n = &s.node;
+    if n.enabled {
+        let vips: Vec<String> = n.announced.iter().map(ToString::to_string).collect();
+        let speaker = match n.speaker_up {
+            Some(true) => "BIRD up",
+            Some(false) => "BIRD NOT ANSWERING",
+            None => "BIRD not checked yet",
+        };
+        println!(
+            "node: {}, announcing [{}], {speaker}{}",
+            n.state,
+            vips.join(", "),
+            n.error
+                .as_ref()
+                .map(|e| format!("; last update failed: {e}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// Default log filter. aya warns at every load that the kernel refused the object's BTF (Rust
@@ -457,6 +490,13 @@ fn main() -> ExitCode {
             config,
             admin,
         } => Some(explain(service, *client, config.as_deref(), admin)),
+        Command::Node { action, admin } => {
+            let (path, done) = match action {
+                NodeAction::Drain => ("/node/drain", "node drained: every VIP withdrawn"),
+                NodeAction::Enable => ("/node/enable", "node enabled: announcing again"),
+            };
+            Some(admin_call(admin, "POST", path).map(|_| println!("{done}")))
+        }
         Command::Reload { admin } => Some(admin_call(admin, "POST", "/reload").map(|body| {
             println!("{}", body.trim());
         })),
@@ -501,6 +541,7 @@ fn main() -> ExitCode {
         | Command::Drain { .. }
         | Command::Enable { .. }
         | Command::Reload { .. }
+        | Command::Node { .. }
         | Command::Clean { .. } => {
             unreachable!("admin commands returned above")
         }

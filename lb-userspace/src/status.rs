@@ -130,6 +130,24 @@ pub struct Snapshot {
     /// The SYN-flood guard.
     #[serde(default)]
     pub flood: Flood,
+    /// This node's VIP announcement through BIRD (`[announce]`).
+    #[serde(default)]
+    pub node: NodeStatus,
+}
+
+/// This node's VIP announcement (`understudy::announce`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// `[announce]` is configured.
+    pub enabled: bool,
+    /// "settling" (waiting for first checks), "announcing", "drained" or "stopping".
+    pub state: String,
+    /// The VIPs BIRD was last told to announce.
+    pub announced: Vec<std::net::IpAddr>,
+    /// Whether BIRD answered its last `show status`; `None` before the first.
+    pub speaker_up: Option<bool>,
+    /// The last failure to reach or reconfigure BIRD, if the last attempt failed.
+    pub error: Option<String>,
 }
 
 /// The SYN-flood guard's state.

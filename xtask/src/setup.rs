@@ -12,7 +12,8 @@ const BPF_LINKER_LLVM: u32 = 22;
 /// Debian packages the tests, demo and benchmarks call: ethtool (veth offloads), iproute2
 /// (namespaces), procps (sysctl), util-linux (setpriv, prlimit), curl and python3 (the demo's
 /// client and HTTP backends), chromium (renders the status page in a test), dpkg-dev
-/// (packaging) and wrk (the close-mode load test).
+/// (packaging), wrk (the close-mode load test) and bird2 (the BGP speaker the VIPs are
+/// announced through, and the router in the scale-out test).
 const PACKAGES: &[&str] = &[
     "ethtool",
     "iproute2",
@@ -23,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "chromium",
     "dpkg-dev",
     "wrk",
+    "bird2",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -122,6 +122,29 @@ pub fn render(
         flood_threshold.clone(),
     );
     flood_threshold.set(i64::from(s.flood.threshold));
+    if s.node.enabled {
+        let announced = Gauge::<i64>::default();
+        r.register(
+            "announced_vips",
+            "VIPs this node last told BIRD to announce",
+            announced.clone(),
+        );
+        announced.set(s.node.announced.len() as i64);
+        let speaker = Gauge::<i64>::default();
+        r.register(
+            "bird_up",
+            "Whether BIRD answered the daemon's last check (0: the announcements are not kept current)",
+            speaker.clone(),
+        );
+        speaker.set(i64::from(s.node.speaker_up == Some(true)));
+        let drained = Gauge::<i64>::default();
+        r.register(
+            "node_drained",
+            "Whether the node is drained (understudy node drain): nothing announced",
+            drained.clone(),
+        );
+        drained.set(i64::from(s.node.state == "drained"));
+    }
     let flood = counter(
         &mut r,
         "flood_transitions",

@@ -91,6 +91,10 @@ pub struct AdminState {
     pub allowed_hosts: Vec<String>,
     /// The HTTP proxy's request, attempt, budget and ejection counters.
     pub l7: crate::l7::metrics::L7Metrics,
+    /// The node's announcement, and the way to drain and enable it (`None` without
+    /// `[announce]`).
+    pub node: crate::announce::SharedStatus,
+    pub announcer: Option<mpsc::Sender<crate::announce::Command>>,
     /// The last count of `FLOWS`, and when it was taken.
     pub flow_cache: tokio::sync::Mutex<Option<(Instant, Arc<metrics::FlowCount>)>>,
 }
@@ -223,6 +227,9 @@ async fn snapshot(state: &AdminState) -> Option<Snapshot> {
                 b.waiting_for_first_check = check.waiting && !b.healthy;
             }
         }
+    }
+    if let Ok(node) = state.node.read() {
+        s.node = node.clone();
     }
     Some(s)
 }
@@ -373,6 +380,28 @@ async fn handle(
                 ),
             }
         }
+        (&Method::POST, path @ ("/node/drain" | "/node/enable")) => match &state.announcer {
+            None => text(
+                StatusCode::CONFLICT,
+                "this node announces nothing: add [announce] to the config to announce its VIPs through BIRD",
+            ),
+            Some(announcer) => {
+                let (tx, rx) = oneshot::channel();
+                let command = if path == "/node/drain" {
+                    crate::announce::Command::Drain(tx)
+                } else {
+                    crate::announce::Command::Enable(tx)
+                };
+                match (announcer.send(command).await, rx.await) {
+                    (Ok(()), Ok(Ok(()))) => text(StatusCode::OK, "ok"),
+                    (Ok(()), Ok(Err(why))) => text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the node's state changed, but BIRD was not updated: {why}"),
+                    ),
+                    _ => unavailable(),
+                }
+            }
+        },
         (&Method::POST, "/reload") => {
             let (tx, rx) = oneshot::channel();
             match (state.reload.send(tx).await, rx.await) {
@@ -381,12 +410,14 @@ async fn handle(
                 _ => unavailable(),
             }
         }
-        (_, "/metrics" | "/status" | "/explain" | "/drain" | "/enable" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
-        }
+        (
+            _,
+            "/metrics" | "/status" | "/explain" | "/drain" | "/enable" | "/reload" | "/node/drain"
+            | "/node/enable",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try GET /, GET /metrics, GET /status, GET /explain, POST /drain, POST /enable, POST /reload",
+            "not found: try GET /, GET /metrics, GET /status, GET /explain, POST /drain, POST /enable, POST /node/drain, POST /node/enable, POST /reload",
         ),
     };
     Ok(response)

@@ -1,6 +1,7 @@
 //! Configuration: TOML in, a validated [`Config`] out. A caller never holds an unvalidated config.
 //! Every error names the file, line, column and field, and says how to fix it.
 
+mod announce;
 mod edge;
 mod error;
 mod forwarding;
@@ -20,6 +21,7 @@ use lb_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SERVICES, edge::ACL_CAPACITY};
 use crate::maglev::{is_prime, next_prime};
 use toml::Spanned;
 
+pub use announce::{Announce, AnnouncePolicy};
 pub use edge::{Acl, DEFAULT_FLOOD_THRESHOLD, RateLimit, Refusal};
 pub use error::ConfigError;
 pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, Via};
@@ -60,6 +62,8 @@ pub struct Admin {
 pub struct Config {
     pub file: PathBuf,
     pub admin: Admin,
+    /// `[announce]`: VIPs announced through BIRD; `None` announces nothing.
+    pub announce: Option<Announce>,
     pub interfaces: Vec<Interface>,
     pub xdp_mode: XdpMode,
     /// Names the pinned state under `/sys/fs/bpf/understudy/<instance>`. Default "default".
@@ -113,6 +117,8 @@ pub struct Service {
     pub on_all_down: OnAllDown,
     /// A backend takes no traffic until its first check passes. Default true.
     pub wait_for_first_check: bool,
+    /// Whether this node announces the VIP (with `[announce]`).
+    pub announce: AnnouncePolicy,
     pub health: HealthCheck,
     pub passive: Passive,
     /// The service's own source access lists (kernel-served services).
@@ -361,6 +367,7 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         file: at.file.to_path_buf(),
         admin: validate_admin(at, raw.admin.as_ref())?,
+        announce: announce::validate(at, raw.announce.as_ref())?,
         interfaces,
         xdp_mode: dataplane.xdp_mode,
         instance,
@@ -689,6 +696,7 @@ fn validate_service(
         min_healthy,
         on_all_down: svc.on_all_down,
         wait_for_first_check: svc.wait_for_first_check.unwrap_or(true),
+        announce: svc.announce,
         health,
         passive,
         acl: match &svc.acl {

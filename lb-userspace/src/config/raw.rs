@@ -14,6 +14,7 @@ use super::{
 pub struct RawConfig {
     pub dataplane: Spanned<RawDataplane>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub announce: Option<Spanned<super::announce::RawAnnounce>>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }
@@ -57,6 +58,8 @@ pub struct RawService {
     #[serde(default)]
     pub on_all_down: OnAllDown,
     pub wait_for_first_check: Option<bool>,
+    #[serde(default)]
+    pub announce: super::announce::AnnouncePolicy,
     pub health: Option<Spanned<RawHealth>>,
     pub passive: Option<Spanned<RawPassive>>,
     /// `mode = "http"` only.

@@ -755,3 +755,38 @@ fn max_flows_has_a_default_and_a_range() {
 
 mod edge;
 mod forwarding;
+
+#[test]
+fn announce_defaults_and_located_refusals() {
+    use crate::config::AnnouncePolicy;
+    let base = "[dataplane]\ninterfaces = [\"eth0\"]\n";
+    let svc = "\n[[service]]\nname = \"web\"\nvip = \"10.0.0.10:80\"\nannounce = \"always\"\nbackend = [{ address = \"10.0.11.2:80\" }]\n";
+    let c = parse(&format!("{base}{svc}")).unwrap();
+    assert_eq!(c.announce, None, "no [announce], nothing announced");
+    assert_eq!(c.services[0].announce, AnnouncePolicy::Always);
+    let c = parse(&format!("{base}[announce]\n{svc}")).unwrap();
+    let a = c.announce.unwrap();
+    assert_eq!(a.socket, Path::new("/run/bird/bird.ctl"));
+    assert_eq!(a.include, Path::new("/run/understudy/bird-vips.conf"));
+    assert_eq!(a.grace, std::time::Duration::from_secs(3));
+    fails(
+        &format!("{base}[announce]\ninclude = \"vips.conf\"\n{svc}"),
+        4,
+        "announce.include",
+        "not an absolute path",
+        "absolute path",
+    );
+    fails(
+        &format!("{base}[announce]\nspeaker_check = \"10ms\"\n{svc}"),
+        4,
+        "announce.speaker_check",
+        "too short",
+        "100ms",
+    );
+    let e = parse(&format!(
+        "{base}{}",
+        svc.replace("\"always\"", "\"sometimes\"")
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("when_available"), "{e}");
+}

@@ -121,6 +121,9 @@ pub struct Writer {
     stale: u64,
     /// Route, neighbour and link changes, which make the cached next hops stale.
     hop_events: Option<mpsc::UnboundedReceiver<crate::dataplane::next_hops::HopEvent>>,
+    /// Per service name: whether a backend is up (healthy and not drained). The announcer
+    /// withdraws a `when_available` VIP when it goes false.
+    available: tokio::sync::watch::Sender<std::collections::BTreeMap<String, bool>>,
 }
 
 /// One service's installed state.
@@ -230,7 +233,15 @@ impl Writer {
             stale: 0,
             availability: new_availability(),
             hop_events: None,
+            available: tokio::sync::watch::Sender::new(Default::default()),
         }
+    }
+
+    /// Per service name, whether any backend is up, kept current by this writer.
+    pub fn available(
+        &self,
+    ) -> tokio::sync::watch::Receiver<std::collections::BTreeMap<String, bool>> {
+        self.available.subscribe()
     }
 
     /// The health view the L7 proxy reads, kept current by this writer.
@@ -241,6 +252,13 @@ impl Writer {
     /// Publishes an HTTP service's members as the fallback ordering sees them now.
     fn publish(&self, si: usize) {
         let svc = &self.plan.services[si];
+        let up = svc
+            .members
+            .iter()
+            .zip(&self.states[si])
+            .any(|(m, state)| state.healthy && !m.rank.drain);
+        self.available
+            .send_if_modified(|a| a.insert(svc.name.clone(), up) != Some(up));
         if svc.serving != Serving::Proxy {
             return;
         }
@@ -269,6 +287,11 @@ impl Writer {
     }
 
     fn publish_all(&self) {
+        self.available.send_if_modified(|a| {
+            let before = a.len();
+            a.retain(|name, _| self.plan.services.iter().any(|s| &s.name == name));
+            a.len() != before
+        });
         if let Ok(mut a) = self.availability.write() {
             a.retain(|name, _| {
                 self.plan

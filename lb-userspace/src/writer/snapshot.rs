@@ -141,6 +141,7 @@ impl Writer {
                 .into_iter()
                 .map(|(ifindex, n)| (interface_name(ifindex), n))
                 .collect(),
+            node: Default::default(),
         }
     }
 }

@@ -434,6 +434,60 @@ service = [
 ]
 "#;
 
+    /// Scale-out rests on this: nodes with the same config build the same table, slot for
+    /// slot, whatever the order of its services and backends (and the plan reads no clock, so
+    /// whenever each started); and a node whose health view differs by one backend differs only
+    /// in that backend's slots.
+    #[test]
+    fn nodes_agree_on_every_slot_whatever_the_config_order() {
+        let one = r#"
+dataplane = { interfaces = ["eth0"] }
+service = [
+  { name = "web", vip = "10.0.0.10:80", table_size = 1021, backend = [{ address = "10.0.11.2:80" }, { address = "10.0.12.2:80" }, { address = "10.0.13.2:80", weight = 2 }, { address = "10.0.14.2:80", tier = 1 }] },
+  { name = "dns", vip = "10.0.0.11:53", protocol = "udp", table_size = 101, backend = [{ address = "10.0.11.2:53" }] },
+]
+"#;
+        let other = r#"
+dataplane = { interfaces = ["eth0"] }
+service = [
+  { name = "dns", vip = "10.0.0.11:53", protocol = "udp", table_size = 101, backend = [{ address = "10.0.11.2:53" }] },
+  { name = "web", vip = "10.0.0.10:80", table_size = 1021, backend = [{ address = "10.0.14.2:80", tier = 1 }, { address = "10.0.13.2:80", weight = 2 }, { address = "10.0.11.2:80" }, { address = "10.0.12.2:80" }] },
+]
+"#;
+        let web = |text: &str| {
+            let p = plan(&Config::parse(Path::new("t.toml"), text).unwrap());
+            p.services.into_iter().find(|s| s.name == "web").unwrap()
+        };
+        // The active table as backend addresses, with `down` (an address) unhealthy.
+        let table = |svc: &PlannedService, down: Option<&str>| -> Vec<String> {
+            let healthy: Vec<bool> = svc
+                .members
+                .iter()
+                .map(|m| Some(m.address.to_string().as_str()) != down)
+                .collect();
+            let active = active_set(&svc.members, &healthy, svc.min_healthy, svc.on_all_down);
+            derive(&svc.base, &svc.prefs, &svc.members, &active)
+                .iter()
+                .map(|&m| svc.members[m as usize].address.to_string())
+                .collect()
+        };
+        let (a, b) = (web(one), web(other));
+        let all_up = table(&a, None);
+        assert_eq!(all_up, table(&b, None), "the same config in another order");
+        assert!(!all_up.contains(&"10.0.14.2:80".to_string()), "tier 1 idle");
+        let down = "10.0.12.2:80";
+        let degraded = table(&b, Some(down));
+        assert_eq!(degraded, table(&a, Some(down)));
+        let moved: Vec<usize> = (0..all_up.len())
+            .filter(|&i| all_up[i] != degraded[i])
+            .collect();
+        assert!(!moved.is_empty());
+        assert!(
+            moved.iter().all(|&i| all_up[i] == down),
+            "only the down backend's slots may differ"
+        );
+    }
+
     #[test]
     fn ids_keys_and_rings() {
         let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();

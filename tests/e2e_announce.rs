@@ -10,88 +10,22 @@
 use std::{
     io::{Read as _, Write as _},
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use understudy_testbed::{Daemon, EchoServer, Netns, Topology, admin, cli, require_root};
+use understudy_testbed::{
+    BIRD_TEST_TIMERS, Bird, Daemon, EchoServer, Netns, Topology, admin, bird_routes, cli,
+    require_root,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_understudy");
-
-/// One BIRD process in a namespace, with its own config, control socket and pid file.
-struct Bird {
-    child: Option<Child>,
-    ns: String,
-    conf: PathBuf,
-    socket: PathBuf,
-}
-
-impl Bird {
-    fn start(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Bird {
-        let conf_path = dir.join(format!("{name}.conf"));
-        std::fs::write(&conf_path, conf).unwrap();
-        let socket = dir.join(format!("{name}.ctl"));
-        let mut bird = Bird {
-            child: None,
-            ns: ns.name().to_string(),
-            conf: conf_path,
-            socket,
-        };
-        bird.spawn(ns);
-        bird
-    }
-
-    fn spawn(&mut self, ns: &Netns) {
-        let _ = std::fs::remove_file(&self.socket);
-        let child = ns
-            .command_net_only("bird")
-            .arg("-f")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("-s")
-            .arg(&self.socket)
-            .arg("-P")
-            .arg(self.socket.with_extension("pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start bird (Debian package bird2; cargo xtask setup installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "bird in {} did not start",
-                self.ns
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn router_routes(router: &Netns) -> String {
-    router.ip(&["-4", "route", "show", "proto", "bird"])
-}
 
 /// Waits until the router's BIRD-learned routes satisfy `want`.
 fn wait_routes(router: &Netns, what: &str, secs: u64, want: impl Fn(&str) -> bool, log: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let routes = router_routes(router);
+        let routes = bird_routes(router);
         if want(&routes) {
             return;
         }
@@ -109,9 +43,6 @@ fn has(routes: &str, vip: &str) -> bool {
         .lines()
         .any(|l| l.starts_with(&format!("{vip} ")) && l.contains("via 10.0.200.1"))
 }
-
-const BGP_TIMERS: &str = "connect delay time 1; connect retry time 1; error wait time 1, 2; \
-                          hold time 6; keepalive time 2;";
 
 #[test]
 fn vips_are_announced_withdrawn_and_drained_through_bird() {
@@ -138,7 +69,7 @@ fn vips_are_announced_withdrawn_and_drained_through_bird() {
         &format!(
             "router id 10.0.200.2;\nprotocol device {{}}\n\
              protocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
-             protocol bgp lb1 {{ local 10.0.200.2 as 65000; neighbor 10.0.200.1 as 65001; {BGP_TIMERS}\n\
+             protocol bgp lb1 {{ local 10.0.200.2 as 65000; neighbor 10.0.200.1 as 65001; {BIRD_TEST_TIMERS}\n\
              ipv4 {{ import all; export none; }}; }}\n"
         ),
     );
@@ -148,7 +79,7 @@ fn vips_are_announced_withdrawn_and_drained_through_bird() {
         "lb",
         &format!(
             "router id 10.0.200.1;\nprotocol device {{}}\ninclude \"{}\";\n\
-             protocol bgp upstream {{ local 10.0.200.1 as 65001; neighbor 10.0.200.2 as 65000; {BGP_TIMERS}\n\
+             protocol bgp upstream {{ local 10.0.200.1 as 65001; neighbor 10.0.200.2 as 65000; {BIRD_TEST_TIMERS}\n\
              ipv4 {{ import none; export where proto ~ \"understudy*\"; }}; }}\n",
             include.display()
         ),
@@ -186,7 +117,7 @@ fn vips_are_announced_withdrawn_and_drained_through_bird() {
         &daemon,
     );
     assert!(
-        !has(&router_routes(&router), "10.0.0.12"),
+        !has(&bird_routes(&router), "10.0.0.12"),
         "announce = \"never\" was announced"
     );
 

@@ -10,7 +10,6 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Child, Stdio},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -19,88 +18,19 @@ use std::{
 mod peer_xdp;
 
 use understudy_testbed::{
-    CLIENT_V4, CLIENT_V6, Daemon, EchoServer, Netns, Topology, echo_connections, require_root,
+    CLIENT_V4, CLIENT_V6, Daemon, Decap, EchoServer, Netns, Topology, echo_connections,
+    require_root,
 };
+
+/// `understudy decap` on a backend's `eth0`.
+fn start_decap(be: &Netns) -> Decap {
+    Decap::start(BINARY, be, "eth0", &[])
+}
 
 const CONNECTIONS: usize = 1000;
 const AFTER_FAILOVER: usize = 200;
 const CLIENT_THREADS: usize = 4;
 const BINARY: &str = env!("CARGO_BIN_EXE_understudy");
-
-/// `understudy decap` on one backend's `eth0`; removed (`--stop`) when dropped.
-struct Decap {
-    ns: String,
-    pin_root: PathBuf,
-    child: Option<Child>,
-}
-
-impl Decap {
-    fn start(be: &Netns) -> Decap {
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/understudy-decap-{}", be.name()));
-        let child = be
-            .command_net_only(BINARY)
-            .args([
-                "decap",
-                "--interface",
-                "eth0",
-                "--vip",
-                "10.0.0.10",
-                "--vip",
-                "fd00::10",
-            ])
-            .arg("--pin-root")
-            .arg(&pin_root)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start understudy decap");
-        let link = pin_root.join("eth0").join("link");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !link.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "understudy decap did not pin {}",
-                link.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Decap {
-            ns: be.name().to_string(),
-            pin_root,
-            child: Some(child),
-        }
-    }
-
-    /// Stops the process with SIGTERM: the pinned program keeps decapsulating.
-    fn stop_process(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let status = child.wait().expect("wait for understudy decap");
-            assert!(status.success(), "understudy decap exited with {status}");
-        }
-    }
-}
-
-impl Drop for Decap {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::process::Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.ns))
-            .args([
-                BINARY,
-                "decap",
-                "--interface",
-                "eth0",
-                "--stop",
-                "--pin-root",
-            ])
-            .arg(&self.pin_root)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.pin_root);
-    }
-}
 
 fn config(topo: &Topology, v6: bool, mode: &str, encap: Option<&str>) -> PathBuf {
     let mut text = format!(
@@ -171,7 +101,7 @@ fn case(mode: &str, encap: Option<&str>, v6: bool) {
         .map(|be| EchoServer::start(be, "[::]:80".parse().unwrap()))
         .collect();
     let mut decaps: Vec<Decap> = if mode == "tunnel" {
-        topo.backends.iter().map(Decap::start).collect()
+        topo.backends.iter().map(start_decap).collect()
     } else {
         Vec::new()
     };
@@ -452,7 +382,7 @@ fn broken_path(mode: &str, encap: Option<&str>) {
     if mode == "dsr" {
         topo.backends[0].ip(&["addr", "del", "10.0.0.10/32", "dev", "lo"]);
     } else {
-        decaps = topo.backends[1..].iter().map(Decap::start).collect();
+        decaps = topo.backends[1..].iter().map(start_decap).collect();
         for d in &mut decaps {
             d.stop_process();
         }

@@ -9,7 +9,9 @@
 //! Every namespace gets a name unique to this process and call, so tests run in parallel, and is
 //! deleted when its guard drops, even when a test panics.
 
+mod bird;
 mod daemon;
+mod decap;
 mod echo;
 mod fib;
 mod flood;
@@ -20,7 +22,9 @@ mod sniff;
 mod topology;
 pub mod traffic;
 
+pub use bird::{BIRD_TEST_TIMERS, Bird, bird_routes};
 pub use daemon::{Daemon, Launch, NotifySocket, unblock_stop_signals};
+pub use decap::Decap;
 pub use echo::{EchoServer, echo_connections, echo_payload, echo_roundtrip};
 pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
 pub use flood::syn_flood;

@@ -262,6 +262,19 @@ pub fn run(args: DecapArgs) -> anyhow::Result<()> {
             args.interface
         );
     }
+    // The stop signals are caught from before the link is pinned: a SIGTERM as soon as the pin
+    // appears (a supervisor, a test) ends the process cleanly, not by the signal's default.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _in_runtime = rt.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
     let pin = args.pin_root.join(&args.interface);
     let mut decap = Decap::load(Some(&pin))?;
     decap.configure(&addresses, &args.vips, args.gue_port)?;
@@ -276,18 +289,13 @@ pub fn run(args: DecapArgs) -> anyhow::Result<()> {
         "decapsulating IPIP{} to this host for the VIPs",
         if args.gue_port != 0 { " and GUE" } else { "" }
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
         let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
         let mut last: Vec<(DecapCounter, u64)> = Vec::new();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = every.tick() => {
                     let now = decap.counters()?;
                     if now != last {

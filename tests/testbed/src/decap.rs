@@ -21,7 +21,10 @@ impl Decap {
     /// Starts `binary decap` on `interface` for the test VIPs (and `extra` arguments), and waits
     /// until its link is pinned.
     pub fn start(binary: &str, be: &Netns, interface: &str, extra: &[&str]) -> Decap {
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/understudy-decap-{}", be.name()));
+        let pin_root = PathBuf::from(format!(
+            "/sys/fs/bpf/understudy-decap-{}-{interface}",
+            be.name()
+        ));
         let child = be
             .command_net_only(binary)
             .args(["decap", "--interface", interface])

@@ -257,7 +257,39 @@ fn the_bird_references_parse() {
             &include.display().to_string(),
         );
     std::fs::write(dir.join("node.conf"), node).unwrap();
-    for conf in [dir.join("node.conf"), root.join("router.conf")] {
+    // And what `understudy bird-config` generates from a daemon config's [announce].
+    let daemon_config = dir.join("understudy.toml");
+    std::fs::write(
+        &daemon_config,
+        format!(
+            "[dataplane]\ninterfaces = [\"lo\"]\n[announce]\ninclude = \"{}\"\n",
+            include.display()
+        ),
+    )
+    .unwrap();
+    let generated = std::process::Command::new(BINARY)
+        .arg("bird-config")
+        .arg(&daemon_config)
+        .args(["--router-id", "192.0.2.11", "--local-as", "65001"])
+        .args(["--neighbor", "192.0.2.1", "--neighbor-as", "65000"])
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let text = String::from_utf8(generated.stdout).unwrap();
+    assert!(
+        text.contains(&include.display().to_string()) && text.contains("bfd on;"),
+        "{text}"
+    );
+    std::fs::write(dir.join("generated.conf"), text).unwrap();
+    for conf in [
+        dir.join("node.conf"),
+        dir.join("generated.conf"),
+        root.join("router.conf"),
+    ] {
         let out = std::process::Command::new("bird")
             .arg("-p")
             .arg("-c")

@@ -127,6 +127,23 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Print this node's BIRD 2 config for announcing the VIPs of CONFIG (its [announce] include),
+    /// with a BGP session to the router and BFD.
+    BirdConfig {
+        config: PathBuf,
+        #[arg(long)]
+        router_id: std::net::IpAddr,
+        #[arg(long)]
+        local_as: u32,
+        /// The router's address.
+        #[arg(long)]
+        neighbor: std::net::IpAddr,
+        #[arg(long)]
+        neighbor_as: u32,
+        /// Leave BFD off (the hold time alone then notices a dead node).
+        #[arg(long)]
+        no_bfd: bool,
+    },
     /// The whole node, with `[announce]`: `drain` withdraws every VIP from BIRD (established
     /// flows keep being served, routers send new ones to the other nodes); `enable` announces
     /// again.
@@ -369,6 +386,25 @@ fn print_status(s: &Snapshot) {
     }
 }
 
+/// `understudy bird-config`: the node's BIRD config for CONFIG's `[announce]`.
+fn bird_config(
+    file: &std::path::Path,
+    session: understudy::announce::snippet::Session,
+) -> anyhow::Result<()> {
+    let config = Config::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(announce) = &config.announce else {
+        anyhow::bail!(
+            "{}: no [announce] section: add one (its defaults suit Debian's BIRD) to announce the VIPs",
+            file.display()
+        );
+    };
+    print!(
+        "{}",
+        understudy::announce::snippet::render(announce, &session)
+    );
+    Ok(())
+}
+
 /// Default log filter. aya warns at every load that the kernel refused the object's BTF (Rust
 /// type names such as `MaybeUninit<u8>` that aya-log's map carries are not valid BTF names); the
 /// programs and maps load without it, so that one message is kept to `aya=error`.
@@ -490,6 +526,23 @@ fn main() -> ExitCode {
             config,
             admin,
         } => Some(explain(service, *client, config.as_deref(), admin)),
+        Command::BirdConfig {
+            config,
+            router_id,
+            local_as,
+            neighbor,
+            neighbor_as,
+            no_bfd,
+        } => Some(bird_config(
+            config,
+            understudy::announce::snippet::Session {
+                router_id: *router_id,
+                local_as: *local_as,
+                neighbor: *neighbor,
+                neighbor_as: *neighbor_as,
+                bfd: !no_bfd,
+            },
+        )),
         Command::Node { action, admin } => {
             let (path, done) = match action {
                 NodeAction::Drain => ("/node/drain", "node drained: every VIP withdrawn"),
@@ -542,6 +595,7 @@ fn main() -> ExitCode {
         | Command::Enable { .. }
         | Command::Reload { .. }
         | Command::Node { .. }
+        | Command::BirdConfig { .. }
         | Command::Clean { .. } => {
             unreachable!("admin commands returned above")
         }

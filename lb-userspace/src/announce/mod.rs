@@ -8,6 +8,7 @@
 
 pub mod bird;
 pub mod file;
+pub mod snippet;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -21,6 +21,9 @@ const EXPECTED: &[&str] = &[
     "./usr/share/doc/understudy/examples/edge.toml",
     "./usr/share/doc/understudy/examples/dsr.toml",
     "./usr/share/doc/understudy/examples/tunnel.toml",
+    "./usr/share/doc/understudy/examples/bird/node.conf",
+    "./usr/share/doc/understudy/examples/bird/router.conf",
+    "./usr/lib/tmpfiles.d/understudy.conf",
     "./usr/share/doc/understudy/README.md",
     "./usr/share/man/man1/understudy.1.gz",
     "./usr/share/bash-completion/completions/understudy",
@@ -67,6 +70,11 @@ pub fn run() -> anyhow::Result<PathBuf> {
     };
     let unit = root().join("lb-userspace/packaging/understudy.service");
     place(binary.clone(), "usr/bin/understudy", 0o755)?;
+    place(
+        root().join("lb-userspace/packaging/understudy.tmpfiles"),
+        "usr/lib/tmpfiles.d/understudy.conf",
+        0o644,
+    )?;
     place(unit.clone(), "lib/systemd/system/understudy.service", 0o644)?;
     let decap_unit = root().join("lb-userspace/packaging/understudy-decap.service");
     place(
@@ -91,6 +99,8 @@ pub fn run() -> anyhow::Result<PathBuf> {
         "edge.toml",
         "dsr.toml",
         "tunnel.toml",
+        "bird/node.conf",
+        "bird/router.conf",
     ] {
         place(
             root().join("config").join(example),

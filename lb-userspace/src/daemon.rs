@@ -220,6 +220,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             token: token.clone(),
             allowed_hosts: config.admin.allowed_hosts.clone(),
             l7: l7_metrics,
+            routes: listeners.board(),
             flow_cache: Default::default(),
             node: node.clone(),
             announcer: announcer.clone(),

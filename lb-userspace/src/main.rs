@@ -308,6 +308,9 @@ fn print_status(s: &Snapshot) {
                 if first {
                     // NAT is the default and goes unsaid; the other modes are named.
                     match svc.forwarding.as_deref() {
+                        _ if svc.protocol == understudy::status::ServedProtocol::Pool => {
+                            "pool".to_string()
+                        }
                         Some(mode) if mode != "nat" => {
                             format!("{}/{} {mode}", svc.vip, svc.protocol)
                         }
@@ -326,7 +329,11 @@ fn print_status(s: &Snapshot) {
                 health.to_string(),
                 if b.active { "yes" } else { "no" }.to_string(),
                 // The proxy's requests are in /metrics; XDP counts no flows for it.
-                if svc.protocol == understudy::status::ServedProtocol::Http {
+                if matches!(
+                    svc.protocol,
+                    understudy::status::ServedProtocol::Http
+                        | understudy::status::ServedProtocol::Pool
+                ) {
                     "-".to_string()
                 } else {
                     b.traffic.new_flows.to_string()
@@ -336,6 +343,31 @@ fn print_status(s: &Snapshot) {
         }
     }
     table(&rows);
+    for svc in s.services.iter().filter(|svc| !svc.routes.is_empty()) {
+        println!("\n{} routes:", svc.name);
+        let mut rows = vec![vec![
+            "ROUTE".to_string(),
+            "MATCHES".into(),
+            "POOLS".into(),
+            "SERVING".into(),
+            "REQUESTS".into(),
+            "5XX".into(),
+        ]];
+        for r in &svc.routes {
+            rows.push(vec![
+                r.name.clone(),
+                r.matches.clone(),
+                r.pools.join(" > "),
+                match &r.reason {
+                    Some(why) => format!("{} ({why})", r.serving),
+                    None => r.serving.clone(),
+                },
+                r.requests.to_string(),
+                r.server_errors.to_string(),
+            ]);
+        }
+        table(&rows);
+    }
     let l = &s.decision_to_visible;
     println!(
         "\n{} health changes; decision to visible p50 {} us, p99 {} us",

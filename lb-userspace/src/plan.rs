@@ -45,6 +45,8 @@ pub struct PlannedService {
     pub on_all_down: OnAllDown,
     /// Each backend's health before its first check: up, unless it must pass one first.
     pub initially_healthy: bool,
+    /// A `[[pool]]`: no VIP; the proxy serves routes from its backends.
+    pub pool: bool,
 }
 
 /// Who serves a planned service. Kernel code matches on it once; it never tests for HTTP.
@@ -190,7 +192,7 @@ fn plan_service(config: &Config, id: u32, svc: &Service, backend_ids: Vec<u32>) 
         .collect();
     // An HTTP service's proxy picks backends from the health view, not from a table: building
     // one (65,537 entries by default, and its per-tier preferences) would be wasted.
-    let base: Vec<u32> = if let Mode::Http(_) = svc.mode {
+    let base: Vec<u32> = if let Mode::Http(_) | Mode::Pool = svc.mode {
         Vec::new()
     } else {
         maglev::build(&entries, svc.table_size)
@@ -211,6 +213,7 @@ fn plan_service(config: &Config, id: u32, svc: &Service, backend_ids: Vec<u32>) 
         min_healthy: svc.min_healthy,
         on_all_down: svc.on_all_down,
         initially_healthy: svc.health.check == Check::None || !svc.wait_for_first_check,
+        pool: svc.mode == Mode::Pool,
     };
     if svc.mode.kernel() {
         planned.serving = Serving::Kernel(KernelService {
@@ -237,7 +240,7 @@ pub fn forwarding(mode: &Mode) -> u32 {
             Encap::Ipip => FORWARD_IPIP,
             Encap::Gue => FORWARD_GUE,
         },
-        Mode::Nat | Mode::Http(_) => FORWARD_NAT,
+        Mode::Nat | Mode::Http(_) | Mode::Pool => FORWARD_NAT,
     }
 }
 

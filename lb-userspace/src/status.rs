@@ -60,6 +60,10 @@ pub struct ServiceStatus {
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,
     pub backends: Vec<BackendStatus>,
+    /// An HTTP service's routes: what each matches, its chain of pools, the pool it serves
+    /// from now and why.
+    #[serde(default)]
+    pub routes: Vec<crate::l7::route::RouteStatus>,
 }
 
 /// What a service's clients speak to it: TCP or UDP forwarded by XDP, or HTTP to the proxy.
@@ -69,6 +73,8 @@ pub enum ServedProtocol {
     Tcp,
     Udp,
     Http,
+    /// A `[[pool]]`: backends that HTTP routes are served from, with no VIP of its own.
+    Pool,
 }
 
 /// Whether a service takes new flows, and if not, what `on_all_down` does with them.
@@ -97,7 +103,7 @@ macro_rules! display_as_serde {
 }
 
 display_as_serde! {
-    ServedProtocol { Tcp => "tcp", Udp => "udp", Http => "http" }
+    ServedProtocol { Tcp => "tcp", Udp => "udp", Http => "http", Pool => "pool" }
     ServiceState { Serving => "serving", FailOpen => "fail_open", Drop => "drop", Reject => "reject" }
 }
 
@@ -184,6 +190,7 @@ mod tests {
             ServedProtocol::Tcp,
             ServedProtocol::Udp,
             ServedProtocol::Http,
+            ServedProtocol::Pool,
         ] {
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
         }

@@ -91,6 +91,8 @@ pub struct AdminState {
     pub allowed_hosts: Vec<String>,
     /// The HTTP proxy's request, attempt, budget and ejection counters.
     pub l7: crate::l7::metrics::L7Metrics,
+    /// The HTTP services' running proxies, whose routes `/status` shows.
+    pub routes: crate::l7::route::RouteBoard,
     /// The node's announcement, and the way to drain and enable it (`None` without
     /// `[announce]`).
     pub node: crate::announce::SharedStatus,
@@ -213,6 +215,9 @@ async fn snapshot(state: &AdminState) -> Option<Snapshot> {
     let (tx, rx) = oneshot::channel();
     state.control.send(Control::Snapshot(tx)).await.ok()?;
     let mut s = rx.await.ok()?;
+    for svc in &mut s.services {
+        svc.routes = crate::l7::route::statuses(&state.routes, &svc.name);
+    }
     if let Ok(board) = state.board.read() {
         for b in s
             .services

@@ -122,6 +122,33 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
         h.push_str("</table>");
+        if !svc.routes.is_empty() {
+            h.push_str(
+                "<table><tr><th>Route</th><th>Matches</th><th>Pools</th><th>Serving from</th>\
+                 <th>Requests</th><th>5xx</th></tr>",
+            );
+            for r in &svc.routes {
+                let moved = r.serving != r.pools[0];
+                let _ = write!(
+                    h,
+                    "<tr class=\"route{cls}\" data-route=\"{name}\" data-serving=\"{serving}\">\
+                     <td>{name}</td><td>{matches}</td><td>{pools}</td><td>{serving}{why}</td>\
+                     <td>{requests}</td><td>{errors}</td></tr>",
+                    cls = if moved { " draining" } else { "" },
+                    name = esc(&r.name),
+                    matches = esc(&r.matches),
+                    pools = esc(&r.pools.join(" → ")),
+                    serving = esc(&r.serving),
+                    why = r
+                        .reason
+                        .as_ref()
+                        .map_or(String::new(), |w| format!(" ({})", esc(w))),
+                    requests = r.requests,
+                    errors = r.server_errors,
+                );
+            }
+            h.push_str("</table>");
+        }
     }
     h.push_str("</body></html>");
     h

@@ -50,6 +50,23 @@ pub struct HttpService {
     pub upstream_tls: Option<TlsCheck>,
     pub retry: RetryPolicy,
     pub circuit: CircuitPolicy,
+    /// Ordered routes (`[[service.route]]`); empty: every request goes to the service's own
+    /// backends.
+    pub routes: Vec<super::Route>,
+    /// One line per request; off by default (`[service.access_log]`).
+    pub access_log: Option<AccessLog>,
+}
+
+/// `[service.access_log]`. Off by default: at tens of thousands of requests per second a line
+/// each costs more than the proxying, and the per-route metrics already count every request.
+/// Turned on, it logs every request (`sample = 1.0`), or a random share of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    /// JSON lines appended to this file; without it, lines go to the daemon's log (target
+    /// `access`), human or JSON as `--log-json` says.
+    pub file: Option<PathBuf>,
+    /// The share of requests logged, 0 < sample <= 1.
+    pub sample: f64,
 }
 
 /// A certificate chain and its key, both PEM files. The first is served to clients that send no
@@ -146,6 +163,7 @@ pub(super) struct RawSections<'a> {
     pub upstream_tls: Option<&'a Spanned<RawUpstreamTls>>,
     pub retry: Option<&'a Spanned<RawRetry>>,
     pub circuit: Option<&'a Spanned<RawCircuit>>,
+    pub access_log: Option<&'a Spanned<super::raw::RawAccessLog>>,
 }
 
 fn number<T: Copy + PartialOrd + std::fmt::Display>(
@@ -502,5 +520,44 @@ pub(super) fn validate_http(
         upstream_tls,
         retry,
         circuit,
+        routes: Vec::new(),
+        access_log: access_log(at, prefix, raw.access_log)?,
     })
+}
+
+fn access_log(
+    at: &Locator<'_>,
+    prefix: &str,
+    raw: Option<&Spanned<super::raw::RawAccessLog>>,
+) -> Result<Option<AccessLog>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let r = raw.get_ref();
+    let sample = match &r.sample {
+        None => 1.0,
+        Some(v) if *v.get_ref() > 0.0 && *v.get_ref() <= 1.0 => *v.get_ref(),
+        Some(v) => {
+            return Err(at.error(
+                Some(v.span()),
+                format!("{prefix}.access_log.sample"),
+                format!("{} is not a share of requests", v.get_ref()),
+                "give a fraction above 0 and at most 1, such as 0.01 (or enabled = false)",
+            ));
+        }
+    };
+    if !r.enabled {
+        return Ok(None);
+    }
+    let file = match &r.file {
+        None => None,
+        Some(f) if f.get_ref().starts_with('/') => Some(PathBuf::from(f.get_ref())),
+        Some(f) => {
+            return Err(at.error(
+                Some(f.span()),
+                format!("{prefix}.access_log.file"),
+                format!("\"{}\" is not an absolute path", f.get_ref()),
+                "give the log file's absolute path, such as \"/var/log/understudy/access.log\"",
+            ));
+        }
+    };
+    Ok(Some(AccessLog { file, sample }))
 }

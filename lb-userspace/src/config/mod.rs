@@ -9,6 +9,7 @@ mod health;
 mod http;
 mod model;
 mod raw;
+mod route;
 
 use std::{
     collections::HashMap,
@@ -25,8 +26,9 @@ pub use announce::{Announce, AnnouncePolicy};
 pub use edge::{Acl, DEFAULT_FLOOD_THRESHOLD, RateLimit, Refusal};
 pub use error::ConfigError;
 pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, Via};
-pub use http::{Certificate, CircuitPolicy, HttpService, RetryPolicy};
+pub use http::{AccessLog, Certificate, CircuitPolicy, HttpService, RetryPolicy};
 pub use model::{Encap, HashMode, Mode, OnAllDown, Protocol, Tunnel, XdpMode};
+pub use route::{Failover, HostMatch, PathMatch, PoolRef, Route, RouteMatch, RouteRequest};
 
 use error::Locator;
 use raw::{RawBackend, RawConfig, RawMode, RawService};
@@ -301,10 +303,45 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     // written into the kernel).
     let mut prefixes = edge::Prefixes::default();
     prefixes.add(acl.entries().iter().map(|(net, _)| net));
-    for (i, svc) in raw.services.into_iter().enumerate() {
+    let pool_names: Vec<String> = raw
+        .pools
+        .iter()
+        .map(|p| p.get_ref().name.get_ref().clone())
+        .collect();
+    let raw_pools = raw.pools;
+    let as_services = raw
+        .services
+        .into_iter()
+        .map(|s| (Section::Service, s))
+        .chain(raw_pools.into_iter().enumerate().map(|(k, p)| {
+            let span = p.span();
+            (
+                Section::Pool(k),
+                Spanned::new(span, p.into_inner().into_service()),
+            )
+        }));
+    let mut first_pool = None;
+    for (i, (section, svc)) in as_services.enumerate() {
+        if let Section::Pool(_) = section {
+            first_pool.get_or_insert(i);
+        }
         // Where the service's prefixes are: its acl table, else the service.
         let span = svc.get_ref().acl.as_ref().map_or(svc.span(), Spanned::span);
-        let service = validate_service(at, i, svc.into_inner(), &services, &mut vips)?;
+        let index = match section {
+            Section::Service => i,
+            Section::Pool(k) => k,
+        };
+        let service = validate_service(
+            at,
+            Where {
+                section,
+                index,
+                pools: &pool_names,
+            },
+            svc.into_inner(),
+            &services,
+            &mut vips,
+        )?;
         prefixes.add(service.acl.entries().iter().map(|(net, _)| net));
         prefixes.add(service.rate_limit.iter().flat_map(|r| &r.exempt));
         if let Some(family) = prefixes.over() {
@@ -449,14 +486,34 @@ fn validate_admin(
     })
 }
 
+/// Whether a `[[service]]` or a `[[pool]]` is validated: a pool is a service without a VIP, whose
+/// backends, tiers and health serve the routes of HTTP services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Service,
+    /// The pool's index among the `[[pool]]`s.
+    Pool(usize),
+}
+
+/// What [`validate_service`] validates, and the pools routes may name.
+struct Where<'a> {
+    section: Section,
+    /// The index in its own section, for field names.
+    index: usize,
+    pools: &'a [String],
+}
+
 fn validate_service(
     at: &Locator<'_>,
-    i: usize,
+    place: Where<'_>,
     svc: RawService,
     earlier: &[Service],
     vips: &mut HashMap<(SocketAddr, Protocol), (String, usize)>,
 ) -> Result<Service, ConfigError> {
-    let f = |name: &str| format!("service[{i}].{name}");
+    let i = place.index;
+    let is_pool = place.section != Section::Service;
+    let section = if is_pool { "pool" } else { "service" };
+    let f = |name: &str| format!("{section}[{i}].{name}");
     let name = svc.name.get_ref().clone();
     if name.is_empty()
         || !name
@@ -466,65 +523,93 @@ fn validate_service(
         return Err(at.error(
             Some(svc.name.span()),
             f("name"),
-            format!("\"{name}\" is not a valid service name"),
+            format!("\"{name}\" is not a valid {section} name"),
             "use letters, digits, '-', '_' and '.' only, such as \"web\"",
         ));
     }
-    if earlier.iter().any(|s| s.name == name) {
+    if let Some(other) = earlier.iter().find(|s| s.name == name) {
+        let what = if other.mode == Mode::Pool {
+            "pool"
+        } else {
+            "service"
+        };
         return Err(at.error(
             Some(svc.name.span()),
             f("name"),
-            format!("another service is already named \"{name}\""),
-            "give every service its own name",
+            format!("another {what} is already named \"{name}\""),
+            "give every service and pool its own name (they share status, metrics and drain commands)",
+        ));
+    }
+    if !is_pool && place.pools.contains(&name) {
+        return Err(at.error(
+            Some(svc.name.span()),
+            f("name"),
+            format!("a [[pool]] is already named \"{name}\""),
+            "give every service and pool its own name (they share status, metrics and drain commands)",
         ));
     }
 
-    let vip = socket_addr(
-        at,
-        &svc.vip,
-        f("vip"),
-        "\"10.0.0.10:80\" or \"[2001:db8::10]:80\"",
-    )?;
-    if vip.ip().is_unspecified() || vip.ip().is_multicast() {
-        return Err(at.error(
-            Some(svc.vip.span()),
+    let vip = if is_pool {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        socket_addr(
+            at,
+            &svc.vip,
             f("vip"),
-            format!("{} cannot be a VIP", vip.ip()),
-            "use the unicast address clients connect to",
-        ));
+            "\"10.0.0.10:80\" or \"[2001:db8::10]:80\"",
+        )?
+    };
+    if !is_pool {
+        if vip.ip().is_unspecified() || vip.ip().is_multicast() {
+            return Err(at.error(
+                Some(svc.vip.span()),
+                f("vip"),
+                format!("{} cannot be a VIP", vip.ip()),
+                "use the unicast address clients connect to",
+            ));
+        }
+        let (line, _) = at.position(svc.vip.span().start);
+        if let Some((other, other_line)) = vips.get(&(vip, svc.protocol)) {
+            return Err(at.error(
+                Some(svc.vip.span()),
+                f("vip"),
+                format!(
+                    "{vip}/{} is already the VIP of service \"{other}\" (line {other_line})",
+                    svc.protocol
+                ),
+                "give each service its own address, port or protocol",
+            ));
+        }
+        vips.insert((vip, svc.protocol), (name.clone(), line));
     }
-    let (line, _) = at.position(svc.vip.span().start);
-    if let Some((other, other_line)) = vips.get(&(vip, svc.protocol)) {
-        return Err(at.error(
-            Some(svc.vip.span()),
-            f("vip"),
-            format!(
-                "{vip}/{} is already the VIP of service \"{other}\" (line {other_line})",
-                svc.protocol
-            ),
-            "give each service its own address, port or protocol",
-        ));
-    }
-    vips.insert((vip, svc.protocol), (name.clone(), line));
 
-    if svc.backends.is_empty() {
+    // An HTTP service with routes may be served from [[pool]]s alone.
+    let routed = svc.mode == RawMode::Http && !svc.routes.is_empty();
+    if svc.backends.is_empty() && !routed {
         return Err(at.error(
             Some(svc.name.span()),
             f("backend"),
-            format!("service \"{name}\" has no backend"),
-            "add at least one [[service.backend]] with address = \"IP:port\"",
+            format!("{section} \"{name}\" has no backend"),
+            format!("add at least one [[{section}.backend]] with address = \"IP:port\""),
+        ));
+    }
+    if !svc.routes.is_empty() && svc.mode != RawMode::Http {
+        return Err(at.error(
+            Some(svc.routes[0].span()),
+            f("route"),
+            "routes choose a pool per HTTP request, and this service is not an HTTP service",
+            "add mode = \"http\" to the service, or remove its [[service.route]]s",
         ));
     }
     let mut backends: Vec<Backend> = Vec::new();
     for (j, b) in svc.backends.iter().enumerate() {
         backends.push(validate_backend(
             at,
-            i,
-            j,
+            (section, i, j),
             b.get_ref(),
             vip,
             &backends,
-            svc.mode == RawMode::Tunnel,
+            svc.mode == RawMode::Tunnel || is_pool,
         )?);
     }
 
@@ -615,7 +700,7 @@ fn validate_service(
                     "remove protocol = \"udp\" (HTTP services are TCP), or use mode = \"nat\"",
                 ));
             }
-            Mode::Http(Box::new(http::validate_http(
+            let mut http = http::validate_http(
                 at,
                 &format!("service[{i}]"),
                 http::RawSections {
@@ -624,9 +709,35 @@ fn validate_service(
                     upstream_tls: svc.upstream_tls.as_ref(),
                     retry: svc.retry.as_ref(),
                     circuit: svc.circuit.as_ref(),
+                    access_log: svc.access_log.as_ref(),
                 },
-            )?))
+            )?;
+            // The service's own backends are a pool named after it.
+            let mut usable = place.pools.to_vec();
+            if !svc.backends.is_empty() {
+                usable.push(name.clone());
+            }
+            http.routes =
+                route::validate_routes(at, &format!("service[{i}]"), &svc.routes, &usable)?;
+            if !http.routes.is_empty()
+                && !svc.backends.is_empty()
+                && !http
+                    .routes
+                    .iter()
+                    .any(|r| r.chain.iter().any(|p| p.pool == name))
+            {
+                return Err(at.error(
+                    Some(svc.backends[0].span()),
+                    f("backend"),
+                    format!("no route uses the service's own backends (its pool \"{name}\")"),
+                    format!(
+                        "add \"{name}\" to a route's pools, or move the backends into a [[pool]]"
+                    ),
+                ));
+            }
+            Mode::Http(Box::new(http))
         }
+        RawMode::Pool => Mode::Pool,
         RawMode::Nat | RawMode::Dsr | RawMode::Tunnel => {
             if let Some((section, span)) = http_sections.iter().find(|(_, s)| s.is_some()) {
                 return Err(at.error(
@@ -716,18 +827,20 @@ fn validate_service(
     })
 }
 
+/// `place`: the section ("service" or "pool"), its index and the backend's. `any_family`: the
+/// backend may be of the other IP family than the VIP (tunnels, pools).
 fn validate_backend(
     at: &Locator<'_>,
-    i: usize,
-    j: usize,
+    place: (&str, usize, usize),
     b: &RawBackend,
     vip: SocketAddr,
     earlier: &[Backend],
-    tunnel: bool,
+    any_family: bool,
 ) -> Result<Backend, ConfigError> {
-    let f = |name: &str| format!("service[{i}].backend[{j}].{name}");
+    let (section, i, j) = place;
+    let f = |name: &str| format!("{section}[{i}].backend[{j}].{name}");
     let address = socket_addr(at, &b.address, f("address"), "\"10.0.11.2:8080\"")?;
-    if address.is_ipv4() != vip.is_ipv4() && !tunnel {
+    if address.is_ipv4() != vip.is_ipv4() && !any_family {
         return Err(at.error(
             Some(b.address.span()),
             f("address"),
@@ -740,7 +853,7 @@ fn validate_backend(
         return Err(at.error(
             Some(b.address.span()),
             f("address"),
-            format!("backend {address} is listed twice in this service"),
+            format!("backend {address} is listed twice in this {section}"),
             "list each backend once; use `weight` to give it a larger share",
         ));
     }

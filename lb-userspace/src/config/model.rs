@@ -24,6 +24,8 @@ pub enum Mode {
     /// The daemon terminates HTTP (and TLS) on the VIP and proxies each request, with retries
     /// over the fallback order and circuit breaking.
     Http(Box<HttpService>),
+    /// A `[[pool]]`: no VIP, no listener; its backends, tiers and health serve HTTP routes.
+    Pool,
 }
 
 impl Mode {
@@ -31,13 +33,13 @@ impl Mode {
     pub fn http(&self) -> Option<&HttpService> {
         match self {
             Mode::Http(h) => Some(h),
-            Mode::Nat | Mode::Dsr | Mode::Tunnel(_) => None,
+            Mode::Nat | Mode::Dsr | Mode::Tunnel(_) | Mode::Pool => None,
         }
     }
 
-    /// Whether the XDP program serves the VIP (every mode but HTTP).
+    /// Whether the XDP program serves the VIP (every mode but HTTP, and pools, which have none).
     pub fn kernel(&self) -> bool {
-        !matches!(self, Mode::Http(_))
+        !matches!(self, Mode::Http(_) | Mode::Pool)
     }
 }
 
@@ -82,6 +84,7 @@ impl fmt::Display for Mode {
             Mode::Dsr => "dsr",
             Mode::Tunnel(_) => "tunnel",
             Mode::Http(_) => "http",
+            Mode::Pool => "pool",
         })
     }
 }

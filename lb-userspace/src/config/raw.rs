@@ -17,6 +17,54 @@ pub struct RawConfig {
     pub announce: Option<Spanned<super::announce::RawAnnounce>>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<Spanned<RawPool>>,
+}
+
+/// A `[[pool]]`: backends with tiers and health that HTTP services' routes are served from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hash: HashMode,
+    pub min_healthy: Option<Spanned<toml::Value>>,
+    pub wait_for_first_check: Option<bool>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub passive: Option<Spanned<RawPassive>>,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Spanned<RawBackend>>,
+}
+
+impl RawPool {
+    /// The pool as a service without a VIP, so one validation serves both.
+    pub fn into_service(self) -> RawService {
+        RawService {
+            vip: Spanned::new(self.name.span(), String::new()),
+            name: self.name,
+            protocol: Protocol::Tcp,
+            mode: RawMode::Pool,
+            hash: self.hash,
+            table_size: None,
+            min_healthy: self.min_healthy,
+            on_all_down: OnAllDown::Drop,
+            wait_for_first_check: self.wait_for_first_check,
+            announce: Default::default(),
+            health: self.health,
+            passive: self.passive,
+            http: None,
+            tls: None,
+            upstream_tls: None,
+            retry: None,
+            circuit: None,
+            access_log: None,
+            tunnel: None,
+            acl: None,
+            rate_limit: None,
+            routes: Vec::new(),
+            backends: self.backends,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +116,10 @@ pub struct RawService {
     pub upstream_tls: Option<Spanned<RawUpstreamTls>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub circuit: Option<Spanned<RawCircuit>>,
+    pub access_log: Option<Spanned<RawAccessLog>>,
+    /// `mode = "http"` only: ordered routes, each served from a chain of pools.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<super::route::RawRoute>>,
     /// `mode = "tunnel"` only.
     pub tunnel: Option<Spanned<RawTunnel>>,
     /// Kernel-served (`nat`, `dsr`, `tunnel`) services only.
@@ -157,6 +209,9 @@ pub enum RawMode {
     /// The daemon terminates HTTP (and TLS) on the VIP and proxies each request, with retries
     /// over the fallback order and circuit breaking.
     Http,
+    /// A `[[pool]]` (never written as a mode).
+    #[serde(skip)]
+    Pool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,4 +285,14 @@ pub struct RawCircuit {
     pub failure_statuses: Option<Spanned<Vec<Spanned<u16>>>>,
     pub base_ejection: Option<Spanned<String>>,
     pub max_ejection: Option<Spanned<String>>,
+}
+
+/// `[service.access_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default)]
+    pub enabled: bool,
+    pub file: Option<Spanned<String>>,
+    pub sample: Option<Spanned<f64>>,
 }

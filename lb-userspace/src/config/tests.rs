@@ -755,6 +755,7 @@ fn max_flows_has_a_default_and_a_range() {
 
 mod edge;
 mod forwarding;
+mod routes;
 
 #[test]
 fn announce_defaults_and_located_refusals() {

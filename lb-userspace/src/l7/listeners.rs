@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::mpsc, task::AbortHandle};
 use tracing::info;
 
+use super::route::RouteBoard;
 use super::{
     Current, Ejection, ServiceProxy, availability::Availability, metrics::L7Metrics, serve,
 };
@@ -25,6 +26,7 @@ pub struct Listeners {
     availability: Availability,
     ejections: mpsc::UnboundedSender<Ejection>,
     metrics: L7Metrics,
+    board: RouteBoard,
 }
 
 /// A reload's listeners, ready to commit.
@@ -51,7 +53,13 @@ impl Listeners {
             availability,
             ejections,
             metrics,
+            board: RouteBoard::default(),
         }
+    }
+
+    /// The running proxies, for `/status` to show their routes.
+    pub fn board(&self) -> RouteBoard {
+        self.board.clone()
     }
 
     /// Builds every HTTP service's proxy and binds the addresses not bound yet.
@@ -129,5 +137,12 @@ impl Listeners {
             r.abort.abort();
         }
         self.running = next;
+        if let Ok(mut b) = self.board.write() {
+            *b = self
+                .running
+                .iter()
+                .map(|(name, r)| (name.clone(), r.current.clone()))
+                .collect();
+        }
     }
 }

@@ -4,14 +4,33 @@
 use std::{net::SocketAddr, sync::Mutex};
 
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
 type Labels = Vec<(String, String)>;
 
-#[derive(Default, Clone)]
+/// Request durations by route and pool: 1 ms to about 33 s.
+fn route_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+#[derive(Clone)]
 pub struct L7Metrics {
+    /// Responses by service, route, the pool that answered, and status.
+    pub route_requests: Family<Labels, Counter>,
+    /// Time from the request to the response headers, by service, route and pool.
+    pub route_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Moves between a route's pools, by service, route, from, to and kind (errors, latency,
+    /// recovered).
+    pub route_shifts: Family<Labels, Counter>,
+    /// The index in its chain of the pool a route serves from (0: the primary).
+    pub route_serving: Family<Labels, Gauge>,
     /// Responses to clients by service, status and attempts.
     pub requests: Family<Labels, Counter>,
     /// Attempts by service, backend and outcome.
@@ -31,6 +50,26 @@ pub struct L7Metrics {
     pub buffer_full: Family<Labels, Counter>,
     /// Requests a request filter answered itself, by service, filter and status.
     pub filter_refusals: Family<Labels, Counter>,
+}
+
+impl Default for L7Metrics {
+    fn default() -> Self {
+        L7Metrics {
+            route_requests: Family::default(),
+            route_latency: Family::new_with_constructor(route_histogram),
+            route_shifts: Family::default(),
+            route_serving: Family::default(),
+            requests: Family::default(),
+            attempts: Family::default(),
+            budget_exhausted: Family::default(),
+            ejections: Family::default(),
+            ejections_capped: Family::default(),
+            listener_full: Family::default(),
+            client_timeouts: Family::default(),
+            buffer_full: Family::default(),
+            filter_refusals: Family::default(),
+        }
+    }
 }
 
 impl L7Metrics {
@@ -80,6 +119,26 @@ impl L7Metrics {
             "http_filter_refusals",
             "Requests a request filter (such as authentication or a rate limit) answered without choosing a backend",
             self.filter_refusals.clone(),
+        );
+        r.register(
+            "http_route_requests",
+            "HTTP responses by route, the pool that answered, and status",
+            self.route_requests.clone(),
+        );
+        r.register(
+            "http_route_request_duration_seconds",
+            "Time from a request to its response headers, by route and pool",
+            self.route_latency.clone(),
+        );
+        r.register(
+            "http_route_shifts",
+            "Moves of a route between the pools of its chain, by kind (errors, latency, recovered)",
+            self.route_shifts.clone(),
+        );
+        r.register(
+            "http_route_serving_pool",
+            "The position in its chain of the pool a route serves new requests from (0: primary)",
+            self.route_serving.clone(),
         );
     }
 }

@@ -1,9 +1,12 @@
 //! The L7 proxy for `mode = "http"` services: HTTP/1.1 and HTTP/2 (ALPN over TLS, prior
 //! knowledge in clear text) on hyper, TLS termination with SNI on tokio-rustls, and pooled
-//! upstream HTTP/1.1 connections. It shares the pools, tiers, health and fallback ordering of the
-//! L4 services through [`availability`], which the map writer publishes, and it reports the
+//! upstream HTTP/1.1 connections. Requests take the first route they match, served from a chain
+//! of pools (`[[pool]]`s, or the service's own backends). It shares the pools, tiers, health and
+//! fallback ordering of the L4 services through [`availability`], which the map writer publishes, and it reports the
 //! backends its circuits eject to the same health engine.
 //!
+//! - [`route`]: which route a request takes, and the chain of pools that serves it;
+//!   [`shift`]: moving a route between those pools on errors and latency.
 //! - [`filter`]: the request-filter chain that runs before a backend is chosen (auth and rate
 //!   limits plug in here).
 //! - [`select`]: the order a request tries backends in.
@@ -11,8 +14,10 @@
 //! - [`proxy`]: the retry loop and the errors clients see.
 //! - [`circuit`] and [`budget`]: per-backend limits and ejection; the retry budget.
 //! - [`limits`]: connections per listener, idle clients, memory in retry buffers.
+//! - [`access`]: the access log.
 //! - [`headers`], [`body`], [`tls`], [`connector`], [`metrics`].
 
+pub mod access;
 pub mod availability;
 pub mod body;
 pub mod budget;
@@ -25,7 +30,9 @@ pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod proxy;
+pub mod route;
 pub mod select;
+pub mod shift;
 pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -39,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::{
+    access::{self, AccessLogger, Logged, Record},
     availability::{Availability, PoolView},
     body::{Guarded, ProxyBody, RequestBody, full},
     budget::Budget,
@@ -48,6 +49,7 @@ use super::{
     filter::Chain,
     headers::{self, ClientInfo},
     metrics::{L7Metrics, ServiceCounters},
+    route::{Compiled, Routes},
     select::{Candidates, Key},
 };
 use crate::config::{HashMode, HttpService, Service};
@@ -68,6 +70,8 @@ pub type Breakers = Arc<Mutex<HashMap<SocketAddr, Arc<Breaker>>>>;
 #[derive(Clone)]
 pub struct Carried {
     pub breakers: Breakers,
+    /// The routes' failover states.
+    pub routes: super::route::RouteStates,
     pub budget: Arc<Budget>,
     pub connections: Arc<super::limits::ConnectionCount>,
 }
@@ -89,6 +93,23 @@ pub struct ServiceProxy {
     max_ejection_percent: u32,
     /// What every request passes through before a backend is chosen.
     filters: Chain,
+    pub routes: Routes,
+    access: Option<Arc<AccessLogger>>,
+}
+
+/// What one request went through, for the route's counters and the access log.
+#[derive(Default)]
+struct Trace {
+    route: Option<usize>,
+    /// The chain pool and backend whose response went to the client.
+    pool: Option<usize>,
+    backend: Option<SocketAddr>,
+    tried: Vec<SocketAddr>,
+    /// When the first attempt started.
+    first_attempt: Option<Instant>,
+    /// The last attempt's time to its response headers.
+    last_attempt: Duration,
+    bytes_in: u64,
 }
 
 /// How one attempt ended.
@@ -193,6 +214,7 @@ impl ServiceProxy {
             .build(connector);
         let carried = carried.unwrap_or_else(|| Carried {
             breakers: Arc::default(),
+            routes: Arc::default(),
             budget: Arc::new(Budget::new(
                 settings.retry.budget_ratio,
                 settings.retry.budget_min_per_second,
@@ -200,7 +222,14 @@ impl ServiceProxy {
             connections: Arc::default(),
         });
         let tls_on = tls.is_some();
+        let routes = Routes::new(&service.name, &settings, &carried.routes, &metrics);
+        let access = match &settings.access_log {
+            None => None,
+            Some(cfg) => Some(Arc::new(AccessLogger::open(cfg)?)),
+        };
         Ok(ServiceProxy {
+            routes,
+            access,
             name: service.name.clone(),
             vip: service.vip,
             hash: service.hash,
@@ -217,8 +246,17 @@ impl ServiceProxy {
         })
     }
 
-    fn pool(&self) -> Option<Arc<PoolView>> {
-        self.availability.read().ok()?.get(&self.name).cloned()
+    /// The health views of a route's chain, in chain order.
+    fn views(&self, route: &Compiled) -> Vec<Option<Arc<PoolView>>> {
+        let Ok(a) = self.availability.read() else {
+            return vec![None; route.route.chain.len()];
+        };
+        route
+            .route
+            .chain
+            .iter()
+            .map(|p| a.get(&p.pool).cloned())
+            .collect()
     }
 
     fn breaker(&self, address: SocketAddr) -> Arc<Breaker> {
@@ -233,10 +271,48 @@ impl ServiceProxy {
     /// Serves one request.
     pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let started = Instant::now();
-        let (status, attempts, response) = self.proxy(req, client, started).await;
+        let logged = self.access.as_ref().filter(|l| l.sampled()).map(|l| {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            (l.clone(), req.method().to_string(), path)
+        });
+        let mut trace = Trace::default();
+        let (status, attempts, response) = self.proxy(req, client, started, &mut trace).await;
         self.counters.request(status, attempts);
+        let route = trace.route.map(|i| &self.routes.list[i]);
+        if let Some(r) = route {
+            r.responded(trace.pool, status, started.elapsed());
+        }
         debug!(service = %self.name, client = %client.addr, status, attempts, elapsed_us = started.elapsed().as_micros() as u64, "request");
-        response
+        let Some((logger, method, path)) = logged else {
+            return response;
+        };
+        let name = |i: Option<usize>| route.zip(i).map(|(r, i)| r.route.chain[i].pool.clone());
+        let record = Record {
+            client: client.addr,
+            service: self.name.clone(),
+            route: route.map_or_else(|| "-".to_string(), |r| r.route.name.clone()),
+            pool: name(trace.pool),
+            backend: trace.backend.map(|b| b.to_string()),
+            method,
+            path,
+            status,
+            attempts,
+            tried: trace.tried.iter().map(|a| a.to_string()).collect(),
+            bytes_in: trace.bytes_in,
+            bytes_out: 0,
+            tq_us: trace
+                .first_attempt
+                .map_or(0, |t| access::micros(t.duration_since(started))),
+            tr_us: access::micros(trace.last_attempt),
+            ta_us: 0,
+            complete: false,
+        };
+        let (parts, body) = response.into_parts();
+        Response::from_parts(parts, Logged::new(body, record, started, logger).boxed())
     }
 
     async fn proxy(
@@ -244,11 +320,20 @@ impl ServiceProxy {
         req: Request<Incoming>,
         client: &ClientInfo,
         started: Instant,
+        trace: &mut Trace,
     ) -> (u16, u32, Response<ProxyBody>) {
         let policy = &self.settings.retry;
         let deadline = started + policy.deadline;
         let (mut parts, body) = req.into_parts();
         let version = parts.version;
+        // The route is chosen on the request as the client sent it, before any filter
+        // rewrites it, so filters can be the route's own.
+        let Some(ri) = self.routes.pick(&parts) else {
+            debug!(service = %self.name, client = %client.addr, host = %super::route::request_host(&parts), path = %parts.uri.path(), "no route matches");
+            return self.reply_error(StatusCode::NOT_FOUND, "no route matches this request", 0);
+        };
+        trace.route = Some(ri);
+        let route = &self.routes.list[ri];
         // Filters first: a request they answer reads no body and touches no backend.
         if let Err(refused) = self.filters.run(&mut parts, client) {
             self.counters
@@ -283,6 +368,13 @@ impl ServiceProxy {
             }
             None => None,
         };
+        trace.bytes_in = keep.unwrap_or_else(|| {
+            parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0)
+        });
         let body = if body.is_end_stream() {
             RequestBody::Kept(Default::default())
         } else if reserved.is_some() {
@@ -313,143 +405,178 @@ impl ServiceProxy {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-        let Some(pool) = self.pool() else {
+        let views = self.views(route);
+        if views.iter().all(Option::is_none) {
             return self.reply_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no backend is available",
                 0,
             );
-        };
+        }
         let key = match self.hash {
             HashMode::SourceIp => Key::Hash(crate::maglev::identity_hash(client.ip())),
             HashMode::FiveTuple => Key::RoundRobin(self.counter.fetch_add(1, Ordering::Relaxed)),
         };
-        let candidates = Candidates::new(&pool, key);
         self.carried.budget.request(started);
 
         let mut attempts = 0u32;
         let mut last = Last::Nothing;
         let mut refused = None;
-        for idx in candidates {
-            if attempts >= policy.attempts {
-                break;
-            }
-            let address = pool.members[idx].address;
-            let breaker = self.breaker(address);
-            let now = Instant::now();
-            let permit = match breaker.admit(&self.settings.circuit, now) {
-                Ok(p) => p,
-                Err(r) => {
-                    refused.get_or_insert(r);
+        // Pool by pool in the route's order, each in its own fallback order; a backend in two
+        // pools of the chain is tried once.
+        'pools: for ci in route.walk() {
+            let Some(pool) = views[ci].as_ref() else {
+                continue;
+            };
+            for idx in Candidates::new(pool, key) {
+                if attempts >= policy.attempts {
+                    break 'pools;
+                }
+                let address = pool.members[idx].address;
+                if trace.tried.contains(&address) {
                     continue;
                 }
-            };
-            if !body.available() {
-                break;
-            }
-            if attempts > 0 && !self.carried.budget.try_retry(now) {
-                self.counters
-                    .metrics()
-                    .budget_exhausted
-                    .get_or_create(&vec![("service".into(), self.name.clone())])
-                    .inc();
-                debug!(service = %self.name, attempts, "retry budget spent");
-                break;
-            }
-            if now >= deadline {
-                last.set(Last::TimedOut);
-                break;
-            }
-            attempts += 1;
-            let mut up = Request::new(body.for_attempt());
-            *up.method_mut() = parts.method.clone();
-            *up.headers_mut() = parts.headers.clone();
-            *up.version_mut() = Version::HTTP_11;
-            let mut uri = hyper::http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(pool.members[idx].authority.clone());
-            uri.path_and_query = Some(path.clone());
-            *up.uri_mut() = match Uri::from_parts(uri) {
-                Ok(u) => u,
-                Err(_) => return self.reply_error(StatusCode::BAD_REQUEST, "bad request path", 0),
-            };
-            let tried = self.attempt(up, &body, deadline).await;
-            let now = Instant::now();
-            let (outcome, why) = match &tried {
-                Tried::Answered(resp) => (Outcome::Answered(resp.status()), String::new()),
-                Tried::Failed(outcome, why) => (*outcome, why.clone()),
-                Tried::PendingFull => {
-                    drop(permit);
-                    refused.get_or_insert(Refusal::Full);
-                    attempts -= 1;
-                    continue;
-                }
-            };
-            let next = decide(
-                outcome,
-                repeatable,
-                body.replayable(),
-                policy,
-                &self.settings.circuit,
-            );
-            if next.failure {
-                self.failure(&breaker, address, &pool, &outcome);
-            } else {
-                breaker.success(now);
-            }
-            if next.cool_down
-                && let Tried::Answered(resp) = &tried
-            {
-                let wait = retry_after(resp).unwrap_or(Duration::from_secs(1));
-                breaker.cool_down(now + wait.min(policy.retry_after_cap));
-            }
-            match (tried, outcome) {
-                (Tried::Answered(resp), _) => {
-                    self.counters.attempt(
-                        address,
-                        if next.retry {
-                            "retried_status"
-                        } else {
-                            "answered"
-                        },
-                    );
-                    if next.retry {
-                        debug!(service = %self.name, backend = %address, status = resp.status().as_u16(), attempt = attempts, "retrying on status");
-                        last.set(Last::Response(resp, attempts));
+                let breaker = self.breaker(address);
+                let now = Instant::now();
+                let permit = match breaker.admit(&self.settings.circuit, now) {
+                    Ok(p) => p,
+                    Err(r) => {
+                        refused.get_or_insert(r);
                         continue;
                     }
-                    last.set(Last::Nothing);
-                    return self.answer(resp, Some(permit), version, attempts);
+                };
+                if !body.available() {
+                    break 'pools;
                 }
-                (_, Outcome::UploadTimedOut) => {
-                    self.counters.attempt(address, "upload_timeout");
-                    debug!(service = %self.name, backend = %address, attempt = attempts, "the client's body did not arrive before the deadline");
-                    last.set(Last::Nothing);
-                    return self.reply_error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body did not arrive in time",
-                        attempts,
-                    );
+                if attempts > 0 && !self.carried.budget.try_retry(now) {
+                    self.counters
+                        .metrics()
+                        .budget_exhausted
+                        .get_or_create(&vec![("service".into(), self.name.clone())])
+                        .inc();
+                    debug!(service = %self.name, attempts, "retry budget spent");
+                    break 'pools;
                 }
-                (_, Outcome::TimedOut) => {
-                    self.counters.attempt(address, "timeout");
-                    debug!(service = %self.name, backend = %address, attempt = attempts, "per-try timeout");
+                if now >= deadline {
                     last.set(Last::TimedOut);
-                    if !next.retry || now >= deadline {
-                        break;
-                    }
+                    break 'pools;
                 }
-                (_, outcome) => {
-                    let label = if outcome == Outcome::NotSent {
-                        "connect_failed"
-                    } else {
-                        "reset"
-                    };
-                    self.counters.attempt(address, label);
-                    debug!(service = %self.name, backend = %address, attempt = attempts, error = %why, outcome = label, "no response");
-                    last.set(Last::Unreachable(why));
-                    if !next.retry {
-                        break;
+                attempts += 1;
+                trace.tried.push(address);
+                trace.first_attempt.get_or_insert(now);
+                let mut up = Request::new(body.for_attempt());
+                *up.method_mut() = parts.method.clone();
+                let mut headers = parts.headers.clone();
+                let rewritten = route.rewrite(ci, &path, &mut headers);
+                *up.headers_mut() = headers;
+                *up.version_mut() = Version::HTTP_11;
+                let mut uri = hyper::http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(pool.members[idx].authority.clone());
+                uri.path_and_query = Some(rewritten.unwrap_or_else(|| path.clone()));
+                *up.uri_mut() = match Uri::from_parts(uri) {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return self.reply_error(StatusCode::BAD_REQUEST, "bad request path", 0);
+                    }
+                };
+                let sent_at = Instant::now();
+                let tried = self.attempt(up, &body, deadline).await;
+                let now = Instant::now();
+                let (outcome, why) = match &tried {
+                    Tried::Answered(resp) => (Outcome::Answered(resp.status()), String::new()),
+                    Tried::Failed(outcome, why) => (*outcome, why.clone()),
+                    Tried::PendingFull => {
+                        drop(permit);
+                        refused.get_or_insert(Refusal::Full);
+                        attempts -= 1;
+                        trace.tried.pop();
+                        continue;
+                    }
+                };
+                route.attempt(
+                    ci,
+                    match outcome {
+                        Outcome::Answered(s) => matches!(s.as_u16(), 502..=504),
+                        Outcome::UploadTimedOut => false,
+                        Outcome::NotSent | Outcome::Reset | Outcome::TimedOut => true,
+                    },
+                    match outcome {
+                        Outcome::Answered(_) => Some(now.duration_since(sent_at)),
+                        _ => None,
+                    },
+                );
+                trace.last_attempt = now.duration_since(sent_at);
+                let next = decide(
+                    outcome,
+                    repeatable,
+                    body.replayable(),
+                    policy,
+                    &self.settings.circuit,
+                );
+                if next.failure {
+                    self.failure(&breaker, address, pool, &outcome);
+                } else {
+                    breaker.success(now);
+                }
+                if next.cool_down
+                    && let Tried::Answered(resp) = &tried
+                {
+                    let wait = retry_after(resp).unwrap_or(Duration::from_secs(1));
+                    breaker.cool_down(now + wait.min(policy.retry_after_cap));
+                }
+                match (tried, outcome) {
+                    (Tried::Answered(resp), _) => {
+                        self.counters.attempt(
+                            address,
+                            if next.retry {
+                                "retried_status"
+                            } else {
+                                "answered"
+                            },
+                        );
+                        if next.retry {
+                            debug!(service = %self.name, backend = %address, status = resp.status().as_u16(), attempt = attempts, "retrying on status");
+                            trace.pool = Some(ci);
+                            trace.backend = Some(address);
+                            last.set(Last::Response(resp, attempts));
+                            continue;
+                        }
+                        last.set(Last::Nothing);
+                        trace.pool = Some(ci);
+                        trace.backend = Some(address);
+                        return self.answer(resp, Some(permit), version, attempts);
+                    }
+                    (_, Outcome::UploadTimedOut) => {
+                        self.counters.attempt(address, "upload_timeout");
+                        debug!(service = %self.name, backend = %address, attempt = attempts, "the client's body did not arrive before the deadline");
+                        last.set(Last::Nothing);
+                        return self.reply_error(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the request body did not arrive in time",
+                            attempts,
+                        );
+                    }
+                    (_, Outcome::TimedOut) => {
+                        self.counters.attempt(address, "timeout");
+                        debug!(service = %self.name, backend = %address, attempt = attempts, "per-try timeout");
+                        last.set(Last::TimedOut);
+                        if !next.retry || now >= deadline {
+                            break 'pools;
+                        }
+                    }
+                    (_, outcome) => {
+                        let label = if outcome == Outcome::NotSent {
+                            "connect_failed"
+                        } else {
+                            "reset"
+                        };
+                        self.counters.attempt(address, label);
+                        debug!(service = %self.name, backend = %address, attempt = attempts, error = %why, outcome = label, "no response");
+                        last.set(Last::Unreachable(why));
+                        if !next.retry {
+                            break 'pools;
+                        }
                     }
                 }
             }

@@ -64,9 +64,14 @@ impl Writer {
                     .collect();
                 ServiceStatus {
                     name: svc.name.clone(),
-                    vip: svc.vip.to_string(),
+                    vip: if svc.pool {
+                        "-".to_string()
+                    } else {
+                        svc.vip.to_string()
+                    },
                     // HTTP services are served by the proxy: say so, not just "tcp".
                     protocol: match (&svc.serving, svc.protocol) {
+                        (Serving::Proxy, _) if svc.pool => ServedProtocol::Pool,
                         (Serving::Proxy, _) => ServedProtocol::Http,
                         (Serving::Kernel(_), Protocol::Tcp) => ServedProtocol::Tcp,
                         (Serving::Kernel(_), Protocol::Udp) => ServedProtocol::Udp,
@@ -97,6 +102,8 @@ impl Writer {
                         Serving::Proxy => BTreeMap::new(),
                     },
                     backends,
+                    // Filled by the admin API from the HTTP listeners.
+                    routes: Vec::new(),
                 }
             })
             .collect();

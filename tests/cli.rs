@@ -33,6 +33,10 @@ fn check_accepts_the_reference_configs() {
     for (file, summary) in [
         ("failover.toml", "valid ("),
         ("http.toml", "valid (2 services, 5 backends, 1 interfaces)"),
+        (
+            "routes.toml",
+            "valid (1 services, 3 pools, 3 routes, 5 backends, 1 interfaces)",
+        ),
         ("edge.toml", "valid (1 services, 2 backends, 2 interfaces)"),
         ("dsr.toml", "valid (2 services, 4 backends, 2 interfaces)"),
         (

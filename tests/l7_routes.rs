@@ -421,6 +421,7 @@ hold = "1s"
         traffic(&p, &c, Duration::from_millis(50)).await;
     }
     let moved_after = start.elapsed();
+    eprintln!("moved to the backup after {moved_after:?}");
     assert!(
         moved_after < Duration::from_millis(1500),
         "moved after {moved_after:?}"
@@ -451,6 +452,10 @@ hold = "1s"
         );
         traffic(&p, &c, Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "moved back {:?} after the primary recovered",
+        healed.elapsed()
+    );
     assert!(
         healed.elapsed() >= Duration::from_secs(1),
         "the hold is 1 s, moved back after {:?}",

@@ -609,10 +609,26 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { .. } => {
             let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
+            let pools = config
+                .services
+                .iter()
+                .filter(|s| s.mode == understudy::config::Mode::Pool)
+                .count();
+            let routes: usize = config
+                .services
+                .iter()
+                .filter_map(|s| s.mode.http())
+                .map(|h| h.routes.len())
+                .sum();
+            let extra = if pools + routes > 0 {
+                format!(", {pools} pools, {routes} routes")
+            } else {
+                String::new()
+            };
             println!(
-                "{}: valid ({} services, {} backends, {} interfaces)",
+                "{}: valid ({} services{extra}, {} backends, {} interfaces)",
                 file.display(),
-                config.services.len(),
+                config.services.len() - pools,
                 backends,
                 config.interfaces.len()
             );

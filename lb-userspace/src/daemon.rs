@@ -274,6 +274,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         tokio::time::sleep(settings.grace).await;
     }
+    // HTTP listeners stop accepting now, and their requests in flight finish.
+    listeners.drain_all().await;
     let _ = stop.send(());
     let mut writer = writer.await.context("the map writer failed")?;
     info!("shutting down: detaching XDP and removing the pinned state");

@@ -40,6 +40,10 @@ pub struct HttpService {
     pub client_idle_timeout: Duration,
     /// A TLS handshake must finish within this. Default 10 s.
     pub handshake_timeout: Duration,
+    /// On a stop, or a reload that removes the listener: how long requests in flight may take to
+    /// finish before their connections are closed. Default 30 s (a stop waits this long at most,
+    /// well inside systemd's 90 s `TimeoutStopSec`).
+    pub drain_timeout: Duration,
     /// Peers whose `X-Forwarded-For` and `Forwarded` are kept and appended to. From anyone
     /// else they are replaced, and `X-Real-IP` removed, so the client address the backends see
     /// cannot be spoofed. Default none.
@@ -286,6 +290,12 @@ pub(super) fn validate_http(
         (1, 1_000_000),
         10_000,
     )? as usize;
+    let drain_timeout = duration(
+        at,
+        h.map_or(&none, |h| &h.drain_timeout),
+        f("http", "drain_timeout"),
+        Duration::from_secs(30),
+    )?;
     let client_idle_timeout = duration(
         at,
         h.map_or(&none, |h| &h.client_idle_timeout),
@@ -515,6 +525,7 @@ pub(super) fn validate_http(
         max_connections,
         client_idle_timeout,
         handshake_timeout,
+        drain_timeout,
         trusted_proxies,
         tls,
         upstream_tls,

@@ -236,6 +236,7 @@ pub struct RawHttp {
     pub max_connections: Option<Spanned<u32>>,
     pub client_idle_timeout: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 

@@ -1,17 +1,24 @@
 //! The daemon's HTTP listeners, one per `mode = "http"` service. A reload is prepared first
 //! (certificates loaded, new addresses bound) and committed only when the rest of the reload
 //! succeeded: a kept service swaps in its new proxy (keeping its circuits and retry budget), a
-//! new one starts listening, a removed one stops accepting.
+//! new one starts listening, a removed one drains: it stops accepting at once and its requests
+//! in flight finish (up to `drain_timeout`). A stop drains every listener the same way.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
-use tokio::{net::TcpListener, sync::mpsc, task::AbortHandle};
+use std::time::Duration;
+
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::AbortHandle,
+};
 use tracing::info;
 
 use super::route::RouteBoard;
 use super::{
-    Current, Ejection, ServiceProxy, availability::Availability, metrics::L7Metrics, serve,
+    Current, Ejection, ServiceProxy, availability::Availability, metrics::L7Metrics, serve_until,
 };
 use crate::config::Config;
 
@@ -19,6 +26,32 @@ struct Running {
     vip: SocketAddr,
     current: Current,
     abort: AbortHandle,
+    drain: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops accepting and lets the connections finish; returns once they have (or after the
+    /// drain timeout and a little).
+    fn drain(self, name: String) -> impl std::future::Future<Output = ()> {
+        let _ = self.drain.send(true);
+        let proxy = self.current.load_full();
+        let limit = proxy.settings.drain_timeout;
+        async move {
+            let started = tokio::time::Instant::now();
+            let open = proxy.carried.connections.open();
+            if open > 0 {
+                info!(service = %name, connections = open, drain_timeout = ?limit, "HTTP listener draining");
+            }
+            // Each connection enforces the timeout itself; this only waits for them.
+            while proxy.carried.connections.open() > 0
+                && started.elapsed() < limit + Duration::from_secs(1)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.abort.abort();
+            info!(service = %name, after = ?started.elapsed(), "HTTP listener stopped");
+        }
+    }
 }
 
 pub struct Listeners {
@@ -32,6 +65,20 @@ pub struct Listeners {
 /// A reload's listeners, ready to commit.
 pub struct Prepared {
     services: Vec<(Arc<ServiceProxy>, Option<TcpListener>)>,
+}
+
+impl Listeners {
+    /// Drains every listener at once (a stop): returns when their connections have finished.
+    pub async fn drain_all(&mut self) {
+        let draining: Vec<_> = self
+            .running
+            .drain()
+            .map(|(name, r)| tokio::spawn(r.drain(name)))
+            .collect();
+        for d in draining {
+            let _ = d.await;
+        }
+    }
 }
 
 impl Drop for Listeners {
@@ -115,10 +162,12 @@ impl Listeners {
                 }
                 (old, Some(listener)) => {
                     if let Some(old) = old {
-                        old.abort.abort();
+                        // Moved to a new address: the old one drains.
+                        tokio::spawn(old.drain(name.clone()));
                     }
+                    let (drain, drained) = watch::channel(false);
                     let current: Current = Arc::new(ArcSwap::new(proxy));
-                    let task = tokio::spawn(serve(listener, current.clone()));
+                    let task = tokio::spawn(serve_until(listener, current.clone(), drained));
                     info!(service = %name, listen = %vip, tls, "HTTP listener ready");
                     next.insert(
                         name,
@@ -126,6 +175,7 @@ impl Listeners {
                             vip,
                             current,
                             abort: task.abort_handle(),
+                            drain,
                         },
                     );
                 }
@@ -133,8 +183,7 @@ impl Listeners {
             }
         }
         for (name, r) in self.running.drain() {
-            info!(service = %name, "HTTP listener stopped");
-            r.abort.abort();
+            tokio::spawn(r.drain(name));
         }
         self.running = next;
         if let Ok(mut b) = self.board.write() {

@@ -45,7 +45,7 @@ use hyper_util::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::either::Either;
-use tracing::debug;
+use tracing::{debug, warn};
 
 pub use headers::ClientInfo;
 pub use proxy::{Carried, Ejection, ServiceProxy};
@@ -67,19 +67,40 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a connection told to close (idle) may take to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// Set to `true` to drain a listener: it stops accepting, and its connections finish what they
+/// are doing (up to `drain_timeout`) and close.
+pub type Drain = tokio::sync::watch::Receiver<bool>;
+
 /// Accepts connections until the task is aborted, at most `max_connections` at once.
 pub async fn serve(listener: TcpListener, current: Current) {
+    let (_never, drain) = tokio::sync::watch::channel(false);
+    serve_until(listener, current, drain).await
+}
+
+/// As [`serve`], until `drain` turns true: then the listening socket is closed at once (new
+/// connections are refused), HTTP/2 connections get a GOAWAY, HTTP/1 connections close after
+/// the response in progress (which carries `Connection: close`) or at once when idle, and any
+/// connection still open after `drain_timeout` is closed.
+pub async fn serve_until(listener: TcpListener, current: Current, mut drain: Drain) {
     let mut accept_errors = limits::AcceptErrors::default();
     loop {
         let proxy = current.load_full();
         let connections = proxy.carried.connections.clone();
-        let slot = connections
-            .acquire(
-                || current.load().settings.max_connections,
-                || proxy.listener_full(),
-            )
-            .await;
-        let (stream, client) = match listener.accept().await {
+        let accepted = async {
+            let slot = connections
+                .acquire(
+                    || current.load().settings.max_connections,
+                    || proxy.listener_full(),
+                )
+                .await;
+            (slot, listener.accept().await)
+        };
+        let (slot, accepted) = tokio::select! {
+            biased;
+            () = async { let _ = drain.wait_for(|d| *d).await; } => return,
+            a = accepted => a,
+        };
+        let (stream, client) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 accept_errors.back_off(&proxy.name, &e).await;
@@ -87,11 +108,23 @@ pub async fn serve(listener: TcpListener, current: Current) {
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, client, current.clone(), slot));
+        tokio::spawn(connection(
+            stream,
+            client,
+            current.clone(),
+            slot,
+            drain.clone(),
+        ));
     }
 }
 
-async fn connection(stream: TcpStream, client: SocketAddr, current: Current, _slot: limits::Slot) {
+async fn connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    current: Current,
+    _slot: limits::Slot,
+    mut drain: Drain,
+) {
     let proxy = current.load_full();
     let info = Arc::new(ClientInfo::new(client, &proxy.settings.trusted_proxies));
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -145,6 +178,17 @@ async fn connection(stream: TcpStream, client: SocketAddr, current: Current, _sl
             proxy.client_timeout("idle");
             conn.as_mut().graceful_shutdown();
             tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+        }
+        () = async { let _ = drain.wait_for(|d| *d).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let limit = proxy.settings.drain_timeout;
+            match tokio::time::timeout(limit, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(service = %proxy.name, %client, drain_timeout = ?limit, "closing a connection still busy at the end of the drain");
+                    Ok(())
+                }
+            }
         }
     };
     if let Err(e) = served {

@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -126,6 +126,8 @@ pub fn named_echo_servers(topo: &Topology) -> Vec<EchoServer> {
 pub struct HttpBackend {
     pub hits: Arc<AtomicU32>,
     pub status: Arc<AtomicU16>,
+    /// Milliseconds each answer waits (0 by default).
+    pub delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -147,9 +149,11 @@ impl HttpBackend {
         let b = HttpBackend {
             hits: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::default(),
             stop: Arc::default(),
         };
         let (hits, status, stop) = (b.hits.clone(), b.status.clone(), b.stop.clone());
+        let delay = b.delay_ms.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         ns.thread(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -166,11 +170,16 @@ impl HttpBackend {
                         continue;
                     };
                     let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
+                    let delay = delay.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                             let (hits, status, name) = (hits.clone(), status.clone(), name.clone());
+                            let delay = delay.load(Ordering::SeqCst);
                             async move {
                                 hits.fetch_add(1, Ordering::SeqCst);
+                                if delay > 0 {
+                                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                                }
                                 let mut body = req.into_body();
                                 let mut len = 0usize;
                                 while let Some(Ok(frame)) = body.frame().await {

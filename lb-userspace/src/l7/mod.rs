@@ -14,7 +14,7 @@
 //! - [`proxy`]: the retry loop and the errors clients see.
 //! - [`circuit`] and [`budget`]: per-backend limits and ejection; the retry budget.
 //! - [`limits`]: connections per listener, idle clients, memory in retry buffers.
-//! - [`access`]: the access log.
+//! - [`access`]: the access log; [`upgrade`]: WebSocket and other HTTP/1.1 upgrades.
 //! - [`headers`], [`body`], [`tls`], [`connector`], [`metrics`].
 
 pub mod access;
@@ -34,6 +34,7 @@ pub mod route;
 pub mod select;
 pub mod shift;
 pub mod tls;
+pub mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -166,7 +167,8 @@ async fn connection(
         }
     };
     let last = limits::LastActivity::new();
-    let conn = builder.serve_connection(
+    // With upgrades: a 101 hands the connection to the tunnel (see [`upgrade`]).
+    let conn = builder.serve_connection_with_upgrades(
         TokioIo::new(limits::Activity::new(io, last.clone())),
         service,
     );

@@ -30,7 +30,7 @@ use http_body_util::{BodyExt as _, Limited as LimitedBody};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{
     Request, Response, StatusCode, Uri, Version,
-    body::{Body as _, Incoming},
+    body::{Body as _, Bytes, Incoming},
     header,
 };
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
@@ -334,6 +334,11 @@ impl ServiceProxy {
         };
         trace.route = Some(ri);
         let route = &self.routes.list[ri];
+        // Before the filters strip the hop-by-hop headers that ask for it.
+        let upgrade = super::upgrade::requested(&parts);
+        let mut client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         // Filters first: a request they answer reads no body and touches no backend.
         if let Err(refused) = self.filters.run(&mut parts, client) {
             self.counters
@@ -468,6 +473,9 @@ impl ServiceProxy {
                 *up.method_mut() = parts.method.clone();
                 let mut headers = parts.headers.clone();
                 let rewritten = route.rewrite(ci, &path, &mut headers);
+                if let Some(u) = &upgrade {
+                    super::upgrade::restore(&mut headers, u);
+                }
                 *up.headers_mut() = headers;
                 *up.version_mut() = Version::HTTP_11;
                 let mut uri = hyper::http::uri::Parts::default();
@@ -527,6 +535,21 @@ impl ServiceProxy {
                 }
                 match (tried, outcome) {
                     (Tried::Answered(resp), _) => {
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                            && let Some(from_client) = client_upgrade.take()
+                        {
+                            self.counters.attempt(address, "upgraded");
+                            trace.pool = Some(ci);
+                            trace.backend = Some(address);
+                            return self.switched(
+                                resp,
+                                permit,
+                                from_client,
+                                address,
+                                version,
+                                attempts,
+                            );
+                        }
                         self.counters.attempt(
                             address,
                             if next.retry {
@@ -724,6 +747,40 @@ impl ServiceProxy {
                 }
             }
         }
+    }
+
+    /// A 101 from the backend: the client gets it, and the two connections become a tunnel that
+    /// holds `permit` until it closes.
+    fn switched(
+        &self,
+        mut resp: Response<Incoming>,
+        permit: super::circuit::Permit,
+        from_client: hyper::upgrade::OnUpgrade,
+        backend: SocketAddr,
+        version: Version,
+        attempts: u32,
+    ) -> (u16, u32, Response<ProxyBody>) {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let protocol = resp.headers().get(header::UPGRADE).cloned();
+        let (mut p, _) = resp.into_parts();
+        headers::forward_response(
+            &mut p.headers,
+            version,
+            self.settings.via.as_deref(),
+            self.settings.attempt_header.as_ref(),
+            attempts,
+        );
+        if let Some(v) = &protocol {
+            super::upgrade::restore(&mut p.headers, v);
+        }
+        super::upgrade::tunnel(
+            self.name.clone(),
+            backend,
+            from_client,
+            upstream,
+            Some(permit),
+        );
+        (101, attempts, Response::from_parts(p, full(Bytes::new())))
     }
 
     /// The response for the client; `permit` (the backend's circuit slot) is held until its body

@@ -44,6 +44,8 @@ pub struct HttpService {
     /// finish before their connections are closed. Default 30 s (a stop waits this long at most,
     /// well inside systemd's 90 s `TimeoutStopSec`).
     pub drain_timeout: Duration,
+    /// What the service's own backends speak. Default HTTP/1.1.
+    pub protocol: super::UpstreamProtocol,
     /// Peers whose `X-Forwarded-For` and `Forwarded` are kept and appended to. From anyone
     /// else they are replaced, and `X-Real-IP` removed, so the client address the backends see
     /// cannot be spoofed. Default none.
@@ -108,6 +110,10 @@ pub struct RetryPolicy {
     /// Largest request body kept for a retry; a larger one is streamed and can be sent once.
     /// Default 64 KiB.
     pub buffer: u64,
+    /// gRPC statuses of a trailers-only response (`grpc-status` in the headers) that are retried
+    /// as a 503 would be: default 14 (`UNAVAILABLE`); add 8 for `RESOURCE_EXHAUSTED`. gRPC calls
+    /// are POSTs, so they are retried after being sent only with `non_idempotent = true`.
+    pub grpc_status: Vec<u32>,
 }
 
 impl Default for RetryPolicy {
@@ -123,6 +129,7 @@ impl Default for RetryPolicy {
             budget_min_per_second: 3,
             non_idempotent: false,
             buffer: 64 * 1024,
+            grpc_status: vec![14],
         }
     }
 }
@@ -452,6 +459,24 @@ pub(super) fn validate_http(
                 )?,
                 non_idempotent: r.non_idempotent.unwrap_or(d.non_idempotent),
                 buffer: number(at, &r.buffer, f("retry", "buffer"), (0, 64 << 20), d.buffer)?,
+                grpc_status: match &r.grpc_status {
+                    None => d.grpc_status,
+                    Some(list) => {
+                        let mut codes = Vec::new();
+                        for c in list.get_ref() {
+                            if !(1..=16).contains(c.get_ref()) {
+                                return Err(at.error(
+                                    Some(c.span()),
+                                    f("retry", "grpc_status"),
+                                    format!("{} is not a gRPC error status", c.get_ref()),
+                                    "list gRPC status codes from 1 to 16, such as [14] (UNAVAILABLE) or [14, 8] (and RESOURCE_EXHAUSTED)",
+                                ));
+                            }
+                            codes.push(*c.get_ref());
+                        }
+                        codes
+                    }
+                },
             }
         }
     };
@@ -526,6 +551,7 @@ pub(super) fn validate_http(
         client_idle_timeout,
         handshake_timeout,
         drain_timeout,
+        protocol: h.and_then(|h| h.protocol).unwrap_or_default(),
         trusted_proxies,
         tls,
         upstream_tls,

@@ -27,7 +27,7 @@ pub use edge::{Acl, DEFAULT_FLOOD_THRESHOLD, RateLimit, Refusal};
 pub use error::ConfigError;
 pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, Via};
 pub use http::{AccessLog, Certificate, CircuitPolicy, HttpService, RetryPolicy};
-pub use model::{Encap, HashMode, Mode, OnAllDown, Protocol, Tunnel, XdpMode};
+pub use model::{Encap, HashMode, Mode, OnAllDown, Protocol, Tunnel, UpstreamProtocol, XdpMode};
 pub use route::{Failover, HostMatch, PathMatch, PoolRef, Route, RouteMatch, RouteRequest};
 
 use error::Locator;
@@ -127,6 +127,8 @@ pub struct Service {
     pub acl: Acl,
     /// New connections per source (kernel-served services).
     pub rate_limit: Option<RateLimit>,
+    /// What the backends speak to the HTTP proxy (pools, and HTTP services' own backends).
+    pub upstream: UpstreamProtocol,
     pub backends: Vec<Backend>,
     /// Where each backend's `address` is written (line, column), for errors found later, such
     /// as a DSR backend the host does not reach on-link.
@@ -308,6 +310,16 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         .iter()
         .map(|p| p.get_ref().name.get_ref().clone())
         .collect();
+    let pool_protocols: HashMap<String, UpstreamProtocol> = raw
+        .pools
+        .iter()
+        .map(|p| {
+            (
+                p.get_ref().name.get_ref().clone(),
+                p.get_ref().protocol.unwrap_or_default(),
+            )
+        })
+        .collect();
     let raw_pools = raw.pools;
     let as_services = raw
         .services
@@ -337,6 +349,7 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 section,
                 index,
                 pools: &pool_names,
+                protocols: &pool_protocols,
             },
             svc.into_inner(),
             &services,
@@ -501,6 +514,7 @@ struct Where<'a> {
     /// The index in its own section, for field names.
     index: usize,
     pools: &'a [String],
+    protocols: &'a HashMap<String, UpstreamProtocol>,
 }
 
 fn validate_service(
@@ -717,8 +731,34 @@ fn validate_service(
             if !svc.backends.is_empty() {
                 usable.push(name.clone());
             }
-            http.routes =
-                route::validate_routes(at, &format!("service[{i}]"), &svc.routes, &usable)?;
+            let mut protocols = place.protocols.clone();
+            protocols.insert(name.clone(), http.protocol);
+            http.routes = route::validate_routes(
+                at,
+                &format!("service[{i}]"),
+                &svc.routes,
+                &usable,
+                &protocols,
+            )?;
+            // HTTP/2 over TLS needs the TLS settings, which are the service's.
+            let own = (!svc.backends.is_empty()).then_some(name.as_str());
+            let chains = http
+                .routes
+                .iter()
+                .flat_map(|r| r.chain.iter().map(|p| p.pool.as_str()));
+            if http.upstream_tls.is_none()
+                && let Some(pool) = own
+                    .into_iter()
+                    .chain(chains)
+                    .find(|p| protocols.get(*p).copied() == Some(UpstreamProtocol::H2))
+            {
+                return Err(at.error(
+                    Some(svc.name.span()),
+                    f("upstream_tls"),
+                    format!("pool \"{pool}\" speaks h2 (HTTP/2 over TLS), and the service has no [service.upstream_tls]"),
+                    "add [service.upstream_tls] (ca_file, sni), or use protocol = \"h2c\" for HTTP/2 in clear",
+                ));
+            }
             if !http.routes.is_empty()
                 && !svc.backends.is_empty()
                 && !http
@@ -797,6 +837,11 @@ fn validate_service(
             }
         }
     };
+    let upstream = match (&mode, svc.pool_protocol) {
+        (Mode::Http(h), _) => h.protocol,
+        (_, Some(p)) => p,
+        _ => UpstreamProtocol::Http1,
+    };
     Ok(Service {
         name,
         vip,
@@ -818,6 +863,7 @@ fn validate_service(
             Some(r) => Some(edge::rate_limit(at, r.get_ref(), &f("rate_limit"))?),
             None => None,
         },
+        upstream,
         backend_at: svc
             .backends
             .iter()

@@ -143,3 +143,30 @@ pub enum XdpMode {
     #[default]
     Auto,
 }
+
+/// What a pool's backends speak (`protocol` of a `[[pool]]`, `[service.http] protocol` for a
+/// service's own backends).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, in clear or over TLS with ALPN `http/1.1`. The default.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, in clear (gRPC backends usually are).
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`); needs `[service.upstream_tls]`.
+    H2,
+    /// Over TLS, whatever ALPN settles (`h2` preferred, else `http/1.1`); in clear, HTTP/1.1.
+    Auto,
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Auto => "auto",
+        })
+    }
+}

@@ -26,6 +26,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub name: Spanned<String>,
+    /// What the backends speak: "http1", "h2c", "h2" or "auto".
+    pub protocol: Option<super::model::UpstreamProtocol>,
     #[serde(default)]
     pub hash: HashMode,
     pub min_healthy: Option<Spanned<toml::Value>>,
@@ -62,6 +64,7 @@ impl RawPool {
             acl: None,
             rate_limit: None,
             routes: Vec::new(),
+            pool_protocol: self.protocol,
             backends: self.backends,
         }
     }
@@ -120,6 +123,9 @@ pub struct RawService {
     /// `mode = "http"` only: ordered routes, each served from a chain of pools.
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<super::route::RawRoute>>,
+    /// Set from a `[[pool]]`'s `protocol`; never written in a `[[service]]`.
+    #[serde(skip)]
+    pub pool_protocol: Option<super::model::UpstreamProtocol>,
     /// `mode = "tunnel"` only.
     pub tunnel: Option<Spanned<RawTunnel>>,
     /// Kernel-served (`nat`, `dsr`, `tunnel`) services only.
@@ -237,6 +243,8 @@ pub struct RawHttp {
     pub client_idle_timeout: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
+    /// What the service's own backends speak.
+    pub protocol: Option<super::model::UpstreamProtocol>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
@@ -275,6 +283,7 @@ pub struct RawRetry {
     pub budget_min_per_second: Option<Spanned<u32>>,
     pub non_idempotent: Option<bool>,
     pub buffer: Option<Spanned<u64>>,
+    pub grpc_status: Option<Spanned<Vec<Spanned<u32>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -147,15 +147,18 @@ impl fmt::Display for RouteMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolRef {
     pub pool: String,
+    /// What its backends speak.
+    pub protocol: super::UpstreamProtocol,
     pub host: Option<HeaderValue>,
     pub prefix: Option<String>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl PoolRef {
-    pub fn plain(pool: &str) -> PoolRef {
+    pub fn plain(pool: &str, protocol: super::UpstreamProtocol) -> PoolRef {
         PoolRef {
             pool: pool.into(),
+            protocol,
             host: None,
             prefix: None,
             headers: Vec::new(),
@@ -397,6 +400,7 @@ pub(super) fn validate_routes(
     prefix: &str,
     raw: &[Spanned<RawRoute>],
     pools: &[String],
+    protocols: &std::collections::HashMap<String, super::UpstreamProtocol>,
 ) -> Result<Vec<Route>, ConfigError> {
     let mut routes: Vec<(Route, usize)> = Vec::new();
     for (k, spanned) in raw.iter().enumerate() {
@@ -533,7 +537,10 @@ pub(super) fn validate_routes(
                     "list each pool once; retries already try every backend of a pool",
                 ));
             }
-            chain.push(PoolRef::plain(n));
+            chain.push(PoolRef::plain(
+                n,
+                protocols.get(n).copied().unwrap_or_default(),
+            ));
         }
         for (pool, rw) in r.rewrite.iter().flatten() {
             let field = format!("{p}.rewrite.{pool}");

@@ -66,10 +66,12 @@ pub struct Limited {
 }
 
 impl Limited {
+    /// `alpn`: the protocols offered over TLS, preferred first (`h2`, `http/1.1`).
     pub fn new(
         connect_timeout: Duration,
         max_pending: u32,
         tls: Option<&TlsCheck>,
+        alpn: &[&[u8]],
     ) -> Result<Limited, String> {
         let mut inner = HttpConnector::new();
         inner.set_connect_timeout(Some(connect_timeout));
@@ -78,7 +80,7 @@ impl Limited {
             None => None,
             Some(t) => {
                 let mut config = tls_config(t)?;
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
                 Some((TlsConnector::from(Arc::new(config)), t.sni.clone()))
             }
         };
@@ -136,8 +138,14 @@ impl Write for UpstreamIo {
 }
 
 impl Connection for UpstreamIo {
+    /// Says when TLS negotiated `h2`, so a client offering both protocols speaks HTTP/2.
     fn connected(&self) -> Connected {
-        Connected::new()
+        match self.0.inner() {
+            Either::Right(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                Connected::new().negotiated_h2()
+            }
+            _ => Connected::new(),
+        }
     }
 }
 

@@ -52,7 +52,7 @@ use super::{
     route::{Compiled, Routes},
     select::{Candidates, Key},
 };
-use crate::config::{HashMode, HttpService, Service};
+use crate::config::{HashMode, HttpService, Service, UpstreamProtocol};
 
 /// A backend the proxy ejected: the health engine hears of it, so L4 services on the same
 /// backend react too.
@@ -64,6 +64,25 @@ pub struct Ejection {
 
 /// Per-backend circuits of one service, kept across reloads.
 pub type Breakers = Arc<Mutex<HashMap<SocketAddr, Arc<Breaker>>>>;
+
+/// The upstream clients, one per protocol a pool may speak; each pools its own connections.
+struct Clients {
+    http1: Client<Limited, ProxyBody>,
+    /// HTTP/2 only: prior knowledge in clear (h2c), ALPN `h2` over TLS.
+    h2: Client<Limited, ProxyBody>,
+    /// Over TLS, ALPN `h2` or `http/1.1`, whichever the backend picks; in clear, HTTP/1.1.
+    auto: Client<Limited, ProxyBody>,
+}
+
+impl Clients {
+    fn get(&self, p: UpstreamProtocol) -> (&Client<Limited, ProxyBody>, Version) {
+        match p {
+            UpstreamProtocol::Http1 => (&self.http1, Version::HTTP_11),
+            UpstreamProtocol::H2 | UpstreamProtocol::H2c => (&self.h2, Version::HTTP_2),
+            UpstreamProtocol::Auto => (&self.auto, Version::HTTP_11),
+        }
+    }
+}
 
 /// What a service keeps across reloads: its circuits, its retry budget and its count of open
 /// client connections.
@@ -85,7 +104,7 @@ pub struct ServiceProxy {
     pub tls: Option<TlsAcceptor>,
     availability: Availability,
     pub carried: Carried,
-    client: Client<Limited, ProxyBody>,
+    clients: Clients,
     counter: AtomicU64,
     ejections: Option<mpsc::UnboundedSender<Ejection>>,
     counters: ServiceCounters,
@@ -201,17 +220,27 @@ impl ServiceProxy {
                 Some(super::tls::acceptor(certs).map_err(|e| format!("TLS certificate: {e}"))?)
             }
         };
-        let connector = Limited::new(
-            settings.connect_timeout,
-            settings.circuit.max_pending,
-            settings.upstream_tls.as_ref(),
-        )
-        .map_err(|e| format!("upstream TLS: {e}"))?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(settings.max_idle_per_backend)
-            .http1_max_buf_size(super::BUFFER)
-            .build(connector);
+        let connector = |alpn: &[&[u8]]| {
+            Limited::new(
+                settings.connect_timeout,
+                settings.circuit.max_pending,
+                settings.upstream_tls.as_ref(),
+                alpn,
+            )
+            .map_err(|e| format!("upstream TLS: {e}"))
+        };
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(settings.idle_timeout)
+                .pool_max_idle_per_host(settings.max_idle_per_backend)
+                .http1_max_buf_size(super::BUFFER);
+            b
+        };
+        let clients = Clients {
+            http1: builder().build(connector(&[b"http/1.1"])?),
+            h2: builder().http2_only(true).build(connector(&[b"h2"])?),
+            auto: builder().build(connector(&[b"h2", b"http/1.1"])?),
+        };
         let carried = carried.unwrap_or_else(|| Carried {
             breakers: Arc::default(),
             routes: Arc::default(),
@@ -236,7 +265,7 @@ impl ServiceProxy {
             tls,
             availability,
             carried,
-            client,
+            clients,
             counter: AtomicU64::new(fastrand::u64(..)),
             ejections,
             counters: ServiceCounters::new(&service.name, metrics),
@@ -336,6 +365,15 @@ impl ServiceProxy {
         let route = &self.routes.list[ri];
         // Before the filters strip the hop-by-hop headers that ask for it.
         let upgrade = super::upgrade::requested(&parts);
+        // gRPC over HTTP/2 needs `te: trailers`, which the hop-by-hop rewrite removes.
+        let te_trailers = parts
+            .headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -477,7 +515,13 @@ impl ServiceProxy {
                     super::upgrade::restore(&mut headers, u);
                 }
                 *up.headers_mut() = headers;
-                *up.version_mut() = Version::HTTP_11;
+                let protocol = route.route.chain[ci].protocol;
+                let (client_for_pool, upstream_version) = self.clients.get(protocol);
+                if te_trailers && upstream_version == Version::HTTP_2 {
+                    up.headers_mut()
+                        .insert(header::TE, header::HeaderValue::from_static("trailers"));
+                }
+                *up.version_mut() = upstream_version;
                 let mut uri = hyper::http::uri::Parts::default();
                 uri.scheme = Some(Scheme::HTTP);
                 uri.authority = Some(pool.members[idx].authority.clone());
@@ -489,10 +533,13 @@ impl ServiceProxy {
                     }
                 };
                 let sent_at = Instant::now();
-                let tried = self.attempt(up, &body, deadline).await;
+                let tried = self.attempt(client_for_pool, up, &body, deadline).await;
                 let now = Instant::now();
                 let (outcome, why) = match &tried {
-                    Tried::Answered(resp) => (Outcome::Answered(resp.status()), String::new()),
+                    Tried::Answered(resp) => (
+                        Outcome::Answered(self.effective_status(resp)),
+                        String::new(),
+                    ),
                     Tried::Failed(outcome, why) => (*outcome, why.clone()),
                     Tried::PendingFull => {
                         drop(permit);
@@ -654,6 +701,7 @@ impl ServiceProxy {
     /// the client's fault, not the backend's). A kept body is out at once.
     async fn attempt(
         &self,
+        client: &Client<Limited, ProxyBody>,
         up: Request<ProxyBody>,
         body: &RequestBody,
         deadline: Instant,
@@ -673,7 +721,7 @@ impl ServiceProxy {
             }
         };
         tokio::select! {
-            r = self.client.request(up) => match r {
+            r = client.request(up) => match r {
                 Ok(resp) => Tried::Answered(resp),
                 Err(e) if e.is_connect() && is_pending_full(&e) => Tried::PendingFull,
                 Err(e) if e.is_connect() => Tried::Failed(Outcome::NotSent, format!("{e:#}")),
@@ -746,6 +794,24 @@ impl ServiceProxy {
                     let _ = tx.send(Ejection { address, reason });
                 }
             }
+        }
+    }
+
+    /// The status a response is judged by: its own, or 503 for a gRPC trailers-only answer whose
+    /// `grpc-status` is one of `[service.retry] grpc_status` (by default 14, `UNAVAILABLE`).
+    fn effective_status(&self, resp: &Response<Incoming>) -> StatusCode {
+        let grpc = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+        match grpc {
+            Some(code)
+                if resp.status() == StatusCode::OK
+                    && self.settings.retry.grpc_status.contains(&code) =>
+            {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => resp.status(),
         }
     }
 

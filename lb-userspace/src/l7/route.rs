@@ -68,7 +68,7 @@ impl Routes {
             vec![Route {
                 name: "default".into(),
                 matcher: RouteMatch::default(),
-                chain: vec![PoolRef::plain(service)],
+                chain: vec![PoolRef::plain(service, http.protocol)],
                 failover: None,
             }]
         };

@@ -343,3 +343,41 @@ fn the_access_log_is_off_unless_enabled() {
         "0.01",
     );
 }
+
+#[test]
+fn pools_say_what_their_backends_speak_and_h2_needs_upstream_tls() {
+    let text = format!(
+        "{POOLS}\n[[pool]]\nname = \"grpc\"\nprotocol = \"h2c\"\n[[pool.backend]]\naddress = \"10.0.15.2:50051\"\n\
+         [[service]]\nname = \"api\"\nvip = \"10.0.0.10:80\"\nmode = \"http\"\n[[service.route]]\npools = [\"grpc\", \"backup\"]\n"
+    );
+    let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let chain = &c.services[0].mode.http().unwrap().routes[0].chain;
+    assert_eq!(
+        chain.iter().map(|p| p.protocol).collect::<Vec<_>>(),
+        [UpstreamProtocol::H2c, UpstreamProtocol::Http1]
+    );
+    let text = text.replace("protocol = \"h2c\"", "protocol = \"h2\"");
+    let line = text.lines().position(|l| l == "name = \"api\"").unwrap() + 1;
+    fails(
+        &text,
+        line,
+        "service[0].upstream_tls",
+        "pool \"grpc\" speaks h2",
+        "h2c",
+    );
+    let t = with_service(
+        "[service.retry]\ngrpc_status = [14, 99]\n[[service.route]]\npools = [\"primary\"]\n",
+    );
+    let line = t
+        .lines()
+        .position(|l| l.starts_with("grpc_status"))
+        .unwrap()
+        + 1;
+    fails(
+        &t,
+        line,
+        "service[0].retry.grpc_status",
+        "99 is not a gRPC error status",
+        "RESOURCE_EXHAUSTED",
+    );
+}

@@ -231,3 +231,82 @@ pools = ["primary", "backup"]
     );
     assert!(daemon.stop(), "clean stop");
 }
+
+#[test]
+fn a_returning_backend_ramps_up_over_its_slow_start() {
+    require_root("the HTTP slow-start test");
+    let topo = Topology::build(2);
+    let backends = HttpBackend::on_every_backend(&topo);
+    topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
+    let config = format!(
+        "{}\n[[pool]]\nname = \"app\"\nslow_start = \"2s\"\n[pool.health]\nkind = \"http\"\n\
+         interval = \"100ms\"\nrise = 1\nfall = 1\n[[pool.backend]]\naddress = \"{}:8080\"\n\
+         [[pool.backend]]\naddress = \"{}:8080\"\n\
+         [[service]]\nname = \"api\"\nvip = \"10.0.0.10:80\"\nmode = \"http\"\n\
+         [[service.route]]\npools = [\"app\"]\n",
+        topo.dataplane_toml(),
+        topo.backend_addr(1, false),
+        topo.backend_addr(2, false),
+    );
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name()));
+    std::fs::write(&path, &config).unwrap();
+    let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    let vip: SocketAddr = "10.0.0.10:80".parse().unwrap();
+    let be2_state = |topo: &Topology| {
+        let snap = snapshot(topo);
+        let b = snap.services[1].backends[1].clone();
+        (b.healthy, b.slow_start_percent)
+    };
+    let wait = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while be2_state(&topo).0 != want {
+            assert!(
+                Instant::now() < deadline,
+                "be2 never became healthy={want}:\n{}",
+                daemon.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(true);
+    let (_, at_start) = be2_state(&topo);
+    assert_eq!(
+        at_start, None,
+        "no slow start for backends up from the start"
+    );
+    backends[1].status.store(503, Ordering::SeqCst);
+    wait(false);
+    backends[1].status.store(200, Ordering::SeqCst);
+    wait(true);
+    let back = Instant::now();
+    let (_, percent) = be2_state(&topo);
+    assert!(
+        percent.is_some_and(|p| p < 50),
+        "/status shows the ramp: {percent:?}"
+    );
+    // be2's share of requests in each 500 ms of the 2 s ramp, and after it.
+    let mut windows = [(0u32, 0u32); 5];
+    topo.client.enter(|| {
+        while back.elapsed() < Duration::from_millis(2500) {
+            let w = (back.elapsed().as_millis() / 500).min(4) as usize;
+            let (status, body, _) = get(vip, "/");
+            assert_eq!(status, 200);
+            windows[w].1 += 1;
+            if body.starts_with("be2") {
+                windows[w].0 += 1;
+            }
+        }
+    });
+    let shares: Vec<f64> = windows
+        .iter()
+        .map(|(b, n)| *b as f64 / (*n).max(1) as f64)
+        .collect();
+    eprintln!("be2's share per 500 ms since it came back: {shares:.2?} of {windows:?}");
+    assert!(shares[0] < 0.3, "ramping: {shares:?}");
+    assert!(shares[4] > 0.4, "full share after the ramp: {shares:?}");
+    assert!(
+        shares[0] < shares[2] && shares[2] < shares[4] + 0.1,
+        "rising: {shares:?}"
+    );
+    assert!(daemon.stop());
+}

@@ -292,7 +292,10 @@ fn print_status(s: &Snapshot) {
             let first = i == 0;
             let health = match (b.healthy, b.draining) {
                 (_, true) => "draining".to_string(),
-                (true, false) => "up".to_string(),
+                (true, false) => match b.slow_start_percent {
+                    Some(p) => format!("up (slow start {p}%)"),
+                    None => "up".to_string(),
+                },
                 (false, false) if b.waiting_for_first_check => format!(
                     "waiting for first check: {}",
                     b.last_check.as_deref().unwrap_or("no check yet")

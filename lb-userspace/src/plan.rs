@@ -47,6 +47,8 @@ pub struct PlannedService {
     pub initially_healthy: bool,
     /// A `[[pool]]`: no VIP; the proxy serves routes from its backends.
     pub pool: bool,
+    /// `slow_start`: a returning backend's ramp to its full share (HTTP services and pools).
+    pub slow_start: Option<std::time::Duration>,
 }
 
 /// Who serves a planned service. Kernel code matches on it once; it never tests for HTTP.
@@ -214,6 +216,7 @@ fn plan_service(config: &Config, id: u32, svc: &Service, backend_ids: Vec<u32>) 
         on_all_down: svc.on_all_down,
         initially_healthy: svc.health.check == Check::None || !svc.wait_for_first_check,
         pool: svc.mode == Mode::Pool,
+        slow_start: svc.slow_start,
     };
     if svc.mode.kernel() {
         planned.serving = Serving::Kernel(KernelService {

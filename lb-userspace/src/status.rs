@@ -40,6 +40,9 @@ pub struct BackendStatus {
     /// says why.
     #[serde(default)]
     pub waiting_for_first_check: bool,
+    /// In its slow start: the share of its weight it takes now, in percent.
+    #[serde(default)]
+    pub slow_start_percent: Option<u8>,
     pub traffic: Traffic,
 }
 

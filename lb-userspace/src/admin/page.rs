@@ -100,9 +100,11 @@ pub fn render(s: &Snapshot) -> String {
                 weight = b.weight,
                 // A drain is the operator's word: it outranks a pending first check.
                 taking = match (b.draining, b.waiting_for_first_check, b.active) {
-                    (false, true, _) => " (waiting for first check)",
-                    (false, false, true) => "",
-                    _ => " (no new flows)",
+                    (false, true, _) => " (waiting for first check)".to_string(),
+                    (false, false, true) => b
+                        .slow_start_percent
+                        .map_or(String::new(), |p| format!(" (slow start {p}%)")),
+                    _ => " (no new flows)".to_string(),
                 },
                 flows = b.traffic.new_flows,
                 packets = b.traffic.packets,

@@ -129,6 +129,9 @@ pub struct Service {
     pub rate_limit: Option<RateLimit>,
     /// What the backends speak to the HTTP proxy (pools, and HTTP services' own backends).
     pub upstream: UpstreamProtocol,
+    /// A backend that comes back ramps to its full share of requests over this (HAProxy's
+    /// `slowstart`); off by default. HTTP services and pools only.
+    pub slow_start: Option<std::time::Duration>,
     pub backends: Vec<Backend>,
     /// Where each backend's `address` is written (line, column), for errors found later, such
     /// as a DSR backend the host does not reach on-link.
@@ -837,6 +840,24 @@ fn validate_service(
             }
         }
     };
+    let slow_start = match &svc.slow_start {
+        None => None,
+        Some(v) if !matches!(mode, Mode::Http(_) | Mode::Pool) => {
+            return Err(at.error(
+                Some(v.span()),
+                f("slow_start"),
+                "slow start ramps the requests of HTTP services and pools; for kernel-served \
+                 services the ramp of Maglev entries is not built yet",
+                "remove slow_start, or serve the service with mode = \"http\"",
+            ));
+        }
+        Some(_) => Some(health::duration(
+            at,
+            &svc.slow_start,
+            f("slow_start"),
+            std::time::Duration::ZERO,
+        )?),
+    };
     let upstream = match (&mode, svc.pool_protocol) {
         (Mode::Http(h), _) => h.protocol,
         (_, Some(p)) => p,
@@ -864,6 +885,7 @@ fn validate_service(
             None => None,
         },
         upstream,
+        slow_start,
         backend_at: svc
             .backends
             .iter()

@@ -32,6 +32,7 @@ pub struct RawPool {
     pub hash: HashMode,
     pub min_healthy: Option<Spanned<toml::Value>>,
     pub wait_for_first_check: Option<bool>,
+    pub slow_start: Option<Spanned<String>>,
     pub health: Option<Spanned<RawHealth>>,
     pub passive: Option<Spanned<RawPassive>>,
     #[serde(default, rename = "backend")]
@@ -51,6 +52,7 @@ impl RawPool {
             min_healthy: self.min_healthy,
             on_all_down: OnAllDown::Drop,
             wait_for_first_check: self.wait_for_first_check,
+            slow_start: self.slow_start,
             announce: Default::default(),
             health: self.health,
             passive: self.passive,
@@ -109,6 +111,8 @@ pub struct RawService {
     #[serde(default)]
     pub on_all_down: OnAllDown,
     pub wait_for_first_check: Option<bool>,
+    /// A returning backend ramps to its full share over this (HTTP services and pools).
+    pub slow_start: Option<Spanned<String>>,
     #[serde(default)]
     pub announce: super::announce::AnnouncePolicy,
     pub health: Option<Spanned<RawHealth>>,

@@ -23,6 +23,8 @@ pub struct MemberView {
     pub active: bool,
     /// Healthy and not draining: may take retries.
     pub eligible: bool,
+    /// Slow start: came back at this instant and ramps to its full share over the duration.
+    pub ramp: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 /// One service's backends, with a smooth weighted round-robin wheel over them.
@@ -32,6 +34,8 @@ pub struct PoolView {
     /// The active members' indices in smooth weighted round-robin order (nginx's algorithm):
     /// each appears `weight` times, spread out. Recomputed when the view changes.
     pub wheel: Vec<u16>,
+    /// Whether some member is in its slow start.
+    pub ramping: bool,
 }
 
 impl MemberView {
@@ -45,6 +49,28 @@ impl MemberView {
             weight,
             active,
             eligible,
+            ramp: None,
+        }
+    }
+
+    /// With a slow start `(duration, came back at)`, if one is configured and running.
+    pub fn ramping(
+        mut self,
+        slow_start: Option<(std::time::Duration, std::time::Instant)>,
+    ) -> MemberView {
+        self.ramp = slow_start
+            .filter(|(d, since)| since.elapsed() < *d)
+            .map(|(d, since)| (since, d));
+        self
+    }
+
+    /// The share of its weight it takes now: 1 when not ramping; from 0 to 1 over the ramp.
+    pub fn ramp_share(&self, now: std::time::Instant) -> f64 {
+        match self.ramp {
+            None => 1.0,
+            Some((since, d)) => (now.saturating_duration_since(since).as_secs_f64()
+                / d.as_secs_f64().max(1e-9))
+            .min(1.0),
         }
     }
 }
@@ -56,7 +82,12 @@ impl PoolView {
             .map(|m| if m.active { m.weight } else { 0 })
             .collect();
         let wheel = smooth_wheel(&weights);
-        PoolView { members, wheel }
+        let ramping = members.iter().any(|m| m.ramp.is_some());
+        PoolView {
+            members,
+            wheel,
+            ramping,
+        }
     }
 }
 

@@ -92,8 +92,24 @@ impl Iterator for Candidates<'_> {
             && let Key::RoundRobin(counter) = self.key
         {
             let wheel = &self.pool.wheel;
-            return (!wheel.is_empty())
-                .then(|| wheel[(counter % wheel.len() as u64) as usize] as usize);
+            if wheel.is_empty() {
+                return None;
+            }
+            let at = |c: u64| wheel[(c % wheel.len() as u64) as usize] as usize;
+            if self.pool.ramping {
+                // Slow start: a ramping backend keeps the pick with the probability of its
+                // share so far, else the next places on the wheel are looked at (at most 8), so
+                // it takes about that share of its weight's first tries.
+                let now = std::time::Instant::now();
+                for k in 0..8 {
+                    let i = at(counter.wrapping_add(k));
+                    let m = &self.pool.members[i];
+                    if m.ramp.is_none() || fastrand::f64() < m.ramp_share(now) {
+                        return Some(i);
+                    }
+                }
+            }
+            return Some(at(counter));
         }
         let skip = if self.rest.is_none() {
             self.given - 1

@@ -279,6 +279,7 @@ impl Writer {
                     active,
                     state.healthy && !m.rank.drain,
                 )
+                .ramping(svc.slow_start.zip(state.up_since))
             })
             .collect();
         if let Ok(mut a) = self.availability.write() {
@@ -458,8 +459,7 @@ impl Writer {
             let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) else {
                 continue;
             };
-            if self.states[si][mi].healthy != u.up {
-                self.states[si][mi].healthy = u.up;
+            if self.states[si][mi].set_healthy(u.up) {
                 touched.insert(si);
             }
         }

@@ -24,7 +24,7 @@ impl Writer {
                     .iter()
                     .map(|m| match carried.remove(&(svc.key, m.address, m.id)) {
                         Some(state) => state,
-                        None => MemberState::new(svc.initially_healthy),
+                        None => MemberState::added(svc.initially_healthy),
                     })
                     .collect()
             })

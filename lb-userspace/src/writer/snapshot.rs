@@ -59,6 +59,12 @@ impl Writer {
                         last_check: None,
                         last_check_at: None,
                         waiting_for_first_check: false,
+                        slow_start_percent: svc.slow_start.zip(state.up_since).and_then(
+                            |(ramp, since)| {
+                                let done = since.elapsed().as_secs_f64() / ramp.as_secs_f64();
+                                (done < 1.0).then_some((done * 100.0) as u8)
+                            },
+                        ),
                         traffic: traffic(self.dp.backend_traffic(m.id)),
                     })
                     .collect();

@@ -10,6 +10,12 @@ pub struct MemberState {
     pub alive: bool,
     /// The last health change applied to it.
     pub last: Option<Change>,
+    /// When it last came back up (not set for backends up from the start): its slow start
+    /// runs from here.
+    pub up_since: Option<std::time::Instant>,
+    /// Whether its next rise starts a slow start: after it has been up and went down, and for
+    /// a backend a reload added. Not at the daemon's start, where every backend is new.
+    pub ramps: bool,
 }
 
 /// A health change, for `/status`.
@@ -27,7 +33,31 @@ impl MemberState {
             healthy,
             alive: healthy,
             last: None,
+            up_since: None,
+            ramps: healthy,
         }
+    }
+
+    /// A backend a reload added: its first rise ramps too.
+    pub fn added(healthy: bool) -> MemberState {
+        MemberState {
+            ramps: true,
+            up_since: healthy.then(std::time::Instant::now),
+            ..MemberState::new(healthy)
+        }
+    }
+
+    /// Applies a health verdict; returns whether it changed.
+    pub fn set_healthy(&mut self, up: bool) -> bool {
+        if self.healthy == up {
+            return false;
+        }
+        self.healthy = up;
+        self.up_since = (up && self.ramps).then(std::time::Instant::now);
+        if up {
+            self.ramps = true;
+        }
+        true
     }
 }
 

@@ -7,7 +7,9 @@
 //! 1. healthy backends;
 //! 2. one of the three backends answers 503 to every tenth request, with retries on in both
 //!    (Understudy's defaults; HAProxy `retry-on 503 conn-failure empty-response` with
-//!    `option redispatch 1`, so a retry goes to another server, as Understudy's does).
+//!    `option redispatch 1`, so a retry goes to another server, as Understudy's does);
+//! 3. routed: ten path-prefix routes (`[[service.route]]` to a `[[pool]]`; HAProxy's `acl
+//!    path_beg` with `use_backend`), every request matching the last one.
 //!
 //! CPUs are pinned so that the scheduler's placement does not decide the result: wrk runs alone
 //! on CPU 0; the proxy under test and the backends share CPU 1 (on this two-core machine).
@@ -41,6 +43,10 @@ const CONNECTIONS: &str = "64";
 const BACKEND_PORTS: [u16; 3] = [9001, 9002, 9003];
 const UNDERSTUDY_PORT: u16 = 8080;
 const HAPROXY_PORT: u16 = 8081;
+/// The routed scenario's listeners.
+const UNDERSTUDY_ROUTED_PORT: u16 = 8082;
+const HAPROXY_ROUTED_PORT: u16 = 8083;
+const ROUTES: usize = 10;
 
 /// Starts the three backends on one thread; backend 0 fails every tenth request while `failing`.
 fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
@@ -121,6 +127,21 @@ fn understudy_config(ns: &Netns) -> PathBuf {
             "\n[[service.backend]]\naddress = \"127.0.0.1:{port}\"\n"
         ));
     }
+    text.push_str(&format!(
+        "\n[[service]]\nname = \"routed\"\nvip = \"127.0.0.1:{UNDERSTUDY_ROUTED_PORT}\"\nmode = \"http\"\n\
+         [service.circuit]\nconsecutive_failures = 1000\n"
+    ));
+    for r in 0..ROUTES {
+        text.push_str(&format!(
+            "[[service.route]]\npath_prefix = \"/r{r}/\"\npools = [\"all\"]\n"
+        ));
+    }
+    text.push_str("\n[[pool]]\nname = \"all\"\n");
+    for port in BACKEND_PORTS {
+        text.push_str(&format!(
+            "[[pool.backend]]\naddress = \"127.0.0.1:{port}\"\n"
+        ));
+    }
     write("understudy.toml", &text)
 }
 
@@ -134,6 +155,15 @@ fn haproxy(ns: &Netns) -> Child {
     );
     for (i, port) in BACKEND_PORTS.iter().enumerate() {
         text.push_str(&format!("  server b{i} 127.0.0.1:{port}\n"));
+    }
+    // The routed frontend: one ACL and use_backend per route, as a gateway config has them.
+    text.push_str(&format!(
+        "\nfrontend routed\n  bind 127.0.0.1:{HAPROXY_ROUTED_PORT}\n  option forwardfor\n"
+    ));
+    for r in 0..ROUTES {
+        text.push_str(&format!(
+            "  acl r{r} path_beg /r{r}/\n  use_backend pool if r{r}\n"
+        ));
     }
     let cfg = write("haproxy.cfg", &text);
     let mut child = ns
@@ -176,7 +206,7 @@ fn millis(text: &str) -> f64 {
     }
 }
 
-fn wrk(ns: &Netns, port: u16) -> Figures {
+fn wrk(ns: &Netns, port: u16, path: &str) -> Figures {
     let out = ns
         .command("taskset")
         .args([
@@ -190,7 +220,7 @@ fn wrk(ns: &Netns, port: u16) -> Figures {
             DURATION,
             "--latency",
         ])
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .expect("run wrk (cargo xtask bench l7 installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -234,8 +264,12 @@ fn main() {
         .expect("taskset");
     let mut haproxy = haproxy(&ns);
     let targets = [("understudy", UNDERSTUDY_PORT), ("haproxy", HAPROXY_PORT)];
+    let routed = [
+        ("understudy", UNDERSTUDY_ROUTED_PORT),
+        ("haproxy", HAPROXY_ROUTED_PORT),
+    ];
     // Warm both (pools, caches).
-    for (_, port) in targets {
+    for (_, port) in targets.into_iter().chain(routed) {
         let _ = ns
             .command("wrk")
             .args(["-t1", "-c", CONNECTIONS, "-d", "1s"])
@@ -245,13 +279,23 @@ fn main() {
     println!(
         "L7: wrk -t1 -c{CONNECTIONS} -d{DURATION} on CPU {LOAD_CPU}; proxy (one worker) and 3 backends on CPU {PROXY_CPU}; {ROUNDS} rounds\n"
     );
-    for (scenario, fail) in [("healthy", false), ("1 of 3 backends: 10% 503", true)] {
+    let last_route = format!("/r{}/x", ROUTES - 1);
+    for (scenario, fail, targets, path) in [
+        ("healthy", false, targets, "/"),
+        ("1 of 3 backends: 10% 503", true, targets, "/"),
+        (
+            "routed: 10 routes, the last",
+            false,
+            routed,
+            last_route.as_str(),
+        ),
+    ] {
         failing.store(fail, Ordering::Relaxed);
         let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
         for round in 0..ROUNDS {
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for t in order {
-                let f = wrk(&ns, targets[t].1);
+                let f = wrk(&ns, targets[t].1, path);
                 println!(
                     "  {scenario:<26} round {round} {:<10} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {:>6.1}/s",
                     targets[t].0, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s

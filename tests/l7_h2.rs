@@ -64,6 +64,15 @@ struct GrpcBackend {
 /// An HTTP/2 (prior knowledge) server. `/Unary`: one message and trailers; `/Stream`: five
 /// messages 20 ms apart, then trailers. `unavailable`: every call gets a trailers-only 14.
 async fn grpc_backend(name: &'static str, unavailable: bool) -> GrpcBackend {
+    grpc_backend_tls(name, unavailable, None).await
+}
+
+/// As [`grpc_backend`], over TLS when `tls` is given.
+async fn grpc_backend_tls(
+    name: &'static str,
+    unavailable: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> GrpcBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b = GrpcBackend {
         addr: listener.local_addr().unwrap(),
@@ -78,6 +87,7 @@ async fn grpc_backend(name: &'static str, unavailable: bool) -> GrpcBackend {
             };
             connections.fetch_add(1, Ordering::SeqCst);
             let calls = calls.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let calls = calls.clone();
@@ -115,9 +125,18 @@ async fn grpc_backend(name: &'static str, unavailable: bool) -> GrpcBackend {
                         Ok::<_, Infallible>(r)
                     }
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let _ = h2.serve_connection(TokioIo::new(tls), service).await;
+                    }
+                }
             });
         }
     });
@@ -132,11 +151,21 @@ fn tokio_stream_from(
 }
 
 async fn proxy(backends: &[SocketAddr], retry: &str) -> SocketAddr {
+    proxy_with(backends, retry, "h2c", "").await
+}
+
+/// `protocol`: the pool's; `sections`: more of the service's sections (TLS).
+async fn proxy_with(
+    backends: &[SocketAddr],
+    retry: &str,
+    protocol: &str,
+    sections: &str,
+) -> SocketAddr {
     let mut text = format!(
         "[dataplane]\ninterfaces = [\"lo\"]\n[[service]]\nname = \"grpc\"\nvip = \"127.0.0.1:1\"\n\
          mode = \"http\"\n[service.http]\nattempt_header = \"x-understudy-attempts\"\n\
-         [service.retry]\n{retry}\n[service.circuit]\nconsecutive_failures = 1000\n\
-         [[service.route]]\npools = [\"rpc\"]\n[[pool]]\nname = \"rpc\"\nprotocol = \"h2c\"\n"
+         [service.retry]\n{retry}\n[service.circuit]\nconsecutive_failures = 1000\n{sections}\n\
+         [[service.route]]\npools = [\"rpc\"]\n[[pool]]\nname = \"rpc\"\nprotocol = \"{protocol}\"\n"
     );
     for b in backends {
         text.push_str(&format!("[[pool.backend]]\naddress = \"{b}\"\n"));
@@ -281,4 +310,130 @@ async fn an_unavailable_backend_is_retried_on_another_when_the_route_allows_it()
     }
     assert_eq!(unavailable, bad.calls.load(Ordering::SeqCst));
     assert!(unavailable >= 1);
+}
+
+/// A TLS server config for `name`'s self-signed certificate offering `alpn`; and its PEM files
+/// (certificate, key) under `dir`.
+fn tls_server(
+    dir: &std::path::Path,
+    name: &str,
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::TlsAcceptor,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let key = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, key.cert.pem()).unwrap();
+    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![key.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        cert_path,
+        key_path,
+    )
+}
+
+#[tokio::test]
+async fn a_call_passes_through_tls_with_alpn_h2_on_both_sides() {
+    let dir = std::env::temp_dir().join(format!("understudy-h2-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for protocol in ["h2", "auto"] {
+        let (backend_tls, backend_ca, _) = tls_server(&dir, "backend.internal", &[b"h2"]);
+        let (_, proxy_cert, proxy_key) = tls_server(&dir, "grpc.example", &[]);
+        let b = grpc_backend_tls("tls-be", false, Some(backend_tls)).await;
+        let p = proxy_with(
+            &[b.addr],
+            "",
+            protocol,
+            &format!(
+                "[service.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+                 [service.upstream_tls]\nca_file = \"{}\"\nsni = \"backend.internal\"\n",
+                proxy_cert.display(),
+                proxy_key.display(),
+                backend_ca.display()
+            ),
+        )
+        .await;
+        // The client: TLS to the proxy with ALPN h2, then HTTP/2 over it.
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&proxy_cert).unwrap();
+        for c in rustls_pemfile_certs(&pem) {
+            roots.add(c).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(p).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("grpc.example".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for method in ["Unary", "Stream"] {
+            let req = Request::post(format!("https://grpc.example/{method}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(message(b"request")))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let mut body = resp.into_body();
+            let (mut messages, mut status) = (0, None);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.unwrap();
+                if frame.is_data() {
+                    messages += 1;
+                } else if let Some(t) = frame.trailers_ref() {
+                    status = t
+                        .get("grpc-status")
+                        .map(|v| v.to_str().unwrap().to_string());
+                }
+            }
+            let want = if method == "Unary" { 1 } else { 5 };
+            assert_eq!(
+                (messages, status.as_deref()),
+                (want, Some("0")),
+                "{protocol} {method}"
+            );
+        }
+        assert_eq!(
+            b.calls.load(Ordering::SeqCst),
+            2,
+            "{protocol}: the backend saw HTTP/2 over TLS"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The DER certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
 }

@@ -517,7 +517,9 @@ impl ServiceProxy {
                 *up.headers_mut() = headers;
                 let protocol = route.route.chain[ci].protocol;
                 let (client_for_pool, upstream_version) = self.clients.get(protocol);
-                if te_trailers && upstream_version == Version::HTTP_2 {
+                // `auto` learns the protocol from ALPN only when it connects: it gets the header
+                // too (an HTTP/1.1 backend reads it as "trailers accepted").
+                if te_trailers && protocol != UpstreamProtocol::Http1 {
                     up.headers_mut()
                         .insert(header::TE, header::HeaderValue::from_static("trailers"));
                 }

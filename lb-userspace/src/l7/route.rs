@@ -52,6 +52,8 @@ pub struct Routes {
     pub list: Vec<Compiled>,
     /// Whether the routes were written (`false`: the implicit route alone).
     pub explicit: bool,
+    /// Whether some route matches on the host (else it is not computed per request).
+    needs_host: bool,
 }
 
 impl Routes {
@@ -75,7 +77,7 @@ impl Routes {
         let now = Instant::now();
         let mut states = carried.lock().unwrap_or_else(|p| p.into_inner());
         let mut kept = HashMap::new();
-        let list = routes
+        let list: Vec<Compiled> = routes
             .into_iter()
             .map(|route| {
                 let names: Vec<String> = route.chain.iter().map(|p| p.pool.clone()).collect();
@@ -124,12 +126,26 @@ impl Routes {
             })
             .collect();
         *states = kept;
-        Routes { list, explicit }
+        let needs_host = list
+            .iter()
+            .any(|c: &Compiled| c.route.matcher.host.is_some());
+        Routes {
+            list,
+            explicit,
+            needs_host,
+        }
     }
 
     /// The index of the first route the request matches.
     pub fn pick(&self, head: &Parts) -> Option<usize> {
-        let host = request_host(head);
+        if !self.explicit {
+            return Some(0);
+        }
+        let host = if self.needs_host {
+            request_host(head)
+        } else {
+            String::new()
+        };
         let r = RouteRequest {
             host: &host,
             path: head.uri.path(),

@@ -31,17 +31,6 @@ fn refuse(why: impl Into<String>) -> Refusal {
     }
 }
 
-/// The host part of a `Host` value, without its port, lowercased; brackets kept for IPv6.
-fn host_name(host: &str) -> String {
-    let host = host.trim();
-    let name = if host.starts_with('[') {
-        host.split_inclusive(']').next().unwrap_or(host)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    name.to_ascii_lowercase()
-}
-
 fn allowed_host(name: &str, allowed: &[String]) -> bool {
     let literal = name
         .strip_prefix('[')
@@ -62,7 +51,7 @@ pub fn check(
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return Err(refuse("a Host header is required"));
     };
-    let name = host_name(host);
+    let name = crate::l7::headers::host_name(host);
     if !allowed_host(&name, allowed_hosts) {
         return Err(refuse(format!(
             "Host \"{host}\" is not this listener: use an IP address or localhost, or add the \

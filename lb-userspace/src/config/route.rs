@@ -169,7 +169,8 @@ impl PoolRef {
 /// When a route leaves a pool that answers badly, and when it comes back (`[service.route.failover]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failover {
-    /// Gateway errors (502, 503, 504, connect failures, resets, timeouts) as a share of the
+    /// Gateway failures as the circuits count them (`failure_statuses`, by default 502, 503,
+    /// 504; connect failures, resets, timeouts) as a share of the
     /// pool's attempts over `window`, above which the route moves on. Default 0.2.
     pub error_threshold: f64,
     /// The `latency_quantile` of the pool's response times above which the route moves on;

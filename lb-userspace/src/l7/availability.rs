@@ -53,26 +53,31 @@ impl MemberView {
         }
     }
 
-    /// With a slow start `(duration, came back at)`, if one is configured and running.
+    /// With a slow start `(came back at, ramp)`, if one is configured and still running.
     pub fn ramping(
         mut self,
-        slow_start: Option<(std::time::Duration, std::time::Instant)>,
+        slow_start: Option<(std::time::Instant, std::time::Duration)>,
     ) -> MemberView {
-        self.ramp = slow_start
-            .filter(|(d, since)| since.elapsed() < *d)
-            .map(|(d, since)| (since, d));
+        let now = std::time::Instant::now();
+        self.ramp = slow_start.filter(|&(since, d)| ramp_done(since, d, now) < 1.0);
         self
     }
 
     /// The share of its weight it takes now: 1 when not ramping; from 0 to 1 over the ramp.
     pub fn ramp_share(&self, now: std::time::Instant) -> f64 {
-        match self.ramp {
-            None => 1.0,
-            Some((since, d)) => (now.saturating_duration_since(since).as_secs_f64()
-                / d.as_secs_f64().max(1e-9))
-            .min(1.0),
-        }
+        self.ramp
+            .map_or(1.0, |(since, d)| ramp_done(since, d, now).min(1.0))
     }
+}
+
+/// How far a slow start that began at `since` and lasts `ramp` has gone at `now`: 0 at its
+/// start, 1 or more once over.
+pub fn ramp_done(
+    since: std::time::Instant,
+    ramp: std::time::Duration,
+    now: std::time::Instant,
+) -> f64 {
+    now.saturating_duration_since(since).as_secs_f64() / ramp.as_secs_f64().max(1e-9)
 }
 
 impl PoolView {

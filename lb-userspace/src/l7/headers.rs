@@ -14,14 +14,36 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
 };
 
-/// Removes the hop-by-hop headers, including any that `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
+/// The comma-separated tokens of every `name` field (as `Connection` and `TE` carry them).
+fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .map(str::trim)
+}
+
+/// Whether a `name` field lists `token` (case-insensitive), such as `Connection: upgrade`.
+pub fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The host part of a `Host` value, without its port, lowercased; brackets kept for IPv6.
+pub fn host_name(host: &str) -> String {
+    let host = host.trim();
+    let name = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.to_ascii_lowercase()
+}
+
+/// Removes the hop-by-hop headers, including any that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
+        .filter_map(|t| HeaderName::try_from(t).ok())
         .collect();
     for name in named {
         headers.remove(name);

@@ -152,7 +152,8 @@ pub struct ServiceCounters {
     attempts: Mutex<Vec<((SocketAddr, &'static str), Counter)>>,
 }
 
-fn cached<K: PartialEq + Copy>(
+/// Increments the counter cached for `key`, creating (and caching) it with `make` the first time.
+pub(super) fn cached<K: PartialEq + Copy>(
     cache: &Mutex<Vec<(K, Counter)>>,
     key: K,
     make: impl FnOnce() -> Counter,

@@ -366,14 +366,7 @@ impl ServiceProxy {
         // Before the filters strip the hop-by-hop headers that ask for it.
         let upgrade = super::upgrade::requested(&parts);
         // gRPC over HTTP/2 needs `te: trailers`, which the hop-by-hop rewrite removes.
-        let te_trailers = parts
-            .headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
+        let te_trailers = headers::lists(&parts.headers, header::TE, "trailers");
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -551,18 +544,6 @@ impl ServiceProxy {
                         continue;
                     }
                 };
-                route.attempt(
-                    ci,
-                    match outcome {
-                        Outcome::Answered(s) => matches!(s.as_u16(), 502..=504),
-                        Outcome::UploadTimedOut => false,
-                        Outcome::NotSent | Outcome::Reset | Outcome::TimedOut => true,
-                    },
-                    match outcome {
-                        Outcome::Answered(_) => Some(now.duration_since(sent_at)),
-                        _ => None,
-                    },
-                );
                 trace.last_attempt = now.duration_since(sent_at);
                 let next = decide(
                     outcome,
@@ -570,6 +551,12 @@ impl ServiceProxy {
                     body.replayable(),
                     policy,
                     &self.settings.circuit,
+                );
+                // The route judges its pools by the same gateway failures as the circuits.
+                route.attempt(
+                    ci,
+                    next.failure,
+                    matches!(outcome, Outcome::Answered(_)).then_some(trace.last_attempt),
                 );
                 if next.failure {
                     self.failure(&breaker, address, pool, &outcome);
@@ -584,12 +571,13 @@ impl ServiceProxy {
                 }
                 match (tried, outcome) {
                     (Tried::Answered(resp), _) => {
+                        // This answer goes to the client, now or (retried away) if it is the last.
+                        trace.pool = Some(ci);
+                        trace.backend = Some(address);
                         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                             && let Some(from_client) = client_upgrade.take()
                         {
                             self.counters.attempt(address, "upgraded");
-                            trace.pool = Some(ci);
-                            trace.backend = Some(address);
                             return self.switched(
                                 resp,
                                 permit,
@@ -609,14 +597,10 @@ impl ServiceProxy {
                         );
                         if next.retry {
                             debug!(service = %self.name, backend = %address, status = resp.status().as_u16(), attempt = attempts, "retrying on status");
-                            trace.pool = Some(ci);
-                            trace.backend = Some(address);
                             last.set(Last::Response(resp, attempts));
                             continue;
                         }
                         last.set(Last::Nothing);
-                        trace.pool = Some(ci);
-                        trace.backend = Some(address);
                         return self.answer(resp, Some(permit), version, attempts);
                     }
                     (_, Outcome::UploadTimedOut) => {

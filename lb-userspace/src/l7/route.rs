@@ -164,26 +164,21 @@ pub fn request_host(head: &Parts) -> String {
         .and_then(|h| h.to_str().ok())
         .or_else(|| head.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
-    let no_port = if raw.starts_with('[') {
-        raw.split_inclusive(']').next().unwrap_or(raw)
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
-    no_port.to_ascii_lowercase()
+    super::headers::host_name(raw)
 }
 
 impl Compiled {
     /// The chain pools in the order this request walks them: the pool it starts at (the
     /// serving one, or a tripped one it probes), then the rest of the chain after it, then the
     /// pools before it.
-    pub fn walk(&self) -> Vec<usize> {
+    pub fn walk(&self) -> impl Iterator<Item = usize> + use<> {
         let n = self.route.chain.len();
         let start = self
             .state
             .as_ref()
             .map_or(0, |s| s.start(fastrand::f64()))
             .min(n - 1);
-        (start..n).chain(0..start).collect()
+        (start..n).chain(0..start)
     }
 
     /// One attempt on chain pool `pool` ended.
@@ -217,16 +212,11 @@ impl Compiled {
             return;
         };
         p.latency.observe(elapsed.as_secs_f64());
-        let mut codes = p.codes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = codes.iter().find(|(s, _)| *s == status) {
-            c.inc();
-            return;
-        }
-        let mut labels = p.labels.clone();
-        labels.push(("code".into(), status.to_string()));
-        let c = self.requests.get_or_create(&labels).clone();
-        c.inc();
-        codes.push((status, c));
+        super::metrics::cached(&p.codes, status, || {
+            let mut labels = p.labels.clone();
+            labels.push(("code".into(), status.to_string()));
+            self.requests.get_or_create(&labels).clone()
+        });
     }
 
     /// The path the backends of chain pool `pool` are sent, and the head's rewrite.

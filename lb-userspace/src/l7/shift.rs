@@ -2,7 +2,8 @@
 //! backup when the primary is unavailable *or exceeds a threshold of errors*".
 //!
 //! Each pool of the chain keeps a sliding window (ten buckets over `window`) of its attempts: how
-//! many, how many were gateway errors (502, 503, 504, connect failures, resets, timeouts), and
+//! many, how many were gateway failures (as the circuits count them: `failure_statuses`, by
+//! default 502, 503, 504; connect failures, resets, timeouts), and
 //! their response times in a log-scale histogram. A pool whose window holds at least
 //! `min_requests` attempts and whose error share passes `error_threshold`, or whose
 //! `latency_quantile` passes `latency_threshold`, is *tripped*: new requests go to the first

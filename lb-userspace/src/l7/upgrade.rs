@@ -31,13 +31,7 @@ pub fn requested(head: &Parts) -> Option<HeaderValue> {
     if head.version != Version::HTTP_11 {
         return None;
     }
-    let asks = head
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = super::headers::lists(&head.headers, header::CONNECTION, "upgrade");
     asks.then(|| head.headers.get(header::UPGRADE).cloned())
         .flatten()
 }

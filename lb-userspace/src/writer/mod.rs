@@ -279,7 +279,7 @@ impl Writer {
                     active,
                     state.healthy && !m.rank.drain,
                 )
-                .ramping(svc.slow_start.zip(state.up_since))
+                .ramping(state.up_since.zip(svc.slow_start))
             })
             .collect();
         if let Ok(mut a) = self.availability.write() {

@@ -59,9 +59,13 @@ impl Writer {
                         last_check: None,
                         last_check_at: None,
                         waiting_for_first_check: false,
-                        slow_start_percent: svc.slow_start.zip(state.up_since).and_then(
-                            |(ramp, since)| {
-                                let done = since.elapsed().as_secs_f64() / ramp.as_secs_f64();
+                        slow_start_percent: state.up_since.zip(svc.slow_start).and_then(
+                            |(since, ramp)| {
+                                let done = crate::l7::availability::ramp_done(
+                                    since,
+                                    ramp,
+                                    std::time::Instant::now(),
+                                );
                                 (done < 1.0).then_some((done * 100.0) as u8)
                             },
                         ),

@@ -44,7 +44,14 @@ impl AccessLogger {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| format!("cannot open the access log {}: {e}", path.display()))?,
+                    .map_err(|e| {
+                        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                            " (create its directory; the packaged unit's LogsDirectory makes /var/log/understudy)"
+                        } else {
+                            ""
+                        };
+                        format!("cannot open the access log {}: {e}{hint}", path.display())
+                    })?,
             )),
         };
         Ok(AccessLogger {

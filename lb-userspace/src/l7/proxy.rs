@@ -114,6 +114,8 @@ pub struct ServiceProxy {
     filters: Chain,
     pub routes: Routes,
     access: Option<Arc<AccessLogger>>,
+    /// Set once a gRPC request was sent to an HTTP/1.1 pool (said once per config).
+    grpc_to_http1: std::sync::atomic::AtomicBool,
 }
 
 /// What one request went through, for the route's counters and the access log.
@@ -259,6 +261,7 @@ impl ServiceProxy {
         Ok(ServiceProxy {
             routes,
             access,
+            grpc_to_http1: Default::default(),
             name: service.name.clone(),
             vip: service.vip,
             hash: service.hash,
@@ -509,6 +512,9 @@ impl ServiceProxy {
                 }
                 *up.headers_mut() = headers;
                 let protocol = route.route.chain[ci].protocol;
+                if protocol == UpstreamProtocol::Http1 {
+                    self.grpc_needs_h2(&parts.headers, &route.route.chain[ci].pool);
+                }
                 let (client_for_pool, upstream_version) = self.clients.get(protocol);
                 // `auto` learns the protocol from ALPN only when it connects: it gets the header
                 // too (an HTTP/1.1 backend reads it as "trailers accepted").
@@ -780,6 +786,18 @@ impl ServiceProxy {
                     let _ = tx.send(Ejection { address, reason });
                 }
             }
+        }
+    }
+
+    /// gRPC runs over HTTP/2 only: a gRPC request routed to a pool that speaks HTTP/1.1 will
+    /// fail at the backend, so the first one is logged with the fix.
+    fn grpc_needs_h2(&self, headers: &hyper::HeaderMap, pool: &str) {
+        let grpc = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if grpc && !self.grpc_to_http1.swap(true, Ordering::Relaxed) {
+            warn!(service = %self.name, pool, "a gRPC request goes to a pool that speaks HTTP/1.1, which gRPC backends refuse: set protocol = \"h2c\" (or \"h2\" over TLS) on the pool");
         }
     }
 

@@ -187,6 +187,7 @@ async fn proxy_with(
         None,
         None,
         L7Metrics::default(),
+        &Arc::new(understudy::l7::auth::Credentials::new(&config.gateway)),
     )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

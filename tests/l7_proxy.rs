@@ -250,8 +250,15 @@ async fn proxy_with_tiers(addresses: &[SocketAddr], sections: &str, tiers: &[u32
     let availability = new_availability();
     let metrics = L7Metrics::default();
     let (tx, ejections) = mpsc::unbounded_channel();
-    let service =
-        ServiceProxy::new(svc, availability.clone(), None, Some(tx), metrics.clone()).unwrap();
+    let service = ServiceProxy::new(
+        svc,
+        availability.clone(),
+        None,
+        Some(tx),
+        metrics.clone(),
+        &Arc::new(understudy::l7::auth::Credentials::new(&config.gateway)),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(l7::serve(

@@ -176,6 +176,7 @@ async fn proxy(pools: &[(&str, &[SocketAddr])], service: &str) -> Proxy {
         None,
         None,
         metrics.clone(),
+        &Arc::new(understudy::l7::auth::Credentials::new(&config.gateway)),
     )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

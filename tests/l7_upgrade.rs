@@ -86,6 +86,7 @@ async fn proxy(backend: SocketAddr) -> SocketAddr {
         None,
         None,
         L7Metrics::default(),
+        &Arc::new(understudy::l7::auth::Credentials::new(&config.gateway)),
     )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

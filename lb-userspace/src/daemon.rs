@@ -21,7 +21,8 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::{AdminState, ReloadError, Reloads, SharedToken, serve},
+    admin::{AdminState, ReloadError, ReloadRequest, Reloads, SharedTokens, serve},
+    audit::{AuditLog, Caller, Changes, Outcome, Record},
     config::Config,
     dataplane::{Dataplane, attach, resolve},
     health::{
@@ -202,10 +203,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let (control, control_rx) = mpsc::channel(64);
-    let (reload_tx, mut reload_rx) =
-        mpsc::channel::<oneshot::Sender<Result<String, ReloadError>>>(4);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let reloads = Arc::new(Reloads::default());
-    let token: SharedToken = Arc::new(std::sync::RwLock::new(config.admin.token.clone()));
+    let tokens: SharedTokens = Arc::new(std::sync::RwLock::new(config.admin.tokens.clone()));
+    let audit = Arc::new(
+        AuditLog::open(config.admin.audit_log.as_deref()).with_context(|| {
+            format!(
+                "opening the audit log {} ([admin] audit_log; \"off\" keeps none)",
+                config
+                    .admin
+                    .audit_log
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("-"))
+                    .display()
+            )
+        })?,
+    );
+    match audit.path() {
+        Some(p) => info!(path = %p.display(), "audit log open"),
+        None => warn!(
+            "no audit log ([admin] audit_log = \"off\"): admin actions and reloads are not recorded"
+        ),
+    }
     if let Some(listen) = config.admin.listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -217,7 +236,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             board,
             pin_dir: Some(pin_dir.clone()),
             latency: writer.prometheus_latency(),
-            token: token.clone(),
+            tokens: tokens.clone(),
+            audit: audit.clone(),
             allowed_hosts: config.admin.allowed_hosts.clone(),
             l7: l7_metrics,
             routes: listeners.board(),
@@ -226,7 +246,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             announcer: announcer.clone(),
         });
         tokio::spawn(serve(listener, state));
-        info!(%listen, token = config.admin.token.is_some(), "admin listener ready");
+        info!(%listen, tokens = config.admin.tokens.len(), "admin listener ready");
     }
 
     let (stop, stopped) = oneshot::channel();
@@ -237,6 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     info!(services = current.services.len(), "understudy is running");
     notify(&[NotifyState::Ready]);
     loop {
@@ -244,10 +265,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                let _ = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token, announcer.as_ref()).await;
+                let _ = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &tokens, announcer.as_ref(), (&audit, Caller::signal())).await;
             }
-            Some(reply) = reload_rx.recv() => {
-                let result = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &token, announcer.as_ref()).await;
+            _ = sigusr1.recv() => audit.reopen(),
+            Some((caller, reply)) = reload_rx.recv() => {
+                let result = reload(&mut current, &control, &mut tasks, &mut listeners, &reloads, &tokens, announcer.as_ref(), (&audit, caller)).await;
                 let _ = reply.send(result);
             }
         }
@@ -353,19 +375,24 @@ fn adopt(dp: &mut Dataplane, plan: &mut Plan) -> anyhow::Result<Vec<Vec<bool>>> 
 }
 
 /// Re-reads and validates the config file, then applies the difference. Anything wrong (an
-/// invalid file, a change that needs a restart) leaves the running config untouched.
+/// invalid file, a change that needs a restart) leaves the running config untouched. The audit
+/// log is reopened (for logrotate) and gets one record of the reload, with what it changed.
+#[allow(clippy::too_many_arguments)]
 async fn reload(
     current: &mut Config,
     control: &mpsc::Sender<Control>,
     tasks: &mut Supervisor,
     listeners: &mut Listeners,
     reloads: &Reloads,
-    token: &SharedToken,
+    tokens: &SharedTokens,
     announcer: Option<&mpsc::Sender<crate::announce::Command>>,
+    (audit, caller): (&Arc<AuditLog>, Caller),
 ) -> Result<String, ReloadError> {
     let mut reloading = vec![NotifyState::Reloading];
     reloading.extend(NotifyState::monotonic_usec_now().ok());
     notify(&reloading);
+    audit.reopen();
+    let mut changes = None;
     let result = async {
         let config =
             Config::load(&current.file).map_err(|e| ReloadError::Invalid(e.to_string()))?;
@@ -391,10 +418,11 @@ async fn reload(
         // listener is and which names it answers to need a restart.
         if config.admin.listen != current.admin.listen
             || config.admin.allowed_hosts != current.admin.allowed_hosts
+            || config.admin.audit_log != current.admin.audit_log
         {
             return Err(ReloadError::NeedsRestart(format!(
-                "{}: [admin] listen or allowed_hosts changed: they take effect on a restart \
-                 only; revert them to reload, or restart understudy",
+                "{}: [admin] listen, allowed_hosts or audit_log changed: they take effect on a \
+                 restart only; revert them to reload, or restart understudy",
                 config.file.display()
             )));
         }
@@ -438,10 +466,11 @@ async fn reload(
             config.file.display(),
             config.services.len()
         );
-        if config.admin.token != current.admin.token {
-            *token.write().unwrap_or_else(|p| p.into_inner()) = config.admin.token.clone();
-            info!(token = config.admin.token.is_some(), "admin token replaced");
+        if config.admin.tokens != current.admin.tokens {
+            *tokens.write().unwrap_or_else(|p| p.into_inner()) = config.admin.tokens.clone();
+            info!(tokens = config.admin.tokens.len(), "admin tokens replaced");
         }
+        changes = Some(Changes::between(current, &config));
         info!(
             file = %config.file.display(),
             services = config.services.len(),
@@ -461,6 +490,22 @@ async fn reload(
             error!(error = %e, "reload refused; the running config stays");
         }
     }
+    let (outcome, status, detail) = match &result {
+        Ok(summary) => (Outcome::Ok, 200, summary.clone()),
+        Err(e @ ReloadError::Invalid(_)) => (Outcome::Invalid, e.status().as_u16(), e.to_string()),
+        Err(e @ ReloadError::NeedsRestart(_)) => {
+            (Outcome::Refused, e.status().as_u16(), e.to_string())
+        }
+        Err(e @ ReloadError::Failed(_)) => (Outcome::Failed, e.status().as_u16(), e.to_string()),
+    };
+    let from_api = caller.peer.is_some();
+    let mut record = Record::new("reload", caller, outcome, detail);
+    record.status = from_api.then_some(status);
+    record
+        .target
+        .insert("file", current.file.display().to_string());
+    record.changes = changes;
+    audit.record(record).await;
     notify(&[NotifyState::Ready]);
     result
 }

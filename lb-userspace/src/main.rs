@@ -353,8 +353,11 @@ fn print_status(s: &Snapshot) {
             "MATCHES".into(),
             "POOLS".into(),
             "SERVING".into(),
+            "AUTH".into(),
+            "LIMIT".into(),
             "REQUESTS".into(),
             "5XX".into(),
+            "REFUSED".into(),
         ]];
         for r in &svc.routes {
             rows.push(vec![
@@ -365,8 +368,11 @@ fn print_status(s: &Snapshot) {
                     Some(why) => format!("{} ({why})", r.serving),
                     None => r.serving.clone(),
                 },
+                r.auth.clone(),
+                r.rate_limit.clone().unwrap_or_else(|| "-".into()),
                 r.requests.to_string(),
                 r.server_errors.to_string(),
+                r.refused.to_string(),
             ]);
         }
         table(&rows);

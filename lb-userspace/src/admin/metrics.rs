@@ -64,6 +64,7 @@ pub fn render(
     s: &Snapshot,
     latency: &Histogram,
     reloads: &Reloads,
+    audit: &crate::audit::AuditLog,
     flows: Option<&FlowCount>,
     l7: &crate::l7::metrics::L7Metrics,
 ) -> String {
@@ -239,6 +240,24 @@ pub fn render(
         let v = n.load(std::sync::atomic::Ordering::Relaxed);
         set(&reload, vec![("result".to_string(), result.to_string())], v);
     }
+    let audit_records = counter(&mut r, "audit_records", "Records written to the audit log");
+    let audit_errors = counter(
+        &mut r,
+        "audit_write_errors",
+        "Audit records that could not be written, and failed reopens (see the error log)",
+    );
+    set(
+        &audit_records,
+        vec![],
+        audit.records.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    set(
+        &audit_errors,
+        vec![],
+        audit
+            .write_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     changes
         .inner()
         .store(s.changes, std::sync::atomic::Ordering::Relaxed);

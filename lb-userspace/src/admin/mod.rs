@@ -1,7 +1,9 @@
 //! The admin listener (loopback by default): `GET /` (an HTML status page), `GET /metrics`
 //! (Prometheus text), `GET /status`
-//! (JSON), `POST /drain` and `POST /enable` (`?service=NAME&backend=IP:PORT`), and `POST /reload`. With a token
-//! configured, every request must carry `Authorization: Bearer <token>`. Every request also
+//! (JSON), `POST /drain` and `POST /enable` (`?service=NAME&backend=IP:PORT`), and `POST /reload`. With tokens
+//! configured, every request must carry `Authorization: Bearer <token>` of one of them. Every
+//! state-changing request, served or refused, leaves one record in the [`crate::audit`] log,
+//! naming the token it carried. Every request also
 //! passes [`guard`] (Host, Origin, and a non-simple header on state changes), so a web page in
 //! the operator's browser can neither drive nor read the API. Requests reach the map writer over
 //! its control channel, so the writer stays the only one touching the data plane.
@@ -31,7 +33,7 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     health::Board,
@@ -70,23 +72,31 @@ impl ReloadError {
     }
 }
 
-/// The admin token, shared with the daemon, which swaps it on reload.
-pub type SharedToken = Arc<std::sync::RwLock<Option<String>>>;
+/// The admin tokens, shared with the daemon, which swaps them on reload.
+pub type SharedTokens = Arc<std::sync::RwLock<Vec<crate::config::AdminToken>>>;
+
+/// What the daemon is asked to reload for: who asked, and where to send the answer.
+pub type ReloadRequest = (
+    crate::audit::Caller,
+    oneshot::Sender<Result<String, ReloadError>>,
+);
 
 /// What every request handler shares.
 pub struct AdminState {
     pub control: mpsc::Sender<Control>,
     /// Asks the daemon to reload its config file; the answer says what happened.
-    pub reload: mpsc::Sender<oneshot::Sender<Result<String, ReloadError>>>,
+    pub reload: mpsc::Sender<ReloadRequest>,
     pub reloads: Arc<Reloads>,
     /// Every backend's last probe.
     pub board: Board,
     /// Where the maps are pinned: `/metrics` opens `FLOWS` there to count it.
     pub pin_dir: Option<std::path::PathBuf>,
     pub latency: Histogram,
-    /// The bearer token every request must carry; replaced when a reload re-reads
-    /// `token_file`, so a rotated token applies without a restart.
-    pub token: SharedToken,
+    /// The bearer tokens a request may carry (none: no token needed); replaced when a reload
+    /// re-reads the token files, so a rotated token applies without a restart.
+    pub tokens: SharedTokens,
+    /// Where every admin action is recorded.
+    pub audit: crate::audit::SharedAudit,
     /// `[admin] allowed_hosts`: names a request's `Host` may carry besides IP literals.
     pub allowed_hosts: Vec<String>,
     /// The HTTP proxy's request, attempt, budget and ejection counters.
@@ -136,7 +146,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         let state = state.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| handle(req, state.clone()));
+            let service = service_fn(move |req| handle(req, peer, state.clone()));
             let last = LastActivity::new();
             let io = TokioIo::new(Activity::new(stream, last.clone()));
             let conn = http1::Builder::new()
@@ -175,15 +185,80 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(req: &Request<Incoming>, token: &Option<String>) -> bool {
-    let Some(token) = token else {
-        return true;
-    };
-    req.headers()
+/// Whether the request may in: `Ok(None)` when no token is configured, `Ok(Some(name))` with
+/// the name of the token it carries, `Err` otherwise. Every token is compared, so the time
+/// taken says nothing about which one nearly matched.
+fn authorized(
+    req: &Request<Incoming>,
+    tokens: &[crate::config::AdminToken],
+) -> Result<Option<String>, ()> {
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let given = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
+        .unwrap_or("");
+    let mut found = None;
+    for t in tokens {
+        if same(given.as_bytes(), t.token.as_bytes()) {
+            found = Some(t.name.clone());
+        }
+    }
+    found.map(Some).ok_or(())
+}
+
+/// The audit log's name for a state-changing request, `None` for reads.
+fn action(method: &Method, path: &str) -> Option<&'static str> {
+    if *method != Method::POST {
+        return None;
+    }
+    Some(match path {
+        "/drain" => "drain",
+        "/enable" => "enable",
+        "/node/drain" => "node_drain",
+        "/node/enable" => "node_enable",
+        "/reload" => "reload",
+        _ => return None,
+    })
+}
+
+/// What the caller was told: the text of a reply's (one-chunk, in-memory) body.
+async fn body_text(response: &Response<Full<Bytes>>) -> String {
+    let bytes = http_body_util::BodyExt::collect(response.body().clone())
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Records an admin action that got `response`: refused, invalid or failed by its status.
+async fn audit(
+    state: &AdminState,
+    action: &'static str,
+    caller: crate::audit::Caller,
+    target: &[(&'static str, Option<String>)],
+    response: &Response<Full<Bytes>>,
+    body: &str,
+) {
+    use crate::audit::{Outcome, Record};
+    let status = response.status();
+    let result = match status.as_u16() {
+        200..=299 => Outcome::Ok,
+        401 | 403 => Outcome::Refused,
+        400 | 404 | 409 | 422 => Outcome::Invalid,
+        _ => Outcome::Failed,
+    };
+    let mut record = Record::new(action, caller, result, body.trim().to_string());
+    record.status = Some(status.as_u16());
+    for (k, v) in target {
+        if let Some(v) = v {
+            record.target.insert(k, v.clone());
+        }
+    }
+    state.audit.record(record).await;
 }
 
 /// How long a count of `FLOWS` serves scrapes: walking a full table takes up to a few hundred
@@ -241,30 +316,15 @@ async fn snapshot(state: &AdminState) -> Option<Snapshot> {
 
 async fn handle(
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
     state: Arc<AdminState>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let token = state
-        .token
+    let tokens = state
+        .tokens
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    if !authorized(&req, &token) {
-        let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return Ok(r);
-    }
-    if let Err(refused) = guard::check(
-        req.method(),
-        req.headers(),
-        &state.allowed_hosts,
-        token.is_some(),
-    ) {
-        warn!(method = %req.method(), path = req.uri().path(), why = %refused.why, "admin request refused");
-        return Ok(text(refused.status, refused.why));
-    }
+    let action = action(req.method(), req.uri().path());
     let query: Vec<(String, String)> = req
         .uri()
         .query()
@@ -276,6 +336,45 @@ async fn handle(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
+    let target = [("service", param("service")), ("backend", param("backend"))];
+    let token_name = match authorized(&req, &tokens) {
+        Ok(name) => name,
+        Err(()) => {
+            let why = "missing or wrong bearer token";
+            let mut r = text(StatusCode::UNAUTHORIZED, why);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            if let Some(action) = action {
+                warn!(%peer, action, "admin action refused: {why}");
+                audit(
+                    &state,
+                    action,
+                    crate::audit::Caller::api(peer, None),
+                    &target,
+                    &r,
+                    why,
+                )
+                .await;
+            }
+            return Ok(r);
+        }
+    };
+    let caller = crate::audit::Caller::api(peer, token_name.clone());
+    if let Err(refused) = guard::check(
+        req.method(),
+        req.headers(),
+        &state.allowed_hosts,
+        token_name.is_some(),
+    ) {
+        warn!(%peer, method = %req.method(), path = req.uri().path(), why = %refused.why, "admin request refused");
+        let r = text(refused.status, refused.why.clone());
+        if let Some(action) = action {
+            audit(&state, action, caller, &target, &r, &refused.why).await;
+        }
+        return Ok(r);
+    }
     let unavailable = || {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -297,6 +396,7 @@ async fn handle(
                         &s,
                         &state.latency,
                         &state.reloads,
+                        &state.audit,
                         flows.as_deref(),
                         &state.l7,
                     ),
@@ -408,12 +508,13 @@ async fn handle(
             }
         },
         (&Method::POST, "/reload") => {
+            // The daemon records the reload, with what it changed.
             let (tx, rx) = oneshot::channel();
-            match (state.reload.send(tx).await, rx.await) {
+            return Ok(match (state.reload.send((caller, tx)).await, rx.await) {
                 (Ok(()), Ok(Ok(summary))) => text(StatusCode::OK, summary),
                 (Ok(()), Ok(Err(why))) => text(why.status(), why.to_string()),
                 _ => unavailable(),
-            }
+            });
         }
         (
             _,
@@ -425,5 +526,10 @@ async fn handle(
             "not found: try GET /, GET /metrics, GET /status, GET /explain, POST /drain, POST /enable, POST /node/drain, POST /node/enable, POST /reload",
         ),
     };
+    if let Some(action) = action {
+        let body = body_text(&response).await;
+        info!(%peer, token = token_name.as_deref().unwrap_or("-"), action, status = response.status().as_u16(), "admin action");
+        audit(&state, action, caller, &target, &response, &body).await;
+    }
     Ok(response)
 }

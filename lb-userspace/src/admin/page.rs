@@ -127,7 +127,7 @@ pub fn render(s: &Snapshot) -> String {
         if !svc.routes.is_empty() {
             h.push_str(
                 "<table><tr><th>Route</th><th>Matches</th><th>Pools</th><th>Serving from</th>\
-                 <th>Requests</th><th>5xx</th></tr>",
+                 <th>Auth</th><th>Rate limit</th><th>Requests</th><th>5xx</th><th>Refused</th></tr>",
             );
             for r in &svc.routes {
                 let moved = r.serving != r.pools[0];
@@ -135,7 +135,8 @@ pub fn render(s: &Snapshot) -> String {
                     h,
                     "<tr class=\"route{cls}\" data-route=\"{name}\" data-serving=\"{serving}\">\
                      <td>{name}</td><td>{matches}</td><td>{pools}</td><td>{serving}{why}</td>\
-                     <td>{requests}</td><td>{errors}</td></tr>",
+                     <td class=\"auth\">{auth}</td><td class=\"limit\">{limit}</td>\
+                     <td>{requests}</td><td>{errors}</td><td>{refused}</td></tr>",
                     cls = if moved { " draining" } else { "" },
                     name = esc(&r.name),
                     matches = esc(&r.matches),
@@ -145,8 +146,11 @@ pub fn render(s: &Snapshot) -> String {
                         .reason
                         .as_ref()
                         .map_or(String::new(), |w| format!(" ({})", esc(w))),
+                    auth = esc(&r.auth),
+                    limit = esc(r.rate_limit.as_deref().unwrap_or("-")),
                     requests = r.requests,
                     errors = r.server_errors,
+                    refused = r.refused,
                 );
             }
             h.push_str("</table>");

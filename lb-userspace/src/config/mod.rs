@@ -5,6 +5,7 @@ mod announce;
 mod edge;
 mod error;
 mod forwarding;
+mod gateway;
 mod health;
 mod http;
 mod model;
@@ -25,6 +26,7 @@ use toml::Spanned;
 pub use announce::{Announce, AnnouncePolicy};
 pub use edge::{Acl, DEFAULT_FLOOD_THRESHOLD, RateLimit, Refusal};
 pub use error::ConfigError;
+pub use gateway::{Allow, AuthMethod, Consumer, Gateway, Jwt, LimitPer, Policy, RouteLimit};
 pub use health::{Check, HealthCheck, HttpCheck, Passive, TlsCheck, UdpCheck, Via};
 pub use http::{AccessLog, Certificate, CircuitPolicy, HttpService, RetryPolicy};
 pub use model::{Encap, HashMode, Mode, OnAllDown, Protocol, Tunnel, UpstreamProtocol, XdpMode};
@@ -46,17 +48,41 @@ pub const MAX_TIER: u32 = 15;
 /// Where the admin listener binds when the config does not say: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 
+/// Where the audit log is written when `[admin] audit_log` is not given. The systemd unit's
+/// `LogsDirectory=understudy` creates the directory; the daemon creates it when it is missing.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/understudy/audit.log";
+
+/// The name the audit log gives the caller of `[admin] token_file`'s unnamed token.
+pub const UNNAMED_TOKEN: &str = "admin";
+
+/// One admin bearer token and whose it is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminToken {
+    // Never a secret in a log line or a panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken({:?})", self.name)
+    }
+}
+
 /// The admin listener: metrics, status, drain and enable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     /// `None` when `listen = "off"`.
     pub listen: Option<SocketAddr>,
-    /// Every request must carry `Authorization: Bearer <token>` when set. Read from
-    /// `token_file` when the config is loaded.
-    pub token: Option<String>,
+    /// With any, every request must carry `Authorization: Bearer <token>` of one of them. Read
+    /// from `token_file` (named [`UNNAMED_TOKEN`]) and `[[admin.tokens]]` when the config is
+    /// loaded, so a reload rotates them.
+    pub tokens: Vec<AdminToken>,
     /// Host names (besides IP literals and `localhost`) a request's `Host` may carry, for an
     /// admin listener reached by name. Anything else is refused (DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// The append-only audit log (`None`: `audit_log = "off"`). Default [`DEFAULT_AUDIT_LOG`].
+    pub audit_log: Option<PathBuf>,
 }
 
 /// A validated configuration.
@@ -78,6 +104,8 @@ pub struct Config {
     /// `[dataplane.acl]`: source access lists for every kernel-served VIP.
     pub acl: Acl,
     pub services: Vec<Service>,
+    /// `[gateway]` and the `[[consumer]]`s: the credentials routes' `auth` checks.
+    pub gateway: Gateway,
 }
 
 /// `[dataplane] max_flows` when not given: a million tracked flows, about 250 MiB of kernel
@@ -324,6 +352,7 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         })
         .collect();
     let raw_pools = raw.pools;
+    let gateway = gateway::validate_gateway(at, raw.gateway.as_ref(), &raw.consumers)?;
     let as_services = raw
         .services
         .into_iter()
@@ -353,6 +382,7 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 index,
                 pools: &pool_names,
                 protocols: &pool_protocols,
+                gateway: &gateway,
             },
             svc.into_inner(),
             &services,
@@ -431,6 +461,7 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             .map_or(DEFAULT_FLOOD_THRESHOLD, |t| *t.get_ref()),
         acl,
         services,
+        gateway,
     })
 }
 
@@ -451,27 +482,76 @@ fn validate_admin(
         })?),
         None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
     };
-    let token = match raw.and_then(|r| r.get_ref().token_file.as_ref()) {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path.get_ref()).map_err(|e| {
-                at.error(
-                    Some(path.span()),
-                    "admin.token_file",
-                    format!("cannot read {}: {e}", path.get_ref()),
-                    "give the path of a readable file holding the token",
-                )
-            })?;
-            let token = text.trim().to_string();
-            if token.is_empty() || token.contains(char::is_whitespace) {
-                return Err(at.error(
-                    Some(path.span()),
-                    "admin.token_file",
-                    format!("{} holds no usable token", path.get_ref()),
-                    "put one token, without spaces, in the file",
-                ));
-            }
-            Some(token)
+    let mut tokens = Vec::new();
+    if let Some(path) = raw.and_then(|r| r.get_ref().token_file.as_ref()) {
+        tokens.push(AdminToken {
+            name: UNNAMED_TOKEN.to_string(),
+            token: read_token(at, path, "admin.token_file")?,
+        });
+    }
+    for (i, t) in raw
+        .and_then(|r| r.get_ref().tokens.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let t = t.get_ref();
+        let field = format!("admin.tokens[{i}]");
+        let name = t.name.get_ref().trim();
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !valid {
+            return Err(at.error(
+                Some(t.name.span()),
+                format!("{field}.name"),
+                format!("\"{}\" is not a token name", t.name.get_ref()),
+                "name the token after its holder, with letters, digits, '-', '_', '.' or '@', such as \"alice\" or \"deploy-bot\"",
+            ));
+        }
+        if tokens.iter().any(|k: &AdminToken| k.name == name) {
+            return Err(at.error(
+                Some(t.name.span()),
+                format!("{field}.name"),
+                format!(
+                    "a token named \"{name}\" is already configured{}",
+                    if name == UNNAMED_TOKEN {
+                        " (token_file's token is named \"admin\")"
+                    } else {
+                        ""
+                    }
+                ),
+                "give every token its own name, so the audit log can tell who acted",
+            ));
+        }
+        let token = read_token(at, &t.file, &format!("{field}.file"))?;
+        if let Some(other) = tokens.iter().find(|k| k.token == token) {
+            return Err(at.error(
+                Some(t.file.span()),
+                format!("{field}.file"),
+                format!("this token is also the token of \"{}\"", other.name),
+                "give every holder a token of its own (`openssl rand -hex 32`), so the audit log can tell who acted",
+            ));
+        }
+        tokens.push(AdminToken {
+            name: name.to_string(),
+            token,
+        });
+    }
+    let audit_log = match raw.and_then(|r| r.get_ref().audit_log.as_ref()) {
+        None => Some(PathBuf::from(DEFAULT_AUDIT_LOG)),
+        Some(p) if p.get_ref() == "off" => None,
+        Some(p) if std::path::Path::new(p.get_ref()).is_absolute() => {
+            Some(PathBuf::from(p.get_ref()))
+        }
+        Some(p) => {
+            return Err(at.error(
+                Some(p.span()),
+                "admin.audit_log",
+                format!("\"{}\" is not an absolute path", p.get_ref()),
+                format!("give an absolute path such as \"{DEFAULT_AUDIT_LOG}\", or \"off\""),
+            ));
         }
     };
     let mut allowed_hosts = Vec::new();
@@ -497,9 +577,36 @@ fn validate_admin(
     }
     Ok(Admin {
         listen,
-        token,
+        tokens,
         allowed_hosts,
+        audit_log,
     })
+}
+
+/// Reads one admin token file: one token, without spaces.
+fn read_token(
+    at: &Locator<'_>,
+    path: &Spanned<String>,
+    field: &str,
+) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path.get_ref()).map_err(|e| {
+        at.error(
+            Some(path.span()),
+            field,
+            format!("cannot read {}: {e}", path.get_ref()),
+            "give the path of a readable file holding the token",
+        )
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(at.error(
+            Some(path.span()),
+            field,
+            format!("{} holds no usable token", path.get_ref()),
+            "put one token, without spaces, in the file",
+        ));
+    }
+    Ok(token)
 }
 
 /// Whether a `[[service]]` or a `[[pool]]` is validated: a pool is a service without a VIP, whose
@@ -518,6 +625,7 @@ struct Where<'a> {
     index: usize,
     pools: &'a [String],
     protocols: &'a HashMap<String, UpstreamProtocol>,
+    gateway: &'a Gateway,
 }
 
 fn validate_service(
@@ -742,6 +850,7 @@ fn validate_service(
                 &svc.routes,
                 &usable,
                 &protocols,
+                place.gateway,
             )?;
             // HTTP/2 over TLS needs the TLS settings, which are the service's.
             let own = (!svc.backends.is_empty()).then_some(name.as_str());

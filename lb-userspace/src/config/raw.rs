@@ -19,6 +19,9 @@ pub struct RawConfig {
     pub services: Vec<Spanned<RawService>>,
     #[serde(default, rename = "pool")]
     pub pools: Vec<Spanned<RawPool>>,
+    pub gateway: Option<Spanned<super::gateway::RawGateway>>,
+    #[serde(default, rename = "consumer")]
+    pub consumers: Vec<Spanned<super::gateway::RawConsumer>>,
 }
 
 /// A `[[pool]]`: backends with tiers and health that HTTP services' routes are served from.
@@ -77,7 +80,18 @@ impl RawPool {
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    /// Named tokens, `[[admin.tokens]] name = "alice"  file = "..."`: the audit log says who.
+    pub tokens: Option<Vec<Spanned<RawAdminToken>>>,
     pub allowed_hosts: Option<Vec<Spanned<String>>>,
+    /// The audit log's path, or "off".
+    pub audit_log: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    pub name: Spanned<String>,
+    pub file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

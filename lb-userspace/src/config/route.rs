@@ -36,6 +36,13 @@ pub struct RawRoute {
     pub failover: Option<Spanned<RawFailover>>,
     /// Per pool of the chain: how a request is rewritten when that pool serves it.
     pub rewrite: Option<BTreeMap<String, Spanned<RawRewrite>>>,
+    /// "none", or the methods a caller may prove itself with: ["jwt", "api_key", "basic"].
+    pub auth: Option<Spanned<toml::Value>>,
+    /// Consumers and "group:NAME"s the route admits; default: any authenticated caller.
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub pass_credentials: Option<bool>,
+    pub consumer_header: Option<Spanned<String>>,
+    pub rate_limit: Option<Spanned<super::gateway::RawRouteLimit>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +78,8 @@ pub struct Route {
     pub chain: Vec<PoolRef>,
     /// Moving off a pool on errors or latency; `None`: the chain follows health alone.
     pub failover: Option<Failover>,
+    /// Who may take the route and how fast (`auth`, `allow`, `rate_limit`).
+    pub policy: super::Policy,
 }
 
 /// What a request must carry to take a route; an empty condition matches anything.
@@ -402,6 +411,7 @@ pub(super) fn validate_routes(
     raw: &[Spanned<RawRoute>],
     pools: &[String],
     protocols: &std::collections::HashMap<String, super::UpstreamProtocol>,
+    gateway: &super::Gateway,
 ) -> Result<Vec<Route>, ConfigError> {
     let mut routes: Vec<(Route, usize)> = Vec::new();
     for (k, spanned) in raw.iter().enumerate() {
@@ -611,11 +621,24 @@ pub(super) fn validate_routes(
                 Some(failover(at, &p, fo)?)
             }
         };
+        let policy = super::gateway::validate_policy(
+            at,
+            &p,
+            super::gateway::RawPolicy {
+                auth: &r.auth,
+                allow: &r.allow,
+                pass_credentials: r.pass_credentials,
+                consumer_header: &r.consumer_header,
+                rate_limit: &r.rate_limit,
+            },
+            gateway,
+        )?;
         let route = Route {
             name,
             matcher,
             chain,
             failover,
+            policy,
         };
         let (line, _) = at.position(spanned.span().start);
         if let Some((earlier, earlier_line)) = routes

@@ -509,7 +509,11 @@ fn udp_and_https_check_errors() {
 fn admin_settings_and_errors() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.admin.listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
-    assert_eq!(c.admin.token, None);
+    assert!(c.admin.tokens.is_empty());
+    assert_eq!(
+        c.admin.audit_log.as_deref(),
+        Some(Path::new(DEFAULT_AUDIT_LOG))
+    );
     let off = parse(&format!("{GOOD}\n[admin]\nlisten = \"off\"\n")).unwrap();
     assert_eq!(off.admin.listen, None);
     let lines = GOOD.lines().count();
@@ -534,7 +538,14 @@ fn admin_settings_and_errors() {
         token.display()
     ))
     .unwrap();
-    assert_eq!(with.admin.token.as_deref(), Some("abc123"));
+    assert_eq!(with.admin.tokens.len(), 1);
+    assert_eq!(
+        (
+            with.admin.tokens[0].name.as_str(),
+            with.admin.tokens[0].token.as_str()
+        ),
+        ("admin", "abc123")
+    );
     std::fs::write(&token, "\n").unwrap();
     fails(
         &format!("{GOOD}\n[admin]\ntoken_file = \"{}\"\n", token.display()),
@@ -544,6 +555,65 @@ fn admin_settings_and_errors() {
         "one token",
     );
     std::fs::remove_file(token).ok();
+}
+
+#[test]
+fn named_admin_tokens_and_the_audit_log() {
+    let dir = std::env::temp_dir().join(format!("understudy-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, token: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{token}\n")).unwrap();
+        p.display().to_string()
+    };
+    let (alice, bot, same) = (
+        file("a", "t-alice"),
+        file("b", "t-bot"),
+        file("c", "t-alice"),
+    );
+    let lines = GOOD.lines().count();
+    let named = parse(&format!(
+        "{GOOD}\n[admin]\naudit_log = \"/tmp/x/audit.log\"\n[[admin.tokens]]\nname = \"alice\"\nfile = \"{alice}\"\n[[admin.tokens]]\nname = \"deploy-bot\"\nfile = \"{bot}\"\n"
+    ))
+    .unwrap();
+    let names: Vec<&str> = named.admin.tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["alice", "deploy-bot"]);
+    assert_eq!(
+        named.admin.audit_log.as_deref(),
+        Some(Path::new("/tmp/x/audit.log"))
+    );
+    assert!(
+        !format!("{:?}", named.admin).contains("t-alice"),
+        "a token's value never shows in Debug"
+    );
+    fails(
+        &format!(
+            "{GOOD}\n[admin]\n[[admin.tokens]]\nname = \"alice\"\nfile = \"{alice}\"\n[[admin.tokens]]\nname = \"alice\"\nfile = \"{bot}\"\n"
+        ),
+        lines + 7,
+        "admin.tokens[1].name",
+        "a token named \"alice\" is already configured",
+        "its own name",
+    );
+    fails(
+        &format!(
+            "{GOOD}\n[admin]\n[[admin.tokens]]\nname = \"alice\"\nfile = \"{alice}\"\n[[admin.tokens]]\nname = \"carol\"\nfile = \"{same}\"\n"
+        ),
+        lines + 8,
+        "admin.tokens[1].file",
+        "also the token of \"alice\"",
+        "a token of its own",
+    );
+    fails(
+        &format!("{GOOD}\n[admin]\naudit_log = \"audit.log\"\n"),
+        lines + 3,
+        "admin.audit_log",
+        "not an absolute path",
+        "\"off\"",
+    );
+    let off = parse(&format!("{GOOD}\n[admin]\naudit_log = \"off\"\n")).unwrap();
+    assert_eq!(off.admin.audit_log, None);
+    std::fs::remove_dir_all(dir).ok();
 }
 
 const HTTP: &str = r#"
@@ -755,6 +825,7 @@ fn max_flows_has_a_default_and_a_range() {
 
 mod edge;
 mod forwarding;
+mod gateway;
 mod routes;
 
 #[test]

@@ -81,6 +81,7 @@ impl AccessLogger {
                 client = %r.client,
                 service = %r.service,
                 route = %r.route,
+                consumer = r.consumer.as_deref().unwrap_or("-"),
                 pool = r.pool.as_deref().unwrap_or("-"),
                 backend = r.backend.as_deref().unwrap_or("-"),
                 method = %r.method,
@@ -106,6 +107,8 @@ pub struct Record {
     pub client: SocketAddr,
     pub service: String,
     pub route: String,
+    /// The authenticated consumer (routes with `auth`).
+    pub consumer: Option<String>,
     /// The pool and backend that gave the response; absent when none did.
     pub pool: Option<String>,
     pub backend: Option<String>,
@@ -199,5 +202,39 @@ impl Drop for Logged {
         // A body never polled to its end: the client left, or the response had no body.
         let complete = self.inner.is_end_stream();
         self.finish(complete);
+    }
+}
+
+/// The path and query as logged: the value of the query parameter that carries API keys
+/// (`[gateway] api_key_query`) is replaced, so the log never holds a credential.
+pub fn redact(path_and_query: &str, key_param: Option<&str>) -> String {
+    let (Some(param), Some((path, query))) = (key_param, path_and_query.split_once('?')) else {
+        return path_and_query.to_string();
+    };
+    if !form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == param) {
+        return path_and_query.to_string();
+    }
+    let kept: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form_urlencoded::parse(query.as_bytes()).map(|(k, v)| {
+            if k == param {
+                (k, "REDACTED".into())
+            } else {
+                (k, v)
+            }
+        }))
+        .finish();
+    format!("{path}?{kept}")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn the_key_parameter_is_redacted_and_the_rest_kept() {
+        assert_eq!(
+            super::redact("/a?x=1&api_key=s3cret&y=2", Some("api_key")),
+            "/a?x=1&api_key=REDACTED&y=2"
+        );
+        assert_eq!(super::redact("/a?x=1", Some("api_key")), "/a?x=1");
+        assert_eq!(super::redact("/a?api_key=k", None), "/a?api_key=k");
     }
 }

@@ -190,3 +190,34 @@ impl Body for Guarded {
         self.inner.is_end_stream()
     }
 }
+
+/// A response body that keeps what the request filters hold (a concurrency slot) until the
+/// body ends or is dropped.
+pub struct Holding {
+    pub inner: ProxyBody,
+    pub held: Option<super::filter::Held>,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.held = None;
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

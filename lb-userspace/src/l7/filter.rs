@@ -6,12 +6,19 @@
 //! chosen, no body is read and nothing counts against any backend. Refusals are counted per
 //! filter in `understudy_http_filter_refusals` and logged at debug level.
 //!
-//! Filters run in order; the chain stops at the first that answers. Today's chain is the header
-//! rewrite ([`super::headers::Forwarding`]). Authentication and rate limits plug in as one file
-//! each: a type implementing [`RequestFilter`], and a line in [`Chain::for_service`] that places
-//! it (before the rewrite, so a refused request's headers are never touched).
+//! Filters run in order; the chain stops at the first that answers. Two chains run per request:
+//! the route's own ([`Chain::for_route`]: authentication, then rate limits, the gateway
+//! policy), then the service's ([`Chain::for_service`]: the header rewrite,
+//! [`super::headers::Forwarding`]), so a refused request's headers are never touched and a
+//! request refused by authentication never spends its caller's rate.
+//!
+//! A filter may hold something for as long as the response lasts (a slot of a concurrency
+//! limit): it pushes it into [`Held`], which the proxy drops when the response body ends.
 
-use hyper::{StatusCode, http::request::Parts};
+use hyper::{
+    StatusCode,
+    http::{HeaderName, HeaderValue, request::Parts},
+};
 
 use super::headers::{ClientInfo, Forwarding};
 use crate::config::HttpService;
@@ -21,9 +28,26 @@ use crate::config::HttpService;
 pub enum Verdict {
     /// Pass the request on, to the next filter or to backend selection.
     Continue,
-    /// Answer the client with this status and reason; the request goes no further.
-    Respond { status: StatusCode, reason: String },
+    /// Answer the client with this status, reason and headers; the request goes no further.
+    Respond {
+        status: StatusCode,
+        reason: String,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
 }
+
+impl Verdict {
+    pub fn respond(status: StatusCode, reason: impl Into<String>) -> Verdict {
+        Verdict::Respond {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// What filters keep until the response ends (dropped with it).
+pub type Held = Vec<Box<dyn Send + Sync>>;
 
 /// One step of the chain. Synchronous: a filter decides from the head and its own state (a
 /// token check, a bucket), never by waiting on the network.
@@ -31,7 +55,7 @@ pub trait RequestFilter: Send + Sync {
     /// Its name in metrics and logs, such as "forwarding" or "rate_limit".
     fn name(&self) -> &'static str;
 
-    fn on_request(&self, head: &mut Parts, client: &ClientInfo) -> Verdict;
+    fn on_request(&self, head: &mut Parts, client: &ClientInfo, held: &mut Held) -> Verdict;
 }
 
 /// A request a filter answered.
@@ -40,6 +64,7 @@ pub struct Refused {
     pub filter: &'static str,
     pub status: StatusCode,
     pub reason: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// A service's filters, in order.
@@ -60,14 +85,54 @@ impl Chain {
         })])
     }
 
+    /// A route's policy: authentication (with `auth`), then rate limits (with `rate_limit`).
+    pub fn for_route(
+        service: &str,
+        route: &crate::config::Route,
+        credentials: &std::sync::Arc<super::auth::Credentials>,
+    ) -> Chain {
+        let p = &route.policy;
+        let mut filters: Vec<Box<dyn RequestFilter>> = Vec::new();
+        if !p.auth.is_empty() {
+            filters.push(Box::new(super::auth::Authenticate::new(
+                p,
+                credentials.clone(),
+            )));
+        }
+        if let Some(limit) = &p.rate_limit {
+            filters.push(Box::new(super::ratelimit::RateLimit::new(
+                &format!("{service}/{}", route.name),
+                limit,
+                governor::clock::DefaultClock::default(),
+            )));
+        }
+        Chain::new(filters)
+    }
+
+    /// Whether the chain has no filter (a route without policy).
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
     /// Runs every filter in order until one answers.
-    pub fn run(&self, head: &mut Parts, client: &ClientInfo) -> Result<(), Refused> {
+    pub fn run(
+        &self,
+        head: &mut Parts,
+        client: &ClientInfo,
+        held: &mut Held,
+    ) -> Result<(), Refused> {
         for f in &self.filters {
-            if let Verdict::Respond { status, reason } = f.on_request(head, client) {
+            if let Verdict::Respond {
+                status,
+                reason,
+                headers,
+            } = f.on_request(head, client, held)
+            {
                 return Err(Refused {
                     filter: f.name(),
                     status,
                     reason,
+                    headers,
                 });
             }
         }
@@ -99,13 +164,10 @@ mod tests {
             "guard"
         }
 
-        fn on_request(&self, head: &mut Parts, _: &ClientInfo) -> Verdict {
+        fn on_request(&self, head: &mut Parts, _: &ClientInfo, _: &mut Held) -> Verdict {
             self.0.fetch_add(1, Ordering::Relaxed);
             if head.uri.path() == "/private" {
-                Verdict::Respond {
-                    status: StatusCode::FORBIDDEN,
-                    reason: "private".into(),
-                }
+                Verdict::respond(StatusCode::FORBIDDEN, "private")
             } else {
                 head.headers.insert("x-guarded", "1".parse().unwrap());
                 Verdict::Continue
@@ -129,7 +191,7 @@ mod tests {
             Box::new(Guard(second.clone())),
         ]);
         let mut h = head("/private");
-        let refused = chain.run(&mut h, &client()).unwrap_err();
+        let refused = chain.run(&mut h, &client(), &mut Held::new()).unwrap_err();
         assert_eq!(
             (refused.filter, refused.status, refused.reason.as_str()),
             ("guard", StatusCode::FORBIDDEN, "private")
@@ -142,7 +204,7 @@ mod tests {
         );
 
         let mut h = head("/public");
-        chain.run(&mut h, &client()).unwrap();
+        chain.run(&mut h, &client(), &mut Held::new()).unwrap();
         assert_eq!(second.load(Ordering::Relaxed), 1);
         assert_eq!(h.headers["x-guarded"], "1", "a filter may rewrite the head");
     }
@@ -161,7 +223,7 @@ mod tests {
         let mut h = head("/");
         h.headers
             .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
-        chain.run(&mut h, &client()).unwrap();
+        chain.run(&mut h, &client(), &mut Held::new()).unwrap();
         // An untrusted client's own X-Forwarded-For is replaced, not extended.
         assert_eq!(h.headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h.headers["x-forwarded-proto"], "https");

@@ -151,6 +151,7 @@ impl super::filter::RequestFilter for Forwarding {
         &self,
         head: &mut hyper::http::request::Parts,
         client: &ClientInfo,
+        _: &mut super::filter::Held,
     ) -> super::filter::Verdict {
         // Disjoint fields of the head: the authority is borrowed, not copied, per request.
         forward_request(

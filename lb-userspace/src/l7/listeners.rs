@@ -112,6 +112,7 @@ impl Listeners {
     /// Builds every HTTP service's proxy and binds the addresses not bound yet.
     pub async fn prepare(&self, config: &Config) -> Result<Prepared, String> {
         let mut services = Vec::new();
+        let credentials = Arc::new(super::auth::Credentials::new(&config.gateway));
         for svc in config.services.iter().filter(|s| s.mode.http().is_some()) {
             let running = self.running.get(&svc.name);
             let carried = running.map(|r| r.current.load().carried.clone());
@@ -121,6 +122,7 @@ impl Listeners {
                 carried,
                 Some(self.ejections.clone()),
                 self.metrics.clone(),
+                &credentials,
             )
             .map_err(|e| format!("service {}: {e}", svc.name))?;
             let listener = match running {

@@ -18,6 +18,7 @@
 //! - [`headers`], [`body`], [`tls`], [`connector`], [`metrics`].
 
 pub mod access;
+pub mod auth;
 pub mod availability;
 pub mod body;
 pub mod budget;
@@ -30,6 +31,7 @@ pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod select;
 pub mod shift;

@@ -114,6 +114,8 @@ pub struct ServiceProxy {
     filters: Chain,
     pub routes: Routes,
     access: Option<Arc<AccessLogger>>,
+    /// `[gateway] api_key_query`, whose value the access log redacts.
+    key_query: Option<String>,
     /// Set once a gRPC request was sent to an HTTP/1.1 pool (said once per config).
     grpc_to_http1: std::sync::atomic::AtomicBool,
 }
@@ -131,6 +133,10 @@ struct Trace {
     /// The last attempt's time to its response headers.
     last_attempt: Duration,
     bytes_in: u64,
+    /// The authenticated consumer, if the route has `auth`.
+    consumer: Option<Arc<str>>,
+    /// What the filters keep until the response ends (concurrency slots).
+    held: super::filter::Held,
 }
 
 /// How one attempt ended.
@@ -210,6 +216,7 @@ impl ServiceProxy {
         carried: Option<Carried>,
         ejections: Option<mpsc::UnboundedSender<Ejection>>,
         metrics: L7Metrics,
+        credentials: &Arc<super::auth::Credentials>,
     ) -> Result<ServiceProxy, String> {
         let settings = service
             .mode
@@ -253,7 +260,13 @@ impl ServiceProxy {
             connections: Arc::default(),
         });
         let tls_on = tls.is_some();
-        let routes = Routes::new(&service.name, &settings, &carried.routes, &metrics);
+        let routes = Routes::new(
+            &service.name,
+            &settings,
+            &carried.routes,
+            &metrics,
+            credentials,
+        );
         let access = match &settings.access_log {
             None => None,
             Some(cfg) => Some(Arc::new(AccessLogger::open(cfg)?)),
@@ -262,6 +275,7 @@ impl ServiceProxy {
             routes,
             access,
             grpc_to_http1: Default::default(),
+            key_query: credentials.key_query().map(str::to_string),
             name: service.name.clone(),
             vip: service.vip,
             hash: service.hash,
@@ -309,10 +323,23 @@ impl ServiceProxy {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string();
-            (l.clone(), req.method().to_string(), path)
+            (
+                l.clone(),
+                req.method().to_string(),
+                access::redact(&path, self.key_query.as_deref()),
+            )
         });
         let mut trace = Trace::default();
-        let (status, attempts, response) = self.proxy(req, client, started, &mut trace).await;
+        let (status, attempts, mut response) = self.proxy(req, client, started, &mut trace).await;
+        if !trace.held.is_empty() {
+            let held = std::mem::take(&mut trace.held);
+            let (parts, body) = response.into_parts();
+            let body = super::body::Holding {
+                inner: body,
+                held: Some(held),
+            };
+            response = Response::from_parts(parts, body.boxed());
+        }
         self.counters.request(status, attempts);
         let route = trace.route.map(|i| &self.routes.list[i]);
         if let Some(r) = route {
@@ -327,6 +354,7 @@ impl ServiceProxy {
             client: client.addr,
             service: self.name.clone(),
             route: route.map_or_else(|| "-".to_string(), |r| r.route.name.clone()),
+            consumer: trace.consumer.as_deref().map(str::to_string),
             pool: name(trace.pool),
             backend: trace.backend.map(|b| b.to_string()),
             method,
@@ -373,19 +401,38 @@ impl ServiceProxy {
         let mut client_upgrade = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-        // Filters first: a request they answer reads no body and touches no backend.
-        if let Err(refused) = self.filters.run(&mut parts, client) {
+        // Filters first, the route's policy then the service's rewrite: a request they answer
+        // reads no body and touches no backend.
+        let ran = route
+            .policy
+            .run(&mut parts, client, &mut trace.held)
+            .and_then(|()| self.filters.run(&mut parts, client, &mut trace.held));
+        trace.consumer = parts
+            .extensions
+            .get::<super::auth::Caller>()
+            .map(|c| c.0.clone());
+        if let Err(refused) = ran {
+            route
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let consumer = trace.consumer.as_deref().unwrap_or("-");
             self.counters
                 .metrics()
                 .filter_refusals
                 .get_or_create(&vec![
                     ("service".into(), self.name.clone()),
+                    ("route".into(), route.route.name.clone()),
+                    ("consumer".into(), consumer.to_string()),
                     ("filter".into(), refused.filter.into()),
                     ("code".into(), refused.status.as_u16().to_string()),
                 ])
                 .inc();
-            debug!(service = %self.name, client = %client.addr, filter = refused.filter, status = refused.status.as_u16(), reason = %refused.reason, "request refused by a filter");
-            return self.reply_error(refused.status, &refused.reason, 0);
+            debug!(service = %self.name, route = %route.route.name, client = %client.addr, consumer, filter = refused.filter, status = refused.status.as_u16(), reason = %refused.reason, "request refused by a filter");
+            let mut reply = self.reply_error(refused.status, &refused.reason, 0);
+            for (name, value) in refused.headers {
+                reply.2.headers_mut().append(name, value);
+            }
+            return reply;
         }
         let repeatable = repeatable(&parts.method, policy);
         let keep = body

@@ -30,6 +30,8 @@ pub struct Compiled {
     pub route: Route,
     /// Error- and latency-based failover; `None` without `[service.route.failover]`.
     pub state: Option<Arc<RouteState>>,
+    /// The route's own request filters: authentication and rate limits.
+    pub policy: super::filter::Chain,
     /// Per chain pool: the latency histogram and the response counters by status.
     per_pool: Vec<PoolCounters>,
     shifts: Family<Vec<(String, String)>, Counter>,
@@ -39,6 +41,8 @@ pub struct Compiled {
     /// Responses, and those with a 5xx status, since the route was loaded.
     answered: std::sync::atomic::AtomicU64,
     server_errors: std::sync::atomic::AtomicU64,
+    /// Requests the route's or the service's filters answered.
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 struct PoolCounters {
@@ -62,6 +66,7 @@ impl Routes {
         http: &HttpService,
         carried: &RouteStates,
         metrics: &L7Metrics,
+        credentials: &Arc<super::auth::Credentials>,
     ) -> Routes {
         let explicit = !http.routes.is_empty();
         let routes = if explicit {
@@ -72,6 +77,7 @@ impl Routes {
                 matcher: RouteMatch::default(),
                 chain: vec![PoolRef::plain(service, http.protocol)],
                 failover: None,
+                policy: Default::default(),
             }]
         };
         let now = Instant::now();
@@ -113,6 +119,7 @@ impl Routes {
                     .clone();
                 serving_gauge.set(state.as_ref().map_or(0, |s| s.serving().pool as i64));
                 Compiled {
+                    policy: super::filter::Chain::for_route(service, &route, credentials),
                     route,
                     state,
                     per_pool,
@@ -122,6 +129,7 @@ impl Routes {
                     service: service.to_string(),
                     answered: Default::default(),
                     server_errors: Default::default(),
+                    refused: Default::default(),
                 }
             })
             .collect();
@@ -263,6 +271,9 @@ impl Compiled {
             server_errors: self
                 .server_errors
                 .load(std::sync::atomic::Ordering::Relaxed),
+            auth: self.route.policy.auth_text(),
+            rate_limit: self.route.policy.limit_text(),
+            refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -291,6 +302,15 @@ pub struct RouteStatus {
     pub requests: u64,
     #[serde(default)]
     pub server_errors: u64,
+    /// Who may take the route: "none", or its `auth` methods and `allow` list.
+    #[serde(default)]
+    pub auth: String,
+    /// Its `rate_limit`, such as "10/s burst 20 per consumer"; absent without one.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    /// Requests its filters answered (401, 403, 429, ...) since the route was loaded.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// Every HTTP service's proxy, for `/status` to read the routes from: the listeners publish them

@@ -38,6 +38,10 @@ fn check_accepts_the_reference_configs() {
             "valid (1 services, 3 pools, 3 routes, 5 backends, 1 interfaces)",
         ),
         ("edge.toml", "valid (1 services, 2 backends, 2 interfaces)"),
+        (
+            "gateway.toml",
+            "valid (1 services, 2 pools, 2 routes, 3 backends, 1 interfaces)",
+        ),
         ("dsr.toml", "valid (2 services, 4 backends, 2 interfaces)"),
         (
             "tunnel.toml",

@@ -19,13 +19,18 @@ use understudy::{
     plan::{plan, plan_update},
 };
 
-const SEEDS: [(&str, &str); 6] = [
+/// Each seed's name is the path it is parsed as: gateway.toml's key files are read beside it.
+const SEEDS: [(&str, &str); 7] = [
     ("demo.toml", include_str!("../../config/demo.toml")),
     ("failover.toml", include_str!("../../config/failover.toml")),
     ("http.toml", include_str!("../../config/http.toml")),
     ("edge.toml", include_str!("../../config/edge.toml")),
     ("dsr.toml", include_str!("../../config/dsr.toml")),
     ("tunnel.toml", include_str!("../../config/tunnel.toml")),
+    (
+        "../config/gateway.toml",
+        include_str!("../../config/gateway.toml"),
+    ),
 ];
 
 /// Values that have broken parsers and validators before: bounds, zero, overflow, odd types.

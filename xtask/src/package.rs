@@ -19,12 +19,16 @@ const EXPECTED: &[&str] = &[
     "./usr/share/doc/understudy/examples/failover.toml",
     "./usr/share/doc/understudy/examples/http.toml",
     "./usr/share/doc/understudy/examples/routes.toml",
+    "./usr/share/doc/understudy/examples/gateway.toml",
+    "./usr/share/doc/understudy/examples/gateway/jwks.json",
+    "./usr/share/doc/understudy/examples/gateway/consumers.toml",
     "./usr/share/doc/understudy/examples/edge.toml",
     "./usr/share/doc/understudy/examples/dsr.toml",
     "./usr/share/doc/understudy/examples/tunnel.toml",
     "./usr/share/doc/understudy/examples/bird/node.conf",
     "./usr/share/doc/understudy/examples/bird/router.conf",
     "./usr/lib/tmpfiles.d/understudy.conf",
+    "./etc/logrotate.d/understudy",
     "./usr/share/doc/understudy/README.md",
     "./usr/share/man/man1/understudy.1.gz",
     "./usr/share/bash-completion/completions/understudy",
@@ -77,6 +81,11 @@ pub fn run() -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     place(unit.clone(), "lib/systemd/system/understudy.service", 0o644)?;
+    place(
+        root().join("lb-userspace/packaging/understudy.logrotate"),
+        "etc/logrotate.d/understudy",
+        0o644,
+    )?;
     let decap_unit = root().join("lb-userspace/packaging/understudy-decap.service");
     place(
         decap_unit.clone(),
@@ -98,6 +107,9 @@ pub fn run() -> anyhow::Result<PathBuf> {
         "failover.toml",
         "http.toml",
         "routes.toml",
+        "gateway.toml",
+        "gateway/jwks.json",
+        "gateway/consumers.toml",
         "edge.toml",
         "dsr.toml",
         "tunnel.toml",
@@ -155,7 +167,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
     )?;
     fs::write(
         tree.join("DEBIAN/conffiles"),
-        "/etc/understudy/understudy.toml\n",
+        "/etc/understudy/understudy.toml\n/etc/logrotate.d/understudy\n",
     )?;
     let deb = out.join(format!("{name}.deb"));
     cmd(

@@ -9,7 +9,14 @@
 //!    (Understudy's defaults; HAProxy `retry-on 503 conn-failure empty-response` with
 //!    `option redispatch 1`, so a retry goes to another server, as Understudy's does);
 //! 3. routed: ten path-prefix routes (`[[service.route]]` to a `[[pool]]`; HAProxy's `acl
-//!    path_beg` with `use_backend`), every request matching the last one.
+//!    path_beg` with `use_backend`), every request matching the last one;
+//! 4. policy: every request carries an HS256 JWT that the proxy verifies (signature and `exp`)
+//!    and counts against a per-consumer rate limit that is never hit. Understudy: a route with
+//!    `auth = ["jwt"]` and `rate_limit`. HAProxy 2.6: `http_auth_bearer,jwt_verify` and the
+//!    `exp` claim against `date`, and a stick table tracking the `sub` claim's request rate.
+//!    HAProxy cannot check `nbf`, `iss` or `aud` as one rule, nor take a JWKS; it verifies
+//!    with one secret (or one certificate file), so the comparison favours it slightly.
+//!    The cost of policy is read against the healthy scenario of the same run.
 //!
 //! CPUs are pinned so that the scheduler's placement does not decide the result: wrk runs alone
 //! on CPU 0; the proxy under test and the backends share CPU 1 (on this two-core machine).
@@ -47,6 +54,10 @@ const HAPROXY_PORT: u16 = 8081;
 const UNDERSTUDY_ROUTED_PORT: u16 = 8082;
 const HAPROXY_ROUTED_PORT: u16 = 8083;
 const ROUTES: usize = 10;
+/// The policy scenario's listeners, and its token's secret.
+const UNDERSTUDY_POLICY_PORT: u16 = 8084;
+const HAPROXY_POLICY_PORT: u16 = 8085;
+const JWT_SECRET: &str = "a bench secret of thirty-two bytes!";
 
 /// Starts the three backends on one thread; backend 0 fails every tenth request while `failing`.
 fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
@@ -136,6 +147,25 @@ fn understudy_config(ns: &Netns) -> PathBuf {
             "[[service.route]]\npath_prefix = \"/r{r}/\"\npools = [\"all\"]\n"
         ));
     }
+    // The policy service: a JWT on every request, and a per-consumer limit never reached.
+    let jwks = write(
+        "jwks.json",
+        &format!(
+            r#"{{"keys": [{{"kty": "oct", "kid": "bench", "alg": "HS256", "k": "{}"}}]}}"#,
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                JWT_SECRET
+            )
+        ),
+    );
+    text.push_str(&format!(
+        "\n[gateway.jwt]\njwks_file = \"{}\"\n\n[[service]]\nname = \"policy\"\n\
+         vip = \"127.0.0.1:{UNDERSTUDY_POLICY_PORT}\"\nmode = \"http\"\n\
+         [service.circuit]\nconsecutive_failures = 1000\n\
+         [[service.route]]\npath_prefix = \"/\"\npools = [\"all\"]\nauth = [\"jwt\"]\n\
+         [service.route.rate_limit]\nrate = 1000000000\nburst = 1000000000\n",
+        jwks.display()
+    ));
     text.push_str("\n[[pool]]\nname = \"all\"\n");
     for port in BACKEND_PORTS {
         text.push_str(&format!(
@@ -165,6 +195,19 @@ fn haproxy(ns: &Netns) -> Child {
             "  acl r{r} path_beg /r{r}/\n  use_backend pool if r{r}\n"
         ));
     }
+    // The policy frontend: the bearer token verified, its exp compared with now, and its sub's
+    // request rate tracked in a stick table with a limit never reached.
+    text.push_str(&format!(
+        "\nfrontend policy\n  bind 127.0.0.1:{HAPROXY_POLICY_PORT}\n  option forwardfor\n  \
+         stick-table type string len 64 size 100k expire 10s store http_req_rate(1s)\n  \
+         http-request deny deny_status 401 unless {{ http_auth_bearer,jwt_verify(\"HS256\",\"{JWT_SECRET}\") -m int 1 }}\n  \
+         http-request set-var(txn.exp) http_auth_bearer,jwt_payload_query('$.exp','int')\n  \
+         http-request set-var(txn.now) date\n  \
+         http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int lt 0 }}\n  \
+         http-request track-sc0 http_auth_bearer,jwt_payload_query('$.sub')\n  \
+         http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 1000000000 }}\n  \
+         default_backend pool\n"
+    ));
     let cfg = write("haproxy.cfg", &text);
     let mut child = ns
         .command("taskset")
@@ -206,7 +249,12 @@ fn millis(text: &str) -> f64 {
     }
 }
 
-fn wrk(ns: &Netns, port: u16, path: &str) -> Figures {
+fn wrk(ns: &Netns, port: u16, path: &str, headers: &[String]) -> Figures {
+    let mut extra = Vec::new();
+    for h in headers {
+        extra.push("-H".to_string());
+        extra.push(h.clone());
+    }
     let out = ns
         .command("taskset")
         .args([
@@ -220,6 +268,7 @@ fn wrk(ns: &Netns, port: u16, path: &str) -> Figures {
             DURATION,
             "--latency",
         ])
+        .args(&extra)
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .expect("run wrk (cargo xtask bench l7 installs it)");
@@ -240,6 +289,23 @@ fn wrk(ns: &Netns, port: u16, path: &str) -> Figures {
     }
     assert!(f.rps > 0.0, "wrk printed no rate:\n{text}");
     f
+}
+
+/// An HS256 token for consumer "bench", valid for a day.
+fn token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("bench".into());
+    let claims = serde_json::json!({"sub": "bench", "exp": now + 86_400, "nbf": now - 60});
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -268,11 +334,27 @@ fn main() {
         ("understudy", UNDERSTUDY_ROUTED_PORT),
         ("haproxy", HAPROXY_ROUTED_PORT),
     ];
+    let policy = [
+        ("understudy", UNDERSTUDY_POLICY_PORT),
+        ("haproxy", HAPROXY_POLICY_PORT),
+    ];
+    let bearer = vec![format!("Authorization: Bearer {}", token())];
+    // Both must pass the token, or the scenario measures refusals.
+    for (name, port) in policy {
+        let code = ns
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &bearer[0]])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .expect("curl");
+        let code = String::from_utf8_lossy(&code.stdout).into_owned();
+        assert_eq!(code, "200", "{name} refused the bench's token");
+    }
     // Warm both (pools, caches).
-    for (_, port) in targets.into_iter().chain(routed) {
+    for (_, port) in targets.into_iter().chain(routed).chain(policy) {
         let _ = ns
             .command("wrk")
-            .args(["-t1", "-c", CONNECTIONS, "-d", "1s"])
+            .args(["-t1", "-c", CONNECTIONS, "-d", "1s", "-H", &bearer[0]])
             .arg(format!("http://127.0.0.1:{port}/"))
             .output();
     }
@@ -280,14 +362,24 @@ fn main() {
         "L7: wrk -t1 -c{CONNECTIONS} -d{DURATION} on CPU {LOAD_CPU}; proxy (one worker) and 3 backends on CPU {PROXY_CPU}; {ROUNDS} rounds\n"
     );
     let last_route = format!("/r{}/x", ROUTES - 1);
-    for (scenario, fail, targets, path) in [
-        ("healthy", false, targets, "/"),
-        ("1 of 3 backends: 10% 503", true, targets, "/"),
+    let none: Vec<String> = Vec::new();
+    let mut healthy = [0.0f64; 2];
+    for (scenario, fail, targets, path, headers) in [
+        ("healthy", false, targets, "/", &none),
+        ("1 of 3 backends: 10% 503", true, targets, "/", &none),
         (
             "routed: 10 routes, the last",
             false,
             routed,
             last_route.as_str(),
+            &none,
+        ),
+        (
+            "policy: JWT + rate limit",
+            false,
+            policy,
+            "/",
+            &bearer,
         ),
     ] {
         failing.store(fail, Ordering::Relaxed);
@@ -295,7 +387,7 @@ fn main() {
         for round in 0..ROUNDS {
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for t in order {
-                let f = wrk(&ns, targets[t].1, path);
+                let f = wrk(&ns, targets[t].1, path, headers);
                 println!(
                     "  {scenario:<26} round {round} {:<10} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {:>6.1}/s",
                     targets[t].0, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s
@@ -321,7 +413,17 @@ fn main() {
             "    p99         understudy {u_p99:>7.3} ms  haproxy {h_p99:>7.3} ms  ratio {:.2} (target <= 1)",
             u_p99 / h_p99
         );
-        println!("    errors/s    understudy {u_err:>9.1}  haproxy {h_err:>9.1}\n");
+        println!("    errors/s    understudy {u_err:>9.1}  haproxy {h_err:>9.1}");
+        if scenario == "healthy" {
+            healthy = [u_rps, h_rps];
+        } else if headers == &bearer {
+            println!(
+                "    vs healthy  understudy {:.2} of its plain rate, haproxy {:.2} of its own",
+                u_rps / healthy[0],
+                h_rps / healthy[1]
+            );
+        }
+        println!();
     }
     let _ = haproxy.kill();
     let _ = haproxy.wait();

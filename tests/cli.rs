@@ -268,3 +268,37 @@ fn exit_codes() {
     assert_eq!(code(&["check", demo_config().to_str().unwrap()]), Some(0));
     std::fs::remove_file(bad).ok();
 }
+
+/// The shipped Prometheus rules pass `promtool check rules` (Debian's prometheus, installed by
+/// `cargo xtask setup`), and the Grafana dashboard is JSON whose every panel has a query. That
+/// each metric they name exists is checked against a running daemon in `e2e_admin`.
+#[test]
+fn the_alert_rules_and_the_dashboard_check() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    let rules = dir.join("understudy-alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("SUCCESS: 9 rules found"), "{said}");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap())
+            .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(
+            !targets.is_empty()
+                && targets.iter().all(|t| t["expr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("understudy_"))),
+            "panel {} has no query",
+            p["title"]
+        );
+    }
+}

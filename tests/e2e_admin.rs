@@ -280,6 +280,14 @@ fn the_status_page_renders_in_headless_chromium() {
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&topo.lb, BIN.as_ref(), &config);
     std::thread::sleep(Duration::from_millis(1000));
+    // Traffic for be1's history (be2 is down, so every flow lands on be1).
+    topo.client.enter(|| {
+        for i in 0..20 {
+            let payload = format!("flow {i}");
+            let (back, _) = echo_roundtrip(vip(), payload.as_bytes()).unwrap();
+            assert_eq!(back, payload.as_bytes());
+        }
+    });
 
     let dom = chromium_dom(&topo.lb, &format!("http://{ADMIN}/"), &[]);
     assert!(dom.contains("<title>Understudy status</title>"), "{dom}");
@@ -295,6 +303,22 @@ fn the_status_page_renders_in_headless_chromium() {
     assert!(
         be1.contains("data-health=\"up\"") && be1.contains("data-active=\"true\""),
         "{be1}"
+    );
+    // Its last ten minutes: the 20 flows drawn, and its coming up marked.
+    let svg_at = be1
+        .find("<svg")
+        .unwrap_or_else(|| panic!("no history in {be1}"));
+    let svg = &be1[svg_at..];
+    let attr = |name: &str| -> u64 {
+        let at = svg.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        svg[at..at + svg[at..].find('"').unwrap()].parse().unwrap()
+    };
+    assert!(attr("data-points") >= 1, "{svg}");
+    assert!((1..=20).contains(&attr("data-peak")), "{svg}");
+    assert_eq!(attr("data-changes"), 1, "{svg}");
+    assert!(
+        svg.contains("<polyline") && svg.contains("class=\"change up\""),
+        "{svg}"
     );
     let be2 = row("10.0.12.2:8080");
     assert!(

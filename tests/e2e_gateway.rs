@@ -12,7 +12,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use understudy_testbed::{Daemon, HttpBackend, Topology, admin, require_root};
+use understudy_testbed::{Daemon, HttpBackend, Topology, admin, cli, require_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 const ISSUER: &str = "https://id.example.com";
@@ -92,6 +92,21 @@ fn wait_for_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
     }
 }
 
+/// Every `understudy_*` metric name in a rules file or dashboard.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("understudy_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
 #[test]
 fn jwks_rotates_on_reload_and_every_admin_action_leaves_one_audit_record() {
     require_root("the gateway end-to-end test");
@@ -111,6 +126,7 @@ fn jwks_rotates_on_reload_and_every_admin_action_leaves_one_audit_record() {
     );
     let jwks_file = file("jwks.json", &jwks("k1", old_secret));
     let alice = file("alice.token", "token-of-alice\n");
+    let alice_file = alice.clone();
     let bob = file("bob.token", "token-of-bob\n");
     let audit = dir.join("log/audit.log");
     let config = file(
@@ -145,6 +161,13 @@ name = "orders"
 path_prefix = "/"
 pools = ["api"]
 auth = ["jwt"]
+
+# A kernel service beside it, so /metrics has every family the dashboard reads.
+[[service]]
+name = "tcp"
+vip = "10.0.0.11:80"
+[[service.backend]]
+address = "{be1}:8080"
 "#,
             dataplane = topo.dataplane_toml(),
             audit = audit.display(),
@@ -183,6 +206,60 @@ auth = ["jwt"]
     assert!(body.contains("jwks.json"), "{body}");
     assert_eq!(topo.client.enter(|| get(vip, Some(&second))).0, 200);
     std::fs::write(&jwks_file, jwks("k2", new_secret)).unwrap();
+
+    // /status and `understudy status` show the route's policy and its refusals, no secret.
+    let (code, body) = admin(&topo.lb, alice, "GET", "/status");
+    assert_eq!(code, 200, "{body}");
+    let snap: understudy::status::Snapshot = serde_json::from_str(&body).unwrap();
+    let route = &snap.services[0].routes[0];
+    assert_eq!(
+        (route.name.as_str(), route.auth.as_str()),
+        ("orders", "jwt")
+    );
+    assert_eq!(route.rate_limit, None);
+    // Counted since the route was loaded, that is since the reload: the old key's 401.
+    assert_eq!(route.refused, 1);
+    let (ok, table, err) = cli(
+        BIN,
+        &topo.lb,
+        &["status", "--token-file", &alice_file.display().to_string()],
+    );
+    assert!(ok, "{err}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("orders"))
+        .unwrap_or_else(|| panic!("no route row in:\n{table}"));
+    assert!(row.contains(" jwt "), "{row}");
+
+    // Every metric the shipped alert rules and dashboard name is one this daemon serves.
+    let (code, body) = admin(&topo.lb, alice, "GET", "/metrics");
+    assert_eq!(code, 200, "{body}");
+    // Every metric the shipped alert rules and dashboard name is one this daemon serves.
+    let served: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for file in ["understudy-alerts.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("packaging")
+                .join(file),
+        )
+        .unwrap();
+        let named = metric_names(&text);
+        assert!(named.len() >= 8, "{file} names only {named:?}");
+        for name in named {
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| served.contains(f)))
+                .unwrap_or(&name);
+            assert!(
+                served.contains(family),
+                "{file} names {name}, which /metrics does not serve"
+            );
+        }
+    }
 
     // Every kind of admin action, accepted, invalid and refused.
     let be = format!("{}:8080", topo.backend_addr(1, false));

@@ -343,7 +343,15 @@ fn main() {
     for (name, port) in policy {
         let code = ns
             .command("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &bearer[0]])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &bearer[0],
+            ])
             .arg(format!("http://127.0.0.1:{port}/"))
             .output()
             .expect("curl");
@@ -374,13 +382,7 @@ fn main() {
             last_route.as_str(),
             &none,
         ),
-        (
-            "policy: JWT + rate limit",
-            false,
-            policy,
-            "/",
-            &bearer,
-        ),
+        ("policy: JWT + rate limit", false, policy, "/", &bearer),
     ] {
         failing.store(fail, Ordering::Relaxed);
         let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];

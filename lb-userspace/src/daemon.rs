@@ -123,6 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    writer.set_interfaces(attachments.iter().map(|a| a.interface.clone()).collect());
     if let Err(e) = writer.dataplane_mut().count_redirect_drops() {
         warn!(error = %e, "frames the kernel drops after a redirect will not be counted");
     }

@@ -44,6 +44,27 @@ pub struct BackendStatus {
     #[serde(default)]
     pub slow_start_percent: Option<u8>,
     pub traffic: Traffic,
+    /// The last ten minutes: new flows per step and health changes (the status page's sparkline).
+    #[serde(default)]
+    pub history: BackendHistory,
+}
+
+/// A backend's recent past, as the writer samples it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHistory {
+    /// Seconds per step (10).
+    pub step_secs: u32,
+    /// New flows in each step, oldest first; the last is the step in progress.
+    pub new_flows: Vec<u64>,
+    /// Health changes within the window.
+    pub changes: Vec<HistoryChange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryChange {
+    pub secs_ago: u32,
+    /// Came up (true) or went down.
+    pub up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

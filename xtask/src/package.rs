@@ -29,6 +29,8 @@ const EXPECTED: &[&str] = &[
     "./usr/share/doc/understudy/examples/bird/router.conf",
     "./usr/lib/tmpfiles.d/understudy.conf",
     "./etc/logrotate.d/understudy",
+    "./usr/share/understudy/alerts.yml",
+    "./usr/share/understudy/grafana-dashboard.json",
     "./usr/share/doc/understudy/README.md",
     "./usr/share/man/man1/understudy.1.gz",
     "./usr/share/bash-completion/completions/understudy",
@@ -81,6 +83,16 @@ pub fn run() -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     place(unit.clone(), "lib/systemd/system/understudy.service", 0o644)?;
+    place(
+        root().join("lb-userspace/packaging/understudy-alerts.yml"),
+        "usr/share/understudy/alerts.yml",
+        0o644,
+    )?;
+    place(
+        root().join("lb-userspace/packaging/grafana-dashboard.json"),
+        "usr/share/understudy/grafana-dashboard.json",
+        0o644,
+    )?;
     place(
         root().join("lb-userspace/packaging/understudy.logrotate"),
         "etc/logrotate.d/understudy",

@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "dpkg-dev",
     "wrk",
     "bird2",
+    "prometheus",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -200,12 +200,24 @@ pub fn render(
         set(&svc_packets, l.clone(), svc.traffic.packets);
         set(&svc_bytes, l.clone(), svc.traffic.bytes);
         set(&svc_flows, l.clone(), svc.traffic.new_flows);
-        for (reason, n) in &svc.refused {
+        // Every reason of a kernel service, zeros included: a series that exists before its
+        // first refusal lets `increase()` in an alert see that first one.
+        let kernel = matches!(
+            svc.protocol,
+            crate::status::ServedProtocol::Tcp | crate::status::ServedProtocol::Udp
+        );
+        let reasons = lb_common::edge::DropReason::ALL
+            .iter()
+            .filter(|_| kernel)
+            .map(|r| r.name().to_string())
+            .chain(svc.refused.keys().cloned());
+        for reason in reasons {
+            let n = svc.refused.get(&reason).copied().unwrap_or(0);
             let l = vec![
                 ("service".to_string(), svc.name.clone()),
-                ("reason".to_string(), reason.clone()),
+                ("reason".to_string(), reason),
             ];
-            set(&refused, l, *n);
+            set(&refused, l, n);
         }
         tier.get_or_create(&l)
             .set(svc.tier_in_use.map_or(-1, i64::from));

@@ -73,7 +73,7 @@ pub fn render(s: &Snapshot) -> String {
             "<h2 id=\"service-{name}\">{name}</h2><p data-service=\"{name}\" data-state=\"{state}\">\
              {vip}/{proto}: <b>{state}</b>, tier in use {tier}; {flows} flows, {packets} packets</p>\
              <table><tr><th>Backend</th><th>Tier</th><th>Weight</th><th>Health</th><th>New flows</th>\
-             <th>Packets</th><th>Last check</th><th>Last change</th></tr>",
+             <th>Packets</th><th>Last 10 min</th><th>Last check</th><th>Last change</th></tr>",
             name = esc(&svc.name),
             state = svc.state,
             vip = esc(&svc.vip),
@@ -93,7 +93,7 @@ pub fn render(s: &Snapshot) -> String {
                 h,
                 "<tr class=\"backend {health}\" data-backend=\"{addr}\" data-health=\"{health}\" \
                  data-active=\"{active}\"><td>{addr}</td><td>{tier}</td><td>{weight}</td><td>{health}{taking}</td>\
-                 <td>{flows}</td><td>{packets}</td><td>{check}</td><td>{change}</td></tr>",
+                 <td>{flows}</td><td>{packets}</td><td>{spark}</td><td>{check}</td><td>{change}</td></tr>",
                 addr = esc(&b.address),
                 active = b.active,
                 tier = b.tier,
@@ -108,6 +108,7 @@ pub fn render(s: &Snapshot) -> String {
                 },
                 flows = b.traffic.new_flows,
                 packets = b.traffic.packets,
+                spark = sparkline(&b.history),
                 check = match (&b.last_check_ok, &b.last_check) {
                     (Some(ok), Some(why)) => format!(
                         "{} ({}), {}",
@@ -158,4 +159,103 @@ pub fn render(s: &Snapshot) -> String {
     }
     h.push_str("</body></html>");
     h
+}
+
+/// A backend's last ten minutes as an inline SVG (no script): new flows per step as a step line,
+/// right-aligned at now, and each health change as a vertical mark (red down, green up) with
+/// its time in a tooltip.
+fn sparkline(h: &crate::status::BackendHistory) -> String {
+    const W: f64 = 160.0;
+    const H: f64 = 28.0;
+    let window = 600.0;
+    let step = f64::from(h.step_secs.max(1));
+    let max = h.new_flows.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let n = h.new_flows.len();
+    // A step chart: each step a level from its start to its end, the last one ending at now.
+    let dx = step / window * W;
+    let points: Vec<String> = h
+        .new_flows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, v)| {
+            let end = W - (n - 1 - i) as f64 * dx;
+            let y = H - 2.0 - *v as f64 / max * (H - 4.0);
+            [
+                format!("{:.1},{y:.1}", (end - dx).max(0.0)),
+                format!("{:.1},{y:.1}", end.max(0.0)),
+            ]
+        })
+        .collect();
+    let mut svg = format!(
+        "<svg class=\"history\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
+         data-points=\"{n}\" data-peak=\"{peak}\" data-changes=\"{changes}\" role=\"img\">\
+         <title>new flows per {step} s over the last 10 minutes; peak {peak}</title>\
+         <rect width=\"{W}\" height=\"{H}\" fill=\"#f6f6f6\"/>",
+        peak = max as u64 * u64::from(!h.new_flows.iter().all(|v| *v == 0)),
+        changes = h.changes.len(),
+    );
+    for c in &h.changes {
+        let x = W - f64::from(c.secs_ago) / window * W;
+        let (color, what) = if c.up {
+            ("#2a2", "up")
+        } else {
+            ("#c22", "down")
+        };
+        let _ = write!(
+            svg,
+            "<line class=\"change {what}\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"0\" y2=\"{H}\" \
+             stroke=\"{color}\" stroke-width=\"2\"><title>{what} {ago} s ago</title></line>",
+            ago = c.secs_ago,
+        );
+    }
+    if n > 0 {
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"#246\" stroke-width=\"1.5\" points=\"{}\"/>",
+            points.join(" ")
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::status::{BackendHistory, HistoryChange};
+
+    #[test]
+    fn the_sparkline_draws_each_step_and_marks_each_change() {
+        let svg = super::sparkline(&BackendHistory {
+            step_secs: 10,
+            new_flows: vec![0, 40, 20],
+            changes: vec![
+                HistoryChange {
+                    secs_ago: 300,
+                    up: false,
+                },
+                HistoryChange {
+                    secs_ago: 15,
+                    up: true,
+                },
+            ],
+        });
+        assert!(
+            svg.contains("data-points=\"3\" data-peak=\"40\" data-changes=\"2\""),
+            "{svg}"
+        );
+        // Right-aligned: the last step ends at now (x = 160); the peak is at the top.
+        assert!(
+            svg.contains(
+                "points=\"152.0,26.0 154.7,26.0 154.7,2.0 157.3,2.0 157.3,14.0 160.0,14.0\""
+            ),
+            "{svg}"
+        );
+        assert!(svg.contains("class=\"change down\" x1=\"80.0\""), "{svg}");
+        assert!(svg.contains("<title>up 15 s ago</title>"), "{svg}");
+        let empty = super::sparkline(&BackendHistory::default());
+        assert!(
+            empty.contains("data-points=\"0\"") && !empty.contains("polyline"),
+            "{empty}"
+        );
+    }
 }

@@ -260,6 +260,12 @@ impl ServiceProxy {
             connections: Arc::default(),
         });
         let tls_on = tls.is_some();
+        // At zero from the start, so an alert's increase() sees the first exhaustion.
+        drop(
+            metrics
+                .budget_exhausted
+                .get_or_create(&vec![("service".into(), service.name.clone())]),
+        );
         let routes = Routes::new(
             &service.name,
             &settings,

@@ -18,6 +18,7 @@
 //! - [`reload`]: moving to a new config, carrying health, drains and flows over; draining.
 //! - [`snapshot`]: the status picture for `/status`, `/metrics` and the page.
 
+mod history;
 mod reload;
 mod snapshot;
 mod state;
@@ -124,6 +125,11 @@ pub struct Writer {
     /// Per service name: whether a backend is up (healthy and not drained). The announcer
     /// withdraws a `when_available` VIP when it goes false.
     available: tokio::sync::watch::Sender<std::collections::BTreeMap<String, bool>>,
+    /// Each backend's last ten minutes, for the status page.
+    history: history::History,
+    /// The interfaces XDP is attached to: `/status` and `/metrics` show their redirect drops
+    /// from zero, so an alert's `increase()` sees the first.
+    interfaces: Vec<String>,
 }
 
 /// One service's installed state.
@@ -234,6 +240,8 @@ impl Writer {
             availability: new_availability(),
             hop_events: None,
             available: tokio::sync::watch::Sender::new(Default::default()),
+            history: Default::default(),
+            interfaces: Vec::new(),
         }
     }
 
@@ -461,6 +469,9 @@ impl Writer {
             };
             if self.states[si][mi].set_healthy(u.up) {
                 touched.insert(si);
+                let m = &self.plan.services[si].members[mi];
+                self.history
+                    .change(m.id, &m.address.to_string(), u.up, started);
             }
         }
         for &si in &touched {
@@ -511,6 +522,7 @@ impl Writer {
     ) -> Writer {
         let mut tick = tokio::time::interval(stats_every);
         let mut drops_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut history_tick = tokio::time::interval(history::STEP);
         let mut hops = self.hop_events.take();
         let mut drops = watch::DropWatch::default();
         let mut flood = watch::FloodWatch::default();
@@ -543,6 +555,7 @@ impl Writer {
                 }
                 event = next_hop_event(&mut hops) => self.hop_event(event, &mut hops),
                 _ = tick.tick() => self.log_stats(),
+                _ = history_tick.tick() => self.sample_history(),
                 _ = drops_tick.tick() => {
                     drops.check(self.dp.redirect_drops());
                     let counters = self.dp.counters().unwrap_or_default();
@@ -553,6 +566,29 @@ impl Writer {
         }
         self.log_stats();
         self
+    }
+
+    /// The interfaces XDP was attached to (see [`Writer::interfaces`]).
+    pub fn set_interfaces(&mut self, names: Vec<String>) {
+        self.interfaces = names;
+    }
+
+    /// Every backend's new-flow count, for its history.
+    fn sample_history(&mut self) {
+        let counts: Vec<(u32, String, u64)> = self
+            .plan
+            .services
+            .iter()
+            .flat_map(|s| s.members.iter())
+            .map(|m| {
+                let n = self.dp.backend_traffic(m.id).map_or(0, |t| t.new_flows);
+                (m.id, m.address.to_string(), n)
+            })
+            .collect();
+        self.history.sample(
+            Instant::now(),
+            counts.iter().map(|(id, a, n)| (*id, a.as_str(), *n)),
+        );
     }
 
     /// A route, neighbour or link changed (all at once, however many came): the cached next

@@ -43,9 +43,18 @@ impl Writer {
                     .iter()
                     .zip(&self.states[si])
                     .zip(&active)
-                    .map(|((m, state), &active)| BackendStatus {
+                    .map(|((m, state), &active)| {
+                        (m, state, active, traffic(self.dp.backend_traffic(m.id)))
+                    })
+                    .map(|(m, state, active, traffic)| BackendStatus {
                         id: m.id,
                         address: m.address.to_string(),
+                        history: self.history.view(
+                            m.id,
+                            &m.address.to_string(),
+                            traffic.new_flows,
+                            std::time::Instant::now(),
+                        ),
                         tier: m.rank.tier,
                         weight: m.rank.weight,
                         healthy: state.healthy,
@@ -69,7 +78,7 @@ impl Writer {
                                 (done < 1.0).then_some((done * 100.0) as u8)
                             },
                         ),
-                        traffic: traffic(self.dp.backend_traffic(m.id)),
+                        traffic,
                     })
                     .collect();
                 ServiceStatus {
@@ -153,10 +162,15 @@ impl Writer {
             flows_capacity: self.dp.flows_capacity().unwrap_or(0),
             decision_to_visible,
             redirect_drops: self
-                .dp
-                .redirect_drops()
-                .into_iter()
-                .map(|(ifindex, n)| (interface_name(ifindex), n))
+                .interfaces
+                .iter()
+                .map(|name| (name.clone(), 0))
+                .chain(
+                    self.dp
+                        .redirect_drops()
+                        .into_iter()
+                        .map(|(ifindex, n)| (interface_name(ifindex), n)),
+                )
                 .collect(),
             node: Default::default(),
         }

@@ -297,3 +297,71 @@ fn passive_evidence_never_ejects_every_backend() {
     std::fs::remove_file(config).ok();
     std::fs::remove_dir_all(root).ok();
 }
+
+/// Slow start on a kernel service: a backend that comes back takes its Maglev entries back in
+/// batches over `slow_start`, so its share of new connections rises over the ramp instead of
+/// jumping to half at once.
+#[test]
+fn a_returning_backend_ramps_its_share_of_new_flows_over_slow_start() {
+    require_root("the L4 slow-start test");
+    let topo = Topology::build(2);
+    let start = |i: usize| {
+        understudy_testbed::EchoServer::start_greeting(
+            &topo.backends[i - 1],
+            SocketAddr::new(topo.backend_addr(i, false), 8080),
+            Some(format!("be{i}\n")),
+        )
+    };
+    let _be1 = start(1);
+    let be2 = start(2);
+    let config = topo.echo_config(
+        "",
+        "table_size = 1021\nslow_start = \"3s\"\nhealth = { kind = \"tcp\", interval = \"100ms\", timeout = \"80ms\", fall = 1, rise = 1 }",
+        &[(1, ""), (2, "")],
+    );
+    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
+    wait_for(&topo.client, &["be1", "be2"]);
+
+    // be2 goes away and comes back.
+    be2.kill();
+    let deadline = Instant::now() + DETECTION;
+    let connections = |n: usize| -> Vec<Result<String, String>> {
+        topo.client
+            .enter(|| (0..n).map(|_| short_connection(vip())).collect())
+    };
+    while connections(20).iter().any(|r| r.as_deref() == Ok("be2")) {
+        assert!(
+            Instant::now() < deadline,
+            "be2 still taking flows:\n{}",
+            daemon.output()
+        );
+    }
+    let _be2 = start(2);
+    daemon.wait_for_line("back up: slow start", Duration::from_secs(5));
+
+    // Its share of new connections per half second, over the 3 s ramp and after it.
+    let mut shares = Vec::new();
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_millis(4000) {
+        let window = Instant::now();
+        let results = connections(60);
+        let ok: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(ok.len(), results.len(), "failed connections: {results:?}");
+        let on_be2 = ok.iter().filter(|n| n.as_str() == "be2").count();
+        shares.push(on_be2 as f64 / ok.len() as f64);
+        if let Some(rest) = Duration::from_millis(500).checked_sub(window.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    println!("be2's share per window over the ramp: {shares:.2?}");
+    let first = shares[0];
+    let last = *shares.last().unwrap();
+    assert!(first < 0.25, "be2 took {first:.2} at once: {shares:.2?}");
+    assert!(last > 0.3, "be2 never took its share back: {shares:.2?}");
+    let middle = shares[shares.len() / 2 - 1];
+    assert!(
+        first < middle && middle < last + 0.1,
+        "no ramp: {shares:.2?}"
+    );
+    assert!(daemon.stop());
+}

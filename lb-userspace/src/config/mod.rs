@@ -949,17 +949,10 @@ fn validate_service(
             }
         }
     };
+    // HTTP services and pools ramp a backend's share of requests; kernel services its Maglev
+    // entries (writer::ramp).
     let slow_start = match &svc.slow_start {
         None => None,
-        Some(v) if !matches!(mode, Mode::Http(_) | Mode::Pool) => {
-            return Err(at.error(
-                Some(v.span()),
-                f("slow_start"),
-                "slow start ramps the requests of HTTP services and pools; for kernel-served \
-                 services the ramp of Maglev entries is not built yet",
-                "remove slow_start, or serve the service with mode = \"http\"",
-            ));
-        }
         Some(_) => Some(health::duration(
             at,
             &svc.slow_start,

@@ -17,6 +17,7 @@ use lb_common::{
     ring_index,
 };
 use memmap2::{MmapMut, MmapOptions};
+use tracing::warn;
 
 use super::{EBPF_OBJECT, XDP_PROGRAM, edge::EdgeMaps};
 use crate::plan::{Plan, PlannedService, Serving};
@@ -312,7 +313,24 @@ impl Dataplane {
             .try_into()
             .map_err(err)?;
         if prog.fd().is_err() {
-            prog.load().map_err(err)?;
+            // The verifier gives up with EAGAIN when a signal arrives while it works (a child
+            // exiting, a SIGHUP): that is no verdict on the program, so it is asked again.
+            let mut tries = 0;
+            loop {
+                match prog.load() {
+                    Ok(()) => break,
+                    Err(ProgramError::LoadError { io_error, .. })
+                        if io_error.kind() == std::io::ErrorKind::WouldBlock && tries < 5 =>
+                    {
+                        tries += 1;
+                        warn!(
+                            program = name,
+                            tries, "the verifier was interrupted; loading again"
+                        );
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
         }
         Ok(prog)
     }

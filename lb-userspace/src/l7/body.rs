@@ -160,45 +160,22 @@ impl Body for OnceBody {
     }
 }
 
-/// A response body that holds the backend's circuit permit until it is done, so `max_requests`
-/// counts streaming responses too.
-pub struct Guarded {
-    pub inner: Incoming,
-    pub permit: Option<Permit>,
+/// A response body that keeps something until the body ends (or is dropped): the backend's
+/// circuit permit, so `max_requests` counts streaming responses too ([`Guarded`]), or what the
+/// request filters hold, such as a concurrency slot.
+pub struct Holding<B, T> {
+    pub inner: B,
+    pub held: Option<T>,
 }
 
-impl Body for Guarded {
-    type Data = Bytes;
-    type Error = hyper::Error;
+/// An upstream response body holding its backend's circuit permit.
+pub type Guarded = Holding<Incoming, Permit>;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.permit = None;
-        }
-        polled
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-}
-
-/// A response body that keeps what the request filters hold (a concurrency slot) until the
-/// body ends or is dropped.
-pub struct Holding {
-    pub inner: ProxyBody,
-    pub held: Option<super::filter::Held>,
-}
-
-impl Body for Holding {
+impl<B, T> Body for Holding<B, T>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    T: Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 

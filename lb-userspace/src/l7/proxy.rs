@@ -923,7 +923,10 @@ impl ServiceProxy {
             self.settings.attempt_header.as_ref(),
             attempts,
         );
-        let body = Guarded { inner: b, permit };
+        let body = Guarded {
+            inner: b,
+            held: permit,
+        };
         (
             p.status.as_u16(),
             attempts,

@@ -19,6 +19,7 @@
 //! - [`snapshot`]: the status picture for `/status`, `/metrics` and the page.
 
 mod history;
+mod ramp;
 mod reload;
 mod snapshot;
 mod state;
@@ -139,6 +140,8 @@ struct View {
     table: Vec<u32>,
     /// Entries the last flip changed; `None` when the idle slot's content is unknown.
     last_delta: Option<Vec<usize>>,
+    /// The slow-start step of each member the table was built for (empty: no ramp).
+    ramp: Vec<Option<u32>>,
 }
 
 /// Global backend id to (service index, member index).
@@ -221,6 +224,7 @@ impl Writer {
                     active,
                     table,
                     last_delta: None,
+                    ramp: Vec::new(),
                 }
             })
             .collect();
@@ -383,6 +387,15 @@ impl Writer {
         let view = &mut self.views[si];
         let next = active_set(&svc.members, &health, svc.min_healthy, svc.on_all_down);
         let delta = update_table(svc, view, next);
+        // Slow start (kernel services): while a member ramps, and once more when the ramps end,
+        // the whole table is derived and written, not a delta.
+        let steps = ramp::steps(svc, &self.states[si], Instant::now());
+        let whole = !steps.is_empty() || !view.ramp.is_empty();
+        if whole {
+            view.table = ramp::table(svc, &view.active, &steps);
+            view.ramp = steps;
+            view.last_delta = None;
+        }
         let id = |m: u32| svc.backend_id(m);
         match view.last_delta.take() {
             None => self.dp.install_table(svc, &svc.ids(view.table.clone()))?,
@@ -392,7 +405,8 @@ impl Writer {
                 self.dp.install_delta(svc, table.len(), changed)?;
             }
         }
-        view.last_delta = Some(delta);
+        // After a whole write the idle slot is the table before it: write whole again next time.
+        view.last_delta = (!whole).then_some(delta);
         for (mi, &alive) in wanted.iter().enumerate() {
             if !alive {
                 self.set_alive(si, mi, false)?;
@@ -472,6 +486,13 @@ impl Writer {
                 let m = &self.plan.services[si].members[mi];
                 self.history
                     .change(m.id, &m.address.to_string(), u.up, started);
+                let svc = &self.plan.services[si];
+                if let Some(ramp) = svc
+                    .slow_start
+                    .filter(|_| self.states[si][mi].up_since.is_some())
+                {
+                    info!(service = %svc.name, backend = %m.address, ?ramp, "back up: slow start");
+                }
             }
         }
         for &si in &touched {
@@ -523,6 +544,7 @@ impl Writer {
         let mut tick = tokio::time::interval(stats_every);
         let mut drops_tick = tokio::time::interval(Duration::from_secs(1));
         let mut history_tick = tokio::time::interval(history::STEP);
+        let mut ramp_tick = tokio::time::interval(Duration::from_millis(50));
         let mut hops = self.hop_events.take();
         let mut drops = watch::DropWatch::default();
         let mut flood = watch::FloodWatch::default();
@@ -556,6 +578,7 @@ impl Writer {
                 event = next_hop_event(&mut hops) => self.hop_event(event, &mut hops),
                 _ = tick.tick() => self.log_stats(),
                 _ = history_tick.tick() => self.sample_history(),
+                _ = ramp_tick.tick() => self.step_ramps(),
                 _ = drops_tick.tick() => {
                     drops.check(self.dp.redirect_drops());
                     let counters = self.dp.counters().unwrap_or_default();
@@ -571,6 +594,19 @@ impl Writer {
     /// The interfaces XDP was attached to (see [`Writer::interfaces`]).
     pub fn set_interfaces(&mut self, names: Vec<String>) {
         self.interfaces = names;
+    }
+
+    /// Rewrites the table of each kernel service whose slow starts moved a step.
+    fn step_ramps(&mut self) {
+        let now = Instant::now();
+        for si in 0..self.plan.services.len() {
+            let steps = ramp::steps(&self.plan.services[si], &self.states[si], now);
+            if steps != self.views[si].ramp
+                && let Err(e) = self.refresh(si)
+            {
+                error!(service = %self.plan.services[si].name, error = %e, "writing a slow-start step failed");
+            }
+        }
     }
 
     /// Every backend's new-flow count, for its history.

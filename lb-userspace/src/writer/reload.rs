@@ -58,7 +58,9 @@ impl Writer {
         for (svc, states) in next.services.iter().zip(&states) {
             let health = state::health(states);
             let active = active_set(&svc.members, &health, svc.min_healthy, svc.on_all_down);
-            let table = derive(&svc.base, &svc.prefs, &svc.members, &active);
+            // A backend the reload adds to a kernel service with slow_start ramps from here.
+            let ramp = super::ramp::steps(svc, states, Instant::now());
+            let table = super::ramp::table(svc, &active, &ramp);
             let old = self
                 .plan
                 .services
@@ -82,6 +84,7 @@ impl Writer {
                 active,
                 table,
                 last_delta,
+                ramp,
             });
         }
         // A removed backend keeps its `REVERSE` entry while its id is not another backend's.

@@ -510,11 +510,12 @@ async fn handle(
         (&Method::POST, "/reload") => {
             // The daemon records the reload, with what it changed.
             let (tx, rx) = oneshot::channel();
-            return Ok(match (state.reload.send((caller, tx)).await, rx.await) {
-                (Ok(()), Ok(Ok(summary))) => text(StatusCode::OK, summary),
-                (Ok(()), Ok(Err(why))) => text(why.status(), why.to_string()),
+            match (state.reload.send((caller.clone(), tx)).await, rx.await) {
+                (Ok(()), Ok(Ok(summary))) => return Ok(text(StatusCode::OK, summary)),
+                (Ok(()), Ok(Err(why))) => return Ok(text(why.status(), why.to_string())),
+                // The daemon never saw it: recorded here, as failed.
                 _ => unavailable(),
-            });
+            }
         }
         (
             _,

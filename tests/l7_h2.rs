@@ -4,8 +4,9 @@
 //! trailers; concurrent calls share one upstream connection; a trailers-only `UNAVAILABLE` is
 //! retried on another backend when the route allows it, and passed on when it does not.
 //!
-//! The calls are made with hyper's HTTP/2 client speaking the gRPC wire format by hand, not with
-//! tonic: what the proxy must carry (frames, trailers, `te: trailers`) is the same.
+//! The first tests speak the gRPC wire format by hand with hyper (to count frames and upstream
+//! connections); the `tonic_*` tests make the same calls with a tonic client against tonic
+//! servers (`tests/grpc`), through h2c and through TLS with ALPN h2 on both sides.
 
 use std::{
     convert::Infallible,
@@ -437,4 +438,222 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .map(|c| c.unwrap())
         .collect()
+}
+
+// gRPC with tonic on both ends: the client and the backends are tonic's, built from
+// `tests/grpc` (the `understudy.test.Echo` service, generated without protoc).
+
+mod tonic_echo {
+    use std::{
+        pin::Pin,
+        sync::{
+            Arc,
+            atomic::{AtomicU32, Ordering},
+        },
+    };
+
+    use tonic::{Request, Response, Status};
+    use understudy_grpc_test::{Hello, Reply, echo_server};
+
+    /// A tonic backend named `name`; with `unavailable`, every call fails with UNAVAILABLE.
+    pub struct Echo {
+        pub name: &'static str,
+        pub unavailable: bool,
+        pub calls: Arc<AtomicU32>,
+    }
+
+    type Replies = Pin<Box<dyn futures_util::Stream<Item = Result<Reply, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl echo_server::Echo for Echo {
+        async fn say(&self, req: Request<Hello>) -> Result<Response<Reply>, Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.unavailable {
+                return Err(Status::unavailable("draining"));
+            }
+            Ok(Response::new(Reply {
+                backend: self.name.into(),
+                text: format!("hello {}", req.into_inner().name),
+            }))
+        }
+
+        type CountStream = Replies;
+
+        async fn count(&self, req: Request<Hello>) -> Result<Response<Replies>, Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.unavailable {
+                return Err(Status::unavailable("draining"));
+            }
+            let backend = self.name.to_string();
+            let n = req.into_inner().count;
+            let replies = (0..n).map(move |i| {
+                Ok(Reply {
+                    backend: backend.clone(),
+                    text: i.to_string(),
+                })
+            });
+            Ok(Response::new(Box::pin(futures_util::stream::iter(replies))))
+        }
+    }
+}
+
+struct TonicBackend {
+    addr: std::net::SocketAddr,
+    calls: Arc<AtomicU32>,
+}
+
+/// A tonic server on loopback, in clear (h2c) or with TLS (`tls`: certificate and key PEM).
+async fn tonic_backend(
+    name: &'static str,
+    unavailable: bool,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> TonicBackend {
+    let calls = Arc::new(AtomicU32::new(0));
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        server = server
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .unwrap();
+    }
+    let router = server.add_service(understudy_grpc_test::echo_server::EchoServer::new(
+        tonic_echo::Echo {
+            name,
+            unavailable,
+            calls: calls.clone(),
+        },
+    ));
+    tokio::spawn(router.serve_with_incoming(incoming));
+    TonicBackend { addr, calls }
+}
+
+fn hello(name: &str, count: u32) -> understudy_grpc_test::Hello {
+    understudy_grpc_test::Hello {
+        name: name.into(),
+        count,
+    }
+}
+
+/// A unary and a streaming call of `client`: the unary reply's (backend, text) and the stream's
+/// texts.
+async fn both_calls(
+    client: &mut understudy_grpc_test::echo_client::EchoClient<tonic::transport::Channel>,
+) -> ((String, String), Vec<String>) {
+    let r = client.say(hello("proxy", 0)).await.unwrap().into_inner();
+    let mut stream = client.count(hello("proxy", 5)).await.unwrap().into_inner();
+    let mut texts = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        texts.push(m.text);
+    }
+    ((r.backend, r.text), texts)
+}
+
+#[tokio::test]
+async fn tonic_calls_pass_through_h2c_and_unavailable_is_retried_elsewhere() {
+    let b = tonic_backend("be", false, None).await;
+    let p = proxy(&[b.addr], "").await;
+    let mut client = understudy_grpc_test::echo_client::EchoClient::connect(format!("http://{p}"))
+        .await
+        .unwrap();
+    let ((backend, text), stream) = both_calls(&mut client).await;
+    assert_eq!((backend.as_str(), text.as_str()), ("be", "hello proxy"));
+    assert_eq!(stream, ["0", "1", "2", "3", "4"]);
+    assert_eq!(b.calls.load(Ordering::SeqCst), 2);
+
+    // UNAVAILABLE from one backend: retried on the other when the route allows retrying calls
+    // that reached a backend; passed on to the client otherwise.
+    let bad = tonic_backend("bad", true, None).await;
+    let good = tonic_backend("good", false, None).await;
+    let p = proxy(
+        &[bad.addr, good.addr],
+        "non_idempotent = true\nbudget_ratio = 1.0",
+    )
+    .await;
+    let mut client = understudy_grpc_test::echo_client::EchoClient::connect(format!("http://{p}"))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let r = client.say(hello("x", 0)).await.unwrap().into_inner();
+        assert_eq!(r.backend, "good");
+    }
+    assert!(
+        bad.calls.load(Ordering::SeqCst) >= 1,
+        "some calls tried bad first"
+    );
+
+    let bad = tonic_backend("bad", true, None).await;
+    let good = tonic_backend("good", false, None).await;
+    let p = proxy(&[bad.addr, good.addr], "").await;
+    let mut client = understudy_grpc_test::echo_client::EchoClient::connect(format!("http://{p}"))
+        .await
+        .unwrap();
+    let mut unavailable = 0;
+    for _ in 0..10 {
+        match client.say(hello("x", 0)).await {
+            Ok(r) => assert_eq!(r.into_inner().backend, "good"),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s}");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(unavailable >= 1);
+    assert_eq!(unavailable, bad.calls.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn tonic_calls_pass_through_tls_with_alpn_h2_on_both_sides() {
+    let dir = std::env::temp_dir().join(format!("understudy-tonic-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, backend_cert, backend_key) = tls_server(&dir, "backend.internal", &[b"h2"]);
+    let (_, proxy_cert, proxy_key) = tls_server(&dir, "grpc.example", &[]);
+    let b = tonic_backend(
+        "tls-be",
+        false,
+        Some((
+            std::fs::read(&backend_cert).unwrap(),
+            std::fs::read(&backend_key).unwrap(),
+        )),
+    )
+    .await;
+    let p = proxy_with(
+        &[b.addr],
+        "",
+        "h2",
+        &format!(
+            "[service.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+             [service.upstream_tls]\nca_file = \"{}\"\nsni = \"backend.internal\"\n",
+            proxy_cert.display(),
+            proxy_key.display(),
+            backend_cert.display()
+        ),
+    )
+    .await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&proxy_cert).unwrap(),
+        ))
+        .domain_name("grpc.example");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{p}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = understudy_grpc_test::echo_client::EchoClient::new(channel);
+    let ((backend, text), stream) = both_calls(&mut client).await;
+    assert_eq!((backend.as_str(), text.as_str()), ("tls-be", "hello proxy"));
+    assert_eq!(stream.len(), 5);
+    assert_eq!(
+        b.calls.load(Ordering::SeqCst),
+        2,
+        "the backend saw both calls over TLS"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,10 @@
 //! Request and response bodies. A request body is either kept whole (small enough for the retry
 //! buffer, so every attempt can send it) or streamed to the first attempt that reaches a
-//! backend. A streamed body stays with the proxy until an attempt actually polls it, so a try
+//! backend. A streamed body of unknown length (HTTP/2 and gRPC clients send no
+//! `content-length`) is recorded as it streams, up to the retry buffer: if it ended within
+//! that, a later attempt replays the recording, as Envoy's per-request buffer does; past it,
+//! the recording is dropped and the body can no longer be retried.
+//! A streamed body stays with the proxy until an attempt actually polls it, so a try
 //! that fails to connect leaves it intact for the next backend. The proxy can wait for a
 //! streamed body to end ([`RequestBody::sent`]): the backend's time to answer starts there.
 
@@ -44,22 +48,91 @@ pub struct Slot {
     /// The body ended (or failed): all of it went to the backend.
     ended: AtomicBool,
     ended_notify: Notify,
+    /// The data sent so far and the room left, while it fits (see [`RequestBody::recorded`]).
+    recording: Mutex<Option<Recording>>,
+    /// Set when the body ended whole, and within the recording's limit.
+    replayable: AtomicBool,
+}
+
+struct Recording {
+    frames: Vec<Bytes>,
+    room: usize,
+    /// The retry buffers' memory this recording holds.
+    _reserved: super::limits::Reserved<'static>,
 }
 
 impl Slot {
-    fn end(&self) {
+    fn end(&self, whole: bool) {
+        let recorded = self.recording.lock().ok().is_some_and(|r| r.is_some());
+        self.replayable.store(whole && recorded, Ordering::Release);
         self.ended.store(true, Ordering::Release);
         self.ended_notify.notify_waiters();
+    }
+
+    /// Records a frame that went to the backend; a frame past the room, or trailers, end the
+    /// recording.
+    fn record(&self, frame: &Frame<Bytes>) {
+        let Ok(mut r) = self.recording.lock() else {
+            return;
+        };
+        let fits = match (r.as_mut(), frame.data_ref()) {
+            (Some(rec), Some(data)) if data.len() <= rec.room => {
+                rec.room -= data.len();
+                rec.frames.push(data.clone());
+                true
+            }
+            _ => false,
+        };
+        if !fits {
+            *r = None;
+        }
+    }
+
+    /// The recorded body, when it ended whole within the limit.
+    fn replay(&self) -> Option<Bytes> {
+        if !self.replayable.load(Ordering::Acquire) {
+            return None;
+        }
+        let r = self.recording.lock().ok()?;
+        let rec = r.as_ref()?;
+        let mut all = Vec::with_capacity(rec.frames.iter().map(Bytes::len).sum());
+        for f in &rec.frames {
+            all.extend_from_slice(f);
+        }
+        Some(all.into())
     }
 }
 
 impl RequestBody {
     pub fn stream(body: Incoming) -> RequestBody {
+        RequestBody::with_recording(body, None)
+    }
+
+    /// A streamed body recorded up to `limit` bytes, held in `reserved` of the retry buffers,
+    /// so that it can be replayed if it ends within the limit.
+    pub fn recorded(
+        body: Incoming,
+        limit: usize,
+        reserved: super::limits::Reserved<'static>,
+    ) -> RequestBody {
+        RequestBody::with_recording(
+            body,
+            Some(Recording {
+                frames: Vec::new(),
+                room: limit,
+                _reserved: reserved,
+            }),
+        )
+    }
+
+    fn with_recording(body: Incoming, recording: Option<Recording>) -> RequestBody {
         RequestBody::Stream(Arc::new(Slot {
             body: Mutex::new(Some(body)),
             taken: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             ended_notify: Notify::new(),
+            recording: Mutex::new(recording),
+            replayable: AtomicBool::new(false),
         }))
     }
 
@@ -83,19 +156,28 @@ impl RequestBody {
     pub fn available(&self) -> bool {
         match self {
             RequestBody::Kept(_) => true,
-            RequestBody::Stream(slot) => !slot.taken.load(Ordering::Acquire),
+            RequestBody::Stream(slot) => {
+                !slot.taken.load(Ordering::Acquire) || slot.replayable.load(Ordering::Acquire)
+            }
         }
     }
 
-    /// Whether every attempt can send it: a kept body.
+    /// Whether a later attempt can send it again: a kept body, or a recorded one that ended
+    /// within its limit.
     pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Kept(_))
+        match self {
+            RequestBody::Kept(_) => true,
+            RequestBody::Stream(slot) => slot.replayable.load(Ordering::Acquire),
+        }
     }
 
     /// The body for one attempt.
     pub fn for_attempt(&self) -> ProxyBody {
         match self {
             RequestBody::Kept(b) => full(b.clone()),
+            RequestBody::Stream(slot) if slot.taken.load(Ordering::Acquire) => {
+                full(slot.replay().unwrap_or_default())
+            }
             RequestBody::Stream(slot) => OnceBody {
                 slot: slot.clone(),
                 inner: None,
@@ -131,13 +213,18 @@ impl Body for OnceBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(&mut *b).poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None | Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
-            Poll::Pending => false,
+        // (ended, whole): an error ends the body, but not whole.
+        let (ended, whole) = match &polled {
+            Poll::Ready(None) => (true, true),
+            Poll::Ready(Some(Err(_))) => (true, false),
+            Poll::Ready(Some(Ok(_))) => (b.is_end_stream(), true),
+            Poll::Pending => (false, false),
         };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.slot.record(frame);
+        }
         if ended {
-            self.slot.end();
+            self.slot.end(whole);
         }
         polled
     }

@@ -488,6 +488,12 @@ impl ServiceProxy {
                     );
                 }
             }
+        } else if let Some(r) = (repeatable && body.size_hint().upper().is_none())
+            .then(|| super::limits::RETRY_BUFFERS.reserve(policy.buffer))
+            .flatten()
+        {
+            // No length (HTTP/2 and gRPC clients): streamed at once, recorded for a retry.
+            RequestBody::recorded(body, policy.buffer as usize, r)
         } else {
             RequestBody::stream(body)
         };

@@ -16,7 +16,14 @@
 //!    `exp` claim against `date`, and a stick table tracking the `sub` claim's request rate.
 //!    HAProxy cannot check `nbf`, `iss` or `aud` as one rule, nor take a JWKS; it verifies
 //!    with one secret (or one certificate file), so the comparison favours it slightly.
-//!    The cost of policy is read against the healthy scenario of the same run.
+//!    The cost of policy is read against the healthy scenario of the same run;
+//! 5. h2 upstream: wrk's HTTP/1.1 requests go to three backends speaking HTTP/2 in clear
+//!    (Understudy: a pool with `protocol = "h2c"`; HAProxy: `server ... proto h2`);
+//! 6. gRPC unary: a small load generator in this file (ghz is not in Debian) makes unary gRPC
+//!    calls over HTTP/2 in clear, 4 connections with 16 calls in flight each (64, as wrk's 64
+//!    connections), to the same h2c backends, which answer in gRPC's wire format with
+//!    `grpc-status: 0` in trailers (Understudy: an HTTP service taking HTTP/2 prior knowledge;
+//!    HAProxy: `bind ... proto h2`). A call counts when its trailers say 0.
 //!
 //! CPUs are pinned so that the scheduler's placement does not decide the result: wrk runs alone
 //! on CPU 0; the proxy under test and the backends share CPU 1 (on this two-core machine).
@@ -36,9 +43,9 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use understudy_testbed::{Daemon, Netns, require_root};
 
 const ROUNDS: usize = 9;
@@ -58,6 +65,14 @@ const ROUTES: usize = 10;
 const UNDERSTUDY_POLICY_PORT: u16 = 8084;
 const HAPROXY_POLICY_PORT: u16 = 8085;
 const JWT_SECRET: &str = "a bench secret of thirty-two bytes!";
+/// The h2c backends, and the h2-upstream and gRPC scenarios' listeners.
+const H2_BACKEND_PORTS: [u16; 3] = [9011, 9012, 9013];
+const UNDERSTUDY_H2_PORT: u16 = 8086;
+const HAPROXY_H2_PORT: u16 = 8087;
+const UNDERSTUDY_GRPC_PORT: u16 = 8088;
+const HAPROXY_GRPC_PORT: u16 = 8089;
+const GRPC_CONNECTIONS: usize = 4;
+const GRPC_STREAMS: usize = 16;
 
 /// Starts the three backends on one thread; backend 0 fails every tenth request while `failing`.
 fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
@@ -103,11 +118,156 @@ fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
                     }
                 });
             }
+            for port in H2_BACKEND_PORTS {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(async move {
+                            let service = service_fn(h2_answer);
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                });
+            }
             ready_tx.send(()).unwrap();
             std::future::pending::<()>().await;
         });
     });
     ready_rx.recv().unwrap();
+}
+
+/// An h2c backend's answer: gRPC's wire format (one message, then `grpc-status: 0` in
+/// trailers) to a gRPC call, plain text to anything else.
+async fn h2_answer(
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<GrpcOrPlain>, Infallible> {
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // Read the request body, as a server would.
+    let _ = req.into_body().collect().await;
+    if !grpc {
+        return Ok(Response::new(
+            Full::new(Bytes::from_static(b"hello from an h2 backend\n")).boxed(),
+        ));
+    }
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+    let body = Full::new(grpc_message(b"a reply"))
+        .with_trailers(std::future::ready(Some(Ok(trailers))))
+        .boxed();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/grpc"),
+    );
+    Ok(r)
+}
+
+type GrpcOrPlain = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A gRPC message: not compressed, its length, the payload.
+fn grpc_message(payload: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(5 + payload.len());
+    b.push(0);
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(payload);
+    b.into()
+}
+
+/// Unary gRPC calls to `port` for DURATION from CPU 0: GRPC_CONNECTIONS HTTP/2 connections,
+/// GRPC_STREAMS calls in flight on each. A call counts when its trailers carry `grpc-status: 0`.
+fn grpc_load(ns: &Netns, port: u16) -> Figures {
+    let seconds: f64 = DURATION.trim_end_matches('s').parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.thread(move || {
+        pin_current_thread(LOAD_CPU.parse().unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let figures = rt.block_on(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+            let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+            let errors = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..GRPC_CONNECTIONS {
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let _ = stream.set_nodelay(true);
+                let (send, conn) = hyper::client::conn::http2::handshake(
+                    TokioExecutor::new(),
+                    TokioIo::new(stream),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                for _ in 0..GRPC_STREAMS {
+                    let mut send = send.clone();
+                    let (latencies, errors) = (latencies.clone(), errors.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut mine = Vec::new();
+                        while tokio::time::Instant::now() < deadline {
+                            let started = std::time::Instant::now();
+                            let req = Request::post(format!(
+                                "http://127.0.0.1:{port}/understudy.test.Echo/Say"
+                            ))
+                            .header("content-type", "application/grpc")
+                            .header("te", "trailers")
+                            .body(Full::new(grpc_message(b"a request")))
+                            .unwrap();
+                            let ok = match send.send_request(req).await {
+                                Ok(resp) => match resp.into_body().collect().await {
+                                    Ok(c) => c
+                                        .trailers()
+                                        .and_then(|t| t.get("grpc-status"))
+                                        .is_some_and(|v| v == "0"),
+                                    Err(_) => false,
+                                },
+                                Err(_) => false,
+                            };
+                            if ok {
+                                mine.push(started.elapsed().as_secs_f64() * 1000.0);
+                            } else {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        latencies.lock().unwrap().extend(mine);
+                    }));
+                }
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            let mut l = std::mem::take(&mut *latencies.lock().unwrap());
+            l.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            Figures {
+                rps: l.len() as f64 / seconds,
+                p50_ms: at(0.5),
+                p99_ms: at(0.99),
+                errors_per_s: errors.load(Ordering::Relaxed) as f64 / seconds,
+            }
+        });
+        tx.send(figures).unwrap();
+    });
+    let f = rx.recv().unwrap();
+    assert!(f.rps > 0.0, "no gRPC call succeeded on port {port}");
+    f
 }
 
 fn pin_current_thread(cpu: usize) {
@@ -166,6 +326,20 @@ fn understudy_config(ns: &Netns) -> PathBuf {
          [service.route.rate_limit]\nrate = 1000000000\nburst = 1000000000\n",
         jwks.display()
     ));
+    // HTTP/2 upstreams: the h2-upstream scenario (wrk's HTTP/1.1) and the gRPC one.
+    for (name, port) in [("h2up", UNDERSTUDY_H2_PORT), ("grpc", UNDERSTUDY_GRPC_PORT)] {
+        text.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"127.0.0.1:{port}\"\nmode = \"http\"\n\
+             [service.circuit]\nconsecutive_failures = 1000\n\
+             [[service.route]]\npath_prefix = \"/\"\npools = [\"h2c\"]\n"
+        ));
+    }
+    text.push_str("\n[[pool]]\nname = \"h2c\"\nprotocol = \"h2c\"\n");
+    for port in H2_BACKEND_PORTS {
+        text.push_str(&format!(
+            "[[pool.backend]]\naddress = \"127.0.0.1:{port}\"\n"
+        ));
+    }
     text.push_str("\n[[pool]]\nname = \"all\"\n");
     for port in BACKEND_PORTS {
         text.push_str(&format!(
@@ -208,6 +382,15 @@ fn haproxy(ns: &Netns) -> Child {
          http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 1000000000 }}\n  \
          default_backend pool\n"
     ));
+    // HTTP/2 to the backends, for HTTP/1.1 clients and for gRPC clients (HTTP/2 in clear).
+    text.push_str(&format!(
+        "\nfrontend h2up\n  bind 127.0.0.1:{HAPROXY_H2_PORT}\n  option forwardfor\n  default_backend h2pool\n\
+         \nfrontend grpc\n  bind 127.0.0.1:{HAPROXY_GRPC_PORT} proto h2\n  default_backend h2pool\n\
+         \nbackend h2pool\n  balance roundrobin\n"
+    ));
+    for (i, port) in H2_BACKEND_PORTS.iter().enumerate() {
+        text.push_str(&format!("  server h{i} 127.0.0.1:{port} proto h2\n"));
+    }
     let cfg = write("haproxy.cfg", &text);
     let mut child = ns
         .command("taskset")
@@ -338,6 +521,14 @@ fn main() {
         ("understudy", UNDERSTUDY_POLICY_PORT),
         ("haproxy", HAPROXY_POLICY_PORT),
     ];
+    let h2up = [
+        ("understudy", UNDERSTUDY_H2_PORT),
+        ("haproxy", HAPROXY_H2_PORT),
+    ];
+    let grpc = [
+        ("understudy", UNDERSTUDY_GRPC_PORT),
+        ("haproxy", HAPROXY_GRPC_PORT),
+    ];
     let bearer = vec![format!("Authorization: Bearer {}", token())];
     // Both must pass the token, or the scenario measures refusals.
     for (name, port) in policy {
@@ -359,7 +550,10 @@ fn main() {
         assert_eq!(code, "200", "{name} refused the bench's token");
     }
     // Warm both (pools, caches).
-    for (_, port) in targets.into_iter().chain(routed).chain(policy) {
+    for (_, port) in grpc {
+        let _ = grpc_load(&ns, port);
+    }
+    for (_, port) in targets.into_iter().chain(routed).chain(policy).chain(h2up) {
         let _ = ns
             .command("wrk")
             .args(["-t1", "-c", CONNECTIONS, "-d", "1s", "-H", &bearer[0]])
@@ -383,13 +577,20 @@ fn main() {
             &none,
         ),
         ("policy: JWT + rate limit", false, policy, "/", &bearer),
+        ("h2 upstream (h2c backends)", false, h2up, "/", &none),
+        ("gRPC unary (h2c both sides)", false, grpc, "/", &none),
     ] {
         failing.store(fail, Ordering::Relaxed);
         let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
         for round in 0..ROUNDS {
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for t in order {
-                let f = wrk(&ns, targets[t].1, path, headers);
+                // The gRPC scenario's load is this file's generator; the others' is wrk.
+                let f = if scenario.starts_with("gRPC") {
+                    grpc_load(&ns, targets[t].1)
+                } else {
+                    wrk(&ns, targets[t].1, path, headers)
+                };
                 println!(
                     "  {scenario:<26} round {round} {:<10} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {:>6.1}/s",
                     targets[t].0, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s

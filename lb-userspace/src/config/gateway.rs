@@ -260,7 +260,8 @@ fn digest(at: &Locator<'_>, raw: &Spanned<String>, field: &str) -> Result<[u8; 3
     Ok(out)
 }
 
-fn name_ok(s: &str) -> bool {
+/// A consumer's, group's or admin token's name: letters, digits, '-', '_', '.' and '@'.
+pub(super) fn name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))

@@ -498,11 +498,7 @@ fn validate_admin(
         let t = t.get_ref();
         let field = format!("admin.tokens[{i}]");
         let name = t.name.get_ref().trim();
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-        if !valid {
+        if !gateway::name_ok(name) {
             return Err(at.error(
                 Some(t.name.span()),
                 format!("{field}.name"),

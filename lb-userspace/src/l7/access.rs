@@ -208,22 +208,9 @@ impl Drop for Logged {
 /// The path and query as logged: the value of the query parameter that carries API keys
 /// (`[gateway] api_key_query`) is replaced, so the log never holds a credential.
 pub fn redact(path_and_query: &str, key_param: Option<&str>) -> String {
-    let (Some(param), Some((path, query))) = (key_param, path_and_query.split_once('?')) else {
-        return path_and_query.to_string();
-    };
-    if !form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == param) {
-        return path_and_query.to_string();
-    }
-    let kept: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form_urlencoded::parse(query.as_bytes()).map(|(k, v)| {
-            if k == param {
-                (k, "REDACTED".into())
-            } else {
-                (k, v)
-            }
-        }))
-        .finish();
-    format!("{path}?{kept}")
+    key_param
+        .and_then(|p| super::headers::with_query_param(path_and_query, p, Some("REDACTED")))
+        .unwrap_or_else(|| path_and_query.to_string())
 }
 
 #[cfg(test)]

@@ -336,20 +336,11 @@ impl Authenticate {
             return;
         }
         head.headers.remove(&c.key_header);
-        let (Some(q), Some(query)) = (&c.key_query, head.uri.query()) else {
+        let Some(pq) = c.key_query.as_deref().and_then(|q| {
+            let pq = head.uri.path_and_query()?.as_str();
+            super::headers::with_query_param(pq, q, None)
+        }) else {
             return;
-        };
-        if !form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == q.as_str()) {
-            return;
-        }
-        let kept: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != q.as_str()))
-            .finish();
-        let path = head.uri.path();
-        let pq = if kept.is_empty() {
-            path.to_string()
-        } else {
-            format!("{path}?{kept}")
         };
         let mut parts = head.uri.clone().into_parts();
         if let Ok(pq) = PathAndQuery::try_from(pq) {

@@ -239,6 +239,29 @@ pub fn forward_response(
     }
 }
 
+/// `path_and_query` with query parameter `param` replaced by `value`, or removed when `value`
+/// is `None`; `None` when the parameter is not there (nothing to rewrite). Used to take an API
+/// key out of what goes upstream and out of the access log.
+pub fn with_query_param(path_and_query: &str, param: &str, value: Option<&str>) -> Option<String> {
+    let (path, query) = path_and_query.split_once('?')?;
+    let pairs = || form_urlencoded::parse(query.as_bytes());
+    if !pairs().any(|(k, _)| k == param) {
+        return None;
+    }
+    let kept: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs().filter_map(|(k, v)| match (k == param, value) {
+            (false, _) => Some((k, v)),
+            (true, Some(new)) => Some((k, new.into())),
+            (true, None) => None,
+        }))
+        .finish();
+    Some(if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{kept}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

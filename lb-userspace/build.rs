@@ -2,6 +2,10 @@
 //! can embed the object. `cargo xtask setup` installs what this needs.
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
+use object::{Object as _, ObjectSection as _};
+
+#[path = "src/btf_names.rs"]
+mod btf_names;
 
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
@@ -24,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         &[]
     };
-    aya_build::build_ebpf(
+    let built = aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),
             root_dir: root.as_str(),
@@ -33,5 +37,29 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
-    .context("building the eBPF programs failed; run `cargo xtask setup` to install nightly's rust-src and bpf-linker")
+    .context("building the eBPF programs failed; run `cargo xtask setup` to install nightly's rust-src and bpf-linker");
+    built?;
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR")?);
+    for object in ["understudy", "understudy-decap"] {
+        sanitize_btf(&out.join(object))?;
+    }
+    Ok(())
+}
+
+/// Rewrites the type names in the object's `.BTF` that the kernel would refuse (see
+/// `src/btf_names.rs`), in place.
+fn sanitize_btf(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let range = {
+        let file =
+            object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
+        let Some(section) = file.section_by_name(".BTF") else {
+            return Ok(());
+        };
+        section.file_range().context(".BTF has no file range")?
+    };
+    let (start, len) = (range.0 as usize, range.1 as usize);
+    btf_names::sanitize(&mut data[start..start + len])
+        .map_err(|e| anyhow!("{}: .BTF: {e:?}", path.display()))?;
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }

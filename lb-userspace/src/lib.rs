@@ -6,6 +6,8 @@
 pub mod admin;
 pub mod announce;
 pub mod audit;
+#[cfg(test)]
+mod btf_names;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -593,3 +593,24 @@ fn the_shared_map_names_are_the_objects_maps() {
     shared.sort_unstable();
     assert_eq!(in_object, shared);
 }
+
+/// The kernel accepts the objects' BTF (their Rust type names made valid at build time, see
+/// `btf_names.rs`), so every program carries it and verifier logs show source lines. Before,
+/// the kernel refused `MaybeUninit<u8>` and aya loaded the programs without BTF.
+#[test]
+fn the_programs_load_with_their_btf() {
+    understudy_testbed::require_root("the BTF test");
+    for (object, program) in [
+        (understudy::dataplane::EBPF_OBJECT, "understudy_xdp"),
+        (understudy::decap::DECAP_OBJECT, "understudy_decap"),
+    ] {
+        let mut ebpf = aya::Ebpf::load(object).unwrap();
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut(program).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let info = prog.info().unwrap();
+        assert!(
+            info.btf_id().is_some(),
+            "{program} was loaded without BTF: the kernel refused the object's BTF"
+        );
+    }
+}

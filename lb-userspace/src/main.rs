@@ -446,10 +446,10 @@ fn bird_config(
     Ok(())
 }
 
-/// Default log filter. aya warns at every load that the kernel refused the object's BTF (Rust
-/// type names such as `MaybeUninit<u8>` that aya-log's map carries are not valid BTF names); the
-/// programs and maps load without it, so that one message is kept to `aya=error`.
-const DEFAULT_LOG_FILTER: &str = "info,aya=error";
+/// Default log filter. aya's warnings stay visible: the one it gave at every load (the kernel
+/// refusing the object's BTF over Rust type names) is gone since the build makes those names
+/// valid (`btf_names.rs`), so a warning now means something.
+const DEFAULT_LOG_FILTER: &str = "info,aya=warn";
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")

@@ -25,6 +25,8 @@ use crate::plan::{Plan, PlannedService, Serving};
 /// Anything that went wrong between user space and the kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    #[error(transparent)]
+    Kernel(#[from] super::features::Missing),
     #[error("loading the eBPF object failed")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no map {0}")]
@@ -131,6 +133,7 @@ impl Dataplane {
     }
 
     fn open(pin: Option<&std::path::Path>, max_flows: u32) -> Result<Dataplane, DataplaneError> {
+        super::features::check()?;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(FLOWS, max_flows);
         if let Some(dir) = pin {

@@ -4,6 +4,7 @@
 mod attach;
 pub mod driver;
 pub mod edge;
+pub mod features;
 mod maps;
 mod netlink;
 pub mod next_hops;

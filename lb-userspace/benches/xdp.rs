@@ -126,6 +126,28 @@ impl Bench {
     }
 
     /// Median over rounds of the mean ns per run.
+    /// Prepares class `c` (its config, its packet, any prefill) and checks one run's action and
+    /// output, so the path timed is the path named.
+    fn check(&mut self, syn: &[u8], xc: u32, c: &Class, install: impl Fn(&mut Bench)) {
+        install(self);
+        if c.name == "rate-limited new flow" {
+            // Spend the source's one token on another flow.
+            self.packet(syn, Vary::Port);
+            let _ = self.run(syn, xc, 1);
+        }
+        self.packet(&c.frame, c.vary);
+        if c.prefill > 0 {
+            let _ = self.run(&c.frame, c.ifindex, c.prefill);
+        }
+        let (action, out, _) = self.run(&c.frame, c.ifindex, 1);
+        assert_eq!(action, c.action, "{}: unexpected action", c.name);
+        assert!(
+            (c.check)(&out),
+            "{}: the output is not what this path writes",
+            c.name
+        );
+    }
+
     fn measure(&mut self, frame: &[u8], ifindex: u32, repeat: u32) -> f64 {
         let mut v: Vec<f64> = (0..ROUNDS)
             .map(|_| self.run(frame, ifindex, repeat).2.as_nanos() as f64)
@@ -195,6 +217,7 @@ fn variant(dataplane: &str, service: &str) -> &'static str {
 
 fn main() {
     require_root("the XDP benchmark");
+    let check_only = std::env::var_os("UNDERSTUDY_BENCH_CHECK").is_some();
     // Benchmarks only run when asked for; `cargo test --benches` would pass `--bench` anyway.
     let cpu = std::thread::available_parallelism().map_or(0, |n| n.get().min(2) - 1);
     pin_to_cpu(cpu);
@@ -401,6 +424,21 @@ fn main() {
     // The baselines: the same wrapper, tail-calling a bare XDP_PASS, varying what each class
     // varies (writing the varied field costs time of its own).
     b.target("bench_pass");
+    if check_only {
+        // The kernel matrix: every program verified and every class's path checked once, on
+        // the guest's kernel, without the timing (meaningless under emulation).
+        for vary in [Vary::Nothing, Vary::Source, Vary::Port] {
+            b.packet(&syn, vary);
+            assert_eq!(b.run(&syn, xc, 1).0, XDP_PASS, "the baseline wrapper");
+        }
+        b.target(XDP_PROGRAM);
+        for c in &classes {
+            b.check(&syn, xc, c, |b: &mut Bench| install(b, c.config));
+            println!("checked: {}", c.name);
+        }
+        println!("xdp bench: every class checked (UNDERSTUDY_BENCH_CHECK set: no timing)");
+        return;
+    }
     let mut baselines = Vec::new();
     for vary in [Vary::Nothing, Vary::Source, Vary::Port] {
         b.packet(&syn, vary);
@@ -429,23 +467,7 @@ fn main() {
     }
     b.target(XDP_PROGRAM);
     for c in &classes {
-        install(&mut b, c.config);
-        if c.name == "rate-limited new flow" {
-            // Spend the source's one token on another flow.
-            b.packet(&syn, Vary::Port);
-            let _ = b.run(&syn, xc, 1);
-        }
-        b.packet(&c.frame, c.vary);
-        if c.prefill > 0 {
-            let _ = b.run(&c.frame, c.ifindex, c.prefill);
-        }
-        let (action, out, _) = b.run(&c.frame, c.ifindex, 1);
-        assert_eq!(action, c.action, "{}: unexpected action", c.name);
-        assert!(
-            (c.check)(&out),
-            "{}: the output is not what this path writes",
-            c.name
-        );
+        b.check(&syn, xc, c, |b: &mut Bench| install(b, c.config));
         let total = b.measure(&c.frame, c.ifindex, c.repeat);
         let base = baseline(c.vary);
         println!(

@@ -23,6 +23,13 @@ pub struct Options {
     /// Show the traffic once and exit instead of waiting for Ctrl-C (used by `xtask test`).
     #[arg(long)]
     pub once: bool,
+    /// Run the demo inside a QEMU guest booted with this Debian kernel (`6.1`, or `backports`
+    /// for Debian 12 backports' newest), on this host's files: see `cargo xtask vm`.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Set by `--kernel` for the run inside the guest: use the binary the host built.
+    #[arg(long, hide = true)]
+    pub in_guest: bool,
 }
 
 /// Kills a child process when dropped.
@@ -47,12 +54,37 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !crate::util::is_root() {
         bail!("the demo creates network namespaces and attaches XDP, so it needs root");
     }
+    if let Some(kernel) = &o.kernel {
+        crate::build::run(&crate::build::Options { release: true })?;
+        let kernel = crate::vm::Kernel::get(kernel)?;
+        let me = std::env::current_exe()?;
+        let once = if o.once { " --once" } else { "" };
+        println!(
+            "demo: booting Debian's {} under QEMU; the demo runs inside{}",
+            kernel.release,
+            if o.once {
+                ""
+            } else {
+                " until Ctrl-C (Ctrl-A X leaves QEMU at once)"
+            }
+        );
+        return kernel.run(
+            &format!("{} run --in-guest{once}", me.display()),
+            &root(),
+            Duration::from_secs(4 * 3600),
+        );
+    }
     // Block SIGINT/SIGTERM in every thread, so Ctrl-C arrives at `sigwait` below and the guards
     // get to clean up, instead of killing this process outright.
     let signals = block_signals();
     Netns::remove_stale();
-    // Release: the demo shows real failover latencies, not an unoptimized build's.
-    let binary = crate::build::run(&crate::build::Options { release: true })?;
+    // Release: the demo shows real failover latencies, not an unoptimized build's. In a guest,
+    // the host built it.
+    let binary = if o.in_guest {
+        crate::util::target_dir().join("release/understudy")
+    } else {
+        crate::build::run(&crate::build::Options { release: true })?
+    };
     let config = root().join("config/demo.toml");
 
     println!("demo: building namespaces: client, balancer, 3 backends");

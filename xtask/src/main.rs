@@ -6,8 +6,10 @@ mod build;
 mod demo;
 mod package;
 mod setup;
+mod soak;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +32,12 @@ enum Command {
     Test(test::Options),
     /// Measure the XDP program per packet class against a trivial program, in the kernel.
     Bench(bench::Options),
+    /// Boot a Debian kernel (6.1, or backports' newest) under QEMU on this host's files and run a
+    /// command inside: `cargo xtask vm --kernel 6.1 -- uname -r`.
+    Vm(vm::Options),
+    /// Churn the real daemon for N minutes (flapping backends, reloads, drains, kill -9 restarts,
+    /// steady load) and check that nothing healthy broke and nothing leaked.
+    Soak(soak::Options),
     /// Build a .deb with the release binary, the systemd unit and the example configs.
     Package,
 }
@@ -43,7 +51,10 @@ fn main() -> anyhow::Result<()> {
             build::run(&o).map(|_| ())
         }
         Command::Run(o) => {
-            setup::run()?;
+            // Inside a guest the host has set up and built everything.
+            if !o.in_guest {
+                setup::run()?;
+            }
             demo::run(&o)
         }
         Command::Test(o) => {
@@ -53,6 +64,14 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(o) => {
             setup::run()?;
             bench::run(&o)
+        }
+        Command::Vm(o) => {
+            setup::run()?;
+            vm::run(&o)
+        }
+        Command::Soak(o) => {
+            setup::run()?;
+            soak::run(&o)
         }
         Command::Package => {
             setup::run()?;

@@ -13,7 +13,9 @@ const BPF_LINKER_LLVM: u32 = 22;
 /// (namespaces), procps (sysctl), util-linux (setpriv, prlimit), curl and python3 (the demo's
 /// client and HTTP backends), chromium (renders the status page in a test), dpkg-dev
 /// (packaging), wrk (the close-mode load test) and bird2 (the BGP speaker the VIPs are
-/// announced through, and the router in the scale-out test).
+/// announced through, and the router in the scale-out test), qemu-system-x86 and busybox-static
+/// (the kernel matrix's guest and its init, `vm.rs`), with xz-utils and kmod (to unpack and index
+/// the guest kernel's modules).
 const PACKAGES: &[&str] = &[
     "ethtool",
     "iproute2",
@@ -26,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "bird2",
     "prometheus",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "kmod",
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -33,7 +39,19 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     packages(PACKAGES)?;
     bpffs()?;
+    guest_kernel();
     Ok(())
+}
+
+/// Debian 12's kernel package for the kernel matrix, fetched and unpacked into the target
+/// directory (never installed). Only the matrix needs it, so failing here is a warning.
+fn guest_kernel() {
+    match crate::vm::Kernel::get("6.1") {
+        Ok(k) => println!("setup: guest kernel {}: ready in target/vm", k.release),
+        Err(e) => println!(
+            "setup: warning: could not prepare Debian 12's kernel for the kernel matrix              (`cargo xtask vm`), which will fail until it can: {e:#}"
+        ),
+    }
 }
 
 fn rust_src() -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! `cargo xtask test`: what CI runs. Formatting, clippy with warnings as errors on the user-space
-//! crates, every test (unit, kernel `test_run`, end-to-end in namespaces), then the demo once and
-//! the package build with its checks.
+//! crates, every test (unit, kernel `test_run`, end-to-end in namespaces), then the demo once,
+//! the package build with its checks, a 3-minute soak of the real daemon under churn, and the
+//! kernel matrix: the in-kernel tests, the bench
+//! programs, a daemon smoke and the NAT test again inside a Debian 12 (6.1) guest (`vm.rs`).
 //! The privileged tests need root. Without it this command stops with a clear message, and
 //! each privileged test fails on its own, so a missing privilege can never look like a pass.
 
@@ -17,6 +19,12 @@ pub struct Options {
     /// Skip the demo smoke run and the package check at the end.
     #[arg(long)]
     no_demo: bool,
+    /// Skip the 3-minute soak (`cargo xtask soak`).
+    #[arg(long)]
+    no_soak: bool,
+    /// Skip the kernel matrix (the in-kernel, smoke and NAT tests inside a Debian 12 6.1 guest).
+    #[arg(long)]
+    no_vm: bool,
     /// Extra arguments for `cargo test` (a test name filter, `--nocapture`...).
     #[arg(last = true)]
     cargo_args: Vec<String>,
@@ -45,8 +53,22 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     cmd("cargo", &args)?;
     if !o.no_demo {
-        crate::demo::run(&crate::demo::Options { once: true })?;
+        crate::demo::run(&crate::demo::Options {
+            once: true,
+            kernel: None,
+            in_guest: false,
+        })?;
         crate::package::run()?;
+    }
+    if !o.no_soak {
+        crate::soak::run(&crate::soak::Options {
+            minutes: 3,
+            seed: None,
+        })?;
+    }
+    if !o.no_vm {
+        // Last: building the bench programs' check switches the dev object to the bench variant.
+        crate::vm::matrix("6.1")?;
     }
     println!("xtask test: all passed");
     Ok(())

@@ -110,7 +110,7 @@ pub struct Launch<'a> {
 
 impl Daemon {
     /// Starts `binary run --config <config>` in `ns` and waits until it reports it is running.
-    /// Panics with its output if it exits or stays silent for 30 s.
+    /// Panics with its output if it exits or stays silent for 30 s ([`crate::scaled`]).
     pub fn start(ns: &Netns, binary: &Path, config: &Path) -> Daemon {
         Daemon::start_with_env(ns, binary, config, &[])
     }
@@ -192,10 +192,11 @@ impl Daemon {
                 .unwrap_or_else(|| Path::new("/sys/fs/bpf/understudy").join(ns.name())),
             graceful: how.graceful,
         };
-        if !d.notify().wait_ready(Duration::from_secs(30)) {
+        let ready_within = crate::scaled(Duration::from_secs(30));
+        if !d.notify().wait_ready(ready_within) {
             let status = d.child.as_mut().unwrap().try_wait().ok().flatten();
             return Err(format!(
-                "understudy did not report it was ready within 30 s (exit: {status:?}); its output:\n{}",
+                "understudy did not report it was ready within {ready_within:?} (exit: {status:?}); its output:\n{}",
                 d.output()
             ));
         }
@@ -235,6 +236,15 @@ impl Daemon {
     pub fn stop_keeping_notify(mut self) -> (bool, NotifySocket) {
         let ok = self.terminate();
         (ok, self.notify.take().expect("the notify socket"))
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and reaps it. Its pinned state stays for a
+    /// successor to adopt.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The daemon's sd_notify messages after its first `READY=1`.

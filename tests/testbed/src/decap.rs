@@ -36,7 +36,7 @@ impl Decap {
             .spawn()
             .expect("start understudy decap");
         let link = pin_root.join(interface).join("link");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + crate::scaled(Duration::from_secs(20));
         while !link.exists() {
             assert!(
                 Instant::now() < deadline,

@@ -30,7 +30,8 @@ pub use fib::{CLIENT_MAC, FibNamespace, XB_MAC, XC_MAC, backend_mac};
 pub use flood::syn_flood;
 pub use netns::{Netns, run, run_ok};
 pub use ops::{
-    ADMIN_CLIENT_HEADER, ADMIN_LISTEN, HttpBackend, admin, chromium_dom, cli, named_echo_servers,
+    ADMIN_CLIENT_HEADER, ADMIN_LISTEN, HttpBackend, admin, chromium_dom, cli, http_get,
+    named_echo_servers,
 };
 pub use sniff::Sniffer;
 pub use topology::{CLIENT_V4, CLIENT_V6, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};
@@ -43,4 +44,22 @@ pub fn require_root(what: &str) {
              run it through `cargo xtask test` as root. Privileged tests never skip."
         );
     }
+}
+
+/// How many times slower than native this machine runs the tests: `UNDERSTUDY_GUEST_SLOWDOWN`,
+/// which `cargo xtask test` sets for the kernel matrix's emulated (TCG) guest, or 1. Only waits
+/// for something to start (the daemon's readiness, a decapsulator's attach, the first health
+/// verdicts) scale by it; the windows a test asserts about behaviour (detection, failover) are
+/// widened by name in the test itself, if at all.
+pub fn slowdown() -> u32 {
+    std::env::var("UNDERSTUDY_GUEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// `d` scaled by [`slowdown`].
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    d * slowdown()
 }

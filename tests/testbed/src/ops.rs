@@ -88,16 +88,31 @@ async fn admin_request(
     method: &str,
     path: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let stream = tokio::net::TcpStream::connect(ADMIN_LISTEN).await?;
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![(ADMIN_CLIENT_HEADER, "understudy-tests")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    request(ADMIN_LISTEN.parse()?, method, path, &headers).await
+}
+
+/// One HTTP/1.1 request on a new connection to `to`, with a `Host` of `to` and `headers`;
+/// returns the status and the body.
+async fn request(
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(to).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, ADMIN_LISTEN)
-        .header(ADMIN_CLIENT_HEADER, "understudy-tests");
-    if let Some(t) = token {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        .header(hyper::header::HOST, to.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let response = sender
         .send_request(req.body(Empty::<Bytes>::new())?)
@@ -105,6 +120,21 @@ async fn admin_request(
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A GET of `path` from `to` on a new connection, from the calling thread's namespace, given
+/// up after `timeout`: the status and body, or why it failed.
+pub fn http_get(to: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(async {
+            match tokio::time::timeout(timeout, request(to, "GET", path, &[])).await {
+                Ok(r) => r.map_err(|e| format!("{e:#}")),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            }
+        })
 }
 
 /// An echo server on port 8080 of every backend, greeting each connection with "beI\n", so a

@@ -179,69 +179,85 @@ pub struct Stream {
 }
 
 pub fn open_streams(client: &Netns, vip: SocketAddr, n: usize) -> Vec<Stream> {
+    open_streams_for(client, vip, n, 30_000)
+}
+
+/// As [`open_streams`], each stream ending after `max_rounds` rounds (20 ms apart).
+pub fn open_streams_for(client: &Netns, vip: SocketAddr, n: usize, max_rounds: u64) -> Vec<Stream> {
     (0..n)
         .map(|i| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let rounds = Arc::new(AtomicU64::new(0));
-            let error = Arc::new(Mutex::new(None));
-            let stop = Arc::new(AtomicBool::new(false));
-            let (r, e, s) = (rounds.clone(), error.clone(), stop.clone());
-            client.thread(move || {
-                let mut conn = match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
-                    Ok(c) => c,
-                    Err(err) => {
-                        let _ = tx.send(Err(err.to_string()));
-                        return;
-                    }
-                };
-                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                match read_name(&mut conn) {
-                    Ok(name) => tx.send(Ok(name)).unwrap(),
-                    Err(err) => {
-                        let _ = tx.send(Err(err.to_string()));
-                        return;
-                    }
-                }
-                // Bounded: at most 10 minutes of rounds.
-                for round in 0..30_000u64 {
-                    if s.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let chunk: Vec<u8> = (0..512)
-                        .map(|j| (round as usize * 7 + j + i) as u8)
-                        .collect();
-                    let mut back = vec![0u8; 512];
-                    let res = conn
-                        .write_all(&chunk)
-                        .and_then(|_| conn.read_exact(&mut back));
-                    match res {
-                        Ok(()) if back == chunk => {
-                            r.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(()) => {
-                            *e.lock().unwrap() = Some(format!("round {round}: bytes differ"));
-                            return;
-                        }
-                        Err(err) => {
-                            *e.lock().unwrap() = Some(format!("round {round}: {err}"));
-                            return;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            });
-            let name = rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("stream opened")
-                .unwrap_or_else(|e| panic!("stream {i} could not open: {e}"));
-            Stream {
-                name,
-                rounds,
-                error,
-                stop,
-            }
+            open_stream(client, vip, i, max_rounds)
+                .unwrap_or_else(|e| panic!("stream {i} could not open: {e}"))
         })
         .collect()
+}
+
+/// One stream (number `i`, which seeds its bytes), or why it could not open: no connection, or
+/// no greeting within 2 s.
+pub fn open_stream(
+    client: &Netns,
+    vip: SocketAddr,
+    i: usize,
+    max_rounds: u64,
+) -> Result<Stream, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rounds = Arc::new(AtomicU64::new(0));
+    let error = Arc::new(Mutex::new(None));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r, e, s) = (rounds.clone(), error.clone(), stop.clone());
+    client.thread(move || {
+        let mut conn = match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
+            Ok(c) => c,
+            Err(err) => {
+                let _ = tx.send(Err(err.to_string()));
+                return;
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        match read_name(&mut conn) {
+            Ok(name) => tx.send(Ok(name)).unwrap(),
+            Err(err) => {
+                let _ = tx.send(Err(err.to_string()));
+                return;
+            }
+        }
+        // Bounded: at most `max_rounds` rounds.
+        for round in 0..max_rounds {
+            if s.load(Ordering::Relaxed) {
+                return;
+            }
+            let chunk: Vec<u8> = (0..512)
+                .map(|j| (round as usize * 7 + j + i) as u8)
+                .collect();
+            let mut back = vec![0u8; 512];
+            let res = conn
+                .write_all(&chunk)
+                .and_then(|_| conn.read_exact(&mut back));
+            match res {
+                Ok(()) if back == chunk => {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(()) => {
+                    *e.lock().unwrap() = Some(format!("round {round}: bytes differ"));
+                    return;
+                }
+                Err(err) => {
+                    *e.lock().unwrap() = Some(format!("round {round}: {err}"));
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let name = rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| "no answer within 5 s".to_string())??;
+    Ok(Stream {
+        name,
+        rounds,
+        error,
+        stop,
+    })
 }
 
 pub fn close(streams: &[Stream]) {

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use understudy_testbed::{Netns, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};
+use understudy_testbed::{Netns, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6, scaled};
 
 use crate::util::root;
 
@@ -168,7 +168,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     );
     show_attempts(&topo.client, &api)?;
     // 20 in a row: with 3 backends, (2/3)^20 makes a false "moved" negligible.
-    let moved = wait_until(&topo.client, Duration::from_secs(15), 20, |a| {
+    let moved = wait_until(&topo.client, scaled(Duration::from_secs(15)), 20, |a| {
         !a.contains("backend-1")
     })?;
     println!(
@@ -178,7 +178,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     show(&topo.client, &format!("http://{VIP_V4}/"))?;
     println!("\ndemo: starting it again");
     web_servers[0] = Some(web_server(&topo.backends[0], &site.0.join("be1"))?);
-    let back = wait_until(&topo.client, Duration::from_secs(15), 1, |a| {
+    let back = wait_until(&topo.client, scaled(Duration::from_secs(15)), 1, |a| {
         a.contains("backend-1")
     })?;
     println!("demo: after {back:.1?} it passed its checks again (rise 2 x 1 s) and takes traffic:");
@@ -213,6 +213,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     );
     if o.once {
         println!("demo: --once given, cleaning up");
+    } else if o.in_guest {
+        // The guest has one console: this one. It powers off when the demo ends.
+        println!(
+            "demo: inside the guest the only terminal is this one; press Ctrl-C to stop, clean              up and power the guest off"
+        );
+        wait_for(&signals);
+        println!("\ndemo: stopping and cleaning up");
     } else {
         println!("demo: press Ctrl-C to stop and remove everything");
         wait_for(&signals);
@@ -394,20 +401,24 @@ fn curl_with(client: &Netns, extra: &[&str], url: &str) -> anyhow::Result<String
 
 /// The backends' HTTP servers take a moment to bind; wait until the VIP answers.
 fn wait_for_http(topo: &Topology) -> anyhow::Result<()> {
-    for _ in 0..100 {
+    let limit = scaled(Duration::from_secs(10));
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
         if curl(&topo.client, &format!("http://{VIP_V4}/")).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("the VIP did not answer HTTP within 10 s")
+    bail!("the VIP did not answer HTTP within {limit:?}")
 }
 
 /// Until every backend of every service is healthy and in its table (`understudy status`), so
 /// the first requests already see all three: the VIP answers as soon as one backend is up.
 fn wait_for_all_backends(topo: &Topology, binary: &std::path::Path) -> anyhow::Result<()> {
     let mut last = String::new();
-    for _ in 0..150 {
+    let limit = scaled(Duration::from_secs(15));
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
         let out = topo
             .lb
             .command_net_only(binary.to_str().context("binary path")?)
@@ -425,7 +436,7 @@ fn wait_for_all_backends(topo: &Topology, binary: &std::path::Path) -> anyhow::R
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("not every backend came up within 15 s; the last status:\n{last}")
+    bail!("not every backend came up within {limit:?}; the last status:\n{last}")
 }
 
 /// The backends' web roots, removed on drop.

@@ -104,6 +104,11 @@ pub const SERVICE_F_HASH_SRC_IP: u32 = 1;
 /// to the backend is re-selected on its next packet. (New flows follow the ring alone, which
 /// leaves out draining and unhealthy backends.)
 pub const BACKEND_ALIVE: u8 = 1;
+/// `BackendInfo::state`: the backend takes no new connections (drained, or removed by a
+/// reload); its established flows keep going. A client SYN whose 5-tuple still has a `FLOWS`
+/// entry on it (a client port reused before the entry aged out) is a new connection, so it is
+/// re-selected through the ring instead of following the old entry.
+pub const BACKEND_NO_NEW: u8 = 2;
 
 /// `FlowValue::state`: the backend answered this flow's SYN.
 pub const FLOW_SYNACK_SEEN: u32 = 1;

@@ -8,9 +8,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_ALIVE, BackendInfo, Counter, FLOW_OPENED_BY_SYN, FORWARD_GUE, FORWARD_IPIP, FlowValue,
-    MAX_RING_SIZE, MAX_SERVICES, NO_BACKEND, PROTO_TCP, REJECT, RING_CHUNK, RING_SLOTS,
-    SERVICE_F_HASH_SRC_IP, ServiceInfo,
+    BACKEND_ALIVE, BACKEND_NO_NEW, BackendInfo, Counter, FLOW_OPENED_BY_SYN, FORWARD_GUE,
+    FORWARD_IPIP, FlowValue, MAX_RING_SIZE, MAX_SERVICES, NO_BACKEND, PROTO_TCP, REJECT,
+    RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
     edge::{DropReason, SERVICE_F_RATE_LIMIT},
     hash::{flow_hash, source_hash},
     ring_index,
@@ -69,7 +69,9 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
     let mut moved = false;
     if !flooding {
         if let Some(flow) = unsafe { FLOWS.get(key) } {
-            if let Some(backend) = usable(flow.backend, flow.generation) {
+            if let Some(backend) = usable(flow.backend, flow.generation)
+                && !(syn && backend.state & BACKEND_NO_NEW != 0)
+            {
                 return Ok(Choice {
                     id: flow.backend,
                     backend,

@@ -191,6 +191,50 @@ fn a_flow_pinned_to_a_dead_backend_is_reselected_onto_a_live_one() {
     );
 }
 
+/// A client port reused while the old connection's `FLOWS` entry lives: the new SYN is a new
+/// connection, so it must not follow the entry to a drained backend (found by the soak, where
+/// such a SYN reached a backend a reload had removed, and was refused). The established flow's
+/// own packets stay on the drained backend.
+#[test]
+fn a_syn_reusing_a_drained_backends_flow_is_a_new_connection() {
+    let mut bed = bed(CONFIG);
+    let first = syn(42500);
+    let (_, out) = bed.run(&first.bytes(), bed.xc);
+    let (pinned, _) = destination(&out);
+    let pinned_id = id_of(pinned);
+    assert!(pinned_id < 2);
+    bed.writer
+        .drain("web", &format!("{pinned}:8080"), true)
+        .unwrap();
+    let ack = Pkt {
+        l4: L4::Tcp { syn: false },
+        ..first.clone()
+    };
+    let (_, out) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(
+        destination(&out).0,
+        pinned,
+        "the established flow left its drained backend"
+    );
+    let (action, out) = bed.run(&first.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let (now, _) = destination(&out);
+    assert_eq!(
+        id_of(now),
+        1 - pinned_id,
+        "the reused port's SYN followed the old entry to the drained backend"
+    );
+    assert_bytes(
+        "re-selected SYN",
+        &out,
+        &first.forwarded_to(now, 8080).bytes(),
+    );
+    assert_eq!(bed.counter(Counter::Reselected), 1);
+    // The new connection's own packets follow it.
+    let (_, out) = bed.run(&ack.bytes(), bed.xc);
+    assert_eq!(destination(&out).0, now);
+}
+
 #[test]
 fn the_backup_tier_takes_new_flows_when_the_primaries_are_down() {
     let mut bed = bed(CONFIG);

@@ -34,7 +34,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use lb_common::BACKEND_ALIVE;
+use lb_common::{BACKEND_ALIVE, BACKEND_NO_NEW};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info};
 
@@ -194,6 +194,11 @@ fn update_table(svc: &PlannedService, view: &mut View, next: Active) -> Vec<usiz
     delta
 }
 
+/// `BackendInfo::state` for a backend: alive keeps its flows; drained takes no new ones.
+fn state_bits(alive: bool, drained: bool) -> u8 {
+    (if alive { BACKEND_ALIVE } else { 0 }) | (if drained { BACKEND_NO_NEW } else { 0 })
+}
+
 impl Writer {
     /// A writer for `plan`, with each backend in its initial health.
     pub fn new(dp: Dataplane, plan: Plan) -> Writer {
@@ -342,7 +347,7 @@ impl Writer {
                 let alive = svc.alive(&health, mi);
                 self.states[si][mi].alive = alive;
                 let id = svc.members[mi].id;
-                let info = self.backend_info(id, alive);
+                let info = self.backend_info(si, mi, alive);
                 self.dp.set_backend(id, &info)?;
             }
             // Into both slots: then the idle slot is known, and every later change is a delta.
@@ -355,9 +360,12 @@ impl Writer {
         Ok(())
     }
 
-    fn backend_info(&self, id: u32, alive: bool) -> lb_common::BackendInfo {
-        let mut info = self.plan.backends[id as usize];
-        info.state = if alive { BACKEND_ALIVE } else { 0 };
+    /// Member `mi` of service `si`'s kernel entry: alive or not, and whether it takes new
+    /// connections (not while drained).
+    fn backend_info(&self, si: usize, mi: usize, alive: bool) -> lb_common::BackendInfo {
+        let m = &self.plan.services[si].members[mi];
+        let mut info = self.plan.backends[m.id as usize];
+        info.state = state_bits(alive, m.rank.drain);
         info
     }
 
@@ -365,7 +373,7 @@ impl Writer {
         if self.states[si][mi].alive != alive {
             self.states[si][mi].alive = alive;
             let id = self.plan.services[si].members[mi].id;
-            let info = self.backend_info(id, alive);
+            let info = self.backend_info(si, mi, alive);
             self.dp.set_backend(id, &info)?;
         }
         Ok(())

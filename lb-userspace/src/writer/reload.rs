@@ -40,9 +40,26 @@ impl Writer {
                 let alive_now = svc.alive(&health, mi);
                 states[mi].alive = alive_now;
                 let mut info = next.backends[m.id as usize];
-                info.state = if alive_now { BACKEND_ALIVE } else { 0 };
+                info.state = state_bits(alive_now, m.rank.drain);
                 self.dp.set_backend(m.id, &info)?;
                 health_by_id[m.id as usize] = Some(health[mi]);
+            }
+        }
+        // A removed backend takes no new connection, even one whose reused client port still
+        // finds its old `FLOWS` entry.
+        let used: std::collections::HashSet<u32> = next
+            .services
+            .iter()
+            .flat_map(|s| s.members.iter().map(|m| m.id))
+            .collect();
+        for svc in &self.plan.services {
+            for m in svc.members.iter().filter(|m| !used.contains(&m.id)) {
+                if let Some(mut entry) = self.dp.backend_entry(m.id)
+                    && entry.family != 0
+                {
+                    entry.state |= BACKEND_NO_NEW;
+                    self.dp.set_backend(m.id, &entry)?;
+                }
             }
         }
         // New access-list prefixes and `REVERSE` entries before the entries that use them.
@@ -125,7 +142,11 @@ impl Writer {
         if self.plan.services[si].members[mi].rank.drain != drain {
             self.plan.services[si].members[mi].rank.drain = drain;
             self.changes += 1;
-            self.refresh(si)
+            let id = self.plan.services[si].members[mi].id;
+            let info = self.backend_info(si, mi, self.states[si][mi].alive);
+            self.dp
+                .set_backend(id, &info)
+                .and_then(|()| self.refresh(si))
                 .map_err(|e| DrainError::MapWrite(format!("{e:#}")))?;
         }
         info!(service, backend, drain, "operator changed draining");

@@ -42,6 +42,24 @@ table_size = 101
 backend = [{ address = "[fd00:11::2]:8081" }]
 "#;
 
+/// `CONFIG` with its 20 ms `syn_timeout` scaled by `understudy_testbed::slowdown`: under
+/// emulation (the kernel matrix's TCG guest, 10x) a test's own steps take longer than 20 ms, and
+/// a SYN meant as an immediate retransmission would read as a timed-out one.
+fn config() -> String {
+    CONFIG.replace(
+        "syn_timeout = \"20ms\"",
+        &format!(
+            "syn_timeout = \"{}ms\"",
+            20 * understudy_testbed::slowdown()
+        ),
+    )
+}
+
+/// A wait longer than `config()`'s `syn_timeout`.
+fn past_syn_timeout() -> std::time::Duration {
+    understudy_testbed::scaled(std::time::Duration::from_millis(30))
+}
+
 /// Backend ids in plan order.
 const WEB: [&str; 3] = ["10.0.11.2", "10.0.11.3", "10.0.11.4"];
 const REJECT4: u32 = 3;
@@ -137,7 +155,7 @@ fn syn(sport: u16) -> Pkt {
 
 #[test]
 fn a_flow_pinned_to_a_dead_backend_is_reselected_onto_a_live_one() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     let first = syn(42000);
     let (_, out) = bed.run(&first.bytes(), bed.xc);
     let (pinned, _) = destination(&out);
@@ -197,7 +215,7 @@ fn a_flow_pinned_to_a_dead_backend_is_reselected_onto_a_live_one() {
 /// own packets stay on the drained backend.
 #[test]
 fn a_syn_reusing_a_drained_backends_flow_is_a_new_connection() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     let first = syn(42500);
     let (_, out) = bed.run(&first.bytes(), bed.xc);
     let (pinned, _) = destination(&out);
@@ -237,7 +255,7 @@ fn a_syn_reusing_a_drained_backends_flow_is_a_new_connection() {
 
 #[test]
 fn the_backup_tier_takes_new_flows_when_the_primaries_are_down() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     set(&mut bed, 0, false);
     set(&mut bed, 1, false);
     for sport in 45000..45020 {
@@ -249,7 +267,7 @@ fn the_backup_tier_takes_new_flows_when_the_primaries_are_down() {
 
 #[test]
 fn on_all_down_drop_is_counted() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     for id in 0..3 {
         set(&mut bed, id, false);
     }
@@ -308,7 +326,7 @@ fn assert_valid_rst(out: &[u8], from: IpAddr, to: IpAddr, sport: u16, seq: u32, 
 
 #[test]
 fn on_all_down_reject_answers_with_a_valid_rst() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     set(&mut bed, REJECT4, false);
     set(&mut bed, REJECT6, false);
     // A SYN with 10 bytes of data: RST+ACK acknowledging SYN + data.
@@ -369,7 +387,7 @@ fn reply(from: IpAddr, sport: u16, l4: L4) -> Pkt {
 
 #[test]
 fn passive_detection_reports_rst_icmp_and_syn_timeout() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     // A RST answering a SYN.
     let (_, out) = bed.run(&syn(47000).bytes(), bed.xc);
     let (b1, _) = destination(&out);
@@ -399,16 +417,16 @@ fn passive_detection_reports_rst_icmp_and_syn_timeout() {
         "the ICMP goes on to the client, translated"
     );
 
-    // A SYN retransmitted after the service's 20 ms syn_timeout, never answered.
+    // A SYN retransmitted after the service's syn_timeout, never answered.
     let (_, out) = bed.run(&syn(47003).bytes(), bed.xc);
     let (b4, _) = destination(&out);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    std::thread::sleep(past_syn_timeout());
     bed.run(&syn(47003).bytes(), bed.xc);
     // An answered one retransmitting is no event.
     let (_, out) = bed.run(&syn(47004).bytes(), bed.xc);
     let (b5, _) = destination(&out);
     bed.run(&reply(b5, 47004, L4::SynAck).bytes(), bed.xb);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    std::thread::sleep(past_syn_timeout());
     bed.run(&syn(47004).bytes(), bed.xc);
 
     // A new connection reusing an answered flow's 5-tuple (a recycled client port) is refused:
@@ -434,7 +452,7 @@ fn passive_detection_reports_rst_icmp_and_syn_timeout() {
 /// go on to the stack untouched, and are counted.
 #[test]
 fn forged_and_path_mtu_icmp_are_not_evidence() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     let (_, out) = bed.run(&syn(47100).bytes(), bed.xc);
     let (b, _) = destination(&out);
     let IpAddr::V4(bv4) = b else { unreachable!() };
@@ -557,7 +575,7 @@ address = "10.0.11.2:8080"
 /// client's doing, as under load.
 #[test]
 fn a_syn_timeout_is_no_evidence_while_the_backend_answers_other_syns() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     let (_, out) = bed.run(&syn(47200).bytes(), bed.xc);
     let (b, _) = destination(&out);
     // Another flow to the same backend, answered.
@@ -568,7 +586,7 @@ fn a_syn_timeout_is_no_evidence_while_the_backend_answers_other_syns() {
         })
         .expect("a second flow to the same backend");
     bed.run(&reply(b, other, L4::SynAck).bytes(), bed.xb);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    std::thread::sleep(past_syn_timeout());
     bed.run(&syn(47200).bytes(), bed.xc);
     assert_eq!(bed.counter(Counter::SynTimeoutNotEvidence), 1);
     assert_eq!(
@@ -604,7 +622,7 @@ fn requote(quoted: &[u8], src: Option<([u8; 4], u16)>, dst: Option<([u8; 4], u16
 /// reply, addressed to the VIP, reaches the backend quoting the backend's own packet.
 #[test]
 fn icmp_errors_are_translated_both_ways() {
-    let mut bed = bed(CONFIG);
+    let mut bed = bed(&config());
     let client = [10, 0, 1, 2];
     let vip = [10, 0, 0, 10];
     let s = syn(47300);

@@ -213,15 +213,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     );
     if o.once {
         println!("demo: --once given, cleaning up");
-    } else if o.in_guest {
-        // The guest has one console: this one. It powers off when the demo ends.
-        println!(
-            "demo: inside the guest the only terminal is this one; press Ctrl-C to stop, clean              up and power the guest off"
-        );
-        wait_for(&signals);
-        println!("\ndemo: stopping and cleaning up");
     } else {
-        println!("demo: press Ctrl-C to stop and remove everything");
+        // In a guest this console is the only terminal, and the guest powers off after.
+        println!(
+            "{}",
+            if o.in_guest {
+                "demo: inside the guest the only terminal is this one; press Ctrl-C to stop, \
+                 clean up and power the guest off"
+            } else {
+                "demo: press Ctrl-C to stop and remove everything"
+            }
+        );
         wait_for(&signals);
         println!("\ndemo: stopping and cleaning up");
     }

@@ -40,7 +40,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use understudy_testbed::{
     Daemon, EchoServer, HttpBackend, Netns, Topology, backend_v4, cli, http_get,
-    traffic::{Stream, close, open_stream, short_connection},
+    traffic::{Load, Stream, close, open_stream, short_connection},
 };
 
 #[derive(Args)]
@@ -275,20 +275,11 @@ fn soak(binary: &Path, length: Duration, seed: u64) -> anyhow::Result<Report> {
     let daemon_down: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
 
-    let short: Log = Arc::default();
+    // Short connections: 4 workers, 10 ms apart, bounded well past the soak's length.
+    let per_worker = length.as_millis() as u64 / 10 + 1000;
+    let load = Load::bounded(&topo.client, nat_vip, Duration::from_millis(10), per_worker);
     let http: Log = Arc::default();
     let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (log, stop) = (short.clone(), stop.clone());
-        workers.push(topo.client.thread(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let r = short_connection(nat_vip);
-                log.lock().unwrap().push((t, r));
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }));
-    }
     for _ in 0..2 {
         let (log, stop) = (http.clone(), stop.clone());
         workers.push(topo.client.thread(move || {
@@ -408,6 +399,8 @@ fn soak(binary: &Path, length: Duration, seed: u64) -> anyhow::Result<Report> {
     for w in workers {
         let _ = w.join();
     }
+    let short = load.results.lock().unwrap().clone();
+    load.finish();
 
     let mut report = Report::default();
     report.lines.push(format!(
@@ -455,7 +448,6 @@ fn soak(binary: &Path, length: Duration, seed: u64) -> anyhow::Result<Report> {
             .iter()
             .any(|d| t + Duration::from_secs(1) >= *d && t < *d + DETECTION)
     };
-    let short = short.lock().unwrap().clone();
     let failed: Vec<&(Instant, Result<String, String>)> =
         short.iter().filter(|(_, r)| r.is_err()).collect();
     let unexcused: Vec<String> = failed

@@ -474,23 +474,24 @@ fn build_initramfs(kdir: &Path, release: &str, out: &Path) -> anyhow::Result<()>
             .file_name()
             .and_then(|n| n.to_str())
             .context("module path")?;
-        let plain = name.trim_end_matches(".xz").trim_end_matches(".zst");
+        // busybox's insmod cannot read compressed modules (Debian compresses them with xz
+        // from 6.12): they go in decompressed.
+        let (plain, decompress) = match name.strip_suffix(".xz") {
+            Some(plain) => (plain, Some("xz")),
+            None => (name, None),
+        };
         let dst = staging.join("modules").join(plain);
-        // busybox's insmod cannot read compressed modules (Debian compresses them from 6.12).
-        if name.ends_with(".xz") {
-            let data = Command::new("xz").arg("-dc").arg(&src).output()?;
-            if !data.status.success() {
-                bail!("xz -dc {} failed", src.display());
+        match decompress {
+            Some(tool) => {
+                let data = Command::new(tool).arg("-dc").arg(&src).output()?;
+                if !data.status.success() {
+                    bail!("{tool} -dc {} failed", src.display());
+                }
+                std::fs::write(&dst, data.stdout)?;
             }
-            std::fs::write(&dst, data.stdout)?;
-        } else if name.ends_with(".zst") {
-            let data = Command::new("zstd").arg("-dc").arg(&src).output()?;
-            if !data.status.success() {
-                bail!("zstd -dc {} failed", src.display());
+            None => {
+                std::fs::copy(&src, &dst)?;
             }
-            std::fs::write(&dst, data.stdout)?;
-        } else {
-            std::fs::copy(&src, &dst)?;
         }
         names.push(plain.to_string());
     }

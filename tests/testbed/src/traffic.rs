@@ -125,14 +125,19 @@ pub struct Load {
 impl Load {
     /// Four workers, each pausing `pause` between connections.
     pub fn start(client: &Netns, vip: SocketAddr, pause: Duration) -> Load {
+        Load::bounded(client, vip, pause, 50_000)
+    }
+
+    /// As [`Load::start`], each worker making at most `per_worker` connections.
+    pub fn bounded(client: &Netns, vip: SocketAddr, pause: Duration, per_worker: u64) -> Load {
         let results = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..4)
             .map(|_| {
                 let (r, s) = (results.clone(), stop.clone());
                 client.thread(move || {
-                    // Bounded: at most 50,000 connections per worker.
-                    for _ in 0..50_000 {
+                    // Bounded: at most `per_worker` connections.
+                    for _ in 0..per_worker {
                         if s.load(Ordering::Relaxed) {
                             return;
                         }

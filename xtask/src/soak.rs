@@ -19,8 +19,9 @@
 //!   (a connection's own timeout) to `DETECTION` after (the health checks' fall × interval plus
 //!   a timeout and a margin);
 //! - HTTP errors (any status but 200, or no answer) while the daemon was running, since be1 and
-//!   be2 were always healthy; requests while the daemon was down (SIGKILL → ready) are counted
-//!   apart: the proxy lives in the daemon, and nothing listens on its port until it is back;
+//!   be2 were always healthy; requests that ended while the daemon was down (SIGKILL → ready,
+//!   so a request the kill cut included) are counted apart: the proxy lives in the daemon, and
+//!   nothing listens on its port until it is back;
 //! - pins or namespaces left after the run.
 //!
 //! Daemon RSS and open descriptors are sampled every 5 s; the report gives each daemon life's
@@ -284,13 +285,14 @@ fn soak(binary: &Path, length: Duration, seed: u64) -> anyhow::Result<Report> {
         let (log, stop) = (http.clone(), stop.clone());
         workers.push(topo.client.thread(move || {
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
                 let r = match http_get(http_vip, "/", Duration::from_secs(5)) {
                     Ok((200, body)) => Ok(body),
                     Ok((code, body)) => Err(format!("{code} {body}")),
                     Err(e) => Err(e),
                 };
-                log.lock().unwrap().push((t, r));
+                // When it ended: a request cut by the daemon's SIGKILL ends while the daemon is
+                // down, though it began before.
+                log.lock().unwrap().push((Instant::now(), r));
                 std::thread::sleep(Duration::from_millis(20));
             }
         }));

@@ -11,7 +11,7 @@
 mod support;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -29,8 +29,9 @@ struct Model {
     services: Vec<ServiceEntry>,
     /// Client tuple to backend.
     flows: HashMap<Tuple, (IpAddr, u16)>,
-    /// Backend's reply tuple to the VIP it must appear from.
-    replies: HashMap<Tuple, (IpAddr, u16)>,
+    /// Backend's reply tuple to the VIP it must appear from. Ordered: the generator picks
+    /// replies by index, so a seed replays only if the iteration order is the seed's alone.
+    replies: BTreeMap<Tuple, (IpAddr, u16)>,
     /// (src, dst, id, proto) to (rewrite the destination?, the address).
     frags: HashMap<(IpAddr, IpAddr, u32, u8), (bool, IpAddr)>,
 }
@@ -196,6 +197,7 @@ fn expect(
     ingress_xc: bool,
     bed: &Bed,
     chosen: Option<(IpAddr, u16)>,
+    translated: bool,
 ) -> Expectation {
     let Some(h) = parse(b) else {
         return Expectation::Pass(b.to_vec());
@@ -267,11 +269,13 @@ fn expect(
             .map(|((vip, port, _), _)| (*vip, *port))
     }) {
         // The FIB is asked before a reply is rewritten: to a destination it does not forward to
-        // (this host, no route) the reply passes untouched; odd destinations are the kernel's
-        // to decide.
+        // (this host, no route) the reply passes untouched. An odd destination is the kernel's
+        // to decide (an unresolved neighbour in a known subnet is translated and passed), so the
+        // model follows the program's choice, as for a new flow's backend: untouched, or
+        // translated exactly, and then a first fragment's later ones must be translated alike.
         let (clients, backends) = neighbours();
-        if !clients.contains(&h.dst) && !backends.contains(&h.dst) {
-            return Expectation::PassAny;
+        if !clients.contains(&h.dst) && !backends.contains(&h.dst) && !translated {
+            return Expectation::Pass(b.to_vec());
         }
         if h.ttl <= 1 {
             return Expectation::Pass(b.to_vec());
@@ -350,7 +354,9 @@ fn forward(
     } else if backends.contains(&dst) {
         (false, XB_MAC, backend_mac(dst))
     } else {
-        return Expectation::PassAny;
+        // A neighbour the namespace does not know: the kernel resolves it, so the translated
+        // packet goes to the stack as it is.
+        return Expectation::Pass(translated);
     };
     if h.v6 {
         out[h.l3 + 7] -= 1;
@@ -390,8 +396,6 @@ fn forward(
 
 enum Expectation {
     Pass(Vec<u8>),
-    /// Passed, translated or not (to a neighbour the namespace does not know).
-    PassAny,
     Sent {
         action: u32,
         bytes: Vec<u8>,
@@ -532,7 +536,7 @@ fn the_program_agrees_with_the_model_on_generated_and_mutated_packets() {
             })
             .collect(),
         flows: HashMap::new(),
-        replies: HashMap::new(),
+        replies: BTreeMap::new(),
         frags: HashMap::new(),
     };
     let (mut passed, mut rewritten) = (0usize, 0usize);
@@ -553,18 +557,12 @@ fn the_program_agrees_with_the_model_on_generated_and_mutated_packets() {
         let fail = |why: String| -> ! {
             panic!("seed {seed}, packet {n}: {why}\n in  {packet:02x?}\n out {out:02x?}")
         };
-        match expect(&mut m, &packet, from_client, &bed, chosen) {
+        match expect(&mut m, &packet, from_client, &bed, chosen, out != packet) {
             Expectation::Pass(want) => {
                 if action != XDP_PASS || out != want {
                     fail(format!(
                         "expected a pass of {want:02x?}, got action {action}"
                     ));
-                }
-                passed += 1;
-            }
-            Expectation::PassAny => {
-                if action != XDP_PASS {
-                    fail(format!("expected a pass, got action {action}"));
                 }
                 passed += 1;
             }

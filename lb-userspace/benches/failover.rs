@@ -8,7 +8,13 @@
 //!    passive detection off) to the start of the last connection that failed on it.
 //! 4. **Passive detection**: the same with probes every 5 s, so only the kernel's RST-to-SYN
 //!    reports can act (3 events eject). The client runs 4 connections back to back.
-//! 5. **Reload planning**: validating and planning a reload that replaces all 4096 backends of
+//! 5. **Decision to visible in the real daemon**: the release daemon in namespaces, under load
+//!    (4 clients connecting back to back), TCP checks every 20 ms with fall 1 and rise 1, two of
+//!    three backends' servers stopped and started by turns; the figure is the daemon's own (the
+//!    `decision_to_visible_us` of each "data plane updated" line, the measurement that also feeds
+//!    `understudy_decision_to_visible_seconds`). And 100 backends (10 whole services) failing in
+//!    one batch through the real writer.
+//! 6. **Reload planning**: validating and planning a reload that replaces all 4096 backends of
 //!    a service with new addresses (every new id avoids the previous plan's, so the allocator's
 //!    worst case).
 
@@ -23,7 +29,7 @@ use understudy::{
     config::Config, dataplane::Dataplane, health::Update, plan::plan, writer::Writer,
 };
 use understudy_testbed::{
-    Daemon, Topology, require_root,
+    Daemon, EchoServer, Topology, require_root,
     traffic::{Backend, Load, short_connection},
 };
 
@@ -93,6 +99,90 @@ fn decision_to_visible(primaries: usize, group: usize) -> Histogram<u64> {
                 .unwrap();
         }
     }
+    h
+}
+
+/// 100 backends failing and recovering at once: all of 10 random services, in one batch each
+/// way, through the real writer.
+fn decision_to_visible_hundred() -> Histogram<u64> {
+    let config = Config::parse("fleet.toml".as_ref(), &fleet_config(BACKENDS)).unwrap();
+    let dp = Dataplane::load().expect("load the XDP object");
+    let mut writer = Writer::new(dp, plan(&config));
+    writer.install().unwrap();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    for _ in 0..ROUNDS / 4 {
+        let first = rng.usize(..SERVICES - 10) as u32;
+        let ids: Vec<u32> = (first * BACKENDS as u32..(first + 10) * BACKENDS as u32).collect();
+        for up in [false, true] {
+            let batch: Vec<Update> = ids.iter().map(|&id| update(id, up)).collect();
+            writer.apply(&batch).unwrap();
+            h.record(batch[0].decided.elapsed().as_nanos() as u64)
+                .unwrap();
+        }
+    }
+    h
+}
+
+/// The daemon's own decision-to-visible over `flaps` failures and recoveries, under load: be2
+/// and be3's echo servers stop and start by turns (be1 stays), TCP checks every 20 ms decide
+/// at the first result. Read from its "data plane updated" lines.
+fn daemon_decision_to_visible(flaps: usize) -> Histogram<u64> {
+    let topo = Topology::build(3);
+    let echo = |i: usize| {
+        EchoServer::start_greeting(
+            &topo.backends[i - 1],
+            SocketAddr::new(topo.backend_addr(i, false), 8080),
+            Some(format!("be{i}\n")),
+        )
+    };
+    let mut servers: Vec<Option<EchoServer>> = (1..=3).map(|i| Some(echo(i))).collect();
+    let config = topo.echo_config(
+        "",
+        "passive = { events_to_eject = 0 }\n\n[service.health]\nkind = \"tcp\"\n\
+         interval = \"20ms\"\ntimeout = \"10ms\"\njitter = 0.0\nrise = 1\nfall = 1",
+        &[(1, ""), (2, ""), (3, "")],
+    );
+    let daemon = Daemon::start(&topo.lb, env!("CARGO_BIN_EXE_understudy").as_ref(), &config);
+    let updates = |d: &Daemon| d.output().matches("data plane updated").count();
+    let vip: SocketAddr = "10.0.0.10:80".parse().unwrap();
+    let load = Load::start(&topo.client, vip, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(500));
+    for k in 0..flaps * 2 {
+        let before = updates(&daemon);
+        let i = 2 + (k / 2) % 2;
+        match servers[i - 1].take() {
+            Some(s) => s.kill(),
+            None => servers[i - 1] = Some(echo(i)),
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while updates(&daemon) == before {
+            assert!(
+                Instant::now() < deadline,
+                "flap {k}: the daemon applied no change within 5 s; its output:\n{}",
+                daemon.output()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Apart, so each change is one decision and one write.
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    load.finish();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    for line in daemon
+        .output()
+        .lines()
+        .filter(|l| l.contains("data plane updated"))
+    {
+        let us = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("decision_to_visible_us="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("a decision_to_visible_us field");
+        h.record(us * 1000).unwrap();
+    }
+    assert!(daemon.stop());
+    std::fs::remove_file(config).ok();
     h
 }
 
@@ -267,6 +357,18 @@ fn main() {
         "decision to visible, whole tier ({})   {}",
         BACKENDS / 2,
         quantiles(&tier)
+    );
+
+    let hundred = decision_to_visible_hundred();
+    println!(
+        "decision to visible, 100 at once      {}",
+        quantiles(&hundred)
+    );
+    let real = daemon_decision_to_visible(100);
+    println!(
+        "decision to visible, real daemon      {}   ({} changes under load; the daemon's own figure)",
+        quantiles(&real),
+        real.len()
     );
 
     let (mean, max, excess) = disruption();

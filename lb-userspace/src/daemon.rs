@@ -95,7 +95,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .take_events()
         .context("opening the passive-detection ring buffer")?;
     let epochs = Arc::new(Epochs::default());
-    let mut writer = Writer::with_health(dp, plan.clone(), healthy).with_epochs(epochs.clone());
+    // The writer owns the plan (the daemon reads it through `writer.plan()` until the writer
+    // moves to its thread): a copy held here was about 1 MB per service at the default table size.
+    let mut writer = Writer::with_health(dp, plan, healthy).with_epochs(epochs.clone());
     // Subscribed before the maps are written, so no change between the two goes unseen.
     match crate::dataplane::next_hops::watch() {
         Ok(events) => writer = writer.with_hop_events(events),
@@ -157,8 +159,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let router = Arc::new(RwLock::new(Router::default()));
     let board = new_board();
     let mut tasks = Supervisor::new(router.clone(), updates, board.clone(), epochs.clone());
-    tasks.reconcile(&config, &plan, &health_by_id)?;
-    for (svc, planned) in config.services.iter().zip(&plan.services) {
+    tasks.reconcile(&config, writer.plan(), &health_by_id)?;
+    for (svc, planned) in config.services.iter().zip(&writer.plan().services) {
         info!(
             service = %svc.name,
             vip = %svc.vip,
@@ -198,7 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             writer.available(),
             rx,
             node.clone(),
-            first_checks(board.clone(), &config, &plan),
+            first_checks(board.clone(), &config, writer.plan()),
         ));
         tx
     });
@@ -251,7 +253,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (stop, stopped) = oneshot::channel();
-    let writer = tokio::spawn(writer.run(updates_rx, control_rx, stopped, STATS_INTERVAL));
+    let writer = spawn_writer(writer, updates_rx, control_rx, stopped)?;
     // Handlers before readiness: a reload or stop sent the moment systemd hears READY must not
     // meet a signal's default action (SIGHUP's is to terminate).
     let mut current = config;
@@ -260,6 +262,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
     info!(services = current.services.len(), "understudy is running");
+    crate::allocator::release_freed_memory();
     notify(&[NotifyState::Ready]);
     loop {
         tokio::select! {
@@ -300,7 +303,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // HTTP listeners stop accepting now, and their requests in flight finish.
     listeners.drain_all().await;
     let _ = stop.send(());
-    let mut writer = writer.await.context("the map writer failed")?;
+    let mut writer = writer
+        .await
+        .context("the map writer's thread ended without handing the writer back")?
+        .context("the map writer's event loop")?;
     info!("shutting down: detaching XDP and removing the pinned state");
     writer.dataplane_mut().unpin();
     if probe_path {
@@ -507,6 +513,7 @@ async fn reload(
         .insert("file", current.file.display().to_string());
     record.changes = changes;
     audit.record(record).await;
+    crate::allocator::release_freed_memory();
     notify(&[NotifyState::Ready]);
     result
 }
@@ -541,6 +548,30 @@ fn first_checks(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Runs the map writer on its own thread and event loop until `stopped`, and hands it back
+/// (dropping it detaches XDP). On the shared runtime a health decision waited behind whatever
+/// the proxy's, the checkers' and the admin API's tasks held the workers with, before its
+/// table reached the kernel; alone, the writer wakes as soon as a decision arrives.
+fn spawn_writer(
+    writer: Writer,
+    updates: mpsc::Receiver<crate::health::Update>,
+    control: mpsc::Receiver<Control>,
+    stopped: oneshot::Receiver<()>,
+) -> anyhow::Result<oneshot::Receiver<std::io::Result<Writer>>> {
+    let (done, handed_back) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("understudy-writer".into())
+        .spawn(move || {
+            let writer = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(writer.run(updates, control, stopped, STATS_INTERVAL)));
+            let _ = done.send(writer);
+        })
+        .context("starting the map writer's thread")?;
+    Ok(handed_back)
 }
 
 /// Tells systemd (`Type=notify`) where the daemon is; a no-op outside systemd.

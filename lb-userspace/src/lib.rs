@@ -4,6 +4,7 @@
 //! stop ([`daemon`]). The binary in `main.rs` is a thin command line over this library.
 
 pub mod admin;
+mod allocator;
 pub mod announce;
 pub mod audit;
 #[cfg(test)]

@@ -274,6 +274,10 @@ fn members(svc: &Service, ids: Vec<u32>, ranks: Vec<Member>, base: &[u32]) -> Ve
     for (slot, &owner) in base.iter().enumerate() {
         members[owner as usize].base_slots.push(slot as u32);
     }
+    // Grown by pushes: up to twice the entries' room, held for the plan's life.
+    for m in &mut members {
+        m.base_slots.shrink_to_fit();
+    }
     members
 }
 

@@ -1,5 +1,5 @@
 //! Loading the object and writing its maps. The writer fills a service's idle ring slot through a
-//! memory mapping of `RINGS` (plain stores, no syscall per entry), then flips the service's active
+//! memory mapping of its part of `RINGS` (plain stores, no syscall per entry), then flips the service's active
 //! slot by replacing its `SERVICES` entry: one map update, seen whole or not at all by the kernel.
 
 use std::collections::HashMap as StdHashMap;
@@ -11,15 +11,12 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use lb_common::{
-    BackendInfo, MAX_RING_SIZE, NO_BACKEND, RING_SLOTS, RINGS_CHUNKS, RingChunk, ServiceInfo,
-    ServiceKey, Traffic,
+    BackendInfo, MAX_RING_SIZE, NO_BACKEND, RING_SLOTS, ServiceInfo, ServiceKey, Traffic,
     map_names::{BACKEND_STATS, BACKENDS, COUNTERS, EVENTS, FLOWS, RINGS, SERVICE_STATS, SERVICES},
-    ring_index,
 };
-use memmap2::{MmapMut, MmapOptions};
 use tracing::warn;
 
-use super::{EBPF_OBJECT, XDP_PROGRAM, edge::EdgeMaps};
+use super::{EBPF_OBJECT, XDP_PROGRAM, edge::EdgeMaps, rings::Rings};
 use crate::plan::{Plan, PlannedService, Serving};
 
 /// Anything that went wrong between user space and the kernel.
@@ -57,7 +54,7 @@ pub struct Dataplane {
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     backends: Array<MapData, BackendInfo>,
-    rings: MmapMut,
+    rings: Rings,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) service_stats: PerCpuArray<MapData, Traffic>,
     pub(super) backend_stats: PerCpuArray<MapData, Traffic>,
@@ -144,12 +141,11 @@ impl Dataplane {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         // The logger owns the log ring buffer; it must outlive the programs' use of it.
         let logger = EbpfLogger::init(&mut ebpf).ok();
-        // RINGS stays reachable through its memory mapping only.
-        let rings_map = match take(&mut ebpf, RINGS)? {
-            Map::Array(data) => data,
+        // RINGS is reached through memory mappings of each service's slots only.
+        let rings = match take(&mut ebpf, RINGS)? {
+            Map::Array(data) => Rings::new(data),
             _ => return Err(DataplaneError::MissingMap(RINGS)),
         };
-        let rings = map_rings(&rings_map)?;
         let mut dp = Dataplane {
             services: typed(&mut ebpf, SERVICES)?,
             backends: typed(&mut ebpf, BACKENDS)?,
@@ -401,7 +397,10 @@ impl Dataplane {
 
     /// Removes a service's VIP: its packets go to the stack from now on.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
-        if self.installed.remove(key).is_some() {
+        if let Some(gone) = self.installed.remove(key) {
+            if !self.installed.values().any(|i| i.id == gone.id) {
+                self.rings.forget(gone.id);
+            }
             self.services
                 .remove(key)
                 .map_err(|source| DataplaneError::Map {
@@ -417,11 +416,9 @@ impl Dataplane {
         let Some(info) = self.installed.get(&svc.key) else {
             return Vec::new();
         };
-        let start = ring_index(svc.id, info.active_slot, 0) as usize * 4;
-        self.rings[start..start + info.ring_size as usize * 4]
-            .chunks_exact(4)
-            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        self.rings
+            .read(svc.id, info.active_slot, info.ring_size as usize)
+            .unwrap_or_default()
     }
 
     /// Runs `write` on the service's idle ring slot (as bytes), then replaces the service entry
@@ -447,13 +444,14 @@ impl Dataplane {
             Some(current) => (current.active_slot + 1) % RING_SLOTS,
             None => 0,
         };
-        let start = ring_index(svc.id, slot, 0) as usize * 4;
         let ring_size = if len == 0 {
             // An empty ring still needs one readable entry: it says "no backend".
-            self.rings[start..start + 4].copy_from_slice(&NO_BACKEND.to_ne_bytes());
+            self.rings
+                .slot_mut(svc.id, slot, 1)?
+                .copy_from_slice(&NO_BACKEND.to_ne_bytes());
             1
         } else {
-            write(&mut self.rings[start..start + len * 4]);
+            write(self.rings.slot_mut(svc.id, slot, len)?);
             len as u32
         };
         let info = ServiceInfo {
@@ -483,17 +481,4 @@ fn is_bpffs(path: &std::path::Path) -> bool {
     };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
-
-fn map_rings(map: &MapData) -> Result<MmapMut, DataplaneError> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    let fd = map.fd().as_fd().as_raw_fd();
-    // SAFETY: the kernel owns this memory and keeps it alive while mapped; the program only reads
-    // it, and a torn read of an idle slot is impossible because a slot is only read once active.
-    unsafe {
-        MmapOptions::new()
-            .len(RINGS_CHUNKS as usize * size_of::<RingChunk>())
-            .map_mut(fd)
-            .map_err(DataplaneError::Mmap)
-    }
 }

@@ -10,6 +10,7 @@ mod netlink;
 pub mod next_hops;
 pub mod probe_path;
 pub mod redirect_drops;
+mod rings;
 pub mod routes;
 mod stats;
 

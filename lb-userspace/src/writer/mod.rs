@@ -454,6 +454,11 @@ impl Writer {
                 .is_none_or(|e| e.is_current(u.backend, u.task))
     }
 
+    /// The plan installed now.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     /// Updates dropped as stale since start.
     pub fn stale_updates(&self) -> u64 {
         self.stale
@@ -566,6 +571,8 @@ impl Writer {
                     }
                     Control::Reload { config, reply } => {
                         let _ = reply.send(self.reload(&config).map_err(|e| e.to_string()));
+                        // The old plan and the new one's scratch were this thread's.
+                        crate::allocator::release_freed_memory();
                     }
                     Control::Explain { service, client, reply } => {
                         let _ = reply.send(self.explain(&service, client));

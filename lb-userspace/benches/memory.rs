@@ -10,10 +10,10 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use understudy_testbed::{Daemon, Netns, require_root};
 
-/// A config with `services` NAT services of `backends` backends each, at the default table
-/// size (65,537) and the default TCP checks (the backends do not exist: every check fails at
-/// once, as they would for backends down).
-fn config(ns: &Netns, services: usize, backends: usize) -> PathBuf {
+/// A config with `services` NAT services of `backends` backends each, at `table_size` (the
+/// default, 65,537, when `None`) and the default TCP checks (the backends do not exist: every
+/// check fails at once, as they would for backends down).
+fn config(ns: &Netns, services: usize, backends: usize, table_size: Option<u32>) -> PathBuf {
     let mut text = format!(
         "[dataplane]\ninterfaces = [\"lo\"]\ninstance = \"{}\"\n\n[admin]\nlisten = \"off\"\n",
         ns.name()
@@ -24,6 +24,9 @@ fn config(ns: &Netns, services: usize, backends: usize) -> PathBuf {
             "\n[[service]]\nname = \"s{s}\"\nvip = \"10.0.0.10:{}\"\n",
             1000 + s
         ));
+        if let Some(size) = table_size {
+            text.push_str(&format!("table_size = {size}\n"));
+        }
         for _ in 0..backends {
             text.push_str(&format!(
                 "[[service.backend]]\naddress = \"10.200.{}.{}:8080\"\n",
@@ -34,7 +37,8 @@ fn config(ns: &Netns, services: usize, backends: usize) -> PathBuf {
         }
     }
     let path = std::env::temp_dir().join(format!(
-        "understudy-bench-memory-{services}x{backends}.toml"
+        "understudy-bench-memory-{services}x{backends}-{}.toml",
+        table_size.unwrap_or(0)
     ));
     std::fs::write(&path, text).unwrap();
     path
@@ -150,14 +154,23 @@ fn main() {
         "config", "RSS", "heap", "binary", "maps", "other", "kernel maps"
     );
     let mut kernel = BTreeMap::new();
-    for (services, backends) in [(1, 2), (10, 10), (100, 10), (1, 4096)] {
+    for (services, backends, table_size) in [
+        (1, 2, None),
+        (10, 10, None),
+        (100, 10, None),
+        (100, 10, Some(4099)),
+        (1, 4096, None),
+    ] {
         let ns = Netns::new("membench");
         ns.ip(&["link", "set", "lo", "up"]);
-        let config = config(&ns, services, backends);
+        let config = config(&ns, services, backends, table_size);
         let daemon = Daemon::start(&ns, bin.as_ref(), &config);
         std::thread::sleep(settle);
         let pid = daemon.pid();
-        let label = format!("{services} × {backends} backends");
+        let label = match table_size {
+            None => format!("{services} × {backends} backends"),
+            Some(size) => format!("{services} × {backends}, {size} entries"),
+        };
         let show = |when: &str| {
             let r = resident(pid);
             let k: u64 = kernel_maps(pid).values().map(|(_, _, b)| b).sum();

@@ -8,7 +8,8 @@
 //!   and indexed with `depmod -b`.
 //! - **Root file system**: the host's `/`, shared read-only over 9p (`-virtfs ... readonly=on`),
 //!   under a tmpfs overlay inside the guest, so tests write freely and nothing reaches the host.
-//!   Fresh proc, sys, dev, bpffs, /run and /tmp are mounted over it; the guest sees the same paths,
+//!   Fresh proc, sys, dev, bpffs, /run and /tmp are mounted over it (a checkout or target
+//!   directory under /tmp is kept visible over the fresh one); the guest sees the same paths,
 //!   so the host-built test binaries and daemon run unchanged. A second, writable 9p share carries
 //!   the script in and the exit status out.
 //! - **Init**: a busybox-static `/init` in a small initramfs built here. It loads the modules the
@@ -237,7 +238,14 @@ impl Kernel {
             std::fs::rename(&partial, &dir)?;
             let _ = std::fs::remove_file(&deb);
         }
-        let initrd = dir.join("understudy-initrd.cpio");
+        // Named by its init script's hash: an initramfs built from an older script is not reused.
+        let version = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::hash::DefaultHasher::new();
+            INIT.hash(&mut h);
+            h.finish()
+        };
+        let initrd = dir.join(format!("understudy-initrd-{version:016x}.cpio"));
         if !initrd.exists() {
             build_initramfs(&dir, &release, &initrd)?;
         }
@@ -291,10 +299,18 @@ impl Kernel {
         std::fs::write(xfer.join("run.sh"), guest_script(command, cwd, accel.kvm))?;
         let console_path = xfer.join("console.log");
         let mut console = std::fs::File::create(&console_path)?;
-        let append = format!(
+        let mut append = format!(
             "console=ttyS0 rdinit=/init panic=-1 loglevel=4 understudy.modules={}",
             self.modules().display()
         );
+        let keep = kept_over_tmp(&[
+            cwd.to_path_buf(),
+            crate::util::root(),
+            crate::util::target_dir(),
+        ])?;
+        if !keep.is_empty() {
+            append.push_str(&format!(" understudy.keep={}", keep.join(":")));
+        }
         let mut q = Command::new("qemu-system-x86_64");
         q.args(accel.args())
             .args([
@@ -414,6 +430,36 @@ fn guest_script(command: &str, cwd: &Path, kvm: bool) -> String {
     s
 }
 
+/// Of `paths`, those under `/tmp` (resolved), outermost only: the guest mounts a fresh /tmp, and
+/// a checkout or target directory there (CI clones may live in /tmp) must stay visible over it.
+/// They travel on the kernel command line, so a path with whitespace or `:` is refused.
+fn kept_over_tmp(paths: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut under: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()))
+        .filter(|p| p.starts_with("/tmp") && p != Path::new("/tmp"))
+        .collect();
+    under.sort();
+    under.dedup();
+    let outer: Vec<&PathBuf> = under
+        .iter()
+        .filter(|p| !under.iter().any(|q| q != *p && p.starts_with(q)))
+        .collect();
+    outer
+        .into_iter()
+        .map(|p| {
+            let s = p.display().to_string();
+            if s.contains(|c: char| c.is_whitespace() || c == ':') {
+                bail!(
+                    "{s} is under /tmp, which the guest mounts afresh, and its name (a space or \
+                     ':') cannot be passed to the guest: move the checkout or CARGO_TARGET_DIR"
+                );
+            }
+            Ok(s)
+        })
+        .collect()
+}
+
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -435,7 +481,19 @@ mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot \
   || fail "cannot mount the overlay over the host's root"
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
+# Host directories under /tmp that the run needs (a checkout or a target dir there) are bound
+# aside before the fresh /tmp hides them, and moved back onto it.
+keep=$(sed -n 's/.*understudy.keep=\([^ ]*\).*/\1/p' /proc/cmdline)
+n=0
+for d in $(echo "$keep" | tr ':' ' '); do
+  n=$((n + 1)); mkdir -p "/keep$n"
+  mount --bind "/newroot$d" "/keep$n" || fail "cannot keep $d visible over the guest's /tmp"
+done
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+n=0
+for d in $(echo "$keep" | tr ':' ' '); do
+  n=$((n + 1)); mkdir -p "/newroot$d" && mount --move "/keep$n" "/newroot$d"
+done
 mount --move /dev /newroot/dev
 mkdir -p /newroot/dev/shm /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
@@ -701,6 +759,24 @@ kernel/net/9p/9pnet_virtio.ko.xz: kernel/net/9p/9pnet.ko.xz kernel/drivers/virti
 kernel/drivers/virtio/virtio_ring.ko:\n\
 kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko\n\
 kernel/fs/overlayfs/overlay.ko.xz:\n";
+
+    #[test]
+    fn only_the_outermost_paths_under_tmp_are_kept_over_the_guests_tmp() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            kept_over_tmp(&[p("/tmp/ci"), p("/tmp/ci/target"), p("/work/x"), p("/tmp")]).unwrap(),
+            vec!["/tmp/ci".to_string()]
+        );
+        assert_eq!(
+            kept_over_tmp(&[p("/work/main"), p("/work/main/target")]).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            kept_over_tmp(&[p("/tmp/a"), p("/tmp/b/target")]).unwrap(),
+            vec!["/tmp/a".to_string(), "/tmp/b/target".to_string()]
+        );
+        assert!(kept_over_tmp(&[p("/tmp/my checkout")]).is_err());
+    }
 
     #[test]
     fn modules_load_after_their_dependencies_and_built_ins_are_skipped() {

@@ -77,21 +77,23 @@ fn quantiles(h: &Histogram<u64>) -> String {
     )
 }
 
-/// Applies `ROUNDS` failures and recoveries of `group` backends of random services, timing
-/// decision to visible for each.
-fn decision_to_visible(primaries: usize, group: usize) -> Histogram<u64> {
+/// Applies `rounds` failures and recoveries of the backends `pick` chooses, one batch each way,
+/// through the real writer over the fleet (`primaries` per service in tier 0), timing decision
+/// to visible for each batch.
+fn time_batches(
+    primaries: usize,
+    rounds: usize,
+    seed: u64,
+    mut pick: impl FnMut(&mut fastrand::Rng) -> Vec<u32>,
+) -> Histogram<u64> {
     let config = Config::parse("fleet.toml".as_ref(), &fleet_config(primaries)).unwrap();
     let dp = Dataplane::load().expect("load the XDP object");
     let mut writer = Writer::new(dp, plan(&config));
     writer.install().unwrap();
     let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
-    let mut rng = fastrand::Rng::with_seed(7);
-    for _ in 0..ROUNDS {
-        let s = rng.usize(..SERVICES) as u32;
-        let first = if group == 1 { rng.usize(..BACKENDS) } else { 0 };
-        let ids: Vec<u32> = (first..first + group)
-            .map(|b| s * BACKENDS as u32 + b as u32)
-            .collect();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for _ in 0..rounds {
+        let ids = pick(&mut rng);
         for up in [false, true] {
             let batch: Vec<Update> = ids.iter().map(|&id| update(id, up)).collect();
             writer.apply(&batch).unwrap();
@@ -102,26 +104,24 @@ fn decision_to_visible(primaries: usize, group: usize) -> Histogram<u64> {
     h
 }
 
+/// `ROUNDS` failures and recoveries of `group` backends of a random service.
+fn decision_to_visible(primaries: usize, group: usize) -> Histogram<u64> {
+    time_batches(primaries, ROUNDS, 7, |rng| {
+        let s = rng.usize(..SERVICES) as u32;
+        let first = if group == 1 { rng.usize(..BACKENDS) } else { 0 };
+        (first..first + group)
+            .map(|b| s * BACKENDS as u32 + b as u32)
+            .collect()
+    })
+}
+
 /// 100 backends failing and recovering at once: all of 10 random services, in one batch each
-/// way, through the real writer.
+/// way.
 fn decision_to_visible_hundred() -> Histogram<u64> {
-    let config = Config::parse("fleet.toml".as_ref(), &fleet_config(BACKENDS)).unwrap();
-    let dp = Dataplane::load().expect("load the XDP object");
-    let mut writer = Writer::new(dp, plan(&config));
-    writer.install().unwrap();
-    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
-    let mut rng = fastrand::Rng::with_seed(11);
-    for _ in 0..ROUNDS / 4 {
+    time_batches(BACKENDS, ROUNDS / 4, 11, |rng| {
         let first = rng.usize(..SERVICES - 10) as u32;
-        let ids: Vec<u32> = (first * BACKENDS as u32..(first + 10) * BACKENDS as u32).collect();
-        for up in [false, true] {
-            let batch: Vec<Update> = ids.iter().map(|&id| update(id, up)).collect();
-            writer.apply(&batch).unwrap();
-            h.record(batch[0].decided.elapsed().as_nanos() as u64)
-                .unwrap();
-        }
-    }
-    h
+        (first * BACKENDS as u32..(first + 10) * BACKENDS as u32).collect()
+    })
 }
 
 /// The daemon's own decision-to-visible over `flaps` failures and recoveries, under load: be2

@@ -170,20 +170,12 @@ fn a_flow_pinned_to_a_dead_backend_is_reselected_onto_a_live_one() {
         l4: L4::Tcp { syn: false },
         ..first.clone()
     };
-    let (action, out) = bed.run(&ack.bytes(), bed.xc);
-    assert_eq!(action, XDP_REDIRECT);
-    let (moved_to, _) = destination(&out);
-    assert_eq!(
-        id_of(moved_to),
-        1 - pinned_id,
-        "re-selected onto the other primary"
+    let moved_to = assert_reselected(
+        &mut bed,
+        &ack,
+        pinned_id,
+        "re-selected onto the other primary",
     );
-    assert_bytes(
-        "re-selected",
-        &out,
-        &ack.forwarded_to(moved_to, 8080).bytes(),
-    );
-    assert_eq!(bed.counter(Counter::Reselected), 1);
 
     // New flows avoid the dead backend entirely.
     for sport in 43000..43100 {
@@ -207,6 +199,19 @@ fn a_flow_pinned_to_a_dead_backend_is_reselected_onto_a_live_one() {
         reached > 20,
         "only {reached} of 100 new flows reached the recovered backend"
     );
+}
+
+/// Sends `pkt` and checks that its flow, pinned to primary `pinned_id`, was re-selected onto the
+/// other primary: redirected, exactly `pkt` forwarded there, counted once as `reselected`.
+/// Returns where it went.
+fn assert_reselected(bed: &mut Bed, pkt: &Pkt, pinned_id: u32, why: &str) -> IpAddr {
+    let (action, out) = bed.run(&pkt.bytes(), bed.xc);
+    assert_eq!(action, XDP_REDIRECT);
+    let (to, _) = destination(&out);
+    assert_eq!(id_of(to), 1 - pinned_id, "{why}");
+    assert_bytes(why, &out, &pkt.forwarded_to(to, 8080).bytes());
+    assert_eq!(bed.counter(Counter::Reselected), 1);
+    to
 }
 
 /// A client port reused while the old connection's `FLOWS` entry lives: the new SYN is a new
@@ -234,20 +239,12 @@ fn a_syn_reusing_a_drained_backends_flow_is_a_new_connection() {
         pinned,
         "the established flow left its drained backend"
     );
-    let (action, out) = bed.run(&first.bytes(), bed.xc);
-    assert_eq!(action, XDP_REDIRECT);
-    let (now, _) = destination(&out);
-    assert_eq!(
-        id_of(now),
-        1 - pinned_id,
-        "the reused port's SYN followed the old entry to the drained backend"
+    let now = assert_reselected(
+        &mut bed,
+        &first,
+        pinned_id,
+        "the reused port's SYN followed the old entry to the drained backend",
     );
-    assert_bytes(
-        "re-selected SYN",
-        &out,
-        &first.forwarded_to(now, 8080).bytes(),
-    );
-    assert_eq!(bed.counter(Counter::Reselected), 1);
     // The new connection's own packets follow it.
     let (_, out) = bed.run(&ack.bytes(), bed.xc);
     assert_eq!(destination(&out).0, now);

@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::MapData;
 use lb_common::{MAX_RING_SIZE, RING_SLOTS, ring_index};
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{MmapMut, MmapOptions};
 
 use super::DataplaneError;
 
@@ -34,6 +34,21 @@ fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(n).unwrap_or(4096)
+}
+
+/// Maps `service`'s window of `map`. The kernel fills its pages now.
+fn map_window(map: &MapData, service: u32) -> Result<Window, DataplaneError> {
+    let (offset, len, skip) = window_of(service);
+    // SAFETY: the kernel owns this memory and keeps it alive while it is mapped; the program only
+    // reads it, and only a service's idle slot is written.
+    let mmap = unsafe {
+        MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_mut(map.fd().as_fd().as_raw_fd())
+    }
+    .map_err(DataplaneError::Mmap)?;
+    Ok(Window { mmap, skip })
 }
 
 struct Window {
@@ -66,17 +81,7 @@ impl Rings {
         let w = match self.windows.entry(service) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let (offset, map_len, skip) = window_of(service);
-                // SAFETY: the kernel owns this memory and keeps it alive while it is mapped; the
-                // program only reads it, and only the idle slot is written.
-                let mmap = unsafe {
-                    MmapOptions::new()
-                        .offset(offset)
-                        .len(map_len)
-                        .map_mut(self.map.fd().as_fd().as_raw_fd())
-                }
-                .map_err(DataplaneError::Mmap)?;
-                v.insert(Window { mmap, skip })
+                v.insert(map_window(&self.map, service)?)
             }
         };
         let at = w.skip + ring_index(0, slot, 0) as usize * 4;
@@ -87,26 +92,19 @@ impl Rings {
     /// mapping made for this read when the service has none here (an adopted service this
     /// process has not written yet).
     pub fn read(&self, service: u32, slot: u32, len: usize) -> Result<Vec<u32>, DataplaneError> {
-        let words = |bytes: &[u8]| -> Vec<u32> {
-            bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
+        let temporary;
+        let w = match self.windows.get(&service) {
+            Some(w) => w,
+            None => {
+                temporary = map_window(&self.map, service)?;
+                &temporary
+            }
         };
-        let at = ring_index(0, slot, 0) as usize * 4;
-        if let Some(w) = self.windows.get(&service) {
-            return Ok(words(&w.mmap[w.skip + at..w.skip + at + len * 4]));
-        }
-        let (offset, map_len, skip) = window_of(service);
-        // SAFETY: as in `slot_mut`; this mapping is only read, and dropped at return.
-        let mmap: Mmap = unsafe {
-            MmapOptions::new()
-                .offset(offset)
-                .len(map_len)
-                .map(self.map.fd().as_fd().as_raw_fd())
-        }
-        .map_err(DataplaneError::Mmap)?;
-        Ok(words(&mmap[skip + at..skip + at + len * 4]))
+        let at = w.skip + ring_index(0, slot, 0) as usize * 4;
+        Ok(w.mmap[at..at + len * 4]
+            .chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Unmaps `service`'s window (it was removed; its id may come back with a reload).

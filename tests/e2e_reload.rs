@@ -224,3 +224,84 @@ fn after_kill_9_the_pinned_program_serves_and_the_successor_adopts_it() {
     drop(first);
     std::fs::remove_file(path).ok();
 }
+
+/// A restart takes over each backend by service and address, not by position in the config.
+/// Here reloads have moved the ids away from config order (a removed backend keeps its id), so
+/// a fresh plan numbers them differently from the pinned one. The HTTP service's backends answer
+/// their checks 1.5 s late: a successor that mistook them for new backends would wait for those
+/// first checks and answer 503 meanwhile (what the soak once saw right after a `kill -9`).
+#[test]
+fn a_restart_after_reloads_keeps_each_backends_health_by_address() {
+    require_root("the adoption-by-address test");
+    let topo = Topology::build(3);
+    topo.lb.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
+    let http: Vec<_> = (1..=2)
+        .map(|i| {
+            understudy_testbed::HttpBackend::start(
+                &topo.backends[i - 1],
+                SocketAddr::new(topo.backend_addr(i, false), 8080),
+                format!("be{i}"),
+            )
+        })
+        .collect();
+    let text = |nat: &[usize]| {
+        let mut t = format!(
+            "{}\n[[service]]\nname = \"nat\"\nvip = \"10.0.0.10:81\"\n\
+             [service.health]\nkind = \"none\"\n",
+            topo.dataplane_toml()
+        );
+        for &i in nat {
+            t.push_str(&format!(
+                "[[service.backend]]\naddress = \"{}:9\"\n",
+                topo.backend_addr(i, false)
+            ));
+        }
+        t.push_str(
+            "\n[[service]]\nname = \"api\"\nvip = \"10.0.0.10:80\"\nmode = \"http\"\n\
+             [service.health]\nkind = \"http\"\npath = \"/\"\ninterval = \"3s\"\ntimeout = \"3s\"\n",
+        );
+        for i in 1..=2 {
+            t.push_str(&format!(
+                "[[service.backend]]\naddress = \"{}:8080\"\n",
+                topo.backend_addr(i, false)
+            ));
+        }
+        t
+    };
+    let path = std::env::temp_dir().join(format!("understudy-{}-adopt.toml", topo.lb.name()));
+    write(&path, &text(&[1, 2, 3]));
+    let first = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    let get = || {
+        topo.client.enter(|| {
+            understudy_testbed::http_get(vip(), "/", Duration::from_secs(10))
+                .unwrap_or_else(|e| (0, e))
+        })
+    };
+    // The first checks pass before any request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get().0 != 200 {
+        assert!(Instant::now() < deadline, "the HTTP service never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // be3 leaves the NAT service: its id stays its own, so the pinned ids are no longer the
+    // config's order (NAT be1, be2: 0, 1; api be1, be2: 3, 4; a fresh plan says 2, 3).
+    write(&path, &text(&[1, 2]));
+    let (ok, stdout, stderr) = cli(BIN, &topo.lb, &["reload"]);
+    assert!(ok, "{stdout}{stderr}");
+
+    for b in &http {
+        b.delay_ms.store(1500, Ordering::SeqCst);
+    }
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    let second = Daemon::start(&topo.lb, BIN.as_ref(), &path);
+    let (status, body) = get();
+    let log = second.output();
+    assert_eq!(
+        status, 200,
+        "right after the restart, before any check could finish: {body}\n{log}"
+    );
+    assert!(log.contains("adopting the pinned state"), "{log}");
+    assert!(second.stop());
+    drop(first);
+    std::fs::remove_file(path).ok();
+}

@@ -63,7 +63,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // anything is loaded or pinned.
     resolve(&config)?;
     crate::dataplane::routes::check_on_link(&config)?;
-    let mut plan = plan(&config);
     let pin_dir = config.pin_dir();
     let (mut dp, adopted) =
         Dataplane::load_pinned(&pin_dir, config.max_flows).with_context(|| {
@@ -73,14 +72,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     log_flow_capacity(&dp, config.max_flows);
-    let healthy = if adopted {
+    let (plan, healthy) = if adopted {
         info!(dir = %pin_dir.display(), "adopting the pinned state a previous daemon left");
-        adopt(&mut dp, &mut plan)?
+        adopt(&mut dp, &config)?
     } else {
-        plan.services
+        let plan = plan(&config);
+        let healthy = plan
+            .services
             .iter()
             .map(|s| vec![s.initially_healthy; s.members.len()])
-            .collect()
+            .collect();
+        (plan, healthy)
     };
     let mut health_by_id = vec![None; plan.backends.len()];
     for (s, h) in plan.services.iter().zip(&healthy) {
@@ -348,37 +350,20 @@ fn log_flow_capacity(dp: &Dataplane, max_flows: u32) {
     }
 }
 
-/// Takes over pinned state: each backend that kept its id and address keeps its generation (so
-/// its `FLOWS` entries stay valid) and its health; an id now held by another backend gets a new
-/// generation. Service entries not in the config are removed. Returns the health to start from.
-fn adopt(dp: &mut Dataplane, plan: &mut Plan) -> anyhow::Result<Vec<Vec<bool>>> {
-    let mut healthy = Vec::new();
-    for si in 0..plan.services.len() {
-        let mut h = Vec::new();
-        for mi in 0..plan.services[si].members.len() {
-            let id = plan.services[si].members[mi].id as usize;
-            let new = plan.backends[id];
-            let same = match dp.backend_entry(id as u32) {
-                Some(old) if old.family != 0 => {
-                    let same =
-                        old.addr == new.addr && old.port == new.port && old.family == new.family;
-                    plan.backends[id].generation = if same {
-                        old.generation
-                    } else {
-                        old.generation.wrapping_add(1)
-                    };
-                    same.then_some(old.state & lb_common::BACKEND_ALIVE != 0)
-                }
-                _ => None,
-            };
-            h.push(same.unwrap_or(plan.services[si].initially_healthy));
-        }
-        healthy.push(h);
-    }
-    let keys: Vec<_> = plan.services.iter().map(|s| s.key).collect();
+/// Takes over pinned state: each service and backend keeps its id, a kept backend its generation
+/// (so its `FLOWS` entries stay valid) and its health, found by service and address
+/// (`crate::adopt`). Service entries not in the config are removed.
+fn adopt(dp: &mut Dataplane, config: &Config) -> anyhow::Result<(Plan, Vec<Vec<bool>>)> {
+    let adopted = crate::adopt::adopt(config, &dp.pinned());
+    info!(
+        kept = adopted.kept,
+        new = adopted.new,
+        "backends kept from the pinned state (id, health, flows), and new ones"
+    );
+    let keys: Vec<_> = adopted.plan.services.iter().map(|s| s.key).collect();
     dp.adopt_services(&keys)
         .context("adopting the pinned services")?;
-    Ok(healthy)
+    Ok((adopted.plan, adopted.healthy))
 }
 
 /// Re-reads and validates the config file, then applies the difference. Anything wrong (an

@@ -4,6 +4,7 @@
 //! stop ([`daemon`]). The binary in `main.rs` is a thin command line over this library.
 
 pub mod admin;
+pub mod adopt;
 mod allocator;
 pub mod announce;
 pub mod audit;

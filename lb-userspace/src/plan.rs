@@ -286,6 +286,31 @@ pub fn plan(config: &Config) -> Plan {
     plan_update(config, None, &mut Vec::new())
 }
 
+/// What a new plan keeps of the state before it: each service's id (by VIP and protocol), each
+/// backend's id (by service and address), and the ids a new backend should not take while others
+/// are free (a removed backend's, whose established flows may still use it).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Kept {
+    pub services: HashMap<ServiceKey, u32>,
+    pub backends: HashMap<(ServiceKey, SocketAddr), u32>,
+    pub avoid: Vec<u32>,
+}
+
+impl Kept {
+    /// What `plan` has installed.
+    pub fn of(plan: &Plan) -> Kept {
+        let mut kept = Kept::default();
+        for s in &plan.services {
+            kept.services.insert(s.key, s.id);
+            for m in &s.members {
+                kept.backends.insert((s.key, m.address), m.id);
+                kept.avoid.push(m.id);
+            }
+        }
+        kept
+    }
+}
+
 /// The plan for `config` when `previous` is installed: services keep their ids (by VIP and
 /// protocol) and backends theirs (by service and address), so their flows and state carry over.
 /// New services take the lowest free id, new backends the lowest id the previous plan did not
@@ -293,32 +318,33 @@ pub fn plan(config: &Config) -> Plan {
 /// has had: an id given to a different backend gets the next one, so `FLOWS` entries pinned to
 /// its former owner miss.
 pub fn plan_update(config: &Config, previous: Option<&Plan>, generations: &mut Vec<u32>) -> Plan {
-    let old_services: HashMap<ServiceKey, &PlannedService> = previous
-        .map(|p| p.services.iter().map(|s| (s.key, s)).collect())
-        .unwrap_or_default();
-    let mut kept_backends: HashMap<(ServiceKey, SocketAddr), u32> = HashMap::new();
-    for s in old_services.values() {
-        for m in &s.members {
-            kept_backends.insert((s.key, m.address), m.id);
-        }
-    }
+    plan_keeping(
+        config,
+        &previous.map(Kept::of).unwrap_or_default(),
+        generations,
+    )
+}
+
+/// The plan for `config` keeping what `kept` says (see [`plan_update`]; a restarted daemon's
+/// comes from the pinned maps, `crate::adopt`).
+pub fn plan_keeping(config: &Config, kept: &Kept, generations: &mut Vec<u32>) -> Plan {
     // Ids already spoken for by what this config keeps.
     let mut service_ids = IdAllocator::default();
     let mut backend_ids = IdAllocator::default();
     for svc in &config.services {
         let key = service_key(svc.vip, svc.protocol);
-        if let Some(old) = old_services.get(&key) {
-            service_ids.mark_used(old.id);
-            for b in &svc.backends {
-                if let Some(&id) = kept_backends.get(&(key, b.address)) {
-                    backend_ids.mark_used(id);
-                }
+        if let Some(&old) = kept.services.get(&key) {
+            service_ids.mark_used(old);
+        }
+        for b in &svc.backends {
+            if let Some(&id) = kept.backends.get(&(key, b.address)) {
+                backend_ids.mark_used(id);
             }
         }
     }
     // New backends prefer ids the previous plan did not use: a removed backend's id stays
     // with it (and its established flows keep going) until an id is really needed.
-    for &id in kept_backends.values() {
+    for &id in &kept.avoid {
         backend_ids.avoid(id);
     }
 
@@ -326,14 +352,14 @@ pub fn plan_update(config: &Config, previous: Option<&Plan>, generations: &mut V
     let mut services = Vec::new();
     for svc in &config.services {
         let key = service_key(svc.vip, svc.protocol);
-        let id = match old_services.get(&key) {
-            Some(old) => old.id,
+        let id = match kept.services.get(&key) {
+            Some(&old) => old,
             None => service_ids.take(),
         };
         let ids: Vec<u32> = svc
             .backends
             .iter()
-            .map(|b| match kept_backends.get(&(key, b.address)) {
+            .map(|b| match kept.backends.get(&(key, b.address)) {
                 Some(&kept) => kept,
                 None => {
                     let new = backend_ids.take();
@@ -417,7 +443,7 @@ impl IdAllocator {
 }
 
 /// A backend id nobody holds: no family, so the kernel treats a reference to it as bad.
-const EMPTY_BACKEND: BackendInfo = BackendInfo {
+pub const EMPTY_BACKEND: BackendInfo = BackendInfo {
     addr: [0; 4],
     port: 0,
     family: 0,

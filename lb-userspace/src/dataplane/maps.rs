@@ -251,6 +251,31 @@ impl Dataplane {
         self.backends.get(&id, 0).ok()
     }
 
+    /// What a previous daemon left: every service entry with its active table, and every
+    /// backend entry (for `crate::adopt`).
+    pub fn pinned(&self) -> crate::adopt::Pinned {
+        let services = self
+            .services
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, info)| {
+                let table = self
+                    .rings
+                    .read(info.id, info.active_slot, info.ring_size as usize)
+                    .unwrap_or_default();
+                (key, info.id, table)
+            })
+            .collect();
+        let backends = (0..lb_common::MAX_BACKENDS)
+            .map(|id| {
+                self.backends
+                    .get(&id, 0)
+                    .unwrap_or(crate::plan::EMPTY_BACKEND)
+            })
+            .collect();
+        crate::adopt::Pinned { services, backends }
+    }
+
     /// Takes over the service entries a previous daemon left: their active slots are kept, and
     /// entries not in `keep` are removed (their VIPs no longer balanced).
     pub fn adopt_services(&mut self, keep: &[ServiceKey]) -> Result<(), DataplaneError> {

@@ -371,6 +371,12 @@ fn the_units_capabilities_serve_http_on_port_80() {
         .enter(|| request(api(), "GET", 0))
         .expect("request");
     assert_eq!(code, 200, "{body} (daemon {status_line:?})");
+    // And for the map writer's real-time priority.
+    assert!(
+        s.daemon.output().contains("map writer runs SCHED_FIFO"),
+        "{}",
+        s.daemon.output()
+    );
     // The same capabilities suffice for the redirect-drop counter's tracepoints.
     assert!(
         !s.daemon.output().contains("will not be counted"),

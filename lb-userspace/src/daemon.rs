@@ -255,7 +255,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (stop, stopped) = oneshot::channel();
-    let writer = spawn_writer(writer, updates_rx, control_rx, stopped)?;
+    let writer = spawn_writer(
+        writer,
+        updates_rx,
+        control_rx,
+        stopped,
+        config.writer_priority,
+    )?;
     // Handlers before readiness: a reload or stop sent the moment systemd hears READY must not
     // meet a signal's default action (SIGHUP's is to terminate).
     let mut current = config;
@@ -399,10 +405,11 @@ async fn reload(
         if names(&config) != names(current)
             || config.xdp_mode != current.xdp_mode
             || config.max_flows != current.max_flows
+            || config.writer_priority != current.writer_priority
         {
             return Err(ReloadError::NeedsRestart(format!(
-                "{}: [dataplane] changed: interfaces, xdp_mode and max_flows take effect on a \
-                 restart only; revert them to reload, or restart understudy",
+                "{}: [dataplane] changed: interfaces, xdp_mode, max_flows and writer_priority \
+                 take effect on a restart only; revert them to reload, or restart understudy",
                 config.file.display()
             )));
         }
@@ -544,6 +551,7 @@ fn spawn_writer(
     updates: mpsc::Receiver<crate::health::Update>,
     control: mpsc::Receiver<Control>,
     stopped: oneshot::Receiver<()>,
+    priority: u8,
 ) -> anyhow::Result<oneshot::Receiver<std::io::Result<Writer>>> {
     let (done, handed_back) = oneshot::channel();
     std::thread::Builder::new()
@@ -552,11 +560,41 @@ fn spawn_writer(
             let writer = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| rt.block_on(writer.run(updates, control, stopped, STATS_INTERVAL)));
+                .map(|rt| {
+                    raise_priority(priority);
+                    rt.block_on(writer.run(updates, control, stopped, STATS_INTERVAL))
+                });
             let _ = done.send(writer);
         })
         .context("starting the map writer's thread")?;
     Ok(handed_back)
+}
+
+/// Puts the calling thread (the map writer) on SCHED_FIFO at `priority`, so a health decision
+/// that wakes it is written at once rather than after the scheduler's next turn; threads it
+/// starts later return to the normal scheduler (`SCHED_RESET_ON_FORK`). Without the right
+/// (CAP_SYS_NICE, or systemd's `RestrictRealtime=yes`) it says so and carries on.
+fn raise_priority(priority: u8) {
+    if priority == 0 {
+        info!("map writer on the normal scheduler ([dataplane] writer_priority = 0)");
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread, and `param` is a valid sched_param.
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    if rc == 0 {
+        info!(priority, "map writer runs SCHED_FIFO");
+    } else {
+        warn!(
+            priority,
+            error = %std::io::Error::last_os_error(),
+            "map writer left on the normal scheduler: real-time scheduling needs CAP_SYS_NICE (and no RestrictRealtime= in a systemd unit); a decision may wait for the scheduler's next turn before it is written; set [dataplane] writer_priority = 0 to silence this"
+        );
+    }
 }
 
 /// Tells systemd (`Type=notify`) where the daemon is; a no-op outside systemd.

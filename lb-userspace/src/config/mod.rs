@@ -101,6 +101,9 @@ pub struct Config {
     pub max_flows: u32,
     /// `[dataplane] flood_threshold`: SYNs per second per CPU; 0 turns the guard off.
     pub flood_threshold: u32,
+    /// `[dataplane] writer_priority`: the map writer thread's SCHED_FIFO priority, 1 to 99, or
+    /// 0 for the normal scheduler. Default [`DEFAULT_WRITER_PRIORITY`].
+    pub writer_priority: u8,
     /// `[dataplane.acl]`: source access lists for every kernel-served VIP.
     pub acl: Acl,
     pub services: Vec<Service>,
@@ -111,6 +114,12 @@ pub struct Config {
 /// `[dataplane] max_flows` when not given: a million tracked flows, about 250 MiB of kernel
 /// memory for the flow map (see the README's figure).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+
+/// `[dataplane] writer_priority` when not given. A real-time thread runs as soon as a health
+/// decision wakes it instead of waiting its turn behind the checkers, the proxy and whatever else
+/// the node runs (keepalived offers the same for its checkers, `checker_rt_priority`). 10 is below
+/// the kernel's threaded interrupt handlers (50), so it never delays packets.
+pub const DEFAULT_WRITER_PRIORITY: u8 = 10;
 
 impl Config {
     /// Where this instance's maps and links are pinned.
@@ -447,6 +456,18 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let writer_priority = match &dataplane.writer_priority {
+        None => DEFAULT_WRITER_PRIORITY,
+        Some(v) if *v.get_ref() <= 99 => *v.get_ref(),
+        Some(v) => {
+            return Err(at.error(
+                Some(v.span()),
+                "dataplane.writer_priority",
+                format!("{} is out of range", v.get_ref()),
+                "use a SCHED_FIFO priority from 1 to 99, or 0 for the normal scheduler",
+            ));
+        }
+    };
     Ok(Config {
         file: at.file.to_path_buf(),
         admin: validate_admin(at, raw.admin.as_ref())?,
@@ -459,6 +480,7 @@ fn validate(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             .flood_threshold
             .as_ref()
             .map_or(DEFAULT_FLOOD_THRESHOLD, |t| *t.get_ref()),
+        writer_priority,
         acl,
         services,
         gateway,

@@ -104,6 +104,8 @@ pub struct RawDataplane {
     pub max_flows: Option<Spanned<u32>>,
     /// SYNs per second per CPU above which new flows go unwritten (0 turns the guard off).
     pub flood_threshold: Option<Spanned<u32>>,
+    /// The map writer thread's SCHED_FIFO priority (0: the normal scheduler).
+    pub writer_priority: Option<Spanned<u8>>,
     /// Source access lists for every kernel-served VIP.
     pub acl: Option<Spanned<RawAcl>>,
 }

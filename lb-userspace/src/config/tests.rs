@@ -823,6 +823,24 @@ fn max_flows_has_a_default_and_a_range() {
     );
 }
 
+#[test]
+fn writer_priority_has_a_default_and_a_range() {
+    let base = "[dataplane]\ninterfaces = [\"veth0\"]\n\n[[service]]\nname = \"a\"\nvip = \"10.0.0.10:80\"\n[[service.backend]]\naddress = \"10.0.11.2:8080\"\n";
+    assert_eq!(
+        parse(base).unwrap().writer_priority,
+        DEFAULT_WRITER_PRIORITY
+    );
+    let off = base.replace("[\"veth0\"]\n", "[\"veth0\"]\nwriter_priority = 0\n");
+    assert_eq!(parse(&off).unwrap().writer_priority, 0);
+    fails(
+        &base.replace("[\"veth0\"]\n", "[\"veth0\"]\nwriter_priority = 120\n"),
+        3,
+        "dataplane.writer_priority",
+        "120 is out of range",
+        "from 1 to 99",
+    );
+}
+
 mod edge;
 mod forwarding;
 mod gateway;

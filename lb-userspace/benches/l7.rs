@@ -23,7 +23,17 @@
 //!    calls over HTTP/2 in clear, 4 connections with 16 calls in flight each (64, as wrk's 64
 //!    connections), to the same h2c backends, which answer in gRPC's wire format with
 //!    `grpc-status: 0` in trailers (Understudy: an HTTP service taking HTTP/2 prior knowledge;
-//!    HAProxy: `bind ... proto h2`). A call counts when its trailers say 0.
+//!    HAProxy: `bind ... proto h2`). A call counts when its trailers say 0;
+//! 7. close: the healthy scenario with `Connection: close` on every request, so each request is
+//!    a new client connection (the upstream side stays pooled in both);
+//! 8. TLS termination: the healthy scenario over HTTPS, the same test certificate (rcgen, ECDSA
+//!    P-256) in both (Understudy: `[service.tls]`; HAProxy: `bind ... ssl crt`), keep-alive.
+//!
+//! Then the daemon runs again with 2 workers against HAProxy's `nbthread 2`, neither pinned (both
+//! CPUs, shared with wrk and the backends), for the healthy and close scenarios.
+//!
+//! Beside each rate: the proxy's CPU time per 1,000 requests (its process's user and system
+//! time from `/proc/PID/stat` over the run, every thread included).
 //!
 //! CPUs are pinned so that the scheduler's placement does not decide the result: wrk runs alone
 //! on CPU 0; the proxy under test and the backends share CPU 1 (on this two-core machine).
@@ -73,6 +83,9 @@ const UNDERSTUDY_GRPC_PORT: u16 = 8088;
 const HAPROXY_GRPC_PORT: u16 = 8089;
 const GRPC_CONNECTIONS: usize = 4;
 const GRPC_STREAMS: usize = 16;
+/// The TLS scenario's listeners.
+const UNDERSTUDY_TLS_PORT: u16 = 8090;
+const HAPROXY_TLS_PORT: u16 = 8091;
 
 /// Starts the three backends on one thread; backend 0 fails every tenth request while `failing`.
 fn backends(ns: &Netns, failing: Arc<AtomicBool>) {
@@ -261,6 +274,7 @@ fn grpc_load(ns: &Netns, port: u16) -> Figures {
                 p50_ms: at(0.5),
                 p99_ms: at(0.99),
                 errors_per_s: errors.load(Ordering::Relaxed) as f64 / seconds,
+                cpu_ms_per_1k: f64::NAN,
             }
         });
         tx.send(figures).unwrap();
@@ -285,7 +299,25 @@ fn write(name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn understudy_config(ns: &Netns) -> PathBuf {
+/// The test certificate and key (for Understudy), and both in one file (for HAProxy).
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    both: PathBuf,
+}
+
+fn tls_files() -> TlsFiles {
+    let k = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("a test certificate");
+    let (cert, key) = (k.cert.pem(), k.signing_key.serialize_pem());
+    TlsFiles {
+        cert: write("cert.pem", &cert),
+        key: write("key.pem", &key),
+        both: write("haproxy.pem", &format!("{cert}{key}")),
+    }
+}
+
+fn understudy_config(ns: &Netns, tls: &TlsFiles) -> PathBuf {
     let mut text = format!(
         "[dataplane]\ninterfaces = [\"lo\"]\ninstance = \"{}\"\n\n[admin]\nlisten = \"off\"\n\n\
          [[service]]\nname = \"api\"\nvip = \"127.0.0.1:{UNDERSTUDY_PORT}\"\nmode = \"http\"\n\n\
@@ -334,6 +366,14 @@ fn understudy_config(ns: &Netns) -> PathBuf {
              [[service.route]]\npath_prefix = \"/\"\npools = [\"h2c\"]\n"
         ));
     }
+    text.push_str(&format!(
+        "\n[[service]]\nname = \"tls\"\nvip = \"127.0.0.1:{UNDERSTUDY_TLS_PORT}\"\nmode = \"http\"\n\
+         [service.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+         [service.circuit]\nconsecutive_failures = 1000\n\
+         [[service.route]]\npath_prefix = \"/\"\npools = [\"all\"]\n",
+        tls.cert.display(),
+        tls.key.display()
+    ));
     text.push_str("\n[[pool]]\nname = \"h2c\"\nprotocol = \"h2c\"\n");
     for port in H2_BACKEND_PORTS {
         text.push_str(&format!(
@@ -349,9 +389,10 @@ fn understudy_config(ns: &Netns) -> PathBuf {
     write("understudy.toml", &text)
 }
 
-fn haproxy(ns: &Netns) -> Child {
+/// HAProxy with `threads` threads, pinned to the proxies' CPU when `pinned`.
+fn start_haproxy(ns: &Netns, tls: &TlsFiles, threads: u32, pinned: bool) -> Child {
     let mut text = format!(
-        "global\n  nbthread 1\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 1s\n  \
+        "global\n  nbthread {threads}\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 1s\n  \
          timeout client 30s\n  timeout server 5s\n  retries 2\n  option redispatch 1\n  \
          retry-on conn-failure empty-response response-timeout 503\n\n\
          frontend api\n  bind 127.0.0.1:{HAPROXY_PORT}\n  option forwardfor\n  default_backend pool\n\n\
@@ -391,10 +432,16 @@ fn haproxy(ns: &Netns) -> Child {
     for (i, port) in H2_BACKEND_PORTS.iter().enumerate() {
         text.push_str(&format!("  server h{i} 127.0.0.1:{port} proto h2\n"));
     }
+    text.push_str(&format!(
+        "\nfrontend tls\n  bind 127.0.0.1:{HAPROXY_TLS_PORT} ssl crt {}\n  option forwardfor\n  \
+         default_backend pool\n",
+        tls.both.display()
+    ));
     let cfg = write("haproxy.cfg", &text);
+    let cpus = if pinned { PROXY_CPU } else { "0,1" };
     let mut child = ns
         .command("taskset")
-        .args(["-c", PROXY_CPU, "haproxy", "-db", "-f"])
+        .args(["-c", cpus, "haproxy", "-db", "-f"])
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -414,6 +461,22 @@ struct Figures {
     p99_ms: f64,
     /// Responses that were not 2xx or 3xx, per second.
     errors_per_s: f64,
+    /// The proxy's CPU time (user and system, all threads) per 1,000 requests, in ms.
+    cpu_ms_per_1k: f64,
+}
+
+/// A process's CPU time so far (user and system, all its threads), in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz
 }
 
 /// wrk's duration ("812.00us", "1.20ms", "2.00s") in milliseconds.
@@ -432,7 +495,7 @@ fn millis(text: &str) -> f64 {
     }
 }
 
-fn wrk(ns: &Netns, port: u16, path: &str, headers: &[String]) -> Figures {
+fn wrk(ns: &Netns, url: &str, path: &str, headers: &[String]) -> Figures {
     let mut extra = Vec::new();
     for h in headers {
         extra.push("-H".to_string());
@@ -452,7 +515,7 @@ fn wrk(ns: &Netns, port: u16, path: &str, headers: &[String]) -> Figures {
             "--latency",
         ])
         .args(&extra)
-        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .arg(format!("{url}{path}"))
         .output()
         .expect("run wrk (cargo xtask bench l7 installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -496,13 +559,74 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One scenario's load (wrk, or this file's gRPC generator) against each proxy in turn,
+/// alternating which goes first, ROUNDS times; prints each run and the medians, and returns the
+/// medians' requests per second (Understudy, HAProxy).
+#[allow(clippy::too_many_arguments)]
+fn scenario(
+    ns: &Netns,
+    name: &str,
+    targets: [(&str, &str); 2],
+    pids: [u32; 2],
+    path: &str,
+    headers: &[String],
+    grpc: bool,
+) -> [f64; 2] {
+    let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for t in order {
+            let cpu = cpu_ms(pids[t]);
+            let mut f = if grpc {
+                let port = targets[t].1.rsplit(':').next().unwrap().parse().unwrap();
+                grpc_load(ns, port)
+            } else {
+                wrk(ns, targets[t].1, path, headers)
+            };
+            let seconds: f64 = DURATION.trim_end_matches('s').parse().unwrap();
+            f.cpu_ms_per_1k = (cpu_ms(pids[t]) - cpu) / (f.rps * seconds / 1000.0);
+            println!(
+                "  {name:<26} round {round} {:<10} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {:>6.1}/s  cpu {:>6.1} ms/1k",
+                targets[t].0, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s, f.cpu_ms_per_1k
+            );
+            runs[t].push(f);
+        }
+    }
+    let m = |t: usize, pick: fn(&Figures) -> f64| median(runs[t].iter().map(pick).collect());
+    let (u_rps, h_rps) = (m(0, |f| f.rps), m(1, |f| f.rps));
+    let (u_p50, h_p50) = (m(0, |f| f.p50_ms), m(1, |f| f.p50_ms));
+    let (u_p99, h_p99) = (m(0, |f| f.p99_ms), m(1, |f| f.p99_ms));
+    let (u_err, h_err) = (m(0, |f| f.errors_per_s), m(1, |f| f.errors_per_s));
+    let (u_cpu, h_cpu) = (m(0, |f| f.cpu_ms_per_1k), m(1, |f| f.cpu_ms_per_1k));
+    println!("\n  {name} (medians):");
+    println!(
+        "    requests/s  understudy {u_rps:>9.0}  haproxy {h_rps:>9.0}  ratio {:.2} (target >= 1.1)",
+        u_rps / h_rps
+    );
+    println!(
+        "    p50         understudy {u_p50:>7.3} ms  haproxy {h_p50:>7.3} ms  ratio {:.2}",
+        u_p50 / h_p50
+    );
+    println!(
+        "    p99         understudy {u_p99:>7.3} ms  haproxy {h_p99:>7.3} ms  ratio {:.2} (target <= 1)",
+        u_p99 / h_p99
+    );
+    println!("    errors/s    understudy {u_err:>9.1}  haproxy {h_err:>9.1}");
+    println!(
+        "    CPU/1k req  understudy {u_cpu:>7.1} ms  haproxy {h_cpu:>7.1} ms  ratio {:.2}",
+        u_cpu / h_cpu
+    );
+    [u_rps, h_rps]
+}
+
 fn main() {
     require_root("the L7 benchmark");
     Netns::remove_stale();
     let ns = Netns::new("l7bench");
     let failing = Arc::new(AtomicBool::new(false));
     backends(&ns, failing.clone());
-    let config = understudy_config(&ns);
+    let tls = tls_files();
+    let config = understudy_config(&ns, &tls);
     let bin = env!("CARGO_BIN_EXE_understudy");
     let daemon = Daemon::start_with_env(&ns, bin.as_ref(), &config, &[("UNDERSTUDY_WORKERS", "1")]);
     // The daemon's threads, all of them, on the proxies' CPU.
@@ -511,31 +635,28 @@ fn main() {
         .stdout(Stdio::null())
         .status()
         .expect("taskset");
-    let mut haproxy = haproxy(&ns);
-    let targets = [("understudy", UNDERSTUDY_PORT), ("haproxy", HAPROXY_PORT)];
-    let routed = [
-        ("understudy", UNDERSTUDY_ROUTED_PORT),
-        ("haproxy", HAPROXY_ROUTED_PORT),
+    let mut haproxy = start_haproxy(&ns, &tls, 1, true);
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let pair = |u: u16, h: u16| [url(u), url(h)];
+    let plain = pair(UNDERSTUDY_PORT, HAPROXY_PORT);
+    let routed = pair(UNDERSTUDY_ROUTED_PORT, HAPROXY_ROUTED_PORT);
+    let policy = pair(UNDERSTUDY_POLICY_PORT, HAPROXY_POLICY_PORT);
+    let h2up = pair(UNDERSTUDY_H2_PORT, HAPROXY_H2_PORT);
+    let grpc = pair(UNDERSTUDY_GRPC_PORT, HAPROXY_GRPC_PORT);
+    let tls_urls = [
+        format!("https://127.0.0.1:{UNDERSTUDY_TLS_PORT}"),
+        format!("https://127.0.0.1:{HAPROXY_TLS_PORT}"),
     ];
-    let policy = [
-        ("understudy", UNDERSTUDY_POLICY_PORT),
-        ("haproxy", HAPROXY_POLICY_PORT),
-    ];
-    let h2up = [
-        ("understudy", UNDERSTUDY_H2_PORT),
-        ("haproxy", HAPROXY_H2_PORT),
-    ];
-    let grpc = [
-        ("understudy", UNDERSTUDY_GRPC_PORT),
-        ("haproxy", HAPROXY_GRPC_PORT),
-    ];
+    let named = |u: &[String; 2]| -> [(&'static str, String); 2] {
+        [("understudy", u[0].clone()), ("haproxy", u[1].clone())]
+    };
     let bearer = vec![format!("Authorization: Bearer {}", token())];
-    // Both must pass the token, or the scenario measures refusals.
-    for (name, port) in policy {
+    // Both must pass the token, or the scenario measures refusals; both must serve TLS.
+    for (name, u) in named(&policy).into_iter().chain(named(&tls_urls)) {
         let code = ns
             .command("curl")
             .args([
-                "-s",
+                "-sk",
                 "-o",
                 "/dev/null",
                 "-w",
@@ -543,21 +664,25 @@ fn main() {
                 "-H",
                 &bearer[0],
             ])
-            .arg(format!("http://127.0.0.1:{port}/"))
+            .arg(format!("{u}/"))
             .output()
             .expect("curl");
         let code = String::from_utf8_lossy(&code.stdout).into_owned();
-        assert_eq!(code, "200", "{name} refused the bench's token");
+        assert_eq!(code, "200", "{name} at {u} did not answer 200");
     }
     // Warm both (pools, caches).
-    for (_, port) in grpc {
+    for u in &grpc {
+        let port = u.rsplit(':').next().unwrap().parse().unwrap();
         let _ = grpc_load(&ns, port);
     }
-    for (_, port) in targets.into_iter().chain(routed).chain(policy).chain(h2up) {
+    for u in [&plain, &routed, &policy, &h2up, &tls_urls]
+        .into_iter()
+        .flatten()
+    {
         let _ = ns
             .command("wrk")
             .args(["-t1", "-c", CONNECTIONS, "-d", "1s", "-H", &bearer[0]])
-            .arg(format!("http://127.0.0.1:{port}/"))
+            .arg(format!("{u}/"))
             .output();
     }
     println!(
@@ -565,67 +690,57 @@ fn main() {
     );
     let last_route = format!("/r{}/x", ROUTES - 1);
     let none: Vec<String> = Vec::new();
+    let close = vec!["Connection: close".to_string()];
+    let pids = [daemon.pid(), haproxy.id()];
     let mut healthy = [0.0f64; 2];
-    for (scenario, fail, targets, path, headers) in [
-        ("healthy", false, targets, "/", &none),
-        ("1 of 3 backends: 10% 503", true, targets, "/", &none),
+    for (name, fail, urls, path, headers) in [
+        ("healthy", false, &plain, "/", &none),
+        ("1 of 3 backends: 10% 503", true, &plain, "/", &none),
         (
             "routed: 10 routes, the last",
             false,
-            routed,
+            &routed,
             last_route.as_str(),
             &none,
         ),
-        ("policy: JWT + rate limit", false, policy, "/", &bearer),
-        ("h2 upstream (h2c backends)", false, h2up, "/", &none),
-        ("gRPC unary (h2c both sides)", false, grpc, "/", &none),
+        ("policy: JWT + rate limit", false, &policy, "/", &bearer),
+        ("h2 upstream (h2c backends)", false, &h2up, "/", &none),
+        ("gRPC unary (h2c both sides)", false, &grpc, "/", &none),
+        ("close: Connection: close", false, &plain, "/", &close),
+        ("TLS termination", false, &tls_urls, "/", &none),
     ] {
         failing.store(fail, Ordering::Relaxed);
-        let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
-        for round in 0..ROUNDS {
-            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for t in order {
-                // The gRPC scenario's load is this file's generator; the others' is wrk.
-                let f = if scenario.starts_with("gRPC") {
-                    grpc_load(&ns, targets[t].1)
-                } else {
-                    wrk(&ns, targets[t].1, path, headers)
-                };
-                println!(
-                    "  {scenario:<26} round {round} {:<10} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {:>6.1}/s",
-                    targets[t].0, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s
-                );
-                runs[t].push(f);
-            }
-        }
-        let m = |t: usize, pick: fn(&Figures) -> f64| median(runs[t].iter().map(pick).collect());
-        let (u_rps, h_rps) = (m(0, |f| f.rps), m(1, |f| f.rps));
-        let (u_p50, h_p50) = (m(0, |f| f.p50_ms), m(1, |f| f.p50_ms));
-        let (u_p99, h_p99) = (m(0, |f| f.p99_ms), m(1, |f| f.p99_ms));
-        let (u_err, h_err) = (m(0, |f| f.errors_per_s), m(1, |f| f.errors_per_s));
-        println!("\n  {scenario} (medians):");
-        println!(
-            "    requests/s  understudy {u_rps:>9.0}  haproxy {h_rps:>9.0}  ratio {:.2} (target >= 1)",
-            u_rps / h_rps
-        );
-        println!(
-            "    p50         understudy {u_p50:>7.3} ms  haproxy {h_p50:>7.3} ms  ratio {:.2}",
-            u_p50 / h_p50
-        );
-        println!(
-            "    p99         understudy {u_p99:>7.3} ms  haproxy {h_p99:>7.3} ms  ratio {:.2} (target <= 1)",
-            u_p99 / h_p99
-        );
-        println!("    errors/s    understudy {u_err:>9.1}  haproxy {h_err:>9.1}");
-        if scenario == "healthy" {
-            healthy = [u_rps, h_rps];
+        let t = named(urls);
+        let targets = [(t[0].0, t[0].1.as_str()), (t[1].0, t[1].1.as_str())];
+        let grpc = name.starts_with("gRPC");
+        let rps = scenario(&ns, name, targets, pids, path, headers, grpc);
+        if name == "healthy" {
+            healthy = rps;
         } else if headers == &bearer {
             println!(
                 "    vs healthy  understudy {:.2} of its plain rate, haproxy {:.2} of its own",
-                u_rps / healthy[0],
-                h_rps / healthy[1]
+                rps[0] / healthy[0],
+                rps[1] / healthy[1]
             );
         }
+        println!();
+    }
+    failing.store(false, Ordering::Relaxed);
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    drop(daemon);
+
+    // Two workers against two threads, on both CPUs.
+    let daemon = Daemon::start_with_env(&ns, bin.as_ref(), &config, &[("UNDERSTUDY_WORKERS", "2")]);
+    let mut haproxy = start_haproxy(&ns, &tls, 2, false);
+    let pids = [daemon.pid(), haproxy.id()];
+    println!(
+        "L7, 2 workers against nbthread 2, neither pinned (wrk stays on CPU {LOAD_CPU}; {ROUNDS} rounds)\n"
+    );
+    for (name, headers) in [("2 workers: healthy", &none), ("2 workers: close", &close)] {
+        let t = named(&plain);
+        let targets = [(t[0].0, t[0].1.as_str()), (t[1].0, t[1].1.as_str())];
+        scenario(&ns, name, targets, pids, "/", headers, false);
         println!();
     }
     let _ = haproxy.kill();

@@ -4,10 +4,15 @@
 //! worker) that serves a 100-byte file, and an iperf3 server. Every veth end has TX checksum
 //! offload off and GRO on, whatever the path. Three paths from the client:
 //! - **routing**: the balancer only forwards; the client talks to backend 1's own address, and no
-//!   XDP program is attached (the daemon is stopped);
+//!   XDP program is attached (the daemon is stopped). nginx and iperf3 also listen on ports no
+//!   service uses (8080, 5202), which the routing paths use: every packet from a NAT backend's
+//!   service port is translated to its VIP (see the README's Limitations);
 //! - **xdp**: Understudy's XDP NAT on the VIP 10.0.0.10 over both backends (`web` on :80, TCP
 //!   checks; `bulk` on :5201 with `hash = "source_ip"`, so an iperf3 test's control and data
 //!   connections meet one server, and no checks, which would disturb iperf3's one test at a time);
+//! - **routing, XDP attached**: as routing, with the daemon running, so the program passes the
+//!   packets (not a VIP) to the stack: what the attached program and the veth's XDP mode cost
+//!   before any NAT work, to read the xdp path against;
 //! - **haproxy**: HAProxy 2.6 in TCP mode on the balancer at 10.0.0.20 (`balance roundrobin` for
 //!   :80, `balance source` for :5201; its default thread count, one per CPU), daemon stopped.
 //!
@@ -37,30 +42,54 @@ const SERVER_CPU: &str = "1";
 const VIP: &str = "10.0.0.10";
 const HAPROXY_ADDR: &str = "10.0.0.20";
 const BULK_PORT: u16 = 5201;
+/// The backends' ports no service uses, for the routing paths.
+const DIRECT_WEB_PORT: u16 = 8080;
+const DIRECT_BULK_PORT: u16 = 5202;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
     Routing,
+    RoutingUnderXdp,
     Xdp,
     Haproxy,
 }
 
 impl Path {
-    const ALL: [Path; 3] = [Path::Routing, Path::Xdp, Path::Haproxy];
+    const ALL: [Path; 4] = [
+        Path::Routing,
+        Path::RoutingUnderXdp,
+        Path::Xdp,
+        Path::Haproxy,
+    ];
+
+    /// Whether the daemon (so the XDP program) runs for this path.
+    fn daemon(self) -> bool {
+        matches!(self, Path::RoutingUnderXdp | Path::Xdp)
+    }
 
     fn name(self) -> &'static str {
         match self {
             Path::Routing => "routing",
+            Path::RoutingUnderXdp => "routing, xdp",
             Path::Xdp => "xdp nat",
             Path::Haproxy => "haproxy tcp",
         }
     }
 
-    fn target(self) -> String {
+    /// Where wrk and iperf3 go: (web address and port, bulk address, bulk port).
+    fn target(self) -> (String, String, u16) {
         match self {
-            Path::Routing => backend_v4(1).to_string(),
-            Path::Xdp => VIP.to_string(),
-            Path::Haproxy => HAPROXY_ADDR.to_string(),
+            Path::Routing | Path::RoutingUnderXdp => (
+                format!("{}:{DIRECT_WEB_PORT}", backend_v4(1)),
+                backend_v4(1).to_string(),
+                DIRECT_BULK_PORT,
+            ),
+            Path::Xdp => (format!("{VIP}:80"), VIP.to_string(), BULK_PORT),
+            Path::Haproxy => (
+                format!("{HAPROXY_ADDR}:80"),
+                HAPROXY_ADDR.to_string(),
+                BULK_PORT,
+            ),
         }
     }
 }
@@ -117,7 +146,8 @@ fn nginx(ns: &Netns, i: usize) -> Child {
             "worker_processes 1;\nworker_cpu_affinity {};\npid {root}/nginx.pid;\n\
              events {{ worker_connections 8192; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 10000000;\n  \
-             server {{ listen 80 backlog=4096 reuseport; root {root}/www; }}\n}}\n",
+             server {{ listen 80 backlog=4096 reuseport; listen {DIRECT_WEB_PORT} backlog=4096 \
+             reuseport; root {root}/www; }}\n}}\n",
             if SERVER_CPU == "1" { "10" } else { "01" },
             root = root.display()
         ),
@@ -134,16 +164,9 @@ fn nginx(ns: &Netns, i: usize) -> Child {
     child
 }
 
-fn iperf3_server(ns: &Netns) -> Child {
+fn iperf3_server(ns: &Netns, port: u16) -> Child {
     ns.command("taskset")
-        .args([
-            "-c",
-            SERVER_CPU,
-            "iperf3",
-            "-s",
-            "-p",
-            &BULK_PORT.to_string(),
-        ])
+        .args(["-c", SERVER_CPU, "iperf3", "-s", "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -152,7 +175,7 @@ fn iperf3_server(ns: &Netns) -> Child {
 
 fn haproxy(ns: &Netns) -> Child {
     let mut text = format!(
-        "global\n  maxconn 40000\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  \
+        "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  \
          timeout client 30s\n  timeout server 30s\n\n\
          frontend web\n  bind {HAPROXY_ADDR}:80\n  default_backend web\n\n\
          backend web\n  balance roundrobin\n"
@@ -267,11 +290,11 @@ fn wrk(client: &Netns, target: &str, close: bool) -> Sample {
     s
 }
 
-fn iperf3(client: &Netns, target: &str, streams: u32) -> Sample {
+fn iperf3(client: &Netns, target: &str, port: u16, streams: u32) -> Sample {
     let out = client
         .command("taskset")
         .args(["-c", CLIENT_CPU, "iperf3", "-J", "-c", target])
-        .args(["-p", &BULK_PORT.to_string(), "-t", &SECONDS.to_string()])
+        .args(["-p", &port.to_string(), "-t", &SECONDS.to_string()])
         .args(["-P", &streams.to_string()])
         .output()
         .expect("run iperf3 (cargo xtask bench l4 installs it)");
@@ -293,13 +316,13 @@ fn iperf3(client: &Netns, target: &str, streams: u32) -> Sample {
 }
 
 fn measure(topo: &Topology, path: Path, load: Load) -> Sample {
-    let target = path.target();
+    let (web, bulk, port) = path.target();
     let before = retransmitted_everywhere(topo);
     let mut s = match load {
-        Load::NewConnections => wrk(&topo.client, &target, true),
-        Load::KeepAlive => wrk(&topo.client, &target, false),
-        Load::Bulk1 => iperf3(&topo.client, &target, 1),
-        Load::Bulk4 => iperf3(&topo.client, &target, 4),
+        Load::NewConnections => wrk(&topo.client, &web, true),
+        Load::KeepAlive => wrk(&topo.client, &web, false),
+        Load::Bulk1 => iperf3(&topo.client, &bulk, port, 1),
+        Load::Bulk4 => iperf3(&topo.client, &bulk, port, 4),
     };
     // iperf3 reports its sender's; the namespaces' counters hold every sender's.
     s.retransmits = s
@@ -337,19 +360,22 @@ fn main() {
     let mut children: Vec<Child> = Vec::new();
     for (i, ns) in topo.backends.iter().enumerate() {
         children.push(nginx(ns, i + 1));
-        children.push(iperf3_server(ns));
+        children.push(iperf3_server(ns, BULK_PORT));
+        children.push(iperf3_server(ns, DIRECT_BULK_PORT));
     }
     children.push(haproxy(&topo.lb));
     let config = understudy_config(&topo);
     let bin = env!("CARGO_BIN_EXE_understudy");
     // Every path answers before anything is timed.
     for path in Path::ALL {
-        let daemon = (path == Path::Xdp).then(|| Daemon::start(&topo.lb, bin.as_ref(), &config));
+        let daemon = path
+            .daemon()
+            .then(|| Daemon::start(&topo.lb, bin.as_ref(), &config));
         std::thread::sleep(Duration::from_millis(500));
         let out = topo
             .client
             .command("curl")
-            .args(["-s", "-m", "5", &format!("http://{}/100b", path.target())])
+            .args(["-s", "-m", "5", &format!("http://{}/100b", path.target().0)])
             .output()
             .expect("curl");
         assert_eq!(
@@ -369,7 +395,7 @@ fn main() {
     for round in 0..ROUNDS {
         for k in 0..Path::ALL.len() {
             let path = Path::ALL[(round + k) % Path::ALL.len()];
-            let daemon = (path == Path::Xdp).then(|| {
+            let daemon = path.daemon().then(|| {
                 let d = Daemon::start(&topo.lb, bin.as_ref(), &config);
                 // The first checks pass before the load starts.
                 std::thread::sleep(Duration::from_secs(1));
@@ -403,8 +429,16 @@ fn main() {
          medians; TX checksum off and GRO on for every veth"
     );
     println!(
-        "{:<44} {:>10} {:>10} {:>12} {:>9} {:>9}   {:>21}",
-        "load", "routing", "xdp nat", "haproxy tcp", "÷ routing", "÷ haproxy", "retransmits r/x/h"
+        "{:<44} {:>9} {:>12} {:>9} {:>11} {:>9} {:>9} {:>14}   {:>21}",
+        "load",
+        "routing",
+        "routing, xdp",
+        "xdp nat",
+        "haproxy tcp",
+        "÷ routing",
+        "÷ haproxy",
+        "÷ routing,xdp",
+        "retransmits r/x/h"
     );
     let mut errors = 0;
     for load in Load::ALL {
@@ -425,13 +459,15 @@ fn main() {
             .map(|(_, _, s)| s.errors)
             .sum::<u64>();
         println!(
-            "{:<44} {:>10.2} {:>10.2} {:>12.2} {:>9.2} {:>9.2}   {:>7}/{:>6}/{:>6}",
+            "{:<44} {:>9.2} {:>12.2} {:>9.2} {:>11.2} {:>9.2} {:>9.2} {:>14.2}   {:>7}/{:>6}/{:>6}",
             load.name(),
             rate(Path::Routing),
+            rate(Path::RoutingUnderXdp),
             rate(Path::Xdp),
             rate(Path::Haproxy),
             rate(Path::Xdp) / rate(Path::Routing),
             rate(Path::Xdp) / rate(Path::Haproxy),
+            rate(Path::Xdp) / rate(Path::RoutingUnderXdp),
             re(Path::Routing),
             re(Path::Xdp),
             re(Path::Haproxy),

@@ -12,39 +12,6 @@ use understudy_testbed::{HttpBackend, admin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
-/// What wrk printed, as numbers.
-#[derive(Debug, Default)]
-struct WrkSummary {
-    requests: u64,
-    per_second: f64,
-    socket_errors: u64,
-    non_2xx: u64,
-}
-
-fn parse_wrk(out: &str) -> WrkSummary {
-    let mut s = WrkSummary::default();
-    for line in out.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("Requests/sec:") {
-            s.per_second = rest.trim().parse().unwrap_or(0.0);
-        } else if line.contains("requests in") {
-            s.requests = line
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
-            // "connect 0, read 12, write 0, timeout 0"
-            s.socket_errors = rest
-                .split(',')
-                .filter_map(|p| p.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum();
-        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            s.non_2xx = rest.trim().parse().unwrap_or(0);
-        }
-    }
-    s
-}
-
 #[test]
 fn close_mode_load_ejects_no_healthy_backend_and_loses_no_request() {
     require_root("the close-mode load test");
@@ -90,7 +57,7 @@ fn close_mode_load_ejects_no_healthy_backend_and_loses_no_request() {
         .output()
         .expect("run wrk (installed by cargo xtask setup)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let wrk = parse_wrk(&text);
+    let wrk = understudy_testbed::wrk::parse(&text);
     eprintln!("wrk: {wrk:?}\n{text}");
     assert!(out.status.success(), "wrk failed: {text}");
     assert!(wrk.requests > 10_000, "the load ran: {text}");

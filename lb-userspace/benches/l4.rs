@@ -143,12 +143,12 @@ fn nginx(ns: &Netns, i: usize) -> Child {
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\nworker_cpu_affinity {};\npid {root}/nginx.pid;\n\
+            "worker_processes 1;\nworker_cpu_affinity {:b};\npid {root}/nginx.pid;\n\
              events {{ worker_connections 8192; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 10000000;\n  \
              server {{ listen 80 backlog=4096 reuseport; listen {DIRECT_WEB_PORT} backlog=4096 \
              reuseport; root {root}/www; }}\n}}\n",
-            if SERVER_CPU == "1" { "10" } else { "01" },
+            1u32 << SERVER_CPU.parse::<u32>().unwrap(),
             root = root.display()
         ),
     )
@@ -268,24 +268,12 @@ fn wrk(client: &Netns, target: &str, close: bool) -> Sample {
         .output()
         .expect("run wrk (cargo xtask bench l4 installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut s = Sample::default();
-    for line in text.lines().map(str::trim) {
-        let words: Vec<&str> = line
-            .split(|c: char| c.is_whitespace() || c == ',')
-            .filter(|w| !w.is_empty())
-            .collect();
-        match words.as_slice() {
-            ["Requests/sec:", n] => s.rate = n.parse().unwrap_or(0.0),
-            ["Non-2xx", "or", "3xx", "responses:", n] => s.errors += n.parse().unwrap_or(0),
-            ["Socket", "errors:", rest @ ..] => {
-                s.errors += rest
-                    .iter()
-                    .filter_map(|w| w.parse::<u64>().ok())
-                    .sum::<u64>()
-            }
-            _ => {}
-        }
-    }
+    let w = understudy_testbed::wrk::parse(&text);
+    let s = Sample {
+        rate: w.per_second,
+        errors: w.socket_errors + w.non_2xx,
+        retransmits: 0,
+    };
     assert!(s.rate > 0.0, "wrk printed no rate:\n{text}");
     s
 }

@@ -479,22 +479,6 @@ fn cpu_ms(pid: u32) -> f64 {
     ticks * 1000.0 / hz
 }
 
-/// wrk's duration ("812.00us", "1.20ms", "2.00s") in milliseconds.
-fn millis(text: &str) -> f64 {
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: f64 = n.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => f64::NAN,
-    }
-}
-
 fn wrk(ns: &Netns, url: &str, path: &str, headers: &[String]) -> Figures {
     let mut extra = Vec::new();
     for h in headers {
@@ -519,20 +503,15 @@ fn wrk(ns: &Netns, url: &str, path: &str, headers: &[String]) -> Figures {
         .output()
         .expect("run wrk (cargo xtask bench l7 installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut f = Figures::default();
     let seconds: f64 = DURATION.trim_end_matches('s').parse().unwrap();
-    for line in text.lines().map(str::trim) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["Requests/sec:", n] => f.rps = n.parse().unwrap_or(0.0),
-            ["50%", t] => f.p50_ms = millis(t),
-            ["99%", t] => f.p99_ms = millis(t),
-            ["Non-2xx", "or", "3xx", "responses:", n] => {
-                f.errors_per_s = n.parse::<f64>().unwrap_or(0.0) / seconds
-            }
-            _ => {}
-        }
-    }
+    let w = understudy_testbed::wrk::parse(&text);
+    let f = Figures {
+        rps: w.per_second,
+        p50_ms: w.p50_ms,
+        p99_ms: w.p99_ms,
+        errors_per_s: w.non_2xx as f64 / seconds,
+        cpu_ms_per_1k: f64::NAN,
+    };
     assert!(f.rps > 0.0, "wrk printed no rate:\n{text}");
     f
 }
@@ -559,6 +538,36 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One proxy's listener in a scenario.
+#[derive(Clone, Copy)]
+struct Target {
+    name: &'static str,
+    scheme: &'static str,
+    port: u16,
+}
+
+impl Target {
+    fn url(self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+}
+
+/// Understudy's listener on `understudy` and HAProxy's on `haproxy`.
+fn pair(scheme: &'static str, understudy: u16, haproxy: u16) -> [Target; 2] {
+    [
+        Target {
+            name: "understudy",
+            scheme,
+            port: understudy,
+        },
+        Target {
+            name: "haproxy",
+            scheme,
+            port: haproxy,
+        },
+    ]
+}
+
 /// One scenario's load (wrk, or this file's gRPC generator) against each proxy in turn,
 /// alternating which goes first, ROUNDS times; prints each run and the medians, and returns the
 /// medians' requests per second (Understudy, HAProxy).
@@ -566,28 +575,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn scenario(
     ns: &Netns,
     name: &str,
-    targets: [(&str, &str); 2],
+    targets: [Target; 2],
     pids: [u32; 2],
     path: &str,
     headers: &[String],
     grpc: bool,
 ) -> [f64; 2] {
+    let seconds: f64 = DURATION.trim_end_matches('s').parse().unwrap();
     let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for t in order {
             let cpu = cpu_ms(pids[t]);
             let mut f = if grpc {
-                let port = targets[t].1.rsplit(':').next().unwrap().parse().unwrap();
-                grpc_load(ns, port)
+                grpc_load(ns, targets[t].port)
             } else {
-                wrk(ns, targets[t].1, path, headers)
+                wrk(ns, &targets[t].url(), path, headers)
             };
-            let seconds: f64 = DURATION.trim_end_matches('s').parse().unwrap();
             f.cpu_ms_per_1k = (cpu_ms(pids[t]) - cpu) / (f.rps * seconds / 1000.0);
             println!(
                 "  {name:<26} round {round} {:<10} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {:>6.1}/s  cpu {:>6.1} ms/1k",
-                targets[t].0, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s, f.cpu_ms_per_1k
+                targets[t].name, f.rps, f.p50_ms, f.p99_ms, f.errors_per_s, f.cpu_ms_per_1k
             );
             runs[t].push(f);
         }
@@ -636,23 +644,16 @@ fn main() {
         .status()
         .expect("taskset");
     let mut haproxy = start_haproxy(&ns, &tls, 1, true);
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let pair = |u: u16, h: u16| [url(u), url(h)];
-    let plain = pair(UNDERSTUDY_PORT, HAPROXY_PORT);
-    let routed = pair(UNDERSTUDY_ROUTED_PORT, HAPROXY_ROUTED_PORT);
-    let policy = pair(UNDERSTUDY_POLICY_PORT, HAPROXY_POLICY_PORT);
-    let h2up = pair(UNDERSTUDY_H2_PORT, HAPROXY_H2_PORT);
-    let grpc = pair(UNDERSTUDY_GRPC_PORT, HAPROXY_GRPC_PORT);
-    let tls_urls = [
-        format!("https://127.0.0.1:{UNDERSTUDY_TLS_PORT}"),
-        format!("https://127.0.0.1:{HAPROXY_TLS_PORT}"),
-    ];
-    let named = |u: &[String; 2]| -> [(&'static str, String); 2] {
-        [("understudy", u[0].clone()), ("haproxy", u[1].clone())]
-    };
+    let plain = pair("http", UNDERSTUDY_PORT, HAPROXY_PORT);
+    let routed = pair("http", UNDERSTUDY_ROUTED_PORT, HAPROXY_ROUTED_PORT);
+    let policy = pair("http", UNDERSTUDY_POLICY_PORT, HAPROXY_POLICY_PORT);
+    let h2up = pair("http", UNDERSTUDY_H2_PORT, HAPROXY_H2_PORT);
+    let grpc = pair("http", UNDERSTUDY_GRPC_PORT, HAPROXY_GRPC_PORT);
+    let https = pair("https", UNDERSTUDY_TLS_PORT, HAPROXY_TLS_PORT);
     let bearer = vec![format!("Authorization: Bearer {}", token())];
     // Both must pass the token, or the scenario measures refusals; both must serve TLS.
-    for (name, u) in named(&policy).into_iter().chain(named(&tls_urls)) {
+    for t in policy.into_iter().chain(https) {
+        let u = t.url();
         let code = ns
             .command("curl")
             .args([
@@ -668,21 +669,17 @@ fn main() {
             .output()
             .expect("curl");
         let code = String::from_utf8_lossy(&code.stdout).into_owned();
-        assert_eq!(code, "200", "{name} at {u} did not answer 200");
+        assert_eq!(code, "200", "{} at {u} did not answer 200", t.name);
     }
     // Warm both (pools, caches).
-    for u in &grpc {
-        let port = u.rsplit(':').next().unwrap().parse().unwrap();
-        let _ = grpc_load(&ns, port);
+    for t in grpc {
+        let _ = grpc_load(&ns, t.port);
     }
-    for u in [&plain, &routed, &policy, &h2up, &tls_urls]
-        .into_iter()
-        .flatten()
-    {
+    for t in [plain, routed, policy, h2up, https].into_iter().flatten() {
         let _ = ns
             .command("wrk")
             .args(["-t1", "-c", CONNECTIONS, "-d", "1s", "-H", &bearer[0]])
-            .arg(format!("{u}/"))
+            .arg(format!("{}/", t.url()))
             .output();
     }
     println!(
@@ -693,25 +690,23 @@ fn main() {
     let close = vec!["Connection: close".to_string()];
     let pids = [daemon.pid(), haproxy.id()];
     let mut healthy = [0.0f64; 2];
-    for (name, fail, urls, path, headers) in [
-        ("healthy", false, &plain, "/", &none),
-        ("1 of 3 backends: 10% 503", true, &plain, "/", &none),
+    for (name, fail, targets, path, headers) in [
+        ("healthy", false, plain, "/", &none),
+        ("1 of 3 backends: 10% 503", true, plain, "/", &none),
         (
             "routed: 10 routes, the last",
             false,
-            &routed,
+            routed,
             last_route.as_str(),
             &none,
         ),
-        ("policy: JWT + rate limit", false, &policy, "/", &bearer),
-        ("h2 upstream (h2c backends)", false, &h2up, "/", &none),
-        ("gRPC unary (h2c both sides)", false, &grpc, "/", &none),
-        ("close: Connection: close", false, &plain, "/", &close),
-        ("TLS termination", false, &tls_urls, "/", &none),
+        ("policy: JWT + rate limit", false, policy, "/", &bearer),
+        ("h2 upstream (h2c backends)", false, h2up, "/", &none),
+        ("gRPC unary (h2c both sides)", false, grpc, "/", &none),
+        ("close: Connection: close", false, plain, "/", &close),
+        ("TLS termination", false, https, "/", &none),
     ] {
         failing.store(fail, Ordering::Relaxed);
-        let t = named(urls);
-        let targets = [(t[0].0, t[0].1.as_str()), (t[1].0, t[1].1.as_str())];
         let grpc = name.starts_with("gRPC");
         let rps = scenario(&ns, name, targets, pids, path, headers, grpc);
         if name == "healthy" {
@@ -738,9 +733,7 @@ fn main() {
         "L7, 2 workers against nbthread 2, neither pinned (wrk stays on CPU {LOAD_CPU}; {ROUNDS} rounds)\n"
     );
     for (name, headers) in [("2 workers: healthy", &none), ("2 workers: close", &close)] {
-        let t = named(&plain);
-        let targets = [(t[0].0, t[0].1.as_str()), (t[1].0, t[1].1.as_str())];
-        scenario(&ns, name, targets, pids, "/", headers, false);
+        scenario(&ns, name, plain, pids, "/", headers, false);
         println!();
     }
     let _ = haproxy.kill();

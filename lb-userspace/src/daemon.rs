@@ -573,7 +573,7 @@ fn spawn_writer(
 /// Puts the calling thread (the map writer) on SCHED_FIFO at `priority`, so a health decision
 /// that wakes it is written at once rather than after the scheduler's next turn; threads it
 /// starts later return to the normal scheduler (`SCHED_RESET_ON_FORK`). Without the right
-/// (CAP_SYS_NICE, or systemd's `RestrictRealtime=yes`) it says so and carries on.
+/// (CAP_SYS_NICE, and no `RestrictRealtime=yes` in a systemd unit) it says so and carries on.
 fn raise_priority(priority: u8) {
     if priority == 0 {
         info!("map writer on the normal scheduler ([dataplane] writer_priority = 0)");

@@ -21,6 +21,7 @@ pub mod packet;
 mod sniff;
 mod topology;
 pub mod traffic;
+pub mod wrk;
 
 pub use bird::{BIRD_TEST_TIMERS, Bird, bird_routes};
 pub use daemon::{Daemon, Launch, NotifySocket, unblock_stop_signals};

@@ -90,7 +90,7 @@ fn time_batches(
     let dp = Dataplane::load().expect("load the XDP object");
     let mut writer = Writer::new(dp, plan(&config));
     writer.install().unwrap();
-    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    let mut h = histogram();
     let mut rng = fastrand::Rng::with_seed(seed);
     for _ in 0..rounds {
         let ids = pick(&mut rng);
@@ -171,7 +171,7 @@ fn daemon_decision_to_visible(flaps: usize, priority: u8) -> [Histogram<u64>; 2]
     load.finish();
     // Decision to visible, and the part of it spent writing (the rest is the hop to the
     // writer's thread).
-    let mut h = [(); 2].map(|()| Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap());
+    let mut h = [histogram(), histogram()];
     for line in daemon
         .output()
         .lines()
@@ -189,6 +189,11 @@ fn daemon_decision_to_visible(flaps: usize, priority: u8) -> [Histogram<u64>; 2]
     assert!(daemon.stop());
     std::fs::remove_file(config).ok();
     h
+}
+
+/// An empty histogram of nanoseconds, up to 10 s.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000_000, 3).unwrap()
 }
 
 /// Entries moved by each single failure in one 10-backend service, as a share of the table.
@@ -370,18 +375,18 @@ fn main() {
         quantiles(&hundred)
     );
     // The writer real-time (the default) and on the normal scheduler, by turns.
-    let (mut realtime, mut normal) = (Vec::new(), Vec::new());
+    let mut by_priority = [
+        (10, "real-time writer", [histogram(), histogram()]),
+        (0, "normal scheduler", [histogram(), histogram()]),
+    ];
     for _ in 0..2 {
-        realtime.push(daemon_decision_to_visible(50, 10));
-        normal.push(daemon_decision_to_visible(50, 0));
-    }
-    for (name, runs) in [("real-time writer", realtime), ("normal scheduler", normal)] {
-        let mut all =
-            [(); 2].map(|()| Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap());
-        for h in &runs {
-            all[0].add(&h[0]).unwrap();
-            all[1].add(&h[1]).unwrap();
+        for (priority, _, all) in &mut by_priority {
+            let run = daemon_decision_to_visible(50, *priority);
+            all[0].add(&run[0]).unwrap();
+            all[1].add(&run[1]).unwrap();
         }
+    }
+    for (_, name, all) in &by_priority {
         println!(
             "decision to visible, real daemon, {name}  {}   ({} changes under load; the daemon's own figure)",
             quantiles(&all[0]),

@@ -20,6 +20,7 @@ pub mod forwarding;
 pub mod hash;
 pub mod headers;
 pub mod probe;
+pub mod ring_entry;
 
 pub use counters::Counter;
 

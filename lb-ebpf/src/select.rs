@@ -1,7 +1,9 @@
 //! Backend selection: an established flow keeps its backend while that backend is alive and is
 //! still the same backend (generation); otherwise, and for a new flow, the flow hashes into the
 //! service's active Maglev slot. A dead backend's flows thus move on their very next packet, with
-//! no map walk: failover for established flows is one state flip in `BACKENDS`. Selection only
+//! no map walk: failover for established flows is one state flip in `BACKENDS`, and so is it for
+//! new flows, since each ring entry carries the backend to use while its own is down
+//! (`lb_common::ring_entry`). Selection only
 //! selects and remembers the flow; what a forwarding mode needs besides (NAT's reply entries) is
 //! the mode's own (`steer`). A connection start is first charged to its source's rate limit
 //! (`rate_limit`) and counted by the flood guard (`flood`), which may leave it unwritten.
@@ -13,7 +15,7 @@ use lb_common::{
     RING_CHUNK, RING_SLOTS, SERVICE_F_HASH_SRC_IP, ServiceInfo,
     edge::{DropReason, SERVICE_F_RATE_LIMIT},
     hash::{flow_hash, source_hash},
-    ring_index,
+    ring_entry, ring_index,
 };
 
 use crate::{
@@ -42,6 +44,16 @@ pub enum Miss {
     Reject,
     /// Refused by the service's edge protection, for this reason.
     Refuse(DropReason),
+}
+
+/// A ring entry's backend id, or what its marker says to do.
+#[inline(always)]
+fn marker(id: u32) -> Result<u32, Miss> {
+    match id {
+        NO_BACKEND => Err(Miss::Drop(Counter::DropNoBackend)),
+        REJECT => Err(Miss::Reject),
+        id => Ok(id),
+    }
 }
 
 #[inline(always)]
@@ -109,16 +121,24 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
     let chunk = RINGS
         .get(at / RING_CHUNK)
         .ok_or(Miss::Drop(Counter::DropBadBackend))?;
-    let id = chunk[(at % RING_CHUNK) as usize];
-    if id == NO_BACKEND {
-        return Err(Miss::Drop(Counter::DropNoBackend));
-    }
-    if id == REJECT {
-        return Err(Miss::Reject);
-    }
-    let backend = *BACKENDS
+    let entry = chunk[(at % RING_CHUNK) as usize];
+    let mut id = marker(ring_entry::primary(entry))?;
+    let mut backend = *BACKENDS
         .get(id)
         .ok_or(Miss::Drop(Counter::DropBadBackend))?;
+    // The entry's backend is down and the writer has not replaced the entry yet: its
+    // alternative is where the new table sends it (see `lb_common::ring_entry`).
+    if backend.state & BACKEND_ALIVE == 0
+        && let Some(alternative) = ring_entry::alternative(entry)
+    {
+        let alternative = marker(alternative)?;
+        if let Some(b) = BACKENDS.get(alternative)
+            && b.state & BACKEND_ALIVE != 0
+        {
+            id = alternative;
+            backend = *b;
+        }
+    }
     // Only a tunnel carries one family inside the other.
     if backend.family != key.family && !tunnel(svc.forwarding) {
         return Err(Miss::Drop(Counter::DropBadBackend));

@@ -138,10 +138,137 @@ tier = 2
             .collect();
         writer.apply(&batch).unwrap();
         assert_eq!(
-            writer.dataplane().active_ring(svc),
+            kernel_choice(writer.dataplane(), svc),
             svc.table_for(&healthy),
             "step {step}: health {healthy:?}"
         );
+    }
+}
+
+/// The backend the kernel chooses in each entry of `svc`'s active ring, given the `ALIVE` bits
+/// in `BACKENDS` (an entry's alternative serves while its backend is down).
+fn kernel_choice(
+    dp: &understudy::dataplane::Dataplane,
+    svc: &understudy::plan::PlannedService,
+) -> Vec<u32> {
+    let alive = |id: u32| {
+        dp.backend_entry(id)
+            .is_some_and(|b| b.state & lb_common::BACKEND_ALIVE != 0)
+    };
+    dp.active_ring(svc)
+        .into_iter()
+        .map(|e| lb_common::ring_entry::choose(e, alive))
+        .collect()
+}
+
+/// Writes backend `id`'s `ALIVE` bit and nothing else, as the writer's first step does.
+fn flip_alive_bit(bed: &mut Bed, id: u32, alive: bool) {
+    let mut info = bed.dp().backend_entry(id).unwrap();
+    info.state = if alive { lb_common::BACKEND_ALIVE } else { 0 };
+    bed.dp().set_backend(id, &info).unwrap();
+}
+
+/// The kernel's own choice for a new flow from `sport` (a SYN through `test_run`).
+fn chosen(bed: &mut Bed, sport: u16) -> IpAddr {
+    destination(&bed.run(&syn(sport).bytes(), bed.xc).1).0
+}
+
+/// Where the planned table for `healthy` sends a new flow from `sport`.
+fn planned(svc: &understudy::plan::PlannedService, healthy: &[bool], sport: u16) -> IpAddr {
+    let table = svc.table_for(healthy);
+    let client = std::net::SocketAddr::new(CLIENT4.parse().unwrap(), sport);
+    let hash = understudy::explain::placement_hash(svc, client);
+    let id = table[(hash % table.len() as u32) as usize];
+    svc.members
+        .iter()
+        .find(|m| m.id == id)
+        .unwrap()
+        .address
+        .ip()
+}
+
+/// The writer's promise: one backend failing, or coming back, is visible to the kernel with its
+/// `ALIVE` bit alone. Before any ring entry is rewritten, new flows already go where the new
+/// table sends them; and the writer reports that the bits sufficed.
+#[test]
+fn one_backends_alive_bit_alone_sends_new_flows_where_the_new_table_does() {
+    let text = config();
+    let mut bed = bed(&text);
+    let plan = understudy::plan::plan(
+        &understudy::config::Config::parse("t.toml".as_ref(), &text).unwrap(),
+    );
+    let svc = plan.services[0].clone();
+    let all = [true, true, true];
+    for (m, sports) in [(0u32, 50000u16), (1, 52000)] {
+        let mut without = all;
+        without[m as usize] = false;
+        let moving = (sports..sports + 300)
+            .filter(|&p| planned(&svc, &all, p) != planned(&svc, &without, p))
+            .count();
+        assert!(
+            moving > 50,
+            "only {moving} of 300 flows would move: the test shows nothing"
+        );
+
+        // Failure: the bit alone.
+        flip_alive_bit(&mut bed, m, false);
+        for sport in sports..sports + 300 {
+            assert_eq!(
+                chosen(&mut bed, sport),
+                planned(&svc, &without, sport),
+                "backend {m} down by its bit alone: port {sport}"
+            );
+        }
+        // The writer, told the same, finds the bits sufficed and prepares the recovery.
+        let applied = bed.writer.apply(&[update(&bed, m, false)]).unwrap();
+        assert_eq!(
+            applied.by_bits, 1,
+            "backend {m}'s failure needed a table write"
+        );
+
+        // Recovery: the bit alone again.
+        flip_alive_bit(&mut bed, m, true);
+        for sport in sports + 1000..sports + 1300 {
+            assert_eq!(
+                chosen(&mut bed, sport),
+                planned(&svc, &all, sport),
+                "backend {m} back by its bit alone: port {sport}"
+            );
+        }
+        let applied = bed.writer.apply(&[update(&bed, m, true)]).unwrap();
+        assert_eq!(
+            applied.by_bits, 1,
+            "backend {m}'s recovery needed a table write"
+        );
+        assert_eq!(
+            kernel_choice(bed.writer.dataplane(), &svc),
+            svc.table_for(&all)
+        );
+    }
+
+    // Two primaries down at once: the bits cannot say it (the backup tier takes over), so the
+    // writer writes the table before counting the change visible, and the kernel agrees.
+    let batch = [update(&bed, 0, false), update(&bed, 1, false)];
+    let applied = bed.writer.apply(&batch).unwrap();
+    assert_eq!(applied.by_bits, 0);
+    let backup = [false, false, true];
+    assert_eq!(
+        kernel_choice(bed.writer.dataplane(), &svc),
+        svc.table_for(&backup)
+    );
+    for sport in 56000..56100 {
+        assert_eq!(chosen(&mut bed, sport), planned(&svc, &backup, sport));
+    }
+}
+
+fn update(bed: &Bed, backend: u32, up: bool) -> Update {
+    Update {
+        backend,
+        generation: bed.writer.generation_of(backend).unwrap(),
+        task: 0,
+        up,
+        reason: "test".into(),
+        decided: Instant::now(),
     }
 }
 

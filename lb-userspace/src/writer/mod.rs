@@ -1,23 +1,27 @@
 //! The single map writer. Health changes arrive on one channel; the writer takes every change
-//! that is already waiting as one batch, derives each touched service's table (see
-//! [`fallback`](crate::fallback)), writes it to the idle ring slot and flips the slot, and
-//! updates the backends' `ALIVE` bits, then records how long each decision took to become
-//! visible to the kernel.
+//! that is already waiting as one batch and makes it visible to the kernel, then prepares for
+//! the next one, then records how long each decision took to become visible.
 //!
-//! Updates are incremental: only the entries a change can touch (the base entries of members
-//! inactive before or after it) are re-derived, and only the
-//! entries that differ between the idle slot and the new table are written (the previous flip's
-//! changes and this one's), so a single failure costs a scan and a few thousand stores, not a
-//! whole table.
+//! **Visible first.** Every ring entry carries, besides its backend, where it goes if that
+//! backend fails, and an entry whose owner is down names that owner first (see
+//! [`alternatives`]). So the writer first writes the changed backends' `ALIVE` bits, which for
+//! one backend failing or returning is the whole change as the kernel sees it; it checks that the
+//! kernel's choice under the new bits is the new table, entry by entry, and only if not (several
+//! changes at once, tiers switching, drains, slow start) writes the new table's backends into the
+//! idle ring slot and flips it. That moment is the decision's "visible".
 //!
-//! Order matters for established flows: a backend coming back is marked alive before the table
-//! sends flows to it; a backend going away leaves the table first and loses `ALIVE` after, at
-//! which point its pinned flows re-select on their next packet.
+//! **Then the next change.** The table is derived again (incrementally: only the base entries of
+//! members inactive before or after the change, see [`fallback`](crate::fallback)), every
+//! entry's alternative is derived for the new health view, and the entries that differ between
+//! the idle slot and the new ones (the previous flip's changes and this one's) are written, then
+//! the slot flips.
 //!
 //! - [`state`]: one [`MemberState`] per backend.
+//! - [`alternatives`]: each entry's second backend.
 //! - [`reload`]: moving to a new config, carrying health, drains and flows over; draining.
 //! - [`snapshot`]: the status picture for `/status`, `/metrics` and the page.
 
+mod alternatives;
 mod history;
 mod ramp;
 mod reload;
@@ -34,7 +38,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use lb_common::{BACKEND_ALIVE, BACKEND_NO_NEW};
+use lb_common::{BACKEND_ALIVE, BACKEND_NO_NEW, ring_entry};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info};
 
@@ -95,6 +99,19 @@ pub enum DrainError {
     MapWrite(String),
 }
 
+/// What applying one batch took.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// The batch's largest decision-to-visible: from a decision until the kernel chose by it.
+    pub visible: Duration,
+    /// From the batch's arrival at the writer until every touched service was visible.
+    pub write: Duration,
+    /// The whole batch, with each entry's alternative prepared for the next change.
+    pub took: Duration,
+    /// Touched kernel services whose change their `ALIVE` bits alone made visible.
+    pub by_bits: usize,
+}
+
 pub fn new_latency() -> Latency {
     Arc::new(Mutex::new(
         Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
@@ -138,6 +155,8 @@ struct View {
     active: Active,
     /// The active table, as member indices (or the `NO_BACKEND`/`REJECT` markers).
     table: Vec<u32>,
+    /// The entries in the active ring slot, as the kernel reads them (`lb_common::ring_entry`).
+    entries: Vec<u32>,
     /// Entries the last flip changed; `None` when the idle slot's content is unknown.
     last_delta: Option<Vec<usize>>,
     /// The slow-start step of each member the table was built for (empty: no ramp).
@@ -155,43 +174,62 @@ fn owners(plan: &Plan) -> Vec<Option<(usize, usize)>> {
     owner
 }
 
-/// Re-derives the entries a change from `view.active` to `next` can touch; returns the changed
-/// entries.
-fn update_table(svc: &PlannedService, view: &mut View, next: Active) -> Vec<usize> {
-    let delta = match (&view.active, &next) {
+/// Re-derives the entries a change from `view.active` to `next` can touch.
+fn update_table(svc: &PlannedService, view: &mut View, next: Active) {
+    match (&view.active, &next) {
         (Active::Members(old), Active::Members(new)) => {
             // An entry can change only if its base owner is inactive before or after: its owner
             // leaves, returns, or it is a reassigned entry whose ranking the change affects. So
             // only the base entries of those members are visited.
             let tier_active = tier_activity(&svc.prefs, &svc.members, new);
-            let mut delta = Vec::new();
             for (m, member) in svc.members.iter().enumerate() {
                 if old[m] && new[m] {
                     continue;
                 }
                 for &slot in &member.base_slots {
                     let slot = slot as usize;
-                    let value =
+                    view.table[slot] =
                         derive_slot(slot, &svc.base, &svc.prefs, &svc.members, new, &tier_active);
-                    if value != view.table[slot] {
-                        view.table[slot] = value;
-                        delta.push(slot);
-                    }
                 }
             }
-            delta
         }
-        _ => {
-            let table = derive(&svc.base, &svc.prefs, &svc.members, &next);
-            let delta = (0..table.len())
-                .filter(|&i| table[i] != view.table[i])
-                .collect();
-            view.table = table;
-            delta
-        }
-    };
+        _ => view.table = derive(&svc.base, &svc.prefs, &svc.members, &next),
+    }
     view.active = next;
-    delta
+}
+
+/// Writes `entries` into the service's idle ring slot and flips it: only the entries that
+/// differ from the idle slot's (the previous flip's changes and this one's), or all of them when
+/// the idle slot is unknown.
+fn write_entries(
+    dp: &mut Dataplane,
+    svc: &PlannedService,
+    view: &mut View,
+    entries: Vec<u32>,
+) -> Result<(), DataplaneError> {
+    if svc.serving.kernel().is_none() {
+        view.entries = entries;
+        return Ok(());
+    }
+    let same_len = view.entries.len() == entries.len();
+    let delta: Vec<usize> = if same_len {
+        (0..entries.len())
+            .filter(|&i| entries[i] != view.entries[i])
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match view.last_delta.take().filter(|_| same_len) {
+        Some(previous) => {
+            let changed = previous.iter().chain(&delta).map(|&i| (i, entries[i]));
+            dp.install_delta(svc, entries.len(), changed)?;
+        }
+        None => dp.install_table(svc, &entries)?,
+    }
+    // After a whole write of a table of another size the idle slot is of no use: whole again.
+    view.last_delta = same_len.then_some(delta);
+    view.entries = entries;
+    Ok(())
 }
 
 /// `BackendInfo::state` for a backend: alive keeps its flows; drained takes no new ones.
@@ -228,6 +266,7 @@ impl Writer {
                 View {
                     active,
                     table,
+                    entries: Vec::new(),
                     last_delta: None,
                     ramp: Vec::new(),
                 }
@@ -351,9 +390,10 @@ impl Writer {
                 self.dp.set_backend(id, &info)?;
             }
             // Into both slots: then the idle slot is known, and every later change is a delta.
-            let table = svc.ids(self.views[si].table.clone());
-            self.dp.install_table(svc, &table)?;
-            self.dp.install_table(svc, &table)?;
+            let entries = alternatives::entries(svc, &health, &self.views[si].table, false);
+            self.dp.install_table(svc, &entries)?;
+            self.dp.install_table(svc, &entries)?;
+            self.views[si].entries = entries;
             self.views[si].last_delta = Some(Vec::new());
         }
         self.publish_all();
@@ -381,46 +421,76 @@ impl Writer {
 
     /// Brings one service's table and backend states in line with its health and drains.
     fn refresh(&mut self, si: usize) -> Result<(), DataplaneError> {
-        let n = self.plan.services[si].members.len();
+        self.write_alive(si)?;
+        self.make_visible(si)?;
+        self.prepare(si)
+    }
+
+    /// Writes the `ALIVE` bits the service's health view wants, both ways.
+    fn write_alive(&mut self, si: usize) -> Result<(), DataplaneError> {
         let health = state::health(&self.states[si]);
-        let wanted: Vec<bool> = (0..n)
-            .map(|mi| self.plan.services[si].alive(&health, mi))
-            .collect();
-        for (mi, &alive) in wanted.iter().enumerate() {
-            if alive {
-                self.set_alive(si, mi, true)?;
-            }
+        for mi in 0..self.plan.services[si].members.len() {
+            let alive = self.plan.services[si].alive(&health, mi);
+            self.set_alive(si, mi, alive)?;
         }
+        Ok(())
+    }
+
+    /// Derives the service's new table; if the `ALIVE` bits written before do not already make
+    /// the kernel choose it, writes its backends (without alternatives) and flips. Returns
+    /// whether the bits sufficed.
+    fn make_visible(&mut self, si: usize) -> Result<bool, DataplaneError> {
+        let health = state::health(&self.states[si]);
         let svc = &self.plan.services[si];
         let view = &mut self.views[si];
         let next = active_set(&svc.members, &health, svc.min_healthy, svc.on_all_down);
-        let delta = update_table(svc, view, next);
+        update_table(svc, view, next);
         // Slow start (kernel services): while a member ramps, and once more when the ramps end,
-        // the whole table is derived and written, not a delta.
+        // the whole table is derived.
         let steps = ramp::steps(svc, &self.states[si], Instant::now());
-        let whole = !steps.is_empty() || !view.ramp.is_empty();
-        if whole {
+        if !steps.is_empty() || !view.ramp.is_empty() {
             view.table = ramp::table(svc, &view.active, &steps);
             view.ramp = steps;
-            view.last_delta = None;
         }
-        let id = |m: u32| svc.backend_id(m);
-        match view.last_delta.take() {
-            None => self.dp.install_table(svc, &svc.ids(view.table.clone()))?,
-            Some(previous) => {
-                let table = &view.table;
-                let changed = previous.iter().chain(&delta).map(|&i| (i, id(table[i])));
-                self.dp.install_delta(svc, table.len(), changed)?;
-            }
+        if svc.serving.kernel().is_none() {
+            // The proxy reads the published view: that is its "visible".
+            self.publish(si);
+            return Ok(false);
         }
-        // After a whole write the idle slot is the table before it: write whole again next time.
-        view.last_delta = (!whole).then_some(delta);
-        for (mi, &alive) in wanted.iter().enumerate() {
-            if !alive {
-                self.set_alive(si, mi, false)?;
-            }
+        let mut alive_ids = vec![false; self.plan.backends.len()];
+        for (m, state) in svc.members.iter().zip(&self.states[si]) {
+            alive_ids[m.id as usize] = state.alive;
         }
-        self.publish(si);
+        let alive = |id: u32| alive_ids.get(id as usize).copied().unwrap_or(false);
+        let by_bits = view.entries.len() == view.table.len()
+            && view
+                .entries
+                .iter()
+                .zip(&view.table)
+                .all(|(&e, &m)| ring_entry::choose(e, alive) == svc.backend_id(m));
+        if !by_bits {
+            let primaries = view
+                .table
+                .iter()
+                .map(|&m| ring_entry::pack(svc.backend_id(m), None))
+                .collect();
+            write_entries(&mut self.dp, svc, view, primaries)?;
+        }
+        Ok(by_bits)
+    }
+
+    /// Writes every entry's alternative for the current health view (see [`alternatives`]), so
+    /// that the next single change is its `ALIVE` bit alone, and publishes a kernel service (a
+    /// proxied one was published as its change became visible).
+    fn prepare(&mut self, si: usize) -> Result<(), DataplaneError> {
+        let health = state::health(&self.states[si]);
+        let svc = &self.plan.services[si];
+        let view = &mut self.views[si];
+        if svc.serving.kernel().is_some() {
+            let entries = alternatives::entries(svc, &health, &view.table, !view.ramp.is_empty());
+            write_entries(&mut self.dp, svc, view, entries)?;
+            self.publish(si);
+        }
         Ok(())
     }
 
@@ -464,10 +534,10 @@ impl Writer {
         self.stale
     }
 
-    /// Applies one batch; returns how long the writes took. Updates about an id's former owner
+    /// Applies one batch (see [`Applied`] for what it reports). Updates about an id's former owner
     /// or from a replaced task are dropped (and counted), so a reload can never let an old
     /// task's verdict stand for a backend that has not passed its own check.
-    pub fn apply(&mut self, batch: &[Update]) -> Result<Duration, DataplaneError> {
+    pub fn apply(&mut self, batch: &[Update]) -> Result<Applied, DataplaneError> {
         let started = Instant::now();
         let kept: Vec<Update>;
         let batch = if batch.iter().all(|u| self.current(u)) {
@@ -508,19 +578,44 @@ impl Writer {
                 }
             }
         }
+        // The bits of every touched service first, then whatever more each needs to be
+        // visible, then the preparation for the next change, which no decision waits for.
         for &si in &touched {
-            self.refresh(si)?;
+            self.write_alive(si)?;
+        }
+        let bits_at = Instant::now();
+        let mut visible_at = BTreeMap::new();
+        let mut by_bits = 0;
+        for &si in &touched {
+            let at = if self.make_visible(si)? {
+                by_bits += 1;
+                bits_at
+            } else {
+                Instant::now()
+            };
+            visible_at.insert(si, at);
+        }
+        let all_visible = Instant::now();
+        for &si in &touched {
+            self.prepare(si)?;
         }
         let took = started.elapsed();
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let mut visible = Duration::ZERO;
         if let Ok(mut h) = self.latency.lock() {
             for u in batch {
-                let took = u.decided.elapsed();
+                let owner = self.owner.get(u.backend as usize).copied().flatten();
+                // An update that changed nothing was visible once the others were.
+                let at = owner
+                    .and_then(|(si, _)| visible_at.get(&si).copied())
+                    .unwrap_or(all_visible);
+                let took = at.saturating_duration_since(u.decided);
+                visible = visible.max(took);
                 h.saturating_record(took.as_nanos() as u64);
                 self.prometheus_latency.observe(took.as_secs_f64());
-                if let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) {
+                if let Some((si, mi)) = owner {
                     self.states[si][mi].last = Some(Change {
                         reason: u.reason.clone(),
                         at: now,
@@ -529,21 +624,24 @@ impl Writer {
             }
         }
         self.changes += batch.len() as u64;
+        let write = all_visible.saturating_duration_since(started);
         if !touched.is_empty() {
-            let visible = batch
-                .iter()
-                .map(|u| u.decided.elapsed())
-                .max()
-                .unwrap_or_default();
             info!(
                 changes = batch.len(),
                 services = touched.len(),
-                write_us = took.as_micros() as u64,
+                by_bits,
+                write_us = write.as_micros() as u64,
                 decision_to_visible_us = visible.as_micros() as u64,
+                prepared_us = took.as_micros() as u64,
                 "data plane updated"
             );
         }
-        Ok(took)
+        Ok(Applied {
+            visible,
+            write,
+            took,
+            by_bits,
+        })
     }
 
     /// Applies batches until `stop` fires, then returns the writer (dropping it detaches XDP).

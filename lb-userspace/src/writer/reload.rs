@@ -83,23 +83,23 @@ impl Writer {
                 .services
                 .iter()
                 .position(|o| o.key == svc.key && o.id == svc.id);
+            let entries = super::alternatives::entries(svc, &health, &table, !ramp.is_empty());
             let unchanged = old.is_some_and(|oi| {
                 let o = &self.plan.services[oi];
-                o.ids(self.views[oi].table.clone()) == svc.ids(table.clone())
-                    && o.serving.entry() == svc.serving.entry()
+                self.views[oi].entries == entries && o.serving.entry() == svc.serving.entry()
             });
             let last_delta = match old {
                 Some(oi) if unchanged => self.views[oi].last_delta.take(),
                 _ => {
-                    let ring = svc.ids(table.clone());
-                    self.dp.install_table(svc, &ring)?;
-                    self.dp.install_table(svc, &ring)?;
+                    self.dp.install_table(svc, &entries)?;
+                    self.dp.install_table(svc, &entries)?;
                     Some(Vec::new())
                 }
             };
             views.push(View {
                 active,
                 table,
+                entries,
                 last_delta,
                 ramp,
             });

@@ -184,7 +184,7 @@ mod tests {
             .services
             .iter()
             .filter_map(|s| match &s.serving {
-                crate::plan::Serving::Kernel(k) => Some((s.key, s.id, k.ring.clone())),
+                crate::plan::Serving::Kernel(_) => Some((s.key, s.id, s.initial_ring())),
                 crate::plan::Serving::Proxy => None,
             })
             .collect();

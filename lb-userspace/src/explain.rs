@@ -269,7 +269,7 @@ backend = [{ address = "10.0.11.2:8080" }, { address = "10.0.11.3:8080" }, { add
     #[test]
     fn the_chosen_backend_is_the_planned_rings() {
         let svc = web();
-        let ring = &svc.serving.kernel().unwrap().ring;
+        let ring = &svc.initial_ring();
         let all = [true; 3];
         let mut seen = std::collections::BTreeSet::new();
         for port in 40000..40100 {

@@ -65,9 +65,6 @@ pub enum Serving {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelService {
     pub entry: EntrySettings,
-    /// The table to install: backend ids (or `NO_BACKEND`/`REJECT`), one per Maglev entry.
-    /// [`plan`] fills it for "every backend healthy"; see [`PlannedService::table_for`].
-    pub ring: Vec<u32>,
 }
 
 /// The `SERVICES` entry's settings, other than its ring: a reload that changes none of them (nor
@@ -118,6 +115,13 @@ impl PlannedService {
     /// The table for a health view (`healthy[i]` for member `i`), as backend ids.
     pub fn table_for(&self, healthy: &[bool]) -> Vec<u32> {
         self.ids(self.member_table(healthy))
+    }
+
+    /// The table for every backend healthy, as backend ids: what a plan installed on its own
+    /// (without the writer's health view) starts from. Computed when asked, not kept: the writer
+    /// keeps the table it installs.
+    pub fn initial_ring(&self) -> Vec<u32> {
+        self.table_for(&vec![true; self.members.len()])
     }
 
     /// The same table as member indices (or the markers), as the writer holds it.
@@ -229,7 +233,6 @@ fn plan_service(config: &Config, id: u32, svc: &Service, backend_ids: Vec<u32>) 
                     },
                 syn_timeout_ms: svc.passive.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
             },
-            ring: planned.table_for(&vec![true; svc.backends.len()]),
         });
     }
     planned
@@ -531,29 +534,13 @@ service = [
         assert_eq!(p.backends.len(), 3);
         assert_eq!(ids(&p.services[0]), vec![0, 1]);
         assert_eq!(ids(&p.services[1]), vec![2]);
-        assert_eq!(p.services[0].serving.kernel().unwrap().ring.len(), 307);
-        assert!(
-            p.services[0]
-                .serving
-                .kernel()
-                .unwrap()
-                .ring
-                .iter()
-                .all(|&b| b < 2)
-        );
+        assert_eq!(p.services[0].initial_ring().len(), 307);
+        assert!(p.services[0].initial_ring().iter().all(|&b| b < 2));
         assert!(
             p.services[0].initially_healthy,
             "no check: up from the start"
         );
-        assert!(
-            p.services[1]
-                .serving
-                .kernel()
-                .unwrap()
-                .ring
-                .iter()
-                .all(|&b| b == 2)
-        );
+        assert!(p.services[1].initial_ring().iter().all(|&b| b == 2));
         assert_eq!(p.services[0].key.port, 80u16.to_be());
         assert_eq!(p.services[0].key.proto, PROTO_TCP);
         assert_eq!(p.services[1].key.proto, PROTO_UDP);

@@ -215,11 +215,12 @@ fn predicted(plan: &Plan, config: &Config, p: &Pkt) -> Option<SocketAddr> {
             && (proto == PROTO_UDP) == (s.protocol == understudy::config::Protocol::Udp)
     })?;
     let svc = &plan.services[si];
-    let kernel = svc.serving.kernel()?;
+    svc.serving.kernel()?;
+    let ring = svc.initial_ring();
     // The placement as user space models it (`understudy explain` uses the same): the kernel's
     // output must agree.
     let hash = understudy::explain::placement_hash(svc, SocketAddr::new(p.src, p.sport));
-    let id = kernel.ring[(hash % kernel.ring.len() as u32) as usize];
+    let id = ring[(hash % ring.len() as u32) as usize];
     svc.members.iter().find(|m| m.id == id).map(|m| m.address)
 }
 

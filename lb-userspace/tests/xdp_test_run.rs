@@ -322,12 +322,8 @@ fn ipv6_extension_headers_are_skipped() {
 fn a_service_with_an_empty_ring_drops_and_counts() {
     let mut bed = bed();
     let config = Config::parse("test.toml".as_ref(), CONFIG).unwrap();
-    let mut p = plan(&config);
-    let understudy::plan::Serving::Kernel(k) = &mut p.services[0].serving else {
-        panic!("a NAT service is served by the kernel");
-    };
-    k.ring.clear();
-    bed.dp().install_service(&p.services[0]).unwrap();
+    let p = plan(&config);
+    bed.dp().install_table(&p.services[0], &[]).unwrap();
     let syn = Pkt::to_vip(CLIENT4, VIP4, 40010, 80, L4::Tcp { syn: true });
     let (action, out) = bed.run(&syn.bytes(), bed.xc);
     assert_eq!(action, XDP_DROP);

@@ -13,6 +13,7 @@ use aya_log::EbpfLogger;
 use lb_common::{
     BackendInfo, MAX_RING_SIZE, NO_BACKEND, RING_SLOTS, ServiceInfo, ServiceKey, Traffic,
     map_names::{BACKEND_STATS, BACKENDS, COUNTERS, EVENTS, FLOWS, RINGS, SERVICE_STATS, SERVICES},
+    ring_entry,
 };
 use tracing::warn;
 
@@ -251,7 +252,8 @@ impl Dataplane {
         self.backends.get(&id, 0).ok()
     }
 
-    /// What a previous daemon left: every service entry with its active table, and every
+    /// What a previous daemon left: every service entry with the backend ids its active table
+    /// names (each entry's backend and alternative, see `lb_common::ring_entry`), and every
     /// backend entry (for `crate::adopt`).
     pub fn pinned(&self) -> crate::adopt::Pinned {
         let services = self
@@ -262,7 +264,12 @@ impl Dataplane {
                 let table = self
                     .rings
                     .read(info.id, info.active_slot, info.ring_size as usize)
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|e| [Some(ring_entry::primary(e)), ring_entry::alternative(e)])
+                    .flatten()
+                    .filter(|&id| id < lb_common::MAX_BACKENDS)
+                    .collect();
                 (key, info.id, table)
             })
             .collect();
@@ -385,7 +392,7 @@ impl Dataplane {
     /// Fills the service's idle ring slot with its planned ring, then makes it active.
     pub fn install_service(&mut self, svc: &PlannedService) -> Result<(), DataplaneError> {
         match &svc.serving {
-            Serving::Kernel(k) => self.install_table(svc, &k.ring),
+            Serving::Kernel(_) => self.install_table(svc, &svc.initial_ring()),
             Serving::Proxy => Ok(()),
         }
     }

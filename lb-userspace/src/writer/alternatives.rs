@@ -182,7 +182,10 @@ mod tests {
         svc.slow_start = Some(std::time::Duration::from_secs(10));
         let down = [false, true, true];
         let e = entries(&svc, &down, &svc.member_table(&down), false);
-        assert!(e.iter().all(|&e| ring_entry::primary(e) != svc.members[0].id));
+        assert!(
+            e.iter()
+                .all(|&e| ring_entry::primary(e) != svc.members[0].id)
+        );
         // The failures of the others are still prepared.
         assert!(e.iter().all(|&e| ring_entry::alternative(e).is_some()));
     }

@@ -104,7 +104,7 @@ pub enum DrainError {
 pub struct Applied {
     /// The batch's largest decision-to-visible: from a decision until the kernel chose by it.
     pub visible: Duration,
-    /// From the batch's arrival at the writer until every touched service was visible.
+    /// From the batch's arrival at the writer until the last touched service was visible.
     pub write: Duration,
     /// The whole batch, with each entry's alternative prepared for the next change.
     pub took: Duration,
@@ -158,7 +158,7 @@ struct View {
     /// The entries in the active ring slot, as the kernel reads them (`lb_common::ring_entry`).
     entries: Vec<u32>,
     /// Entries the last flip changed; `None` when the idle slot's content is unknown.
-    last_delta: Option<Vec<usize>>,
+    last_delta: Option<Vec<u32>>,
     /// The slow-start step of each member the table was built for (empty: no ramp).
     ramp: Vec<Option<u32>>,
 }
@@ -212,16 +212,19 @@ fn write_entries(
         return Ok(());
     }
     let same_len = view.entries.len() == entries.len();
-    let delta: Vec<usize> = if same_len {
-        (0..entries.len())
-            .filter(|&i| entries[i] != view.entries[i])
+    let delta: Vec<u32> = if same_len {
+        (0..entries.len() as u32)
+            .filter(|&i| entries[i as usize] != view.entries[i as usize])
             .collect()
     } else {
         Vec::new()
     };
     match view.last_delta.take().filter(|_| same_len) {
         Some(previous) => {
-            let changed = previous.iter().chain(&delta).map(|&i| (i, entries[i]));
+            let changed = previous
+                .iter()
+                .chain(&delta)
+                .map(|&i| (i as usize, entries[i as usize]));
             dp.install_delta(svc, entries.len(), changed)?;
         }
         None => dp.install_table(svc, &entries)?,
@@ -624,7 +627,11 @@ impl Writer {
             }
         }
         self.changes += batch.len() as u64;
-        let write = all_visible.saturating_duration_since(started);
+        // The writer's share of decision to visible: until the last touched service was.
+        let write = visible_at
+            .values()
+            .max()
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(started));
         if !touched.is_empty() {
             info!(
                 changes = batch.len(),

@@ -1,7 +1,7 @@
 //! Failover figures (`cargo xtask bench failover`, as root):
 //!
-//! 1. **Decision to visible**: from a health decision to the kernel's maps holding the new table
-//!    and backend states, through the real map writer, with 100 services x 10 backends and the
+//! 1. **Decision to visible**: from a health decision until the kernel chooses by it (its
+//!    `ALIVE` bits alone, or the new table written), as the real map writer reports it, with 100 services x 10 backends and the
 //!    default 65,537-entry tables: one backend failing, and a whole tier failing.
 //! 2. **Disruption**: the share of table entries one failure moves, against the ideal 1/N.
 //! 3. **Death to shift**: a backend killed under load (HTTP checks every 50 ms, fall 2, no jitter,
@@ -12,7 +12,8 @@
 //!    (4 clients connecting back to back), TCP checks every 20 ms with fall 1 and rise 1, two of
 //!    three backends' servers stopped and started by turns; the figure is the daemon's own (the
 //!    `decision_to_visible_us` of each "data plane updated" line, the measurement that also feeds
-//!    `understudy_decision_to_visible_seconds`). And 100 backends (10 whole services) failing in
+//!    `understudy_decision_to_visible_seconds`), and its `write_us`, the writer's share until the
+//!    kernel chose by the change. And 100 backends (10 whole services) failing in
 //!    one batch through the real writer.
 //! 6. **Reload planning**: validating and planning a reload that replaces all 4096 backends of
 //!    a service with new addresses (every new id avoids the previous plan's, so the allocator's
@@ -394,7 +395,7 @@ fn main() {
             all[0].len()
         );
         println!(
-            "  of which writing                                    {}",
+            "  of which in the writer                              {}",
             quantiles(&all[1])
         );
     }

@@ -173,21 +173,24 @@ impl BackendTask {
         }
     }
 
+    /// Sends the decision to the writer, then logs it: the log line's formatting and write are
+    /// not on the decision's way to the kernel, and the decision is timed from here.
     async fn report(&self, updates: &mpsc::Sender<Update>, up: bool, reason: String) {
-        if up {
-            info!(service = %self.service, backend = %self.address, old = "down", new = "up", %reason, "backend up");
-        } else {
-            warn!(service = %self.service, backend = %self.address, old = "up", new = "down", %reason, "backend down");
-        }
+        let decided = std::time::Instant::now();
         let _ = updates
             .send(Update {
                 backend: self.id,
                 generation: self.generation,
                 task: self.epoch,
                 up,
-                reason,
-                decided: std::time::Instant::now(),
+                reason: reason.clone(),
+                decided,
             })
             .await;
+        if up {
+            info!(service = %self.service, backend = %self.address, old = "down", new = "up", %reason, "backend up");
+        } else {
+            warn!(service = %self.service, backend = %self.address, old = "up", new = "down", %reason, "backend down");
+        }
     }
 }

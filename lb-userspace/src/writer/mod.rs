@@ -563,22 +563,14 @@ impl Writer {
             &kept[..]
         };
         let mut touched = BTreeSet::new();
+        let mut changed = Vec::new();
         for u in batch {
             let Some(&Some((si, mi))) = self.owner.get(u.backend as usize) else {
                 continue;
             };
             if self.states[si][mi].set_healthy(u.up) {
                 touched.insert(si);
-                let m = &self.plan.services[si].members[mi];
-                self.history
-                    .change(m.id, &m.address.to_string(), u.up, started);
-                let svc = &self.plan.services[si];
-                if let Some(ramp) = svc
-                    .slow_start
-                    .filter(|_| self.states[si][mi].up_since.is_some())
-                {
-                    info!(service = %svc.name, backend = %m.address, ?ramp, "back up: slow start");
-                }
+                changed.push((si, mi, u.up));
             }
         }
         // The bits of every touched service first, then whatever more each needs to be
@@ -599,6 +591,19 @@ impl Writer {
             visible_at.insert(si, at);
         }
         let all_visible = Instant::now();
+        // What no decision waits for: the history, the logs, the next change's entries.
+        for (si, mi, up) in changed {
+            let svc = &self.plan.services[si];
+            let m = &svc.members[mi];
+            self.history
+                .change(m.id, &m.address.to_string(), up, started);
+            if let Some(ramp) = svc
+                .slow_start
+                .filter(|_| self.states[si][mi].up_since.is_some())
+            {
+                info!(service = %svc.name, backend = %m.address, ?ramp, "back up: slow start");
+            }
+        }
         for &si in &touched {
             self.prepare(si)?;
         }

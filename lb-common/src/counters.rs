@@ -166,6 +166,13 @@ Counter {
     DropProbeNoRoute => "drop_probe_no_route",
     /// A probe that could not be wrapped or redirected.
     DropProbeFailed => "drop_probe_failed",
+    /// A new flow whose ring entry's backend is down went to the entry's alternative: a failure
+    /// the kernel saw by the backend's `ALIVE` bit alone, before the writer replaced the entry.
+    RingAlternative => "ring_alternative",
+    /// A new flow whose ring entry's backend and alternative are both down (two failures before
+    /// the writer replaced the entry) stayed on the entry's backend. Brief while the writer
+    /// writes the new table; a count that keeps rising means the writer is not writing.
+    RingStale => "ring_stale",
 }
 }
 

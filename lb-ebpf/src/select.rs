@@ -132,11 +132,13 @@ pub fn choose(p: &Parsed, svc: &ServiceInfo) -> Result<Choice, Miss> {
         && let Some(alternative) = ring_entry::alternative(entry)
     {
         let alternative = marker(alternative)?;
-        if let Some(b) = BACKENDS.get(alternative)
-            && b.state & BACKEND_ALIVE != 0
-        {
-            id = alternative;
-            backend = *b;
+        match BACKENDS.get(alternative) {
+            Some(b) if b.state & BACKEND_ALIVE != 0 => {
+                id = alternative;
+                backend = *b;
+                count(Counter::RingAlternative);
+            }
+            _ => count(Counter::RingStale),
         }
     }
     // Only a tunnel carries one family inside the other.

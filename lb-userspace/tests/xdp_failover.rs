@@ -212,6 +212,7 @@ fn one_backends_alive_bit_alone_sends_new_flows_where_the_new_table_does() {
 
         // Failure: the bit alone.
         flip_alive_bit(&mut bed, m, false);
+        let before = bed.counter(Counter::RingAlternative);
         for sport in sports..sports + 300 {
             assert_eq!(
                 chosen(&mut bed, sport),
@@ -219,6 +220,11 @@ fn one_backends_alive_bit_alone_sends_new_flows_where_the_new_table_does() {
                 "backend {m} down by its bit alone: port {sport}"
             );
         }
+        assert_eq!(
+            bed.counter(Counter::RingAlternative) - before,
+            moving as u64,
+            "every moved flow is counted as sent to an alternative"
+        );
         // The writer, told the same, finds the bits sufficed and prepares the recovery.
         let applied = bed.writer.apply(&[update(&bed, m, false)]).unwrap();
         assert_eq!(
@@ -245,6 +251,16 @@ fn one_backends_alive_bit_alone_sends_new_flows_where_the_new_table_does() {
             svc.table_for(&all)
         );
     }
+
+    // Two primaries down by their bits alone: their entries' alternatives are each other, so
+    // those flows stay put until the writer writes the table, and say so.
+    flip_alive_bit(&mut bed, 0, false);
+    flip_alive_bit(&mut bed, 1, false);
+    let (_, out) = bed.run(&syn(55000).bytes(), bed.xc);
+    assert_ne!(destination(&out).0.to_string(), WEB[2]);
+    assert_eq!(bed.counter(Counter::RingStale), 1);
+    flip_alive_bit(&mut bed, 0, true);
+    flip_alive_bit(&mut bed, 1, true);
 
     // Two primaries down at once: the bits cannot say it (the backup tier takes over), so the
     // writer writes the table before counting the change visible, and the kernel agrees.

@@ -328,8 +328,10 @@ address = "{be1}:8080"
     // logrotate moves the file and sends SIGUSR1: records go to a new file.
     let moved = dir.join("log/audit.log.1");
     std::fs::rename(&audit, &moved).unwrap();
+    // Every reload above reopened the log too: wait for this signal's line, not an old one.
+    let reopened = daemon.lines_with("audit log reopened");
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGUSR1) };
-    daemon.wait_for_line("audit log reopened", Duration::from_secs(5));
+    daemon.wait_for_another_line("audit log reopened", reopened, Duration::from_secs(5));
     assert_eq!(admin(&topo.lb, bob, "POST", &drain).0, 200);
     assert_eq!(records(&moved).len(), 9, "the moved file is left alone");
     let new = records(&audit);

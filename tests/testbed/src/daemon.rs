@@ -222,6 +222,31 @@ impl Daemon {
         }
     }
 
+    /// Lines of the daemon's output so far that contain `text`.
+    pub fn lines_with(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// Waits up to `timeout` for a line containing `text` beyond the `seen` already there (see
+    /// [`Daemon::lines_with`]): for a line the daemon prints more than once, such as one per
+    /// reload, `wait_for_line` would find an old one.
+    pub fn wait_for_another_line(&self, text: &str, seen: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.lines_with(text) <= seen {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new line with {text:?} within {timeout:?}; the daemon's output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the daemon printed so far.
     pub fn output(&self) -> String {
         self.log.lock().unwrap().join("\n")

@@ -284,7 +284,7 @@ fn the_alert_rules_and_the_dashboard_check() {
     let said =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("SUCCESS: 9 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 10 rules found"), "{said}");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap())
             .expect("the dashboard is JSON");

@@ -15,7 +15,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use etherparse::{PacketBuilder, SlicedPacket};
-use lb_common::{BENCH_MAX, BenchPacket};
+use lb_common::{BENCH_MAX, BenchPacket, ring_entry};
 use understudy::{
     config::Config,
     dataplane::{Dataplane, XDP_PROGRAM},
@@ -143,8 +143,9 @@ impl Bench {
         assert_eq!(action, c.action, "{}: unexpected action", c.name);
         assert!(
             (c.check)(&out),
-            "{}: the output is not what this path writes",
-            c.name
+            "{}: the output is not what this path writes ({:?})",
+            c.name,
+            ips(&out)
         );
     }
 
@@ -192,6 +193,8 @@ struct Class {
     prefill: u32,
     /// Runs per round: small where the table must not fill.
     repeat: u32,
+    /// Every ring entry names a backend that is down, and another as its alternative.
+    down: bool,
     action: u32,
     check: fn(&[u8]) -> bool,
 }
@@ -215,6 +218,28 @@ fn variant(dataplane: &str, service: &str) -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
+/// Every entry of the bench's service names 10.0.11.2, marked down, and 10.0.11.3 as the
+/// alternative: each new flow takes the path of a failure the writer has not written yet
+/// (one more `BACKENDS` lookup). The next class's install writes the plan back.
+fn every_entry_to_a_dead_backend(b: &mut Bench) {
+    let config = Config::parse("bench.toml".as_ref(), CONFIG).unwrap();
+    let p = plan(&config);
+    let svc = &p.services[0];
+    let id = |ip: &str| {
+        svc.members
+            .iter()
+            .find(|m| m.address.ip().to_string() == ip)
+            .unwrap()
+            .id
+    };
+    let (dead, alternative) = (id("10.0.11.2"), id("10.0.11.3"));
+    let entries = vec![ring_entry::pack(dead, Some(alternative)); svc.initial_ring().len()];
+    b.dp.install_table(svc, &entries).unwrap();
+    let mut info = b.dp.backend_entry(dead).unwrap();
+    info.state = 0;
+    b.dp.set_backend(dead, &info).unwrap();
+}
+
 fn main() {
     require_root("the XDP benchmark");
     let check_only = std::env::var_os("UNDERSTUDY_BENCH_CHECK").is_some();
@@ -229,6 +254,12 @@ fn main() {
         let config = Config::parse("bench.toml".as_ref(), text).unwrap();
         b.dp.install(&plan(&config)).unwrap();
     };
+    let prepare = |b: &mut Bench, c: &Class| {
+        install(b, c.config);
+        if c.down {
+            every_entry_to_a_dead_backend(b);
+        }
+    };
     install(&mut b, CONFIG);
     let (xc, xb) = (b.fib.xc, b.fib.xb);
 
@@ -237,6 +268,9 @@ fn main() {
     let syn = tcp((CLIENT_MAC, XC_MAC), client, vip, (40000, 80), true);
     let fresh_syn = tcp((CLIENT_MAC, XC_MAC), client, vip, (50000, 80), true);
     let ack = tcp((CLIENT_MAC, XC_MAC), client, vip, (40000, 80), false);
+    // A port of its own: the varied sources wrap around, and must not find the flows the
+    // classes before left in `FLOWS`.
+    let alternative_syn = tcp((CLIENT_MAC, XC_MAC), client, vip, (41000, 80), true);
     let other = tcp(
         (CLIENT_MAC, XC_MAC),
         client,
@@ -264,6 +298,7 @@ fn main() {
     };
     let to_backend: fn(&[u8]) -> bool = |o| ips(o).1.to_string().starts_with("10.0.11.");
     let to_client: fn(&[u8]) -> bool = |o| ips(o).0 == IpAddr::from([10, 0, 0, 10]);
+    let to_alternative: fn(&[u8]) -> bool = |o| ips(o).1 == IpAddr::from([10, 0, 11, 3]);
     let untouched: fn(&[u8]) -> bool = |o| ips(o).1 == IpAddr::from([10, 0, 0, 99]);
     let any: fn(&[u8]) -> bool = |_| true;
     // Fewer runs than a CPU's share of FLOWS (262,144 over the possible CPUs).
@@ -301,6 +336,7 @@ fn main() {
         vary,
         prefill: 0,
         repeat: REPEAT,
+        down: false,
         action,
         check,
     };
@@ -315,6 +351,19 @@ fn main() {
                 Vary::Source,
                 XDP_REDIRECT,
                 to_backend,
+            )
+        },
+        Class {
+            repeat: not_full,
+            down: true,
+            ..class(
+                "new flow, its backend down (alternative)",
+                CONFIG,
+                &alternative_syn,
+                xc,
+                Vary::Source,
+                XDP_REDIRECT,
+                to_alternative,
             )
         },
         Class {
@@ -433,7 +482,7 @@ fn main() {
         }
         b.target(XDP_PROGRAM);
         for c in &classes {
-            b.check(&syn, xc, c, |b: &mut Bench| install(b, c.config));
+            b.check(&syn, xc, c, |b: &mut Bench| prepare(b, c));
             println!("checked: {}", c.name);
         }
         println!("xdp bench: every class checked (UNDERSTUDY_BENCH_CHECK set: no timing)");
@@ -467,7 +516,7 @@ fn main() {
     }
     b.target(XDP_PROGRAM);
     for c in &classes {
-        b.check(&syn, xc, c, |b: &mut Bench| install(b, c.config));
+        b.check(&syn, xc, c, |b: &mut Bench| prepare(b, c));
         let total = b.measure(&c.frame, c.ifindex, c.repeat);
         let base = baseline(c.vary);
         println!(
@@ -483,9 +532,11 @@ fn main() {
     println!(
         "\nwrapped: wrapper + program; baseline: the wrapper varying the same field; program: \
          wrapped - baseline; ratio: wrapped / baseline. Flood mode left {} SYNs unwritten; the \
-         access list and the rate limit refused {}.",
+         access list and the rate limit refused {}; {} new flows went to their entry's \
+         alternative.",
         counters.get(lb_common::Counter::FloodUnwritten),
         counters.get(lb_common::Counter::DropRefused),
+        counters.get(lb_common::Counter::RingAlternative),
     );
     println!("reproduce: cargo xtask bench xdp   (as root)");
 }

@@ -85,8 +85,9 @@ pub fn entries(svc: &PlannedService, health: &[bool], table: &[u32], ramping: bo
             continue;
         };
         let tier_active = tier_activity(&svc.prefs, &svc.members, &set);
-        // Whether this tier's eligible members stay in the set when one of them fails.
-        let kept = failing.iter().skip(1).any(|&m| set[m]) || failing.len() == 1;
+        // Whether this tier's eligible members stay in the set when one of them fails: all of
+        // them alike, so the second one says (with one alone, nobody else needs to be put back).
+        let kept = failing.get(1).is_some_and(|&m| set[m]);
         for &m in &failing {
             // `set` is the set for `first` failing; make it the one for `m` failing.
             set[first] = m != first && kept;

@@ -198,7 +198,7 @@ fn update_table(svc: &PlannedService, view: &mut View, next: Active) {
     view.active = next;
 }
 
-/// Writes `entries` into the service's idle ring slot and flips it: only the entries that
+/// Writes `entries` into a kernel service's idle ring slot and flips it: only the entries that
 /// differ from the idle slot's (the previous flip's changes and this one's), or all of them when
 /// the idle slot is unknown.
 fn write_entries(
@@ -207,10 +207,6 @@ fn write_entries(
     view: &mut View,
     entries: Vec<u32>,
 ) -> Result<(), DataplaneError> {
-    if svc.serving.kernel().is_none() {
-        view.entries = entries;
-        return Ok(());
-    }
     let same_len = view.entries.len() == entries.len();
     let delta: Vec<u32> = if same_len {
         (0..entries.len() as u32)

@@ -211,15 +211,7 @@ impl Daemon {
     /// Waits up to `timeout` for a line of the daemon's output containing `text`; panics with
     /// the output if none comes.
     pub fn wait_for_line(&self, text: &str, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while !self.output().contains(text) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no line with {text:?} within {timeout:?}; the daemon's output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_for_another_line(text, 0, timeout);
     }
 
     /// Lines of the daemon's output so far that contain `text`.
@@ -240,7 +232,7 @@ impl Daemon {
         while self.lines_with(text) <= seen {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no new line with {text:?} within {timeout:?}; the daemon's output:\n{}",
+                "no line with {text:?} beyond the {seen} before, within {timeout:?}; the daemon's output:\n{}",
                 self.output()
             );
             std::thread::sleep(Duration::from_millis(50));
